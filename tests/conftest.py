@@ -1,0 +1,84 @@
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest
+import torch
+
+import workbench as wb
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker: xdist runs a worker per core, and oversubscribed BLAS threads thrash
+    torch.set_num_threads(1)
+
+IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from workbench.models import default_tokenizer
+
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny(tokenizer):
+    """tiny(family) -> a seeded tiny Model, built once per session."""
+    made = {}
+
+    def get(family="llama"):
+        if family not in made:
+            made[family] = wb.tiny_model(family, tokenizer=copy.deepcopy(tokenizer))
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    return wb.load_model("smollm2-135m")
+
+
+def get_model(request, name):
+    return request.getfixturevalue("default_model") if name == "default" else request.getfixturevalue("tiny")(name)
+
+
+def tl_bridge(model):
+    """A TransformerLens 4.x TransformerBridge over a copy of the same weights (the bridge rewires the model it gets)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(
+        f"local-{model.arch.family}", hf_model=copy.deepcopy(model.hf).eval(), tokenizer=copy.deepcopy(model.tokenizer),
+        device="cpu", dtype=torch.float32,
+    )
+
+
+def assert_no_hooks(model):
+    for name, mod in model.hf.named_modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks, f"hook left on {name}"
+
+
+def reference_patch(model, tokens, module_role, layer, kind, fn):
+    """One plain forward with one raw torch hook (independent of workbench.hooks).
+
+    kind 'input' rewrites the module's first input, 'output' its output; fn maps the tensor to its replacement.
+    """
+    mod = model.module(module_role, layer)
+    if kind == "input":
+        def hook(m, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        h = mod.register_forward_pre_hook(hook, with_kwargs=True)
+    else:
+        def hook(m, args, out):
+            return (fn(out[0]), *out[1:]) if isinstance(out, tuple) else fn(out)
+        h = mod.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model.hf(input_ids=tokens, use_cache=False).logits
+    finally:
+        h.remove()

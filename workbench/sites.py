@@ -1,0 +1,82 @@
+"""Sites: where in the forward pass to read or act, spelled as TransformerLens hook names.
+
+    blocks.{l}.hook_resid_pre    [batch, pos, d_model]   input of block l
+    blocks.{l}.hook_resid_post   [batch, pos, d_model]   output of block l
+    blocks.{l}.hook_attn_out     [batch, pos, d_model]   attention output (after the out projection)
+    blocks.{l}.hook_mlp_out      [batch, pos, d_model]   MLP output
+    blocks.{l}.attn.hook_z       [batch, pos, n_heads, d_head]   per-head input of the out projection
+    blocks.{l}.mlp.hook_post     [batch, pos, d_mlp]     MLP hidden state feeding the down projection
+
+Short component names (`resid_pre`, `attn_out`, `z`, ...) are accepted wherever a layer is
+given separately. All parsing and range checking of site names happens here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# component -> (hook name suffix, which module of the Arch, hook before or after that module)
+COMPONENTS: dict[str, tuple[str, str, str]] = {
+    "resid_pre": ("hook_resid_pre", "block", "input"),
+    "resid_post": ("hook_resid_post", "block", "output"),
+    "attn_out": ("hook_attn_out", "attn", "output"),
+    "mlp_out": ("hook_mlp_out", "mlp", "output"),
+    "z": ("attn.hook_z", "attn_out_proj", "input"),
+    "mlp_post": ("mlp.hook_post", "mlp_down", "input"),
+}
+_BY_SUFFIX = {suffix: comp for comp, (suffix, _, _) in COMPONENTS.items()}
+_NAME = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One hook point: a component at a layer."""
+
+    layer: int
+    component: str
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}.{COMPONENTS[self.component][0]}"
+
+    @property
+    def has_heads(self) -> bool:
+        return self.component == "z"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_site(site: str | Site, n_layers: int, layer: int | None = None) -> Site:
+    """Parse `blocks.3.hook_mlp_out`, or a component name plus `layer`, checking the layer range."""
+    if isinstance(site, Site):
+        component, lay = site.component, site.layer
+    elif not isinstance(site, str):
+        raise ValueError(f"site: expected a hook name such as 'blocks.0.hook_resid_pre', got {type(site).__name__}")
+    elif site in COMPONENTS:
+        if layer is None:
+            raise ValueError(f"site: {site!r} names a component; give a layer too, or a full name like 'blocks.0.{COMPONENTS[site][0]}'")
+        component, lay = site, layer
+    else:
+        m = _NAME.match(site)
+        if not m or m.group(2) not in _BY_SUFFIX:
+            raise ValueError(
+                f"site: unknown site {site!r}; expected 'blocks.{{layer}}.<hook>' with <hook> one of "
+                f"{sorted(_BY_SUFFIX)}, or a component name in {sorted(COMPONENTS)}"
+            )
+        component, lay = _BY_SUFFIX[m.group(2)], int(m.group(1))
+    if not 0 <= lay < n_layers:
+        raise ValueError(f"site: layer {lay} out of range; the model has layers 0..{n_layers - 1}")
+    return Site(lay, component)
+
+
+def parse_components(components: str | list[str]) -> list[str]:
+    """`'resid_pre,attn_out'` or a list -> checked list of component names."""
+    items = components.split(",") if isinstance(components, str) else list(components)
+    items = [c.strip() for c in items if c.strip()]
+    if not items:
+        raise ValueError(f"components: expected at least one of {sorted(COMPONENTS)}")
+    for c in items:
+        if c not in COMPONENTS:
+            raise ValueError(f"components: unknown component {c!r}; expected one of {sorted(COMPONENTS)}")
+    return items
