@@ -15,11 +15,14 @@ def _logit_diff(m, logits):
     return logits[:, -1, m.to_single_token(" Mary")] - logits[:, -1, m.to_single_token(" John")]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt_neox"])
 @pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "resid_post"])
-def test_sweep_equals_one_forward_per_patch(tiny, family, component):
+@pytest.mark.parametrize("engine,skip", [("suffix", False), ("full", False), ("suffix", True)])
+def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, skip):
     m = tiny(family)
-    res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component, batch_size=7)[component]
+    res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component, engine=engine,
+                              skip_identical=skip, max_batch_tokens=40)[component]
+    assert res.meta["engine"]["path"] == engine
     clean, corrupt = m.to_tokens(IOI_CLEAN), m.to_tokens(IOI_CORRUPT)
     _, cache = m.run_with_cache(clean)
     role, kind = WHERE[component]

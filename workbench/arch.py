@@ -29,13 +29,15 @@ class Arch:
     mlp_down: str  # its input is mlp.hook_post (ROME's keys)
     ln1: str
     ln2: str
+    rotary: str | None = None  # model-level rotary embedding module; None for learned absolute positions
+    cache_kwarg: str = "past_key_values"  # the block's keyword for a KV cache
     parallel_residual: bool = False  # attn and MLP both read resid_pre (GPT-NeoX, GPT-J)
 
 
 _LLAMA_LIKE = dict(
     blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out_proj="self_attn.o_proj", mlp="mlp", mlp_down="mlp.down_proj",
-    ln1="input_layernorm", ln2="post_attention_layernorm",
+    ln1="input_layernorm", ln2="post_attention_layernorm", rotary="model.rotary_emb",
 )
 
 ARCHS: dict[str, Arch] = {
@@ -52,7 +54,8 @@ ARCHS: dict[str, Arch] = {
         "gpt_neox", blocks="gpt_neox.layers", embed="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm", unembed="lm_head", attn="attention",
         attn_out_proj="attention.dense", mlp="mlp", mlp_down="mlp.dense_4h_to_h",
-        ln1="input_layernorm", ln2="post_attention_layernorm", parallel_residual=True,
+        ln1="input_layernorm", ln2="post_attention_layernorm", rotary="gpt_neox.rotary_emb",
+        cache_kwarg="layer_past", parallel_residual=True,
     ),
 }
 

@@ -144,7 +144,7 @@ class Model:
 
     def module(self, where: str, layer: int | None = None) -> torch.nn.Module:
         """A module by its adapter role: 'block', 'attn', 'mlp', 'attn_out_proj', 'mlp_down', 'ln1', 'ln2'
-        (with a layer), or 'embed', 'final_norm', 'unembed'."""
+        (with a layer), or 'embed', 'final_norm', 'unembed', 'rotary'."""
         if layer is None:
             return get_module(self.hf, getattr(self.arch, where))
         block = self._blocks[layer]

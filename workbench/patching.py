@@ -1,37 +1,40 @@
-"""Activation patching: exact sweeps over layers x positions (x heads), batched.
+"""Activation patching: exact sweeps over layers x positions (x heads), and attribution patching.
 
-Conventions (as in TransformerLens): "denoise" patches clean activations into the corrupted
-run; "noise" patches corrupted activations into the clean run. Metrics are read at the last
-token of each prompt.
+Conventions (as in TransformerLens): "denoise" patches clean activations into the corrupted run;
+"noise" patches corrupted activations into the clean run. Metrics are read at the last token.
+The work is done by `workbench.engine` (batched, suffix-only recompute).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .interventions import Replace
+from .engine import EngineStats, Patch, run_patches
 from .models import Model
 from .results import LabelledArray
 from .sites import Site, parse_components
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")
 MetricFn = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [n, d_vocab], pair index [n]) -> [n]
+GRIDS = {"position": ("layer", "position"), "head": ("layer", "head"), "position_head": ("layer", "position", "head")}
 
 
 @dataclass
 class Pairs:
-    """Clean and corrupted prompts tokenized together, with answer and foil ids per pair."""
+    """Clean and corrupted prompts tokenized, with answer and foil ids per pair."""
 
-    clean: Tensor  # [n_pairs, pos]
-    corrupted: Tensor  # [n_pairs, pos]
+    clean: Tensor  # [n_pairs, clean_pos]
+    corrupted: Tensor  # [n_pairs, corrupted_pos]
     answer: Tensor  # [n_pairs]
     foil: Tensor | None  # [n_pairs]
-    str_tokens: list[str]
+    clean_tokens: list[str]
+    corrupted_tokens: list[str]
+    align: list[tuple[int, int]]  # (clean position, corrupted position) pairs that correspond
 
     @property
     def n(self) -> int:
@@ -39,9 +42,9 @@ class Pairs:
 
 
 def _as_list(x, n: int | None, arg: str) -> list[str]:
-    items = [x] if isinstance(x, str) else list(x)
+    items = [x] if isinstance(x, str) else list(x) if isinstance(x, (list, tuple)) else None
     if not items or not all(isinstance(t, str) for t in items):
-        raise ValueError(f"{arg}: expected a string or a non-empty list of strings")
+        raise ValueError(f"{arg}: expected a string or a non-empty list of strings, got {x!r}")
     if n is not None and len(items) == 1 and n > 1:
         items = items * n
     if n is not None and len(items) != n:
@@ -49,32 +52,50 @@ def _as_list(x, n: int | None, arg: str) -> list[str]:
     return items
 
 
-def make_pairs(model: Model, clean, corrupted, answer, foil=None) -> Pairs:
-    """Tokenize prompt pairs; every prompt must have the same number of tokens."""
+def make_pairs(model: Model, clean, corrupted, answer, foil=None, align=None) -> Pairs:
+    """Tokenize prompt pairs. Clean prompts must share one length, corrupted prompts another; where the
+    two lengths differ, `align` ({clean position: corrupted position}) says which positions correspond."""
     clean_l = _as_list(clean, None, "clean")
     corr_l = _as_list(corrupted, len(clean_l), "corrupted")
     answers = [model.to_single_token(a, "answer") for a in _as_list(answer, len(clean_l), "answer")]
     foils = None if foil is None else [model.to_single_token(f, "foil") for f in _as_list(foil, len(clean_l), "foil")]
     toks_c = [model.to_tokens(t)[0] for t in clean_l]
     toks_x = [model.to_tokens(t)[0] for t in corr_l]
-    n_pos = len(toks_c[0])
-    for i, (c, x) in enumerate(zip(toks_c, toks_x)):
-        if len(c) != len(x):
+    for arg, toks in (("clean", toks_c), ("corrupted", toks_x)):
+        for i, t in enumerate(toks):
+            if len(t) != len(toks[0]):
+                raise ValueError(f"{arg}: prompt {i} has {len(t)} tokens but prompt 0 has {len(toks[0])}; "
+                                 "batched pairs must share their lengths")
+    Tc, Tx = len(toks_c[0]), len(toks_x[0])
+    if align is None:
+        if Tc != Tx:
             raise ValueError(
-                f"corrupted: pair {i} tokenizes to {len(x)} tokens but its clean prompt to {len(c)}; "
-                f"patching needs aligned positions: {model.to_str_tokens(clean_l[i])} vs {model.to_str_tokens(corr_l[i])}"
+                f"corrupted: tokenizes to {Tx} tokens but clean to {Tc}, so positions do not line up: "
+                f"{model.to_str_tokens(clean_l[0])} vs {model.to_str_tokens(corr_l[0])}; pass "
+                "align={clean position: corrupted position} for the positions that correspond"
             )
-        if len(c) != n_pos:
-            raise ValueError(f"clean: pair {i} has {len(c)} tokens but pair 0 has {n_pos}; use pairs of equal length")
+        pairs_pos = [(i, i) for i in range(Tc)]
+    else:
+        if not isinstance(align, dict) or not align:
+            raise ValueError("align: expected a non-empty dict {clean position: corrupted position}")
+        for c, x in align.items():
+            if not (isinstance(c, int) and 0 <= c < Tc and isinstance(x, int) and 0 <= x < Tx):
+                raise ValueError(f"align: ({c}, {x}) out of range; clean positions 0..{Tc - 1}, corrupted 0..{Tx - 1}")
+        pairs_pos = sorted(align.items())
     dev = model.device
     return Pairs(
         torch.stack(toks_c), torch.stack(toks_x), torch.tensor(answers, device=dev),
-        None if foils is None else torch.tensor(foils, device=dev), model.to_str_tokens(clean_l[0]),
+        None if foils is None else torch.tensor(foils, device=dev),
+        model.to_str_tokens(clean_l[0]), model.to_str_tokens(corr_l[0]), pairs_pos,
     )
 
 
 def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrupted_logits: Tensor) -> MetricFn:
-    """A batched metric on last-token logits. Built-ins: logit_diff, prob, logprob, kl, normalized."""
+    """A batched metric on last-token logits: (logits [n, d_vocab], pair index [n]) -> [n].
+
+    Built-ins: logit_diff (answer - foil), prob and logprob of the answer, kl (KL(clean || patched)),
+    normalized ((logit_diff - corrupted) / (clean - corrupted)).
+    """
     if callable(metric):
         return metric
     if metric not in METRICS:
@@ -83,8 +104,7 @@ def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrup
         raise ValueError(f"foil: metric {metric!r} needs a foil token")
 
     def logit_diff(logits, idx):
-        ans, foil = pairs.answer[idx], pairs.foil[idx]
-        return logits.gather(1, ans[:, None])[:, 0] - logits.gather(1, foil[:, None])[:, 0]
+        return logits.gather(1, pairs.answer[idx, None])[:, 0] - logits.gather(1, pairs.foil[idx, None])[:, 0]
 
     if metric == "logit_diff":
         return logit_diff
@@ -94,105 +114,168 @@ def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrup
         return lambda logits, idx: logits.log_softmax(-1).gather(1, pairs.answer[idx, None])[:, 0]
     if metric == "kl":
         clean_logp = clean_logits.log_softmax(-1)
-        return lambda logits, idx: F.kl_div(logits.log_softmax(-1), clean_logp[idx], log_target=True, reduction="none").sum(-1)
+        return lambda logits, idx: F.kl_div(logits.log_softmax(-1), clean_logp[idx], log_target=True,
+                                            reduction="none").sum(-1)
     all_idx = torch.arange(pairs.n, device=clean_logits.device)
     clean_ld, corr_ld = logit_diff(clean_logits, all_idx), logit_diff(corrupted_logits, all_idx)
     return lambda logits, idx: (logit_diff(logits, idx) - corr_ld[idx]) / (clean_ld[idx] - corr_ld[idx])
 
 
-def _check_metric_out(out: Tensor, n: int) -> Tensor:
-    if not isinstance(out, Tensor) or out.shape != (n,):
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+def _checked(values, n: int) -> Tensor:
+    if not isinstance(values, Tensor) or values.shape != (n,):
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row), got {got}")
-    return out
+    return values
+
+
+@dataclass
+class Setup:
+    """Everything a sweep needs from the two baseline runs."""
+
+    pairs: Pairs
+    sites: list[Site]
+    source: dict[str, Tensor]  # cache of the run patched from
+    target: dict[str, Tensor]  # cache of the run patched into
+    target_ids: Tensor
+    target_pos: list[int]  # grid positions, in the target run
+    source_pos: list[int]  # the corresponding source positions
+    fn: MetricFn
+    clean_metric: Tensor  # [n_pairs]
+    corrupted_metric: Tensor
+    target_metric: Tensor
+
+
+def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, direction, align=None, grad=False) -> Setup:
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction: expected 'denoise' (clean into corrupted) or 'noise', got {direction!r}")
+    pairs = make_pairs(model, clean, corrupted, answer, foil, align)
+    sites = [Site(l, c) for c in comps for l in range(model.dims.n_layers)]
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(pairs.clean, sites)
+        corr_logits, corr_cache = model.run_with_cache(pairs.corrupted, sites)
+    fn = metric_fn(metric, pairs, clean_logits[:, -1], corr_logits[:, -1])
+    idx = torch.arange(pairs.n, device=model.device)
+    clean_metric = _checked(fn(clean_logits[:, -1], idx), pairs.n)
+    corr_metric = _checked(fn(corr_logits[:, -1], idx), pairs.n)
+    c_pos, x_pos = [c for c, _ in pairs.align], [x for _, x in pairs.align]
+    if direction == "denoise":
+        return Setup(pairs, sites, clean_cache, corr_cache, pairs.corrupted, x_pos, c_pos, fn, clean_metric, corr_metric, corr_metric)
+    return Setup(pairs, sites, corr_cache, clean_cache, pairs.clean, c_pos, x_pos, fn, clean_metric, corr_metric, clean_metric)
+
+
+def _grid_cells(by: str, n_layers: int, n_pos: int, n_heads: int):
+    """(layer, grid position index or None for all, head or None), row-major over the grid."""
+    if by == "position":
+        return [(l, p, None) for l in range(n_layers) for p in range(n_pos)]
+    if by == "head":
+        return [(l, None, h) for l in range(n_layers) for h in range(n_heads)]
+    return [(l, p, h) for l in range(n_layers) for p in range(n_pos) for h in range(n_heads)]
+
+
+def _patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[list[Patch], list[tuple[int, int]]]:
+    """The patches of a grid, leaving out those that provably change nothing (source == target bit for bit)."""
+    n = setup.pairs.n
+    src_pos = torch.tensor(setup.source_pos)
+    tgt_pos = torch.tensor(setup.target_pos)
+    patches, where = [], []
+    same_cache = {}
+    for layer in {c[0] for c in cells}:
+        name = Site(layer, comp).name
+        src = setup.source[name][:, src_pos.to(setup.source[name].device)]
+        tgt = setup.target[name][:, tgt_pos.to(setup.target[name].device)]
+        # [n_pairs, grid_pos] or [n_pairs, grid_pos, heads]: one host sync per layer, none per patch
+        same_cache[layer] = ((src == tgt).flatten(3 if comp == "z" else 2).all(-1)).cpu() if skip_identical else None
+    for ci, (layer, p, h) in enumerate(cells):
+        name = Site(layer, comp).name
+        for pair in range(n):
+            if skip_identical:
+                same = same_cache[layer][pair]
+                if p is not None:
+                    same = same[p]
+                if h is not None and comp == "z":
+                    same = same[..., h]
+                if bool(same.all()):
+                    continue
+            value = setup.source[name][pair]
+            if p is None:
+                value, positions = value[src_pos], list(setup.target_pos)
+            else:
+                value, positions = value[setup.source_pos[p]:setup.source_pos[p] + 1], [setup.target_pos[p]]
+            if h is not None:
+                value = value[:, h:h + 1]
+            patches.append(Patch(pair, Site(layer, comp), positions, None if h is None else [h], value))
+            where.append((pair, ci))
+    return patches, where
 
 
 def activation_patching(
     model: Model, clean, corrupted, answer, foil=None, *, components: str | Sequence[str] = "resid_pre",
     by: str = "position", metric: str | MetricFn = "logit_diff", direction: str = "denoise",
-    batch_size: int = 64, per_pair: bool = False, progress: bool = False,
+    method: str = "exact", engine: str = "auto", memory_mb: float = 1024, max_batch_tokens: int | None = None,
+    skip_identical: bool = True, align: dict[int, int] | None = None, per_pair: bool = False, progress: bool = False,
 ) -> dict[str, LabelledArray]:
-    """Exact activation patching of every (layer, position), (layer, head) or (layer, position, head).
+    """Patch every (layer, position), (layer, head) or (layer, position, head) of each component.
 
-    Returns {component: LabelledArray} with dims (layer, position), (layer, head) or
-    (layer, position, head), averaged over prompt pairs (or with a leading `pair` axis if
-    `per_pair`). `by` other than "position" applies to component "z" (per-head outputs).
-    `meta` holds clean_metric and corrupted_metric.
+    clean, corrupted: a prompt or a list of prompts (a batch of pairs); answer, foil: single tokens,
+    one or one per pair. components: any of resid_pre, resid_post, attn_out, mlp_out, z, mlp_post;
+    by="head"/"position_head" applies to "z" (all positions of a head / one position of a head).
+    method: "exact" (the batched engine) or "attribution" (AtP: two forwards and one backward).
+    engine: "auto" | "suffix" | "full" (see `workbench.engine`). memory_mb / max_batch_tokens bound a
+    batch. skip_identical: patches whose value equals the target's bit for bit are not run (they
+    cannot change anything); their cell is the target's metric.
+
+    Returns {component: LabelledArray} with dims (layer, position[, head]) or (layer, head), averaged
+    over pairs (or with a leading `pair` axis if per_pair). `meta` holds clean_metric,
+    corrupted_metric and the engine's statistics.
     """
     comps = parse_components(components)
-    if by not in ("position", "head", "position_head"):
-        raise ValueError(f"by: expected 'position', 'head' or 'position_head', got {by!r}")
+    if by not in GRIDS:
+        raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
     if by != "position" and comps != ["z"]:
         raise ValueError(f"by: {by!r} patches heads, which needs components='z', got {comps}")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction: expected 'denoise' (clean into corrupted) or 'noise', got {direction!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    pairs = make_pairs(model, clean, corrupted, answer, foil)
-    L, P, H = model.dims.n_layers, pairs.clean.shape[1], model.dims.n_heads
+    if method not in ("exact", "attribution"):
+        raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
+    if method == "attribution":
+        from .attribution import attribution_patching
 
-    sites = [Site(l, c) for c in comps for l in range(L)]
-    with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(pairs.clean, sites)
-        corr_logits, corr_cache = model.run_with_cache(pairs.corrupted, sites)
-    clean_last, corr_last = clean_logits[:, -1], corr_logits[:, -1]
-    fn = metric_fn(metric, pairs, clean_last, corr_last)
-    all_idx = torch.arange(pairs.n, device=model.device)
-    clean_metric = _check_metric_out(fn(clean_last, all_idx), pairs.n)
-    corr_metric = _check_metric_out(fn(corr_last, all_idx), pairs.n)
-    source, target = (clean_cache, pairs.corrupted) if direction == "denoise" else (corr_cache, pairs.clean)
-
+        return attribution_patching(model, clean, corrupted, answer, foil, components=comps, by=by, metric=metric,
+                                    direction=direction, align=align, per_pair=per_pair)
+    setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
+    L, H, P = model.dims.n_layers, model.dims.n_heads, len(setup.target_pos)
     results = {}
     for comp in comps:
-        cells = _cells(comp, by, L, P, H)
-        values = patch_cells(model, comp, cells, source, target, fn, batch_size, progress)  # [n_pairs, n_cells]
-        shape = {"position": (L, P), "head": (L, H), "position_head": (L, P, H)}[by]
-        dims = {"position": ("layer", "position"), "head": ("layer", "head"),
-                "position_head": ("layer", "position", "head")}[by]
-        values = values.reshape(pairs.n, *shape)
-        coords = {"layer": list(range(L)), "head": list(range(H)),
-                  "position": [f"{i}:{t}" for i, t in enumerate(pairs.str_tokens)]}
-        if per_pair:
-            dims, coords = ("pair", *dims), {**coords, "pair": list(range(pairs.n))}
-        else:
-            values = values.mean(0)
-        results[comp] = LabelledArray(
-            values.cpu().numpy(), dims, {d: coords[d] for d in dims}, name=f"{comp} patching ({direction})",
-            meta={"component": comp, "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
-                  "direction": direction, "clean_metric": clean_metric.mean().item(),
-                  "corrupted_metric": corr_metric.mean().item(), "tokens": pairs.str_tokens, "n_pairs": pairs.n},
-        )
+        cells = _grid_cells(by, L, P, H)
+        patches, where = _patches_for(setup, comp, cells, skip_identical)
+        vals, stats = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb,
+                                  max_batch_tokens=max_batch_tokens, method=engine, progress=progress)
+        grid = setup.target_metric[:, None].repeat(1, len(cells))  # skipped patches: the target's own metric
+        if where:
+            pair_idx = torch.tensor([w[0] for w in where], device=grid.device)
+            cell_idx = torch.tensor([w[1] for w in where], device=grid.device)
+            grid[pair_idx, cell_idx] = vals.to(grid.dtype)
+        results[comp] = _labelled(grid, setup, comp, by, metric, direction, stats, per_pair, L, H)
     return results
 
 
-def _cells(comp: str, by: str, L: int, P: int, H: int) -> list[tuple[int, int | None, int | None]]:
-    """(layer, position or None for all, head or None) for every cell of the grid, row-major."""
-    if by == "position":
-        return [(l, p, None) for l in range(L) for p in range(P)]
-    if by == "head":
-        return [(l, None, h) for l in range(L) for h in range(H)]
-    return [(l, p, h) for l in range(L) for p in range(P) for h in range(H)]
-
-
-def patch_cells(model: Model, comp: str, cells, source: dict, target: Tensor, fn: MetricFn,
-                batch_size: int, progress: bool = False) -> Tensor:
-    """Metric after each single-cell patch, [n_pairs, n_cells]; many patches per forward (batched full forwards)."""
-    n_pairs = target.shape[0]
-    jobs = [(pair, c) for c in range(len(cells)) for pair in range(n_pairs)]
-    out = torch.empty(n_pairs, len(cells), device=model.device)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=f"patching {comp}"):
-            chunk = jobs[start:start + batch_size]
-            pair_idx = torch.tensor([p for p, _ in chunk], device=model.device)
-            ivs = []
-            for row, (pair, c) in enumerate(chunk):
-                layer, pos, head = cells[c]
-                site = Site(layer, comp)
-                value = source[site.name][pair]
-                value = value if pos is None else value[pos:pos + 1]
-                value = value if head is None else value[:, head:head + 1]
-                ivs.append(Replace(site, rows=row, positions=pos, heads=head, value=value[None]))
-            logits = model.run_with_interventions(target[pair_idx], ivs)[:, -1]
-            vals = _check_metric_out(fn(logits, pair_idx), len(chunk))
-            out[pair_idx, torch.tensor([c for _, c in chunk], device=model.device)] = vals
-    return out
+def _labelled(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: EngineStats | None, per_pair, L, H):
+    """Shape a [n_pairs, n_cells] tensor into a LabelledArray of the grid."""
+    pairs = setup.pairs
+    P = len(setup.target_pos)
+    target_tokens = pairs.corrupted_tokens if direction == "denoise" else pairs.clean_tokens
+    shape = {"position": (L, P), "head": (L, H), "position_head": (L, P, H)}[by]
+    dims = GRIDS[by]
+    values = grid.reshape(pairs.n, *shape)
+    coords = {"layer": list(range(L)), "head": list(range(H)),
+              "position": [f"{p}:{target_tokens[p]}" for p in setup.target_pos]}
+    if per_pair:
+        dims, coords = ("pair", *dims), {**coords, "pair": list(range(pairs.n))}
+    else:
+        values = values.mean(0)
+    meta = {"component": comp, "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
+            "direction": direction, "clean_metric": setup.clean_metric.mean().item(),
+            "corrupted_metric": setup.corrupted_metric.mean().item(), "tokens": target_tokens, "n_pairs": pairs.n}
+    if stats is not None:
+        meta["engine"] = {"path": stats.path, "calls": stats.calls, "token_layers": stats.token_layers,
+                          "notes": stats.notes}
+    return LabelledArray(values.detach().cpu().numpy(), dims, {d: coords[d] for d in dims},
+                         name=f"{comp} patching ({direction})", meta=meta)
