@@ -8,7 +8,9 @@ from conftest import IOI_CLEAN, IOI_CORRUPT, get_model, reference_patch, tl_brid
 
 # component -> (module role, hook before/after it)
 WHERE = {"resid_pre": ("block", "input"), "attn_out": ("attn", "output"), "mlp_out": ("mlp", "output"),
-         "resid_post": ("block", "output")}
+         "resid_post": ("block", "output"), "z": ("attn_out_proj", "input"), "mlp_post": ("mlp_down", "input")}
+HOOK = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
+        "resid_post": "hook_resid_post", "z": "attn.hook_z", "mlp_post": "mlp.hook_post"}
 
 
 def _logit_diff(m, logits):
@@ -16,18 +18,21 @@ def _logit_diff(m, logits):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt_neox"])
-@pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "resid_post"])
-@pytest.mark.parametrize("engine,skip", [("suffix", False), ("full", False), ("suffix", True)])
-def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, skip):
+@pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "resid_post", "z", "mlp_post"])
+@pytest.mark.parametrize("engine,skip,direction", [("suffix", False, "denoise"), ("full", False, "denoise"),
+                                                   ("suffix", True, "denoise"), ("suffix", False, "noise")])
+def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, skip, direction):
     m = tiny(family)
     res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component, engine=engine,
-                              skip_identical=skip, max_batch_tokens=40)[component]
+                              skip_identical=skip, max_batch_tokens=40, direction=direction)[component]
     assert res.meta["engine"]["path"] == engine
     clean, corrupt = m.to_tokens(IOI_CLEAN), m.to_tokens(IOI_CORRUPT)
+    if direction == "noise":
+        clean, corrupt = corrupt, clean
     _, cache = m.run_with_cache(clean)
     role, kind = WHERE[component]
     for layer in range(m.dims.n_layers):
-        src = cache[f"blocks.{layer}.hook_{component}"]
+        src = cache[f"blocks.{layer}.{HOOK[component]}"].flatten(2)
         for pos in range(clean.shape[1]):
             def put(x, pos=pos):
                 x = x.clone()
@@ -37,22 +42,26 @@ def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, ski
             assert abs(res.values[layer, pos] - ref.item()) < 1e-4, (layer, pos)
 
 
+SHORT = ("The capital of France is", "The capital of Italy is", " Paris", " Rome")
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama", pytest.param("default", marks=pytest.mark.slow)])
 def test_sweep_matches_transformer_lens_patching(request, name):
+    """All four TransformerLens patching functions, on a TransformerBridge of the same weights.
+
+    The default model uses a 5-token pair: TransformerLens runs one forward per patch (1350 for the head grid).
+    """
     from transformer_lens import patching
 
     m = get_model(request, name)
+    clean_text, corrupt_text, answer, foil = SHORT if name == "default" else (IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
     bridge = tl_bridge(m)
-    clean, corrupt = m.to_tokens(IOI_CLEAN), m.to_tokens(IOI_CORRUPT)
+    clean, corrupt = m.to_tokens(clean_text), m.to_tokens(corrupt_text)
     _, clean_cache = bridge.run_with_cache(clean)
-    metric = lambda logits: _logit_diff(m, logits).mean()  # noqa: E731
-    if name == "default":  # TransformerLens runs one forward per patch: keep to resid_pre on the big model
-        ours = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
-        tl = patching.get_act_patch_resid_pre(bridge, corrupt, clean_cache, metric)
-        assert (torch.as_tensor(ours["resid_pre"].values) - tl).abs().max() < 1e-4
-        return
-    ours = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=["resid_pre", "attn_out", "mlp_out"])
-    heads = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="z", by="position_head")["z"]
+    a, f = m.to_single_token(answer), m.to_single_token(foil)
+    metric = lambda logits: (logits[:, -1, a] - logits[:, -1, f]).mean()  # noqa: E731
+    ours = activation_patching(m, clean_text, corrupt_text, answer, foil, components=["resid_pre", "attn_out", "mlp_out"])
+    heads = activation_patching(m, clean_text, corrupt_text, answer, foil, components="z", by="position_head")["z"]
     for comp, fn in [("resid_pre", patching.get_act_patch_resid_pre), ("attn_out", patching.get_act_patch_attn_out),
                      ("mlp_out", patching.get_act_patch_mlp_out)]:
         tl = fn(bridge, corrupt, clean_cache, metric)

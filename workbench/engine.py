@@ -1,20 +1,22 @@
 """The batched patching engine: many single-site patches per forward pass.
 
 A patch of site (layer L, positions >= p) leaves every layer below L, and every position before p,
-exactly as in the unpatched target run (the model is causal). So the fast path
+exactly as in the unpatched target run (the model is causal). So the fast ("suffix") path
 
-- runs the target once, caching its residual stream (`resid_pre` of every layer) and its keys/values;
-- starts each patched row at layer L from the cached `resid_pre[L]` instead of the embeddings;
-- computes only positions >= p0 (the smallest first position in its batch), reading the keys and
-  values of positions < p0 from the target's cache;
-- stacks many patches in the batch dimension, rows joining the batch at the layer they start at,
-  and unembeds only the last position;
+- runs the target once, caching its residual stream (`resid_pre` of every layer) and keys/values;
+- starts each patched row at layer L from the cached `resid_pre[L]` instead of the embeddings, and
+  computes only its positions >= p, whose queries read the target's cached keys/values for the
+  positions before p;
+- packs the suffixes of many rows end to end in each batch row, with an attention mask that keeps
+  every row to its own tokens and its own prefix (so suffixes of different lengths waste nothing);
+  rows join the batch at the layer their patch is at, and only each row's last token is unembedded;
 - applies each row's patch through the ordinary hook layer (`workbench.hooks`), so every component
   (residual, attention out, MLP out, per-head z, MLP hidden) takes the same path;
 - never syncs with the host per patch.
 
-Where the fast path cannot run, a batched full forward (every row from the embeddings) does the
-same job and says so.
+The work is then sum over patches of (n_layers - L) x (n_tokens - p): about a quarter of the
+full grid's. Where the fast path cannot run, batched full forwards (every row from the
+embeddings) do the same job, and say so.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class EngineStats:
     path: str = "suffix"
     calls: int = 0  # block (fast path) or model (fallback) calls
     token_layers: int = 0  # sum over calls of batch rows x positions x layers computed
+    padding: int = 0  # of which padding (slots of packs not yet full)
     unembedded: int = 0  # positions passed through the unembedding
     notes: list[str] = field(default_factory=list)
 
@@ -93,7 +96,7 @@ def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens:
 
 def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricFn, *, memory_mb: float | None = 1024,
                 max_batch_tokens: int | None = None, method: str = "auto", progress: bool = False,
-                pack_tokens: int = 256) -> tuple[Tensor, EngineStats]:
+                pack_tokens: int = 64) -> tuple[Tensor, EngineStats]:
     """Metric after each patch, [len(patches)], and how the work was done.
 
     `target_ids` [n_pairs, pos] are the prompts patched into (no padding). `method` is "suffix"
@@ -154,16 +157,6 @@ def _layer_kv(cache, layer: int) -> tuple[Tensor, Tensor]:
     return entry.keys, entry.values
 
 
-@dataclass
-class _Pack:
-    """One batch row of the packed layout: the suffixes of several patched rows of one prompt pair, end to end."""
-
-    pair: int
-    rows: list[tuple[int, int, int]] = field(default_factory=list)  # (patch index, start in pack, first position)
-    length: int = 0
-    hidden: Tensor | None = None  # [length, d_model]
-
-
 def _chunks(patches: list[Patch], T: int, budget: int) -> list[list[int]]:
     """Patch indices in groups whose suffix tokens, all alive at the last layer, fit the budget."""
     order = sorted(range(len(patches)), key=lambda i: (patches[i].pair, patches[i].first_position, patches[i].site.layer))
@@ -178,28 +171,97 @@ def _chunks(patches: list[Patch], T: int, budget: int) -> list[list[int]]:
     return chunks + ([current] if current else [])
 
 
-def _packed_mask(packs: list[_Pack], T: int, width: int, dtype, device) -> tuple[Tensor, Tensor]:
-    """Additive attention mask [packs, 1, width, T + width] and position ids [packs, width].
+@dataclass
+class _Layout:
+    """Where each patched row of a chunk sits: rows are packed end to end into batch rows ("packs") of one
+    prompt pair each, in the order they join (by layer), so a pack's active part is always a prefix of it."""
 
-    A token of a row at absolute position q attends to the target's cached keys at positions
-    < its row's first position, and to its own row's recomputed tokens at positions <= q.
-    Padding attends to key 0 only, so its softmax stays finite; nothing reads it.
+    rows: list[int]  # patch indices, in join order
+    pack: Tensor  # [rows] pack of each row
+    start: Tensor  # [rows] slot of its first token
+    pack_pair: Tensor  # [packs]
+    active: list[tuple[int, int, int]]  # per layer: (packs in use, width in use, real tokens in use)
+    slot_row: Tensor  # [packs, width] local row index of each slot, -1 for padding
+    slot_pos: Tensor  # [packs, width] absolute position of each slot's token
+    slot_first: Tensor  # [packs, width] first recomputed position of the slot's row
+
+
+def _layout(patches: list[Patch], chunk: list[int], T: int, capacity: int, n_layers: int) -> _Layout:
+    rows = sorted(chunk, key=lambda i: (patches[i].site.layer, patches[i].pair, patches[i].first_position))
+    pack_pair, pack_len, pack_of, start_of = [], [], [], []
+    open_pack: dict[int, int] = {}  # pair -> the pack still being filled
+    for i in rows:
+        n = T - patches[i].first_position
+        b = open_pack.get(patches[i].pair)
+        if b is None or pack_len[b] + n > capacity:
+            b = len(pack_pair)
+            pack_pair.append(patches[i].pair)
+            pack_len.append(0)
+            open_pack[patches[i].pair] = b
+        pack_of.append(b)
+        start_of.append(pack_len[b])
+        pack_len[b] += n
+    width = max(pack_len)
+    B = len(pack_pair)
+    slot_row = torch.full((B, width), -1, dtype=torch.long)
+    slot_pos = torch.zeros((B, width), dtype=torch.long)
+    slot_first = torch.ones((B, width), dtype=torch.long)
+    active, lengths = [], [0] * B
+    k = 0
+    for layer in range(n_layers):
+        while k < len(rows) and patches[rows[k]].site.layer == layer:
+            p, b, st = patches[rows[k]].first_position, pack_of[k], start_of[k]
+            slot_row[b, st:st + T - p] = k
+            slot_pos[b, st:st + T - p] = torch.arange(p, T)
+            slot_first[b, st:st + T - p] = p
+            lengths[b] = st + T - p
+            k += 1
+        used = [x for x in lengths if x]
+        active.append((len(used), max(used, default=0), sum(used)))
+    return _Layout(rows, torch.tensor(pack_of), torch.tensor(start_of), torch.tensor(pack_pair), active,
+                   slot_row, slot_pos, slot_first)
+
+
+def _packed_mask(lay: _Layout, T: int, dtype) -> Tensor:
+    """Additive attention mask [packs, 1, width, T + width] over (target's cached keys | packed keys).
+
+    A token at absolute position q of a row that recomputes from position p attends to the target's
+    cached keys at positions < p and to its own row's recomputed tokens at positions <= q. Padding
+    attends to cached key 0 only, so its softmax stays finite; nothing reads it.
     """
-    B = len(packs)
-    row = torch.full((B, width), -1, dtype=torch.long)
-    pos = torch.zeros((B, width), dtype=torch.long)
-    first = torch.ones((B, width), dtype=torch.long)
-    for b, pack in enumerate(packs):
-        for k, (_, start, p) in enumerate(pack.rows):
-            n = T - p
-            row[b, start:start + n] = k
-            pos[b, start:start + n] = torch.arange(p, T)
-            first[b, start:start + n] = p
-    prefix_ok = torch.arange(T)[None, None, :] < first[:, :, None]  # [B, width, T]
+    row, pos, first = lay.slot_row, lay.slot_pos, lay.slot_first
+    prefix_ok = torch.arange(T)[None, None, :] < first[:, :, None]
     own_ok = (row[:, :, None] == row[:, None, :]) & (pos[:, None, :] <= pos[:, :, None]) & (row[:, :, None] >= 0)
     allowed = torch.cat([prefix_ok, own_ok], dim=2)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None].to(device), pos.to(device)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _joining_interventions(patches: list[Patch], lay: _Layout, members: list[int]) -> list[Replace]:
+    """One pointwise Replace per (site, head selection) for the rows joining at a layer: a single scatter each."""
+    groups: dict[tuple, list[int]] = {}
+    for k in members:
+        p = patches[lay.rows[k]]
+        groups.setdefault((p.site, p.heads is None), []).append(k)
+    ivs = []
+    for (site, all_heads), ks in groups.items():
+        rows, positions, heads, values = [], [], [], []
+        for k in ks:
+            p = patches[lay.rows[k]]
+            b, shift = int(lay.pack[k]), int(lay.start[k]) - p.first_position
+            if all_heads:
+                rows += [b] * len(p.positions)
+                positions += [q + shift for q in p.positions]
+                values.append(p.value.expand(len(p.positions), *p.value.shape[1:]))
+            else:
+                v = p.value.expand(len(p.positions), len(p.heads), p.value.shape[-1])
+                for qi, q in enumerate(p.positions):
+                    rows += [b] * len(p.heads)
+                    positions += [q + shift] * len(p.heads)
+                    heads += p.heads
+                    values.append(v[qi])
+        ivs.append(Replace(site, rows=rows, positions=positions, heads=None if all_heads else heads,
+                           pointwise=True, value=torch.cat(values)))
+    return ivs
 
 
 def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress):
@@ -222,50 +284,44 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
         del target
 
         blocks = [model.module("block", l) for l in range(dims.n_layers)]
-        rotary = model.module("rotary") if arch.rotary else None
         final_norm, unembed = model.module("final_norm"), model.module("unembed")
-        capacity = max(T, pack_tokens)
+        dtype = resid[0].dtype
         out = torch.empty(len(patches), device=dev)
         for chunk in tqdm(_chunks(patches, T, budget), disable=not progress, desc="patching (suffix)"):
-            joining: dict[int, list[int]] = {}
-            for i in chunk:
-                joining.setdefault(patches[i].site.layer, []).append(i)
-            packs: list[_Pack] = []
-            for l in range(min(joining), dims.n_layers):
-                ivs = []
-                for i in joining.get(l, []):  # rows whose patch is at this layer join from the target's resid_pre[l]
-                    patch, p = patches[i], patches[i].first_position
-                    pack = next((pk for pk in packs if pk.pair == patch.pair and pk.length + T - p <= capacity), None)
-                    if pack is None:
-                        pack = _Pack(patch.pair)
-                        packs.append(pack)
-                    start = pack.length
-                    init = resid[l][patch.pair, p:]
-                    pack.hidden = init if pack.hidden is None else torch.cat([pack.hidden, init])
-                    pack.rows.append((i, start, p))
-                    pack.length += T - p
-                    ivs.append(patch.intervention(packs.index(pack), start - p))
-                width = max(pk.length for pk in packs)
-                h = torch.stack([F.pad(pk.hidden, (0, 0, 0, width - pk.length)) for pk in packs])
-                mask, positions = _packed_mask(packs, T, width, h.dtype, dev)
-                pair_of_pack = torch.tensor([pk.pair for pk in packs], device=dev)
+            lay = _layout(patches, chunk, T, max(T, pack_tokens), dims.n_layers)
+            mask = _packed_mask(lay, T, dtype).to(dev)
+            positions = lay.slot_pos.to(dev)
+            pack_pair = lay.pack_pair.to(dev)
+            h = torch.zeros(*lay.slot_row.shape, dims.d_model, dtype=dtype, device=dev)
+            rope = model.module("rotary")(h, positions) if arch.rotary else None
+            row_layer = [patches[i].site.layer for i in lay.rows]
+            slot_row, slot_pos = lay.slot_row.to(dev), lay.slot_pos.to(dev)
+            k = 0
+            for l in range(row_layer[0], dims.n_layers):
+                members = []
+                while k < len(lay.rows) and row_layer[k] == l:
+                    members.append(k)
+                    k += 1
+                nb, w, real = lay.active[l]
+                if members:  # rows whose patch is at this layer join from the target's resid_pre[l]
+                    joining = torch.isin(slot_row, torch.tensor(members, device=dev)).nonzero(as_tuple=True)
+                    h[joining] = resid[l][pack_pair[joining[0]], slot_pos[joining]]
                 past = DynamicCache()
-                past.update(kv[l][0][pair_of_pack], kv[l][1][pair_of_pack], l)
-                kwargs = {"attention_mask": mask, "position_ids": positions, "use_cache": True, arch.cache_kwarg: past}
-                if rotary is not None:
-                    kwargs["position_embeddings"] = rotary(h, positions)
-                with model.hooks(ivs, input_shape=tuple(h.shape[:2])):
-                    h = blocks[l](h, **kwargs)
-                h = h[0] if isinstance(h, tuple) else h
-                for b, pk in enumerate(packs):
-                    pk.hidden = h[b, :pk.length]
+                past.update(kv[l][0][pack_pair[:nb]], kv[l][1][pack_pair[:nb]], l)
+                kwargs = {"attention_mask": mask[:nb, :, :w, :T + w], "position_ids": positions[:nb, :w],
+                          "use_cache": True, arch.cache_kwarg: past}
+                if rope is not None:
+                    kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope)
+                with model.hooks(_joining_interventions(patches, lay, members), input_shape=(nb, w)):
+                    y = blocks[l](h[:nb, :w], **kwargs)
+                h[:nb, :w] = y[0] if isinstance(y, tuple) else y
                 stats.calls += 1
-                stats.token_layers += sum(pk.length for pk in packs)
+                stats.token_layers += nb * w
+                stats.padding += nb * w - real
             # each row's last token is its prompt's last position
-            last = [(i, pk.hidden[start + T - p - 1]) for pk in packs for i, start, p in pk.rows]
-            rows = torch.tensor([i for i, _ in last], device=dev)
-            logits = unembed(final_norm(torch.stack([x for _, x in last])))
-            stats.unembedded += len(last)
-            pairs = torch.tensor([patches[i].pair for i, _ in last], device=dev)
-            out[rows] = _checked(metric(logits, pairs), len(last))
+            last = lay.start + (T - 1) - torch.tensor([patches[i].first_position for i in lay.rows])
+            logits = unembed(final_norm(h[lay.pack.to(dev), last.to(dev)]))
+            stats.unembedded += len(lay.rows)
+            rows = torch.tensor(lay.rows, device=dev)
+            out[rows] = _checked(metric(logits, pack_pair[lay.pack.to(dev)]), len(lay.rows))
     return out, stats

@@ -7,7 +7,9 @@ rows, positions and (for `attn.hook_z`) heads; the selections combine as an oute
 intervention than row j in the same forward pass, which the batched patching engine relies on.
 
 The selected block has shape [rows, positions, d] (or [rows, positions, heads, d_head]); a
-`value` must broadcast to it. All updates are out of place, so gradients flow through them
+`value` must broadcast to it. With `pointwise=True` the selections are instead equal-length index
+lists, element k touching (rows[k], positions[k][, heads[k]]): the block is [k, d] (or [k, d_head]),
+which lets one intervention scatter a different value into every row of a batch. All updates are out of place, so gradients flow through them
 (concept ablation during fine-tuning depends on this).
 """
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Intervention:
     rows: Index = None
     positions: Index = None
     heads: Index = None
+    pointwise: bool = False
     _index: tuple | None = field(default=None, init=False, repr=False)
 
     def bind(self, site: Site, shape: torch.Size, device: torch.device) -> None:
@@ -67,7 +70,13 @@ class Intervention:
         sels = (self.rows, self.positions, self.heads)[: len(sizes)]
         names = ("rows", "positions", "heads")
         idx = [_as_index(s, n, a) for s, n, a in zip(sels, sizes, names)]
-        if all(i is None for i in idx):
+        if self.pointwise:
+            given = [i for i in idx if i is not None]
+            if idx[0] is None or idx[1] is None or len({len(i) for i in given}) != 1:
+                raise ValueError("positions: pointwise=True needs rows, positions (and heads, if given) as index "
+                                 f"lists of one length, got lengths {[None if i is None else len(i) for i in idx]}")
+            self._index = tuple(i.to(device) for i in given)
+        elif all(i is None for i in idx):
             self._index = None
         else:
             full = [torch.arange(n) if i is None else i for i, n in zip(idx, sizes)]

@@ -276,6 +276,6 @@ def _labelled(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: En
             "corrupted_metric": setup.corrupted_metric.mean().item(), "tokens": target_tokens, "n_pairs": pairs.n}
     if stats is not None:
         meta["engine"] = {"path": stats.path, "calls": stats.calls, "token_layers": stats.token_layers,
-                          "notes": stats.notes}
+                          "padding": stats.padding, "notes": stats.notes}
     return LabelledArray(values.detach().cpu().numpy(), dims, {d: coords[d] for d in dims},
                          name=f"{comp} patching ({direction})", meta=meta)
