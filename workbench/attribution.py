@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .engine import run_patches
-from .patching import GRIDS, _grid_cells, _labelled, _patches_for, prepare
+from .patching import _grid_cells, _labelled, _patches_for, check_grid, prepare
 from .results import LabelledArray
-from .sites import Site, parse_components
+from .sites import Site
 
 
 def _attribution_grid(model, setup, comp: str, by: str, grads: dict) -> torch.Tensor:
@@ -42,19 +43,18 @@ def attribution_patching(model, clean, corrupted, answer, foil=None, *, componen
                          by: str = "position", metric="logit_diff", direction: str = "denoise", align=None,
                          per_pair: bool = False) -> dict[str, LabelledArray]:
     """AtP estimates of the metric after each patch, in the same layout as `activation_patching`."""
-    comps = parse_components(components)
-    if by not in GRIDS:
-        raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
-    if by != "position" and comps != ["z"]:
-        raise ValueError(f"by: {by!r} patches heads, which needs components='z', got {comps}")
+    comps = check_grid(components, by)
     setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
+    return _attribution_arrays(model, setup, comps, by, metric, direction, per_pair)
+
+
+def _attribution_arrays(model, setup, comps, by, metric, direction, per_pair) -> dict[str, LabelledArray]:
     grads = target_gradients(model, setup)
     L, H = model.dims.n_layers, model.dims.n_heads
-    metric_name = metric if isinstance(metric, str) else "custom"
     out = {}
     for comp in comps:
         grid = _attribution_grid(model, setup, comp, by, grads)
-        arr = _labelled(grid, setup, comp, by, metric_name, direction, None, per_pair, L, H)
+        arr = _labelled(grid, setup, comp, by, metric, direction, None, per_pair, L, H)
         arr.name = f"{comp} attribution patching ({direction})"
         arr.meta["method"] = "attribution"
         out[comp] = arr
@@ -81,10 +81,9 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
-    comps = parse_components(components)
-    att = attribution_patching(model, clean, corrupted, answer, foil, components=comps, by=by, metric=metric,
-                               direction=direction, align=align)
+    comps = check_grid(components, by)
     setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
+    att = _attribution_arrays(model, setup, comps, by, metric, direction, False)
     base = setup.target_metric.mean().item()
     ranked = sorted(((abs(float(v) - base), comp, idx) for comp in comps
                      for idx, v in enumerate(att[comp].values.reshape(-1))), reverse=True)[:top_k]
@@ -104,15 +103,8 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
                             name=f"{comp} exact patching of the top {top_k}", meta=dict(att[comp].meta, method="exact"))
         exact[comp] = arr
     for _, comp, idx in ranked:
-        cell = dict(zip(att[comp].dims, (att[comp].coords[d][i] for d, i in
-                                         zip(att[comp].dims, divmod_all(idx, att[comp].values.shape)))))
+        multi = np.unravel_index(idx, att[comp].values.shape)
+        cell = {d: att[comp].coords[d][int(i)] for d, i in zip(att[comp].dims, multi)}
         top.append({"component": comp, **cell, "attribution": float(att[comp].values.reshape(-1)[idx]),
                     "exact": float(exact[comp].values.reshape(-1)[idx])})
     return {"attribution": att, "exact": exact, "top": top}
-
-
-def divmod_all(flat: int, shape) -> list[int]:
-    """Multi-index of a flat index (numpy.unravel_index, as ints)."""
-    import numpy as np
-
-    return [int(i) for i in np.unravel_index(flat, shape)]

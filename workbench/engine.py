@@ -138,14 +138,14 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress) -> Te
             pair_idx = torch.tensor([p.pair for p in chunk], device=model.device)
             ivs = [p.intervention(row) for row, p in enumerate(chunk)]
             logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1]
-            out[start:start + len(chunk)] = _checked(metric(logits, pair_idx), len(chunk))
+            out[start:start + len(chunk)] = checked_metric(metric(logits, pair_idx), len(chunk))
             stats.calls += 1
             stats.token_layers += len(chunk) * T * model.dims.n_layers
             stats.unembedded += len(chunk) * T
     return out
 
 
-def _checked(values: Tensor, n: int) -> Tensor:
+def checked_metric(values: Tensor, n: int) -> Tensor:
     if not isinstance(values, Tensor) or values.shape != (n,):
         got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row), got {got}")
@@ -323,5 +323,5 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             logits = unembed(final_norm(h[lay.pack.to(dev), last.to(dev)]))
             stats.unembedded += len(lay.rows)
             rows = torch.tensor(lay.rows, device=dev)
-            out[rows] = _checked(metric(logits, pack_pair[lay.pack.to(dev)]), len(lay.rows))
+            out[rows] = checked_metric(metric(logits, pack_pair[lay.pack.to(dev)]), len(lay.rows))
     return out, stats

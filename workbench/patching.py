@@ -6,21 +6,19 @@ The work is done by `workbench.engine` (batched, suffix-only recompute).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .engine import EngineStats, Patch, run_patches
+from .engine import EngineStats, MetricFn, Patch, checked_metric, run_patches
 from .models import Model
 from .results import LabelledArray
 from .sites import Site, parse_components
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")
-MetricFn = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [n, d_vocab], pair index [n]) -> [n]
 GRIDS = {"position": ("layer", "position"), "head": ("layer", "head"), "position_head": ("layer", "position", "head")}
 
 
@@ -121,13 +119,6 @@ def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrup
     return lambda logits, idx: (logit_diff(logits, idx) - corr_ld[idx]) / (clean_ld[idx] - corr_ld[idx])
 
 
-def _checked(values, n: int) -> Tensor:
-    if not isinstance(values, Tensor) or values.shape != (n,):
-        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row), got {got}")
-    return values
-
-
 @dataclass
 class Setup:
     """Everything a sweep needs from the two baseline runs."""
@@ -155,12 +146,22 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
         corr_logits, corr_cache = model.run_with_cache(pairs.corrupted, sites)
     fn = metric_fn(metric, pairs, clean_logits[:, -1], corr_logits[:, -1])
     idx = torch.arange(pairs.n, device=model.device)
-    clean_metric = _checked(fn(clean_logits[:, -1], idx), pairs.n)
-    corr_metric = _checked(fn(corr_logits[:, -1], idx), pairs.n)
+    clean_metric = checked_metric(fn(clean_logits[:, -1], idx), pairs.n)
+    corr_metric = checked_metric(fn(corr_logits[:, -1], idx), pairs.n)
     c_pos, x_pos = [c for c, _ in pairs.align], [x for _, x in pairs.align]
     if direction == "denoise":
         return Setup(pairs, sites, clean_cache, corr_cache, pairs.corrupted, x_pos, c_pos, fn, clean_metric, corr_metric, corr_metric)
     return Setup(pairs, sites, corr_cache, clean_cache, pairs.clean, c_pos, x_pos, fn, clean_metric, corr_metric, clean_metric)
+
+
+def check_grid(components, by: str) -> list[str]:
+    """The checked component list for a grid `by` position, head or position_head."""
+    comps = parse_components(components)
+    if by not in GRIDS:
+        raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
+    if by != "position" and comps != ["z"]:
+        raise ValueError(f"by: {by!r} patches heads, which needs components='z', got {comps}")
+    return comps
 
 
 def _grid_cells(by: str, n_layers: int, n_pos: int, n_heads: int):
@@ -228,11 +229,7 @@ def activation_patching(
     over pairs (or with a leading `pair` axis if per_pair). `meta` holds clean_metric,
     corrupted_metric and the engine's statistics.
     """
-    comps = parse_components(components)
-    if by not in GRIDS:
-        raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
-    if by != "position" and comps != ["z"]:
-        raise ValueError(f"by: {by!r} patches heads, which needs components='z', got {comps}")
+    comps = check_grid(components, by)
     if method not in ("exact", "attribution"):
         raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
     if method == "attribution":
