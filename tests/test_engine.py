@@ -41,7 +41,7 @@ def test_unsupported_suffix_request_is_refused_and_full_path_says_so(tiny):
     m = tiny("llama")
     ids = m.to_tokens(IOI_CORRUPT)
     value = torch.zeros(1, m.dims.d_model)
-    patches = [Patch(0, wb.Site(1, "resid_pre"), [3], None, value)]
+    patches = [Patch.at(0, wb.Site(1, "resid_pre"), [3], None, value)]
     metric = lambda logits, idx: logits[:, 0]  # noqa: E731
     vals, stats = run_patches(m, ids, patches, metric, method="full")
     assert stats.path == "full"

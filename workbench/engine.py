@@ -36,26 +36,34 @@ MetricFn = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [n, d_vocab]
 
 
 @dataclass
-class Patch:
-    """Replace `site` at `positions` and `heads` (None: all) of target row `pair` by `value`.
+class Edit:
+    """Replace `site` at `positions` and `heads` (None: all) by `value`, which broadcasts to the selected
+    block of one row: [n_positions, d] or [n_positions, n_heads, d_head]."""
 
-    `value` broadcasts to the selected block of one row: [n_positions, d] or [n_positions, n_heads, d_head].
-    """
-
-    pair: int
     site: Site
     positions: list[int]
     heads: list[int] | None
     value: Tensor
 
+
+@dataclass
+class Patch:
+    """One patched run of target row `pair`: one or more edits (several for a window of layers)."""
+
+    pair: int
+    edits: list[Edit]
+
+    @classmethod
+    def at(cls, pair: int, site: Site, positions: list[int], heads: list[int] | None, value: Tensor) -> "Patch":
+        return cls(pair, [Edit(site, positions, heads, value)])
+
     @property
     def first_position(self) -> int:
-        return min(self.positions)
+        return min(min(e.positions) for e in self.edits)
 
-    def intervention(self, row: int, shift: int = 0) -> Replace:
-        """The patch for batch row `row` of a forward in which position p sits at index p + shift."""
-        return Replace(self.site, rows=row, positions=[p + shift for p in self.positions], heads=self.heads,
-                       value=self.value[None])
+    @property
+    def first_layer(self) -> int:
+        return min(e.site.layer for e in self.edits)
 
 
 @dataclass
@@ -96,11 +104,13 @@ def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens:
 
 def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricFn, *, memory_mb: float | None = 1024,
                 max_batch_tokens: int | None = None, method: str = "auto", progress: bool = False,
-                pack_tokens: int = 64) -> tuple[Tensor, EngineStats]:
+                pack_tokens: int = 64, target_embeds: Tensor | None = None) -> tuple[Tensor, EngineStats]:
     """Metric after each patch, [len(patches)], and how the work was done.
 
-    `target_ids` [n_pairs, pos] are the prompts patched into (no padding). `method` is "suffix"
-    (the fast path), "full" (batched full forwards) or "auto" (suffix where the architecture allows).
+    `target_ids` [n_pairs, pos] are the prompts patched into (no padding); `target_embeds`
+    [n_pairs, pos, d_model], if given, replaces their token embeddings (causal tracing's noised
+    subject). `method` is "suffix" (the fast path), "full" (batched full forwards) or "auto"
+    (suffix where the architecture allows).
     """
     if method not in ("auto", "suffix", "full"):
         raise ValueError(f"method: expected 'auto', 'suffix' or 'full', got {method!r}")
@@ -116,8 +126,8 @@ def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricF
         if reason:
             warnings.warn(f"patching falls back to batched full forwards: {reason}", stacklevel=2)
             stats.notes.append(reason)
-        return _run_full(model, target_ids, patches, metric, budget, stats, progress), stats
-    return _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress)
+        return _run_full(model, target_ids, patches, metric, budget, stats, progress, target_embeds), stats
+    return _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress, target_embeds)
 
 
 def _suffix_unsupported(model) -> str | None:
@@ -128,7 +138,7 @@ def _suffix_unsupported(model) -> str | None:
     return None
 
 
-def _run_full(model, target_ids, patches, metric, budget, stats, progress) -> Tensor:
+def _run_full(model, target_ids, patches, metric, budget, stats, progress, target_embeds=None) -> Tensor:
     T = target_ids.shape[1]
     rows_per_call = max(1, budget // T)
     out = torch.empty(len(patches), device=model.device)
@@ -136,8 +146,11 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress) -> Te
         for start in tqdm(range(0, len(patches), rows_per_call), disable=not progress, desc="patching (full)"):
             chunk = patches[start:start + rows_per_call]
             pair_idx = torch.tensor([p.pair for p in chunk], device=model.device)
-            ivs = [p.intervention(row) for row, p in enumerate(chunk)]
-            logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1]
+            ivs = _edit_interventions([(row, e, 0) for row, p in enumerate(chunk) for e in p.edits])
+            if target_embeds is None:
+                logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1]
+            else:
+                logits = model.run_with_interventions(None, ivs, inputs_embeds=target_embeds[pair_idx])[:, -1]
             out[start:start + len(chunk)] = checked_metric(metric(logits, pair_idx), len(chunk))
             stats.calls += 1
             stats.token_layers += len(chunk) * T * model.dims.n_layers
@@ -159,7 +172,7 @@ def _layer_kv(cache, layer: int) -> tuple[Tensor, Tensor]:
 
 def _chunks(patches: list[Patch], T: int, budget: int) -> list[list[int]]:
     """Patch indices in groups whose suffix tokens, all alive at the last layer, fit the budget."""
-    order = sorted(range(len(patches)), key=lambda i: (patches[i].pair, patches[i].first_position, patches[i].site.layer))
+    order = sorted(range(len(patches)), key=lambda i: (patches[i].pair, patches[i].first_position, patches[i].first_layer))
     chunks, current, tokens = [], [], 0
     for i in order:
         s = T - patches[i].first_position
@@ -187,7 +200,7 @@ class _Layout:
 
 
 def _layout(patches: list[Patch], chunk: list[int], T: int, capacity: int, n_layers: int) -> _Layout:
-    rows = sorted(chunk, key=lambda i: (patches[i].site.layer, patches[i].pair, patches[i].first_position))
+    rows = sorted(chunk, key=lambda i: (patches[i].first_layer, patches[i].pair, patches[i].first_position))
     pack_pair, pack_len, pack_of, start_of = [], [], [], []
     open_pack: dict[int, int] = {}  # pair -> the pack still being filled
     for i in rows:
@@ -209,7 +222,7 @@ def _layout(patches: list[Patch], chunk: list[int], T: int, capacity: int, n_lay
     active, lengths = [], [0] * B
     k = 0
     for layer in range(n_layers):
-        while k < len(rows) and patches[rows[k]].site.layer == layer:
+        while k < len(rows) and patches[rows[k]].first_layer == layer:
             p, b, st = patches[rows[k]].first_position, pack_of[k], start_of[k]
             slot_row[b, st:st + T - p] = k
             slot_pos[b, st:st + T - p] = torch.arange(p, T)
@@ -236,35 +249,36 @@ def _packed_mask(lay: _Layout, T: int, dtype) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _joining_interventions(patches: list[Patch], lay: _Layout, members: list[int]) -> list[Replace]:
-    """One pointwise Replace per (site, head selection) for the rows joining at a layer: a single scatter each."""
-    groups: dict[tuple, list[int]] = {}
-    for k in members:
-        p = patches[lay.rows[k]]
-        groups.setdefault((p.site, p.heads is None), []).append(k)
+def _edit_interventions(edits: list[tuple[int, Edit, int]]) -> list[Replace]:
+    """(batch row, edit, shift) triples -> one pointwise Replace per (site, head selection): a single scatter each.
+
+    Position q of an edit lands at index q + shift of its batch row.
+    """
+    groups: dict[tuple, list[tuple[int, Edit, int]]] = {}
+    for item in edits:
+        groups.setdefault((item[1].site, item[1].heads is None), []).append(item)
     ivs = []
-    for (site, all_heads), ks in groups.items():
+    for (site, all_heads), items in groups.items():
         rows, positions, heads, values = [], [], [], []
-        for k in ks:
-            p = patches[lay.rows[k]]
-            b, shift = int(lay.pack[k]), int(lay.start[k]) - p.first_position
+        for b, e, shift in items:
+            n = len(e.positions)
             if all_heads:
-                rows += [b] * len(p.positions)
-                positions += [q + shift for q in p.positions]
-                values.append(p.value.expand(len(p.positions), *p.value.shape[1:]))
+                rows += [b] * n
+                positions += [q + shift for q in e.positions]
+                values.append(e.value.expand(n, *e.value.shape[1:]))
             else:
-                v = p.value.expand(len(p.positions), len(p.heads), p.value.shape[-1])
-                for qi, q in enumerate(p.positions):
-                    rows += [b] * len(p.heads)
-                    positions += [q + shift] * len(p.heads)
-                    heads += p.heads
+                v = e.value.expand(n, len(e.heads), e.value.shape[-1])
+                for qi, q in enumerate(e.positions):
+                    rows += [b] * len(e.heads)
+                    positions += [q + shift] * len(e.heads)
+                    heads += e.heads
                     values.append(v[qi])
         ivs.append(Replace(site, rows=rows, positions=positions, heads=None if all_heads else heads,
                            pointwise=True, value=torch.cat(values)))
     return ivs
 
 
-def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress):
+def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress, target_embeds=None):
     """The fast path: rows start at their patch's layer and compute only their suffix, packed end to end."""
     from transformers import DynamicCache
 
@@ -275,7 +289,10 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
     resid_sites = [Site(l, "resid_pre") for l in range(dims.n_layers)]
     with torch.no_grad():
         with model.hooks(cache_sites=resid_sites) as cache:
-            target = model.hf(input_ids=target_ids, use_cache=True)
+            if target_embeds is None:
+                target = model.hf(input_ids=target_ids, use_cache=True)
+            else:
+                target = model.hf(inputs_embeds=target_embeds, use_cache=True)
         resid = [cache[s.name] for s in resid_sites]  # per layer [n_pairs, T, d_model]
         kv = [_layer_kv(target.past_key_values, l) for l in range(dims.n_layers)]  # [n_pairs, kv_heads, T, d_head]
         stats.calls += 1
@@ -294,8 +311,13 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             pack_pair = lay.pack_pair.to(dev)
             h = torch.zeros(*lay.slot_row.shape, dims.d_model, dtype=dtype, device=dev)
             rope = model.module("rotary")(h, positions) if arch.rotary else None
-            row_layer = [patches[i].site.layer for i in lay.rows]
+            row_layer = [patches[i].first_layer for i in lay.rows]
             slot_row, slot_pos = lay.slot_row.to(dev), lay.slot_pos.to(dev)
+            edits_at: dict[int, list] = {}
+            for k, i in enumerate(lay.rows):
+                shift = int(lay.start[k]) - patches[i].first_position
+                for e in patches[i].edits:
+                    edits_at.setdefault(e.site.layer, []).append((int(lay.pack[k]), e, shift))
             k = 0
             for l in range(row_layer[0], dims.n_layers):
                 members = []
@@ -312,7 +334,7 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                           "use_cache": True, arch.cache_kwarg: past}
                 if rope is not None:
                     kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope)
-                with model.hooks(_joining_interventions(patches, lay, members), input_shape=(nb, w)):
+                with model.hooks(_edit_interventions(edits_at.get(l, [])), input_shape=(nb, w)):
                     y = blocks[l](h[:nb, :w], **kwargs)
                 h[:nb, :w] = y[0] if isinstance(y, tuple) else y
                 stats.calls += 1

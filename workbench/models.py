@@ -240,6 +240,19 @@ class Model:
 
     # -- running --------------------------------------------------------------------------------
 
+    def _forward_kwargs(self, inputs, attention_mask, inputs_embeds) -> tuple[dict, tuple[int, int]]:
+        """Keyword arguments for the HF forward, and the [batch, pos] shape, from tokens/prompts or embeddings."""
+        if inputs_embeds is not None:
+            if inputs is not None:
+                raise ValueError("inputs_embeds: give either inputs or inputs_embeds, not both")
+            d = self.dims.d_model
+            if not isinstance(inputs_embeds, Tensor) or inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != d:
+                got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
+                raise ValueError(f"inputs_embeds: expected shape [batch, pos, {d}], got {got}")
+            return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}, tuple(inputs_embeds.shape[:2])
+        ids, mask = self.encode(inputs, attention_mask)
+        return {"input_ids": ids, "attention_mask": mask}, tuple(ids.shape)
+
     def forward(self, inputs, attention_mask: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab]."""
         ids, mask = self.encode(inputs, attention_mask)
@@ -247,29 +260,34 @@ class Model:
 
     __call__ = forward
 
+    def embed(self, inputs) -> Tensor:
+        """Token embeddings [batch, pos, d_model] (what `inputs_embeds` replaces)."""
+        return self.module("embed")(self.encode(inputs)[0])
+
     def all_sites(self, components: Sequence[str] = tuple(COMPONENTS)) -> list[Site]:
         return [Site(l, c) for l in range(self.dims.n_layers) for c in components]
 
     def run_with_cache(
         self, inputs, sites: Iterable[str | Site] | None = None, *, interventions: Iterable[Intervention] = (),
-        attention_mask: Tensor | None = None, grad: bool = False,
+        attention_mask: Tensor | None = None, grad: bool = False, inputs_embeds: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(logits, {hook name: activation}) for `sites` (default: every site of every layer).
 
         With `grad=True` the forward keeps its graph and the cached activations stay attached to it.
+        `inputs_embeds` [batch, pos, d_model] replaces the token embeddings (then pass inputs=None).
         """
-        ids, mask = self.encode(inputs, attention_mask)
+        kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
         sites = self.all_sites() if sites is None else list(sites)
-        with torch.set_grad_enabled(grad), \
-                _hooks(self, interventions, sites, input_shape=tuple(ids.shape), detach=not grad) as cache:
-            logits = self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with torch.set_grad_enabled(grad), _hooks(self, interventions, sites, input_shape=shape, detach=not grad) as cache:
+            logits = self.hf(**kwargs, use_cache=False).logits
         return logits, cache
 
-    def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None) -> Tensor:
+    def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None,
+                               *, inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of a forward with `interventions` applied."""
-        ids, mask = self.encode(inputs, attention_mask)
-        with _hooks(self, interventions, input_shape=tuple(ids.shape)):
-            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
+        with _hooks(self, interventions, input_shape=shape):
+            return self.hf(**kwargs, use_cache=False).logits
 
     @contextmanager
     def hooks(self, interventions: Iterable[Intervention] = (), cache_sites: Iterable[str | Site] = (), **kw):

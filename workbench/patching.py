@@ -204,7 +204,7 @@ def _patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[
                 value, positions = value[setup.source_pos[p]:setup.source_pos[p] + 1], [setup.target_pos[p]]
             if h is not None:
                 value = value[:, h:h + 1]
-            patches.append(Patch(pair, Site(layer, comp), positions, None if h is None else [h], value))
+            patches.append(Patch.at(pair, Site(layer, comp), positions, None if h is None else [h], value))
             where.append((pair, ci))
     return patches, where
 

@@ -32,3 +32,29 @@ def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r"):
         if own:
             plt.close(ax.figure)
     return ax
+
+
+_TRACE_STYLE = {"resid": ("Purples", "single restored layer"), "mlp": ("Greens", "MLP"), "attn": ("Reds", "Attn")}
+
+
+def trace_figure(trace, path=None):
+    """Meng et al. (2022) Figure 1: p(answer) after restoring each (token, layer), one panel per kind."""
+    kinds = list(trace.scores)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.32 * len(trace.tokens) + 1.6), squeeze=False)
+    start, stop = trace.subject_span
+    labels = [f"{t}*" if start <= i < stop else t for i, t in enumerate(trace.tokens)]
+    for ax, kind in zip(axes[0], kinds):
+        cmap, name = _TRACE_STYLE.get(kind, ("Blues", kind))
+        scores = trace.scores[kind]
+        im = ax.pcolormesh(scores, cmap=cmap, vmin=trace.p_corrupted)
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(len(labels)) + 0.5, labels)
+        ax.set_xlabel("layer" if kind == "resid" else f"center of interval of {trace.config.get('window', '')} restored {name} layers")
+        ax.set_title(f"Impact of restoring {'state' if kind == 'resid' else name} after corrupted input", fontsize=9)
+        fig.colorbar(im, ax=ax, label=f"p({trace.answer.strip()})")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig

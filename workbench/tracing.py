@@ -1,0 +1,145 @@
+"""ROME-style causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", Sec. 2).
+
+    corrupt:  x_subject <- x_subject + eps,  eps ~ N(0, nu^2), in `samples` copies (token embeddings)
+    restore:  one clean state h_t^(l) (the residual stream after block l), or the MLP / attention
+              outputs of a window of `window` layers around l, at one token t
+    score:    p(answer) at the last position, averaged over the corrupted copies
+    IE = p(restored) - p(corrupted)        TE = p(clean) - p(corrupted)
+
+All restorations of a fact share the same noise and run through the batched patching engine
+(`workbench.engine`): each (kind, token, layer, copy) is one patched row, starting at its first
+restored layer and computing only the tokens from t on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .engine import Edit, Patch, run_patches
+from .models import Model
+from .sites import Site
+
+KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """The layers restored together for a window centred at `layer`, as in the paper: [l - w//2, l + w - w//2)."""
+    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
+
+
+def embedding_noise_std(model: Model, subjects: list[str]) -> float:
+    """Standard deviation of the token-embedding values of `subjects` (nu = 3 x this, in the paper)."""
+    if not subjects:
+        raise ValueError("subjects: expected at least one subject")
+    with torch.no_grad():
+        values = torch.cat([model.embed(s).reshape(-1) for s in subjects])
+    return values.std().item()
+
+
+@dataclass
+class Trace:
+    """Causal-tracing result for one fact. `scores[kind]` is p(answer) after restoration, [tokens, layers]."""
+
+    prompt: str
+    subject: str
+    answer: str
+    tokens: list[str]
+    subject_span: tuple[int, int]  # [start, end) token positions
+    p_clean: float
+    p_corrupted: float
+    scores: dict[str, np.ndarray]
+    config: dict = field(default_factory=dict)
+
+    @property
+    def total_effect(self) -> float:
+        return self.p_clean - self.p_corrupted
+
+    def indirect_effect(self, kind: str) -> np.ndarray:
+        """p(restored) - p(corrupted), [tokens, layers]."""
+        return self.scores[kind] - self.p_corrupted
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "subject": self.subject, "answer": self.answer, "tokens": self.tokens,
+                "subject_span": list(self.subject_span), "p_clean": self.p_clean, "p_corrupted": self.p_corrupted,
+                "scores": {k: v.tolist() for k, v in self.scores.items()}, "config": self.config}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Trace":
+        return cls(d["prompt"], d["subject"], d["answer"], d["tokens"], tuple(d["subject_span"]), d["p_clean"],
+                   d["p_corrupted"], {k: np.asarray(v) for k, v in d["scores"].items()}, d.get("config", {}))
+
+    def plot(self, path: str | Path | None = None):
+        """The paper's Figure 1: one heatmap per kind, tokens down, layers across; subject tokens starred."""
+        from .plotting import trace_figure
+
+        return trace_figure(self, path)
+
+
+def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: float, samples: int = 10,
+               window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, memory_mb: float = 1024,
+               progress: bool = False) -> Trace:
+    """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise`
+    the absolute standard deviation nu (3 x `embedding_noise_std` in the paper)."""
+    kinds = list(kinds)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected an int >= 1, got {window!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    span = model.find_span(prompt, subject)
+    answer_ids = model.tokenizer(answer, add_special_tokens=False).input_ids
+    if not answer_ids:
+        raise ValueError(f"answer: {answer!r} has no tokens")
+    target = answer_ids[0]
+    ids = model.to_tokens(prompt)
+    T, L = ids.shape[1], model.dims.n_layers
+    comps = [KINDS[k] for k in kinds]
+    sites = [Site(l, c) for c in comps for l in range(L)]
+
+    def p_answer(logits: Tensor, idx: Tensor | None = None) -> Tensor:
+        return logits.softmax(-1)[:, target]
+
+    with torch.no_grad():
+        clean_logits, clean = model.run_with_cache(ids, sites)
+        gen = torch.Generator().manual_seed(seed)
+        eps = noise * torch.randn(samples, len(span), model.dims.d_model, generator=gen)
+        embeds = model.embed(ids).repeat(samples, 1, 1)
+        embeds[:, span.start:span.stop] += eps.to(embeds.device, embeds.dtype)
+        corr_logits, corrupted = model.run_with_cache(None, sites, inputs_embeds=embeds)
+    p_clean = p_answer(clean_logits[:, -1]).item()
+    p_corr = p_answer(corr_logits[:, -1])  # [samples]
+
+    scores = {}
+    for kind, comp in zip(kinds, comps):
+        # a restoration whose clean states equal the corrupted ones in every copy changes nothing (tokens before the subject)
+        same = torch.stack([(clean[Site(l, comp).name][0] == corrupted[Site(l, comp).name]).all(-1).all(0)
+                            for l in range(L)]).cpu()  # [layers, tokens]
+        grid = p_corr.mean().repeat(T, L).clone()
+        patches, cells = [], []
+        for t in range(T):
+            for l in range(L):
+                layers = [l] if kind == "resid" else list(window_layers(l, window, L))
+                if all(bool(same[x, t]) for x in layers):
+                    continue
+                edits = [Edit(Site(x, comp), [t], None, clean[Site(x, comp).name][0, t:t + 1]) for x in layers]
+                patches += [Patch(s, edits) for s in range(samples)]
+                cells.append((t, l))
+        values, _ = run_patches(model, ids.repeat(samples, 1), patches, p_answer, target_embeds=embeds,
+                                memory_mb=memory_mb, progress=progress)
+        if cells:
+            per_cell = values.reshape(len(cells), samples).mean(1).cpu()
+            t_idx = torch.tensor([c[0] for c in cells])
+            l_idx = torch.tensor([c[1] for c in cells])
+            grid[t_idx, l_idx] = per_cell.to(grid.dtype)
+        scores[kind] = grid.cpu().numpy()
+    return Trace(prompt, subject, answer, model.to_str_tokens(prompt), (span.start, span.stop), p_clean,
+                 p_corr.mean().item(), scores,
+                 {"noise": noise, "samples": samples, "window": window, "seed": seed, "kinds": kinds})
