@@ -3,52 +3,15 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.tracing import KINDS, embedding_noise_std, trace_fact, window_layers
+from workbench.reference import research_trace_loop
+from workbench.tracing import KINDS, embedding_noise_std, trace_fact
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
-ROLE = {"resid": ("block", "output"), "mlp": ("mlp", "output"), "attn": ("attn", "output")}
 
 
 @pytest.fixture(scope="module")
 def tiny4(tokenizer):
     return {f: wb.tiny_model(f, n_layers=4, tokenizer=tokenizer) for f in ("llama", "gpt2")}
-
-
-def research_loop(m, kind, noise_eps, window):
-    """The research code's structure: per cell, one forward of batch samples+1 (row 0 clean), the subject's
-    embeddings noised in rows 1.., the clean row's states copied into the others at the restored sites."""
-    ids = m.to_tokens(PROMPT)
-    span = m.find_span(PROMPT, SUBJECT)
-    target = m.tokenizer(ANSWER, add_special_tokens=False).input_ids[0]
-    samples = noise_eps.shape[0]
-    T, L = ids.shape[1], m.dims.n_layers
-    embed = m.module("embed")
-
-    def noised(mod, args, out):
-        out = out.clone()
-        out[1:, span.start:span.stop] += noise_eps
-        return out
-
-    out = np.zeros((T, L))
-    for t in range(T):
-        for l in range(L):
-            layers = [l] if kind == "resid" else list(window_layers(l, window, L))
-            handles = [embed.register_forward_hook(noised)]
-            for x in layers:
-                def restore(mod, args, o, t=t):
-                    h = o[0] if isinstance(o, tuple) else o
-                    h = h.clone()
-                    h[1:, t] = h[0, t]
-                    return (h, *o[1:]) if isinstance(o, tuple) else h
-                handles.append(m.module(ROLE[kind][0], x).register_forward_hook(restore))
-            try:
-                with torch.no_grad():
-                    probs = m.hf(input_ids=ids.repeat(samples + 1, 1)).logits[1:, -1].softmax(-1)
-            finally:
-                for h in handles:
-                    h.remove()
-            out[t, l] = probs[:, target].mean().item()
-    return out
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -58,7 +21,7 @@ def test_trace_equals_the_research_loop(tiny4, family):
     tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=nu, samples=samples, window=window, seed=seed)
     eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
     for kind in KINDS:
-        ref = research_loop(m, kind, eps, window)
+        ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
         assert np.abs(tr.scores[kind] - ref).max() < 1e-5, kind
     assert tr.subject_span == (1, 4)
 
@@ -92,3 +55,98 @@ def test_trace_figure_and_bad_input(tiny4, tmp_path):
         trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, kinds=("mlp", "embed"))
     with pytest.raises(ValueError, match="samples"):
         trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=0)
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from workbench.facts import known_facts, load_facts
+from workbench.tracing import token_groups, trace_facts
+
+FACTS = [
+    {"id": 0, "relation": "capital_of", "subject": "France", "prompt": "The capital city of France is", "object": "Paris"},
+    {"id": 1, "relation": "landmark_city", "subject": "Eiffel Tower", "prompt": "The Eiffel Tower is located in the city of", "object": "Paris"},
+    {"id": 2, "relation": "capital_of", "subject": "Japan", "prompt": "The capital city of Nippon is", "object": "Tokyo"},
+    {"id": 3, "relation": "capital_of", "subject": "Italy", "prompt": "The capital city of Italy is", "object": "Rome"},
+    {"id": 4, "relation": "official_language", "subject": "Germany", "prompt": "The official language of Germany is", "object": "German"},
+]
+
+
+def _write_facts(path, facts=FACTS):
+    path.write_text("".join(json.dumps(f) + "\n" for f in facts))
+    return path
+
+
+def test_token_groups():
+    g = token_groups((1, 4), 10)
+    assert g["first subject token"] == [1] and g["middle subject tokens"] == [2] and g["last subject token"] == [3]
+    assert g["first subsequent token"] == [4] and g["further tokens"] == [5, 6, 7, 8] and g["last token"] == [9]
+    g = token_groups((4, 5), 6)
+    assert g["middle subject tokens"] == [] and g["first subsequent token"] == [5] and g["further tokens"] == []
+
+
+def test_sweep_resumes_skips_and_summarizes(tiny4, tmp_path):
+    m = tiny4["llama"]
+    facts = _write_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "out"
+    kw = dict(samples=2, window=2, trace_unknown=True, figures=False, progress=False)
+    first = trace_facts(m, facts, out, limit=2, **kw)
+    assert first["n_traced"] == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "facts").iterdir()}
+    full = trace_facts(m, facts, out, **kw)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "facts").iterdir() if p.name in stamps} == stamps
+    assert full["n_traced"] == 4 and full["skipped"] == {"subject not found": 1}
+    # restoring the last block's output at the last token gives back the clean prediction, so the
+    # average IE there equals the average total effect
+    last = full["indirect_effect"]["resid"]["last token"]["by_layer"][-1]
+    assert abs(last - full["average_total_effect"]) < 1e-5
+    with pytest.raises(ValueError, match="different configuration.*samples"):
+        trace_facts(m, facts, out, limit=2, **{**kw, "samples": 3})
+
+
+def test_sweep_skips_unknown_facts_and_bad_files(tiny4, tmp_path):
+    m = tiny4["gpt2"]
+    facts = _write_facts(tmp_path / "facts.jsonl")
+    assert not any(known_facts(m, load_facts(facts)))  # a random tiny model knows nothing
+    summary = trace_facts(m, facts, tmp_path / "out", samples=2, window=2, figures=False, progress=False)
+    assert summary["n_traced"] == 0 and summary["skipped"] == {"not known": 4, "subject not found": 1}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(FACTS[0]) + "\n" + json.dumps(FACTS[1]) + "\n{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl:3"):
+        trace_facts(m, bad, tmp_path / "out2", figures=False)
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_default_model_knows_the_classic_facts(default_model):
+    assert known_facts(default_model, FACTS[:2] + FACTS[3:]) == [True, True, True, True]
+
+
+def test_sweep_survives_sigkill(tmp_path):
+    facts = _write_facts(tmp_path / "facts.jsonl", [{**f, "id": i} for i, f in enumerate(FACTS * 8) if f["id"] != 2])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "workbench.cli", "trace", "--model", "tiny-llama", "--facts", str(facts),
+           "--out", str(out), "--samples", "4", "--window", "2", "--trace-unknown", "--no-figures"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list((out / "facts").glob("*.json"))) < 3 \
+            if (out / "facts").exists() else time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list((out / "facts").glob("*.json"))
+    for f in done:
+        json.loads(f.read_text())  # every file there is whole
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert len(list((out / "facts").glob("*.json"))) == 32
+    assert not [p for p in (out / "facts").iterdir() if not p.name.endswith(".json")]  # no temp files left
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_traced"] == 32

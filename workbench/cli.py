@@ -86,6 +86,39 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_trace(args) -> int:
+    from .models import load_model
+    from .tracing import trace_facts
+
+    model = load_model(args.model)
+    summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
+                          window=args.window, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+                          seed=args.seed, trace_unknown=args.trace_unknown, figures=not args.no_figures)
+    print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _cmd_known(args) -> int:
+    from .facts import known_facts, load_facts
+    from .models import load_model
+    from .results import atomic_write_text
+
+    model = load_model(args.model)
+    facts = load_facts(args.facts)
+    known = known_facts(model, facts)
+    lines = [json.dumps({**f, "known": k}) for f, k in zip(facts, known)]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    by_rel: dict[str, list[int]] = {}
+    for f, k in zip(facts, known):
+        by_rel.setdefault(f.get("relation", "?"), [0, 0])
+        by_rel[f.get("relation", "?")][0] += k
+        by_rel[f.get("relation", "?")][1] += 1
+    for rel, (k, n) in sorted(by_rel.items()):
+        print(f"{rel:<24} {k:>4} / {n}")
+    print(f"{'total':<24} {sum(known):>4} / {len(facts)} known; wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workbench", description="mechanistic-interpretability workbench")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--memory-mb", type=float, default=1024)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_patch)
+    s = sub.add_parser("trace", help="ROME-style causal tracing over a facts JSONL file (resumable)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--out", required=True)
+    s.add_argument("--limit", type=int, default=None, help="trace at most N facts (skipped ones do not count)")
+    s.add_argument("--samples", type=int, default=10)
+    s.add_argument("--noise", type=float, default=3.0, help="noise std as a multiple of the subject embeddings' std")
+    s.add_argument("--window", type=int, default=10)
+    s.add_argument("--kinds", default="resid,mlp,attn")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trace-unknown", action="store_true", help="also trace facts the model does not know")
+    s.add_argument("--no-figures", action="store_true")
+    s.set_defaults(fn=_cmd_trace)
+    s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_known)
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
     s.add_argument("name")
     s.add_argument("rest", nargs=argparse.REMAINDER)

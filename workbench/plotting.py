@@ -58,3 +58,45 @@ def trace_figure(trace, path=None):
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def average_effect_figures(summary: dict, out_dir) -> list[Path]:
+    """The paper's average-effect figures: token group x layer heatmaps per kind (Fig. 2), and the
+    average indirect effect at the last subject token and the last token by layer (Fig. 3 style)."""
+    ie = summary["indirect_effect"]
+    kinds = list(ie)
+    groups = list(next(iter(ie.values())))
+    out_dir = Path(out_dir)
+    paths = []
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rows = [ie[kind][g]["by_layer"] for g in groups]
+        width = len(next(r for r in rows if r is not None))
+        grid = np.array([r if r is not None else [np.nan] * width for r in rows])
+        im = ax.pcolormesh(grid, cmap=_TRACE_STYLE.get(kind, ("Blues",))[0])
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(len(groups)) + 0.5, groups, fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_title(f"Average indirect effect: {kind} (n={summary['n_traced']})", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    paths.append(out_dir / "average_indirect_effect.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    colors = {"resid": "purple", "mlp": "green", "attn": "red"}
+    for ax, group in zip(axes, ["last subject token", "last token"]):
+        for kind in kinds:
+            y = ie[kind][group]["by_layer"]
+            if y is not None:
+                ax.plot(range(len(y)), y, color=colors.get(kind), label=kind)
+        ax.set_title(f"Average indirect effect at the {group}", fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("IE = p(restored) - p(corrupted)")
+        ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "average_effect_lines.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -143,3 +143,135 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
     return Trace(prompt, subject, answer, model.to_str_tokens(prompt), (span.start, span.stop), p_clean,
                  p_corr.mean().item(), scores,
                  {"noise": noise, "samples": samples, "window": window, "seed": seed, "kinds": kinds})
+
+
+# -- sweeps over a facts dataset -----------------------------------------------------------------
+
+TOKEN_GROUPS = ("first subject token", "middle subject tokens", "last subject token",
+                "first subsequent token", "further tokens", "last token")
+
+
+def token_groups(span: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
+    """The paper's token groups (Fig. 2) for a subject at positions [start, end); groups may overlap or be empty."""
+    start, end = span
+    last = n_tokens - 1
+    return {
+        "first subject token": [start],
+        "middle subject tokens": list(range(start + 1, end - 1)),
+        "last subject token": [end - 1],
+        "first subsequent token": [end] if end <= last else [],
+        "further tokens": list(range(end + 1, last)),
+        "last token": [last],
+    }
+
+
+def summarize(records: list[dict], kinds, n_layers: int) -> dict:
+    """Average indirect effect per layer for each kind and token group, average total effect, counts."""
+    traced = [r for r in records if "skipped" not in r]
+    skipped: dict[str, int] = {}
+    for r in records:
+        if "skipped" in r:
+            skipped[r["skipped"]] = skipped.get(r["skipped"], 0) + 1
+    out = {"n_traced": len(traced), "n_skipped": sum(skipped.values()), "skipped": skipped,
+           "average_total_effect": float(np.mean([r["p_clean"] - r["p_corrupted"] for r in traced])) if traced else None,
+           "average_p_clean": float(np.mean([r["p_clean"] for r in traced])) if traced else None,
+           "average_p_corrupted": float(np.mean([r["p_corrupted"] for r in traced])) if traced else None,
+           "indirect_effect": {}}
+    for kind in kinds:
+        per_group = {}
+        for group in TOKEN_GROUPS:
+            rows = []
+            for r in traced:
+                tokens = token_groups(tuple(r["subject_span"]), len(r["tokens"]))[group]
+                if tokens:
+                    ie = np.asarray(r["scores"][kind]) - r["p_corrupted"]
+                    rows.append(ie[tokens].mean(0))
+            per_group[group] = {"n_facts": len(rows), "by_layer": np.mean(rows, 0).tolist() if rows else None}
+        out["indirect_effect"][kind] = per_group
+    return out
+
+
+def _config_mismatch(old: dict, new: dict) -> str | None:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key} was {old.get(key)!r} there, is {new.get(key)!r} now"
+    return None
+
+
+def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10, noise: float = 3.0,
+                window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, trace_unknown: bool = False,
+                figures: bool = True, progress: bool = True) -> dict:
+    """Trace the facts of a JSONL file into `out`, resumably; returns the summary (also `out/summary.json`).
+
+    Each fact's result is written atomically to `out/facts/<id>.json` as soon as it is done, so a
+    killed sweep loses at most the fact in flight, and re-running the same command skips finished
+    facts. `noise` is the factor on the standard deviation of the dataset's subject embeddings.
+    `limit` caps the number of facts traced (skipped facts do not count). An `out` holding results of
+    another configuration is refused.
+    """
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .facts import answer_text, known_facts, load_facts
+    from .results import atomic_write_text
+
+    facts = load_facts(facts_path)
+    kinds = list(kinds)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
+    out = Path(out)
+    config = {"model": model.name, "fingerprint": model.fingerprint, "facts": Path(facts_path).name,
+              "samples": samples, "noise_factor": noise, "window": window, "kinds": kinds, "seed": seed,
+              "trace_unknown": trace_unknown}
+    config_file = out / "config.json"
+    if config_file.is_file():
+        why = _config_mismatch(json.loads(config_file.read_text()), config)
+        if why:
+            raise ValueError(f"out: {out} holds results of a different configuration ({why}); "
+                             "use another output directory or delete it")
+    atomic_write_text(config_file, json.dumps(config, indent=2))
+
+    subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
+    nu = noise * embedding_noise_std(model, subjects)
+    known = known_facts(model, facts)
+    records, n_traced = [], 0
+    bar = tqdm(total=limit or len(facts), disable=not progress, desc="tracing facts", unit="fact")
+    for fact, is_known in zip(facts, known):
+        if limit is not None and n_traced >= limit:
+            break
+        path = out / "facts" / f"{fact['id']}.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+        else:
+            reason = None
+            if fact["subject"] not in fact["prompt"]:
+                reason = "subject not found"
+            elif not is_known and not trace_unknown:
+                reason = "not known"
+            if reason:
+                record = {"id": fact["id"], "skipped": reason}
+            else:
+                tr = trace_fact(model, fact["prompt"], fact["subject"], answer_text(fact), noise=nu,
+                                samples=samples, window=window, kinds=kinds, seed=seed)
+                record = {"id": fact["id"], "relation": fact.get("relation"), "known": is_known, **tr.to_json()}
+                if figures:
+                    tr.plot(out / "figures" / f"fact_{fact['id']}.png")
+            atomic_write_text(path, json.dumps(record))
+        records.append(record)
+        if "skipped" not in record:
+            n_traced += 1
+            bar.update(1)
+        elif limit is None:
+            bar.update(1)
+    bar.close()
+    summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if figures and summary["n_traced"]:
+        from .plotting import average_effect_figures
+
+        average_effect_figures(summary, out)
+    return summary
