@@ -23,8 +23,6 @@ import torch
 
 import workbench as wb
 from workbench.datasets import ioi_pairs
-from workbench.patching import _grid_cells, _patches_for, prepare
-from workbench.engine import run_patches
 from workbench.results import atomic_write_text
 
 

@@ -6,7 +6,7 @@ import torch
 import workbench as wb
 from workbench.sites import COMPONENTS
 
-from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks, get_model, reference_patch, tl_bridge
+from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks, get_model, tl_bridge
 
 HOOKS = [s for s, _, _ in COMPONENTS.values()]
 

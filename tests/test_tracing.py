@@ -65,7 +65,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from workbench.facts import known_facts, load_facts
 from workbench.tracing import token_groups, trace_facts

@@ -2,7 +2,9 @@
 for causal language models, on one site/intervention layer."""
 from .interventions import Add, Intervention, Noise, ProjectOut, Replace, Scale, orthonormalize
 from .models import DEFAULT_MODEL, Model, load_model, tiny_model
+from .attribution import attribute_then_verify, attribution_patching
 from .patching import activation_patching
+from .tracing import trace_fact, trace_facts
 from .results import LabelledArray
 from .sites import Site, parse_site
 
@@ -10,6 +12,7 @@ __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model",
     "Site", "parse_site",
     "Intervention", "Replace", "Add", "Scale", "Noise", "ProjectOut", "orthonormalize",
-    "activation_patching", "LabelledArray",
+    "activation_patching", "attribution_patching", "attribute_then_verify", "LabelledArray",
+    "trace_fact", "trace_facts",
 ]
 __version__ = "0.1.0"

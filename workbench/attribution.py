@@ -22,7 +22,7 @@ from .sites import Site
 
 def _attribution_grid(model, setup, comp: str, by: str, grads: dict) -> torch.Tensor:
     """AtP estimates [n_pairs, n_cells] for one component, in the grid order of `_grid_cells`."""
-    L, H = model.dims.n_layers, model.dims.n_heads
+    L = model.dims.n_layers
     src_pos, tgt_pos = setup.source_pos, setup.target_pos
     rows = []
     for layer in range(L):
