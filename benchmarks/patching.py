@@ -7,14 +7,10 @@ benchmarks/results/patching-<device>.json.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
-import platform
 import threading
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import workbench as wb
+from common import device_meta, parser, write_result
 from workbench.datasets import ioi_pairs
-from workbench.results import atomic_write_text
 
 
 class PeakMemory:
@@ -223,17 +219,13 @@ def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False) -> dict
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = parser(__doc__)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--invokes-per-trace", type=int, default=64)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     model = wb.load_model(device=args.device)
     pairs = ioi_pairs(model, args.pairs)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
-    result = {"benchmark": "resid_pre patching grid, default model (SmolLM2-135M)", "device": args.device,
-              "device_name": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    result = {"benchmark": "resid_pre patching grid, default model (SmolLM2-135M)", **device_meta(args.device),
               "cases": {}}
     for label, subset in [("one_pair", pairs[:1]), (f"{args.pairs}_pairs", pairs)]:
         print(f"{label}: {len(subset)} pair(s) x {model.dims.n_layers} layers x "
@@ -244,9 +236,7 @@ def main(argv=None) -> dict:
         for k, v in {**case["speedup"], **{f"all_patches_{k}": v for k, v in case["speedup_all_patches"].items()}}.items():
             print(f"  {k:<40} {v:7.2f}x")
         print(f"  efficiency {case['efficiency']['efficiency']:.2f}", flush=True)
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"patching-{args.device}.json"
-    atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, "patching", args.device, args.out)
     return result
 
 

@@ -6,12 +6,8 @@ Checks agreement within 1e-4, prints the ratio, writes benchmarks/results/tracin
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,8 +16,8 @@ import numpy as np
 import torch
 
 import workbench as wb
+from common import device_meta, parser, write_result
 from workbench.reference import research_trace_loop
-from workbench.results import atomic_write_text
 from workbench.tracing import KINDS, embedding_noise_std, trace_fact
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
@@ -33,11 +29,9 @@ def sync(device):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = parser(__doc__)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--window", type=int, default=10)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     model = wb.load_model(device=args.device)
     nu = 3 * embedding_noise_std(model, [SUBJECT])
@@ -56,16 +50,13 @@ def main(argv=None) -> dict:
     loop = time.perf_counter() - t0
     diff = max(float(np.abs(tr.scores[k] - ref[k]).max()) for k in KINDS)
     print(f"research-structured loop: {loop:.1f} s; ratio {loop / ours:.2f}x; max abs diff {diff:.2e}")
-    result = {"benchmark": "causal tracing, one fact, resid+mlp+attn, default model", "device": args.device,
-              "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "prompt": PROMPT, "subject": SUBJECT,
+    result = {"benchmark": "causal tracing, one fact, resid+mlp+attn, default model", **device_meta(args.device),
+              "prompt": PROMPT, "subject": SUBJECT,
               "samples": args.samples, "window": args.window, "n_tokens": len(tr.tokens),
               "workbench_seconds": round(ours, 2), "research_loop_seconds": round(loop, 2),
               "speedup": round(loop / ours, 2), "max_abs_diff": diff, "agree_within_1e-4": diff < 1e-4,
               "p_clean": tr.p_clean, "p_corrupted": tr.p_corrupted}
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"tracing-{args.device}.json"
-    atomic_write_text(out, json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, "tracing", args.device, args.out)
     return result
 
 

@@ -82,6 +82,7 @@ def _cmd_bench(args) -> int:
     script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.name}.py"
     if not script.is_file():
         raise ValueError(f"name: no benchmark {args.name!r} (looked for {script}; benchmarks run from a source checkout)")
+    sys.path.insert(0, str(script.parent))  # benchmarks import their shared helpers (common.py)
     runpy.run_path(str(script), run_name="workbench_bench")["main"](args.rest)
     return 0
 
