@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from workbench.cli import main
 
 
@@ -17,9 +19,14 @@ def test_bad_model_is_a_clean_error(capsys):
     assert "family" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_writes_figures(tmp_path):
-    assert main(["demo", "--model", "tiny-llama", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--facts", "2", "--samples", "2"]) == 0
     for comp in ("resid_pre", "attn_out", "mlp_out"):
         assert (tmp_path / f"ioi_{comp}.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["answer"] == " Mary"
+    assert summary["ioi"]["answer"] == " Mary" and summary["trace"]["n_traced"] == 2
+    trace = json.loads((tmp_path / "trace" / "summary.json").read_text())
+    assert trace["n_traced"] == 2 and trace["config"]["samples"] == 2
+    assert len(list((tmp_path / "trace" / "figures").glob("fact_*.png"))) == 2
+    assert len(list((tmp_path / "trace").glob("*.png"))) >= 2  # the average-effect figures

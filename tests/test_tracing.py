@@ -123,6 +123,34 @@ def test_sweep_skips_unknown_facts_and_bad_files(tiny4, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_sweep_order_relations_covers_every_relation(tiny4, tmp_path):
+    m = tiny4["llama"]
+    facts = _write_facts(tmp_path / "facts.jsonl")
+    kw = dict(samples=1, window=2, trace_unknown=True, figures=False, progress=False, limit=3)
+    trace_facts(m, facts, tmp_path / "file", **kw)
+    trace_facts(m, facts, tmp_path / "rel", order="relations", **kw)
+    ids = lambda d: sorted(int(p.stem) for p in (tmp_path / d / "facts").iterdir())  # noqa: E731
+    assert ids("file") == [0, 1, 2, 3]  # 2 is recorded as skipped (subject not found); the limit counts traced facts
+    assert ids("rel") == [0, 1, 4]  # one per relation first: capital_of, landmark_city, official_language
+    with pytest.raises(ValueError, match="order"):
+        trace_facts(m, facts, tmp_path / "x", order="random", **kw)
+
+
+def test_reproduction_reads_the_peaks_off_a_summary():
+    L = 6
+    def group(peak_layer, height):
+        return {"by_layer": [height if l == peak_layer else 0.01 * l for l in range(L)]}
+    ie = {k: {"last subject token": group(p, h), "last token": group(q, g)}
+          for k, p, h, q, g in [("resid", 2, 0.5, 5, 0.9), ("mlp", 1, 0.3, 0, 0.02), ("attn", 4, 0.2, 4, 0.4)]}
+    r = wb.tracing.reproduction({"n_traced": 7, "average_total_effect": 0.6, "indirect_effect": ie})
+    assert (r["resid_peak_layer"], r["resid_peak"], r["mlp_peak_layer"], r["mlp_at_last_subject"]) == (2, 0.5, 1, 0.3)
+    assert r["attn_at_last_subject"] == 0.01 and r["attn_peak_layer_at_last_token"] == 4
+    assert abs(r["late_attn_at_last_token"] - (0.03 + 0.4 + 0.05) / 3) < 1e-12
+    with pytest.raises(ValueError, match="attn"):
+        wb.tracing.reproduction({"n_traced": 1, "average_total_effect": 0.1,
+                                 "indirect_effect": {k: ie[k] for k in ("resid", "mlp")}})
+
+
 @pytest.mark.slow
 def test_default_model_knows_the_classic_facts(default_model):
     assert known_facts(default_model, FACTS[:2] + FACTS[3:]) == [True, True, True, True]

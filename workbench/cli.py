@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .facts import DEFAULT_FACTS
+
 
 def _cmd_prepare(args) -> int:
     from .models import prepare_default_model
@@ -47,7 +49,7 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), model=args.model)
+    run_demo(Path(args.out), model=args.model, facts=args.facts, samples=args.samples)
     return 0
 
 
@@ -94,7 +96,8 @@ def _cmd_trace(args) -> int:
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
                           window=args.window, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
-                          seed=args.seed, trace_unknown=args.trace_unknown, figures=not args.no_figures)
+                          seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
+                          figures=not args.no_figures)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
     return 0
 
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("demo", help="the main demo on the default model; writes figures")
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--out", default="out/demo")
+    s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
+    s.add_argument("--samples", type=int, default=10, help="noised copies per fact")
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
     s.add_argument("--model", default="smollm2-135m")
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_cmd_patch)
     s = sub.add_parser("trace", help="ROME-style causal tracing over a facts JSONL file (resumable)")
     s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--facts", default=str(DEFAULT_FACTS))
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=None, help="trace at most N facts (skipped ones do not count)")
     s.add_argument("--samples", type=int, default=10)
@@ -156,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--kinds", default="resid,mlp,attn")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--trace-unknown", action="store_true", help="also trace facts the model does not know")
+    s.add_argument("--order", choices=["file", "relations"], default="file",
+                   help="'relations': take facts round-robin over relations (a limited sweep covers them all)")
     s.add_argument("--no-figures", action="store_true")
     s.set_defaults(fn=_cmd_trace)
     s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--facts", default=str(DEFAULT_FACTS))
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_known)
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 REQUIRED = ("id", "subject", "prompt", "object")
+# The dataset written for this project; it lives in the repository, next to the package.
+DEFAULT_FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.jsonl"
 
 
 def load_facts(path: str | Path) -> list[dict]:

@@ -191,6 +191,38 @@ def summarize(records: list[dict], kinds, n_layers: int) -> dict:
     return out
 
 
+# Meng et al. 2022 (GPT-2 XL, 48 layers), Sec. 2.2 and Fig. 2: what `reproduction` is compared with.
+PAPER_GPT2_XL = {"n_layers": 48, "resid_peak_layer": 15, "resid_peak": 0.087,
+                 "mlp_at_last_subject": 0.066, "attn_at_last_subject": 0.016}
+
+
+def reproduction(summary: dict) -> dict:
+    """The paper's headline numbers read off a sweep summary (all three kinds needed).
+
+    Where the single-state (resid) and MLP effects at the last subject token peak, the MLP versus the
+    attention effect at the MLP peak, and attention versus MLP at the last token in the later half of
+    the layers (mean over those layers).
+    """
+    ie = summary["indirect_effect"]
+    missing = [k for k in ("resid", "mlp", "attn") if k not in ie]
+    if missing:
+        raise ValueError(f"summary: needs the kinds resid, mlp and attn; {missing} missing")
+    by = {(k, g): np.asarray(ie[k][g]["by_layer"]) for k in ie for g in ("last subject token", "last token")}
+    resid, mlp, attn = by["resid", "last subject token"], by["mlp", "last subject token"], by["attn", "last subject token"]
+    n_layers = len(mlp)
+    late = slice(n_layers // 2, None)
+    l_mlp = int(mlp.argmax())
+    return {"n_facts": summary["n_traced"], "n_layers": n_layers,
+            "average_total_effect": summary["average_total_effect"],
+            "resid_peak_layer": int(resid.argmax()), "resid_peak": float(resid.max()),
+            "mlp_peak_layer": l_mlp, "mlp_at_last_subject": float(mlp[l_mlp]), "attn_at_last_subject": float(attn[l_mlp]),
+            "attn_peak_at_last_subject": float(attn.max()), "attn_peak_layer_at_last_subject": int(attn.argmax()),
+            "late_attn_at_last_token": float(by["attn", "last token"][late].mean()),
+            "late_mlp_at_last_token": float(by["mlp", "last token"][late].mean()),
+            "attn_peak_layer_at_last_token": int(by["attn", "last token"].argmax()),
+            "attn_peak_at_last_token": float(by["attn", "last token"].max())}
+
+
 def _config_mismatch(old: dict, new: dict) -> str | None:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -198,16 +230,26 @@ def _config_mismatch(old: dict, new: dict) -> str | None:
     return None
 
 
+def _round_robin(facts: list[dict]) -> list[dict]:
+    by_relation: dict[str, list[dict]] = {}
+    for f in facts:
+        by_relation.setdefault(f.get("relation", ""), []).append(f)
+    queues = list(by_relation.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
+
 def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10, noise: float = 3.0,
                 window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, trace_unknown: bool = False,
-                figures: bool = True, progress: bool = True) -> dict:
+                order: str = "file", figures: bool = True, progress: bool = True) -> dict:
     """Trace the facts of a JSONL file into `out`, resumably; returns the summary (also `out/summary.json`).
 
     Each fact's result is written atomically to `out/facts/<id>.json` as soon as it is done, so a
     killed sweep loses at most the fact in flight, and re-running the same command skips finished
     facts. `noise` is the factor on the standard deviation of the dataset's subject embeddings.
-    `limit` caps the number of facts traced (skipped facts do not count). An `out` holding results of
-    another configuration is refused.
+    `limit` caps the number of facts traced (skipped facts do not count); with `order="relations"` the
+    facts are taken round-robin over relations, so a limited sweep covers every relation instead of the
+    file's first ones. An `out` holding results of another configuration is refused (the order is not
+    part of the configuration: a fact's result does not depend on it).
     """
     import json
 
@@ -217,6 +259,10 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     from .results import atomic_write_text
 
     facts = load_facts(facts_path)
+    if order == "relations":
+        facts = _round_robin(facts)
+    elif order != "file":
+        raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
     kinds = list(kinds)
     for k in kinds:
         if k not in KINDS:
@@ -237,17 +283,18 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
 
     subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
     nu = noise * embedding_noise_std(model, subjects)
-    known = known_facts(model, facts)
-    records, n_traced = [], 0
+    records, n_traced, known = [], 0, {}
     bar = tqdm(total=limit or len(facts), disable=not progress, desc="tracing facts", unit="fact")
-    for fact, is_known in zip(facts, known):
+    for i, fact in enumerate(facts):
         if limit is not None and n_traced >= limit:
             break
         path = out / "facts" / f"{fact['id']}.json"
         if path.is_file():
             record = json.loads(path.read_text())
         else:
-            reason = None
+            if i not in known:  # which facts the model knows, 64 at a time: a short sweep checks few
+                known.update(enumerate(known_facts(model, facts[i:i + 64]), start=i))
+            is_known, reason = known[i], None
             if fact["subject"] not in fact["prompt"]:
                 reason = "subject not found"
             elif not is_known and not trace_unknown:
