@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
-    s.add_argument("--samples", type=int, default=10, help="noised copies per fact")
+    s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
     s.add_argument("--model", default="smollm2-135m")

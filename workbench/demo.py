@@ -15,7 +15,7 @@ IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 
-def run_demo(out: Path, model="smollm2-135m", facts: int = 20, samples: int = 10) -> dict:
+def run_demo(out: Path, model="smollm2-135m", facts: int = 20, samples: int = 5) -> dict:
     """Trace `facts` known facts (round-robin over relations; resumable) into `out/trace`, then patch IOI.
 
     Writes the paper's Figure 1 per fact (`out/trace/figures/fact_<id>.png`), the averages of its

@@ -223,6 +223,27 @@ def reproduction(summary: dict) -> dict:
             "attn_peak_at_last_token": float(by["attn", "last token"].max())}
 
 
+def compare_with_paper(summary: dict):
+    """`reproduction(summary)` next to the paper's GPT-2 XL numbers, as a DataFrame (rows: quantities)."""
+    import pandas as pd
+
+    r, p = reproduction(summary), PAPER_GPT2_XL
+    rows = {
+        "facts traced": (r["n_facts"], "1000 statements"),
+        "single-state IE peak at last subject token": (f"{r['resid_peak']:.3f}", f"{p['resid_peak']:.3f}"),
+        "  its layer (relative depth)": (f"{r['resid_peak_layer']} of {r['n_layers']} ({r['resid_peak_layer'] / r['n_layers']:.2f})",
+                                         f"{p['resid_peak_layer']} of {p['n_layers']} ({p['resid_peak_layer'] / p['n_layers']:.2f})"),
+        "MLP IE peak at last subject token (layer)": (f"{r['mlp_at_last_subject']:.3f} (layer {r['mlp_peak_layer']})",
+                                                      f"{p['mlp_at_last_subject']:.3f}"),
+        "attention IE at that layer": (f"{r['attn_at_last_subject']:.3f}", f"{p['attn_at_last_subject']:.3f}"),
+        "MLP / attention there": (f"{r['mlp_at_last_subject'] / max(r['attn_at_last_subject'], 1e-9):.1f}x",
+                                  f"{p['mlp_at_last_subject'] / p['attn_at_last_subject']:.1f}x"),
+        "last token, later half: attention vs MLP IE": (f"{r['late_attn_at_last_token']:.3f} vs {r['late_mlp_at_last_token']:.3f}",
+                                                        "attention dominates"),
+    }
+    return pd.DataFrame(rows, index=["this model", "GPT-2 XL (paper)"]).T
+
+
 def _config_mismatch(old: dict, new: dict) -> str | None:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):

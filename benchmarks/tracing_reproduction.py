@@ -1,0 +1,44 @@
+"""The README's causal-tracing reproduction: a resumable sweep over known facts of data/facts.jsonl
+(round-robin over relations) on the default model, its headline numbers next to the paper's GPT-2 XL
+ones. Writes benchmarks/results/tracing-reproduction.json (the command, the device, the summary).
+
+    python benchmarks/tracing_reproduction.py [--facts 100] [--samples 10] [--trace-dir DIR] [--device cpu|cuda]
+
+Re-running with the same --trace-dir resumes the sweep where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import workbench as wb
+from common import device_meta, parser, write_result
+from workbench.facts import DEFAULT_FACTS
+from workbench.tracing import PAPER_GPT2_XL, compare_with_paper, reproduction, trace_facts
+
+
+def main(argv=None) -> dict:
+    ap = parser(__doc__)
+    ap.add_argument("--facts", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--trace-dir", default="out/tracing-reproduction")
+    args = ap.parse_args(argv)
+    model = wb.load_model(device=args.device)
+    t0 = time.perf_counter()
+    summary = trace_facts(model, DEFAULT_FACTS, args.trace_dir, limit=args.facts, samples=args.samples,
+                          order="relations")
+    print(compare_with_paper(summary).to_string())
+    result = {"command": "python benchmarks/tracing_reproduction.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              **device_meta(args.device), "seconds_this_run": round(time.perf_counter() - t0, 1),
+              "reproduction": reproduction(summary), "paper_gpt2_xl": PAPER_GPT2_XL, "summary": summary}
+    write_result(result, "tracing-reproduction", "", args.out or os.path.join(os.path.dirname(__file__), "results",
+                                                                              "tracing-reproduction.json"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
