@@ -616,7 +616,8 @@ class SteeringSweep:
         axes[0].axhline(base_top, color="grey", ls="--", lw=1, label="unsteered")
         axes[1].axhline(self.baseline["cost"], color="grey", ls="--", lw=1, label="unsteered")
         axes[0].set_ylabel("success rate" if self.success is not None else self.meta.get("behaviour_name", "behaviour"))
-        axes[1].set_ylabel(self.cost.meta.get("metric", "cost"))
+        axes[1].set_ylabel({"perplexity": "perplexity (unsteered model)", "kl": "KL on neutral text (nats/token)"}.get(
+            self.meta.get("cost"), "cost"))
         if self.meta.get("cost") == "perplexity":
             axes[1].set_yscale("log")
         for ax in axes:
