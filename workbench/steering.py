@@ -40,7 +40,7 @@ from .sites import COMPONENTS, parse_site
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
-# prompt (90% accurate at threshold 0 on data/steering/sentiment_eval.jsonl with the default model).
+# prompt (right on all 32 sentences of data/steering/sentiment_eval.jsonl with the default model).
 SENTIMENT_TEMPLATE = 'Review: "{text}"\nSentiment (positive or negative):'
 STEERABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")  # components of width d_model
 
