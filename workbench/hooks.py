@@ -44,6 +44,9 @@ class _PositionTracker:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
+        if not isinstance(ref, Tensor):  # unknown call convention: selections by position id will refuse to run
+            self.ctx = None
+            return
         batch, seq = ref.shape[:2]
         past = kwargs.get("past_key_values")
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
