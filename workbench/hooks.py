@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from .interventions import Intervention
+from .interventions import Intervention, PositionContext
 from .sites import COMPONENTS, Site, parse_site
 
 
@@ -26,10 +26,52 @@ def site_shape(site: Site, batch: int, seq: int, dims) -> torch.Size:
     return torch.Size((batch, seq, dims.d_model))
 
 
+class _PositionTracker:
+    """Records the position ids of each full-model forward, for interventions that select by position id.
+
+    A pre-hook on the whole causal LM reads them from the forward's arguments: `position_ids` where
+    given (generation passes them: left padding counted out, continuing after the KV cache), else
+    past length + arange(seq), which is what the model itself uses. The forward that starts from an
+    empty cache sets `prompt_end` (one past each row's last real token), kept through the
+    generation steps that follow.
+    """
+
+    def __init__(self):
+        self.ctx: PositionContext | None = None
+        self.prompt_end: Tensor | None = None
+
+    def pre(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        if not isinstance(ref, Tensor):  # unknown call convention: selections by position id will refuse to run
+            self.ctx = None
+            return
+        batch, seq = ref.shape[:2]
+        past = kwargs.get("past_key_values")
+        past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            pos = torch.arange(past_len, past_len + seq, device=ref.device)[None]
+        elif pos.ndim == 3:  # multimodal rotary ids [3, batch, seq]: the text axis
+            pos = pos[0]
+        pos = pos.expand(batch, seq)
+        if past_len == 0 or self.prompt_end is None or len(self.prompt_end) != batch:
+            mask = kwargs.get("attention_mask")
+            real = mask[:, -seq:].bool() if isinstance(mask, Tensor) and mask.ndim == 2 else torch.ones_like(pos, dtype=torch.bool)
+            self.prompt_end = torch.where(real, pos, -1).max(1).values + 1
+        self.ctx = PositionContext(pos, self.prompt_end)
+
+    def post(self, module, args, output):
+        self.ctx = None  # stale ids must never reach a later forward of a submodule
+
+
 class _SiteHook:
-    def __init__(self, site: Site, dims, interventions: list[Intervention], cache: dict | None, detach: bool):
+    def __init__(self, site: Site, dims, interventions: list[Intervention], cache: dict | None, detach: bool,
+                 tracker: _PositionTracker | None = None):
         self.site, self.dims, self.interventions = site, dims, interventions
         self.cache, self.detach = cache, detach
+        self.tracker = tracker
         self.bound_shape: torch.Size | None = None
 
     def transform(self, x: Tensor) -> Tensor:
@@ -39,8 +81,9 @@ class _SiteHook:
             for iv in self.interventions:
                 iv.bind(self.site, act.shape, act.device)
             self.bound_shape = act.shape
+        ctx = self.tracker.ctx if self.tracker is not None else None
         for iv in self.interventions:
-            act = iv(act)
+            act = iv(act, ctx) if iv.needs_positions else iv(act)
         if self.cache is not None:
             self.cache[self.site.name] = act.detach() if self.detach else act
         return act.flatten(-2) if self.site.has_heads else act
@@ -86,15 +129,20 @@ def hooks(
     cache: dict[str, Tensor] = {}
     cached = {parse_site(s, dims.n_layers) for s in cache_sites}
 
+    # Only interventions that select by position id need the forward's position ids tracked.
+    tracker = _PositionTracker() if any(iv.needs_positions for iv in interventions) else None
     site_hooks = []
     for site in sorted(set(by_site) | cached):
-        h = _SiteHook(site, dims, by_site.get(site, []), cache if site in cached else None, detach)
+        h = _SiteHook(site, dims, by_site.get(site, []), cache if site in cached else None, detach, tracker)
         if input_shape is not None and h.interventions:
             h.bound_shape = site_shape(site, *input_shape, dims)
         site_hooks.append(h)
 
     handles = []
     try:
+        if tracker is not None:
+            handles.append(model.hf.register_forward_pre_hook(tracker.pre, with_kwargs=True))
+            handles.append(model.hf.register_forward_hook(tracker.post))
         for h in site_hooks:
             _, where, when = COMPONENTS[h.site.component]
             module = model.module(where, h.site.layer)

@@ -11,6 +11,12 @@ The selected block has shape [rows, positions, d] (or [rows, positions, heads, d
 lists, element k touching (rows[k], positions[k][, heads[k]]): the block is [k, d] (or [k, d_head]),
 which lets one intervention scatter a different value into every row of a batch. All updates are out of place, so gradients flow through them
 (concept ablation during fine-tuning depends on this).
+
+`positions` may also be a `PositionSelector` (`FromPosition`, `AtPositions`, `Generated`): positions
+chosen by each token's position id (its index in its own sequence) instead of its index in the
+current activation. That is what generation with a KV cache needs, where each step's forward sees
+only the new tokens. The selected block is then the whole activation (or the chosen rows), and the
+update is kept only where the selector's mask is true.
 """
 from __future__ import annotations
 
@@ -49,6 +55,81 @@ def _as_index(sel: Index, size: int, arg: str) -> Tensor | None:
     return idx % size
 
 
+@dataclass(frozen=True)
+class PositionContext:
+    """What the hook layer knows about the running forward's positions.
+
+    `position_ids` [batch, seq]: each token's position in its own sequence (the model's position ids;
+    with a KV cache they continue after the cached tokens). `prompt_end` [batch]: one past the last
+    real token of the most recent forward that started from an empty cache (the prompt, in generation).
+    """
+
+    position_ids: Tensor
+    prompt_end: Tensor
+
+
+class PositionSelector:
+    """Positions chosen by position id; `mask(ctx)` -> bool [batch, seq]."""
+
+    def mask(self, ctx: PositionContext) -> Tensor:
+        raise NotImplementedError
+
+
+def _per_row(value, arg: str) -> Tensor:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.tensor([value])
+    if isinstance(value, Tensor) and value.ndim == 1 and not value.is_floating_point():
+        return value.long().cpu()
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return torch.tensor(list(value), dtype=torch.long)
+    raise ValueError(f"{arg}: expected an int or a non-empty list of ints (one per batch row), got {value!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class FromPosition(PositionSelector):
+    """Every token whose position id is >= `start` (an int, or one int per batch row)."""
+
+    start: int | list[int] | Tensor
+
+    def __post_init__(self):
+        if (_per_row(self.start, "start") < 0).any():
+            raise ValueError(f"start: expected positions >= 0, got {self.start!r}")
+
+    def mask(self, ctx):
+        start = _per_row(self.start, "start").to(ctx.position_ids.device)
+        if len(start) not in (1, ctx.position_ids.shape[0]):
+            raise ValueError(f"start: {len(start)} per-row starts for a batch of {ctx.position_ids.shape[0]} rows")
+        return ctx.position_ids >= start[:, None]
+
+
+@dataclass(frozen=True, eq=False)
+class AtPositions(PositionSelector):
+    """The tokens whose position ids are in `indices` (the same for every row)."""
+
+    indices: list[int] | tuple[int, ...] | range
+
+    def __post_init__(self):
+        idx = _per_row(list(self.indices) if isinstance(self.indices, range) else self.indices, "positions")
+        if (idx < 0).any():
+            raise ValueError(f"positions: position ids are >= 0 (no counting from the end in generation), got {self.indices!r}")
+
+    def mask(self, ctx):
+        idx = torch.as_tensor(list(self.indices), dtype=torch.long, device=ctx.position_ids.device)
+        return (ctx.position_ids[..., None] == idx).any(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class Generated(PositionSelector):
+    """Generated tokens only: position ids at or after the end of each row's prompt.
+
+    The prompt is the most recent forward that started from an empty KV cache (what `generate` runs
+    first), so this selects nothing in a plain forward or in generation without a cache.
+    """
+
+    def mask(self, ctx):
+        return ctx.position_ids >= ctx.prompt_end[:, None]
+
+
 @dataclass
 class Intervention:
     """Base class: a site plus a selection of rows, positions and heads."""
@@ -67,7 +148,10 @@ class Intervention:
         if self.heads is not None and not self.site.has_heads:
             raise ValueError(f"heads: site {self.site.name} has no head dimension; heads apply to attn.hook_z")
         sizes = shape[:3] if self.site.has_heads else shape[:2]
-        sels = (self.rows, self.positions, self.heads)[: len(sizes)]
+        by_id = isinstance(self.positions, PositionSelector)
+        if by_id and self.pointwise:
+            raise ValueError("positions: a PositionSelector cannot be combined with pointwise=True")
+        sels = (self.rows, None if by_id else self.positions, self.heads)[: len(sizes)]
         names = ("rows", "positions", "heads")
         idx = [_as_index(s, n, a) for s, n, a in zip(sels, sizes, names)]
         if self.pointwise:
@@ -88,11 +172,34 @@ class Intervention:
     def _selected(self, act: Tensor) -> Tensor:
         return act if self._index is None else act[self._index]
 
-    def __call__(self, act: Tensor) -> Tensor:
+    @property
+    def needs_positions(self) -> bool:
+        """True when the selection depends on position ids (the hook layer then tracks them)."""
+        return isinstance(self.positions, PositionSelector)
+
+    def __call__(self, act: Tensor, ctx: PositionContext | None = None) -> Tensor:
+        if self.needs_positions:
+            return self._masked(act, ctx)
         if self._index is None:
             return self.update(act)
         out = act.clone()
         out[self._index] = self.update(act[self._index]).to(act.dtype)
+        return out
+
+    def _masked(self, act: Tensor, ctx: PositionContext | None) -> Tensor:
+        if ctx is None or tuple(ctx.position_ids.shape) != tuple(act.shape[:2]):
+            got = None if ctx is None else tuple(ctx.position_ids.shape)
+            raise ValueError(f"positions: a PositionSelector needs the position ids of a full model forward "
+                             f"matching the activation's [batch, pos] {tuple(act.shape[:2])}, got {got}")
+        mask = self.positions.mask(ctx)  # [batch, pos]
+        block = self._selected(act)
+        keep = mask if self._index is None else mask[self._index[0], self._index[1]]
+        keep = keep.reshape(keep.shape + (1,) * (block.ndim - keep.ndim))
+        new = torch.where(keep, self.update(block).to(act.dtype), block)
+        if self._index is None:
+            return new
+        out = act.clone()
+        out[self._index] = new
         return out
 
     def check(self, selected_shape: torch.Size) -> None:
