@@ -10,7 +10,7 @@ import torch
 import workbench as wb
 from workbench.behaviour import log_odds_classifier, word_share
 from workbench.interventions import AtPositions, FromPosition, Generated
-from workbench.steering import (SteeringVector, build_steering_vector, continuation_nll, generate, load_lines,
+from workbench.steering import (SteeringVector, build_steering_vector, generate, load_lines,
                                 load_pairs, read_activations, steer, sweep)
 
 from conftest import assert_no_hooks

@@ -1,10 +1,11 @@
 """Facts datasets (JSONL: id, relation, subject, template, prompt, object, paraphrases) and which ones a model knows."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from .results import read_jsonl
 
 REQUIRED = ("id", "subject", "prompt", "object")
 # The dataset written for this project; it lives in the repository, next to the package.
@@ -13,17 +14,8 @@ DEFAULT_FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.jsonl"
 
 def load_facts(path: str | Path) -> list[dict]:
     """Read a facts JSONL file; a malformed line is an error naming the file and line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"facts: no such file {path}")
     facts, ids = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            fact = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"facts: {path}:{n}: not valid JSON ({e.msg})") from None
+    for n, fact in read_jsonl(path, "facts"):
         if not isinstance(fact, dict) or any(k not in fact for k in REQUIRED):
             raise ValueError(f"facts: {path}:{n}: expected an object with keys {list(REQUIRED)}")
         if fact["id"] in ids:

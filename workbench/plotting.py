@@ -7,6 +7,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def save_figure(fig, path=None):
+    """Lay out `fig`; with a path, write it there (folders made) and close it, so sweeps do not pile up figures."""
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
 def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r"):
     """Plot a 2-D LabelledArray; rows are its first axis. Returns the matplotlib Axes."""
     if arr.values.ndim != 2:
@@ -52,12 +62,7 @@ def trace_figure(trace, path=None):
         ax.set_xlabel("layer" if kind == "resid" else f"center of interval of {trace.config.get('window', '')} restored {name} layers")
         ax.set_title(f"Impact of restoring {'state' if kind == 'resid' else name} after corrupted input", fontsize=9)
         fig.colorbar(im, ax=ax, label=f"p({trace.answer.strip()})")
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    return save_figure(fig, path)
 
 
 def average_effect_figures(summary: dict, out_dir) -> list[Path]:

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that a crash leaves either the old file or the new one, never half of one."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -27,6 +27,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
+    """(line number, parsed object) per non-blank line; a missing file or a line that does not parse is a
+    ValueError naming `what` (the argument), the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what}: no such file {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{what}: {path}:{n}: not valid JSON ({e.msg})") from None
+    return rows
 
 
 @dataclass

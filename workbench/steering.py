@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
-from .results import LabelledArray, atomic_write_text
-from .sites import COMPONENTS, parse_site
+from .results import LabelledArray, atomic_write_bytes, atomic_write_text, read_jsonl
+from .sites import parse_site
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
@@ -49,17 +47,8 @@ STEERABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")  # components of 
 
 def load_pairs(path: str | Path) -> tuple[list[str], list[str]]:
     """A JSONL file of {"positive": str, "negative": str} lines -> (positives, negatives)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs: no file {path}")
     pos, neg = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"pairs: {path}:{n}: not JSON ({e.msg})") from None
+    for n, row in read_jsonl(path, "pairs"):
         if not isinstance(row, dict) or not isinstance(row.get("positive"), str) or not isinstance(row.get("negative"), str):
             raise ValueError(f"pairs: {path}:{n}: expected an object with string fields 'positive' and 'negative'")
         pos.append(row["positive"])
@@ -266,20 +255,7 @@ class SteeringVector:
         meta = {**self.meta, "component": self.component, "layers": self.layers, "d_model": self.d_model}
         blob = save({f"layer.{l}": v.contiguous() for l, v in self.vectors.items()},
                     metadata={"workbench": json.dumps(meta)})
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_bytes(path, blob)
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "SteeringVector":
@@ -607,6 +583,8 @@ class SteeringSweep:
         """Success rate (or behaviour) and fluency cost against the multiplier, one line per layer."""
         import matplotlib.pyplot as plt
 
+        from .plotting import save_figure
+
         top = self.success if self.success is not None else self.behaviour
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for i, layer in enumerate(self.layers):
@@ -625,12 +603,7 @@ class SteeringSweep:
             ax.legend(fontsize=7)
         axes[0].set_title(self.meta.get("title", "steering: behaviour"), fontsize=10)
         axes[1].set_title("fluency cost", fontsize=10)
-        fig.tight_layout()
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return save_figure(fig, path)
 
 
 def _row_adds(model, vector: SteeringVector, cells: list[tuple[int, float]], positions) -> list[Add]:
