@@ -12,7 +12,9 @@ directions; the plain model with the gender directions projected out at test tim
 With --pca, also CAFT with PCA directions (CAFT's own recipe, components chosen by --pca-choice
 after inspecting their top-activating tokens, printed and saved with the results).
 
-    python benchmarks/caft.py [--seeds 0,1,2] [--layers 6,10,14,18] [--pca]
+With --mean, also CAFT with mean instead of zero ablation of the same directions.
+
+    python benchmarks/caft.py [--seeds 0,1,2] [--layers 6,10,14,18] [--pca] [--mean]
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--fill", default="zero", choices=["zero", "mean"])
     ap.add_argument("--pca", action="store_true", help="also CAFT with PCA directions")
     ap.add_argument("--pca-choice", default=None, help='JSON {layer: [component, ...]} of the PCs to ablate')
+    ap.add_argument("--mean", action="store_true", help="also CAFT with mean ablation of the same directions")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -81,12 +84,21 @@ def main(argv=None) -> dict:
             res["caft_pca"]["id_acc"].append(caft.accuracy(m, task["id_test"]))
             res["caft_pca"]["ood_acc"].append(caft.accuracy(m, task["ood_test"]))
 
+    if args.mean:  # the CAFT critique's variant: fill the ablated subspace with the mean activation
+        means = caft.mean_activations(model, [e["prompt"] for e in task["train"]], layers)
+        mean_ablation = caft.ablations(subs, fill="mean", means=means)
+        res["caft_mean"] = {"id_acc": [], "ood_acc": []}
+        for seed in seeds:
+            m = caft.finetune(model, task["train"], ablate=mean_ablation, config=cfg, seed=seed)
+            res["caft_mean"]["id_acc"].append(caft.accuracy(m, task["id_test"]))
+            res["caft_mean"]["ood_acc"].append(caft.accuracy(m, task["ood_test"]))
+
     res["runtime_s"] = time.perf_counter() - t0
     res["paper_ood_acc"] = PAPER
     res["meta"] = {**device_meta(args.device), "model": model.name, "n_train": len(task["train"]),
                    "n_id_test": len(task["id_test"]), "n_ood_test": len(task["ood_test"]),
                    "directions": "difference of means of gender at the last token (probes, concept split)"}
-    conds = [c for c in ("plain", "caft", "random", "test_time", "caft_pca") if c in res]
+    conds = [c for c in ("plain", "caft", "random", "test_time", "caft_pca", "caft_mean") if c in res]
     for c in conds:
         i, o = np.asarray(res[c]["id_acc"]), np.asarray(res[c]["ood_acc"])
         print(f"{c:<10} ID {100 * i.mean():5.1f} +- {100 * i.std():4.1f}   OOD {100 * o.mean():5.1f} +- {100 * o.std():4.1f}")

@@ -68,7 +68,7 @@ def test_ablating_the_direction_drops_probes_to_chance(tokenizer):
     emb = model.module("embed").weight
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(model.dims.d_model, generator=gen)
-    v = 0.5 * v / v.norm() * emb.norm(dim=1).mean()
+    v = 0.5 * v / v.norm() * emb.detach().norm(dim=1).mean()
     with torch.no_grad():
         for a, b in zip(WORDS_A, WORDS_B):
             ia, ib = model.to_single_token(a), model.to_single_token(b)

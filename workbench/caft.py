@@ -350,22 +350,26 @@ class ConceptPCA:
     def describe(self, layer: int, n: int = 6) -> str:
         """A readable table of each component's top-activating tokens at `layer`, to choose from."""
         lines = [f"layer {layer} ({self.component}):"]
+        def distinct(entries):  # the same token often fills the whole list; show n different ones
+            return ", ".join(repr(t) for t in list(dict.fromkeys(e["token"] for e in entries))[:n])
+
         for i, t in enumerate(self.top[layer]):
-            pos = ", ".join(repr(e["token"]) for e in t["+"][:n])
-            neg = ", ".join(repr(e["token"]) for e in t["-"][:n])
+            pos, neg = distinct(t["+"]), distinct(t["-"])
             lines.append(f"  PC{i} ({100 * self.explained[layer][i]:.1f}% var)  + {pos}\n{'':>20}- {neg}")
         return "\n".join(lines)
 
 
 @torch.no_grad()
 def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: list[int], *, n_components: int = 5,
-                   component: str = "resid_pre", top_k: int = 10, batch_size: int = 32,
-                   skip_first: bool = True) -> ConceptPCA:
+                   component: str = "resid_pre", top_k: int = 50, batch_size: int = 32,
+                   skip_first: bool = True, massive: float = 10.0) -> ConceptPCA:
     """CAFT's directions: PCA over every real token of `prompts` of  delta = h_ft - h_base  per layer
     (the same tokens through both models); components ordered by explained variance.
 
-    `skip_first` leaves out position 0: the first token is the attention sink, whose activations are
-    orders of magnitude larger and would take nearly all the variance. Each component's sign is fixed so that the mean difference projects positively on it (the
+    `skip_first` leaves out position 0, and tokens whose base activation norm exceeds `massive` times
+    the layer's median are left out too: attention sinks carry "massive activations" (on SmolLM2 the
+    first token, and a name after "Mr", at norms ~25000 vs ~150 from layer 14 on), whose differences
+    would take nearly all the variance. Each component's sign is fixed so that the mean difference projects positively on it (the
     direction fine-tuning moved the activations in). Top-activating tokens are read from the base
     model's activations (centred), so the component can be interpreted as a concept of the model
     before fine-tuning.
@@ -392,7 +396,10 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
     ids_all = [base.to_str_tokens(p) for p in prompts]
     comps, explained, top = {}, {}, {}
     for l in layers:
-        delta = torch.cat(deltas[l])
+        hb = torch.cat(bases[l])
+        norms = hb.norm(dim=-1)
+        keep = norms <= massive * norms.median()
+        hb, delta, kept = hb[keep], torch.cat(deltas[l])[keep], keep.nonzero()[:, 0].tolist()
         centred = delta - delta.mean(0)
         _, sv, vt = torch.linalg.svd(centred, full_matrices=False)  # PCA: rows of V^T are the components
         k = min(n_components, len(sv))
@@ -400,7 +407,6 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
         v = v * torch.sign(delta.mean(0) @ v.T + 1e-30)[:, None]  # point along the fine-tuning shift
         comps[l] = v.float()
         explained[l] = (sv[:k] ** 2 / (sv ** 2).sum()).numpy()
-        hb = torch.cat(bases[l])
         proj = (hb - hb.mean(0)) @ v.T  # [tokens, k]
         top[l] = []
         for c in range(k):
@@ -408,7 +414,7 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
             for sign, order in (("+", proj[:, c].argsort(descending=True)), ("-", proj[:, c].argsort())):
                 entry[sign] = []
                 for t in order[:top_k].tolist():
-                    pi, pos = where[t]
+                    pi, pos = where[kept[t]]
                     toks = ids_all[pi]
                     entry[sign].append({"projection": float(proj[t, c]), "prompt": pi, "position": pos,
                                         "token": toks[pos], "context": "".join(toks[max(0, pos - 4):pos + 1])})
