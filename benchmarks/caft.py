@@ -9,8 +9,9 @@ last-token `resid_pre` between female and male prompts of the task's "concept" s
 only), via `probes`. Conditions, per seed (LoRA, rank 8, 30 steps of 16): plain fine-tuning; CAFT
 (the gender directions projected out at --layers during training); CAFT with as many random
 directions; the plain model with the gender directions projected out at test time only.
-With --pca, also CAFT with PCA directions (CAFT's own recipe, components chosen by --pca-choice
-after inspecting their top-activating tokens, printed and saved with the results).
+With --pca, also CAFT with PCA directions (CAFT's own recipe: PCA of fine-tuned minus base
+activations of a plain fine-tuned model (seed 0); components chosen by inspecting their top-activating
+tokens, printed and saved with the results; PCA_CHOICE below, or --pca-choice).
 
 With --mean, also CAFT with mean instead of zero ablation of the same directions.
 
@@ -36,6 +37,10 @@ from common import device_meta, parser, write_result
 from workbench import caft
 
 ROOT = Path(__file__).resolve().parent.parent
+# The PCA components ablated with --pca, chosen once by inspecting their top-activating tokens (names)
+# and their separation of gender vs sentiment at the last token, both printed by this script: those
+# that separate gender by at least 0.5 standard deviations and by 0.3 more than sentiment.
+PCA_CHOICE = {6: [1], 10: [3, 4], 14: [1, 2], 18: [2, 3, 4]}
 PAPER = {  # Casademunt et al. (2025), Gemma-2-2B, gender/profession pronoun task, OOD accuracy
     "plain": 0.083, "caft_pca": 0.637, "caft_sae": 0.760,
 }
@@ -75,7 +80,17 @@ def main(argv=None) -> dict:
         res["pca_components"] = {str(l): pca.describe(l) for l in layers}
         for l in layers:
             print(pca.describe(l))
-        choice = {int(k): v for k, v in json.loads(args.pca_choice).items()} if args.pca_choice else {l: [0] for l in layers}
+        # separation of the two concepts along each component at the last token (concept split), to help the choice
+        g = torch.tensor([x == "female" for x in gender])
+        s = torch.tensor([e["sentiment"] == "positive" for e in concept])
+        sep = {}
+        for l in layers:
+            proj = acts[l] @ pca.components[l].T
+            sep[str(l)] = {name: ((proj[y].mean(0) - proj[~y].mean(0)) / proj.std(0)).round(decimals=2).tolist()
+                           for name, y in (("gender", g), ("sentiment", s))}
+            print(f"layer {l}: separation per PC {sep[str(l)]}")
+        res["pca_separation"] = sep
+        choice = {int(k): v for k, v in json.loads(args.pca_choice).items()} if args.pca_choice else PCA_CHOICE
         pca_subs = caft.subspaces(pca.directions(choice), model.dims.d_model)
         concept_ablation = caft.ablations(pca_subs, fill="zero")
         res["caft_pca"] = {"id_acc": [], "ood_acc": [], "choice": {str(k): v for k, v in choice.items()}}

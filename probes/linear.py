@@ -73,7 +73,8 @@ class ProbeResult:
         if own:
             _, ax = plt.subplots(figsize=(6, 3.2))
         ax.plot(self.layers, self.test_acc, marker="o", ms=3, label=label or f"{self.method} (held out)")
-        ax.axhline(1 / len(self.classes), color="grey", ls="--", lw=1, label="chance")
+        has_chance = any(line.get_label() == "chance" for line in ax.get_lines())
+        ax.axhline(1 / len(self.classes), color="grey", ls="--", lw=1, label="_" if has_chance else "chance")
         ax.set_xlabel("layer")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0.4, 1.02)

@@ -262,8 +262,10 @@ def finetune(model: Model, examples: list[dict], *, ablate: list[ProjectOut] | N
 
         # "all-linear": every linear layer of the blocks (not the unembedding). peft swaps them for
         # wrappers in place, so `model.module(...)` still finds the hooked modules (see tests).
-        peft_model = get_peft_model(hf, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                   target_modules="all-linear"))
+        with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(hf, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                       target_modules="all-linear"))
         params = [p for p in peft_model.parameters() if p.requires_grad]
     else:
         peft_model = None
@@ -366,8 +368,8 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
     """CAFT's directions: PCA over every real token of `prompts` of  delta = h_ft - h_base  per layer
     (the same tokens through both models); components ordered by explained variance.
 
-    `skip_first` leaves out position 0, and tokens whose base activation norm exceeds `massive` times
-    the layer's median are left out too: attention sinks carry "massive activations" (on SmolLM2 the
+    `skip_first` leaves out position 0, and tokens whose activation norm (in either model) exceeds
+    `massive` times the layer's median are left out too: attention sinks carry "massive activations" (on SmolLM2 the
     first token, and a name after "Mr", at norms ~25000 vs ~150 from layer 14 on), whose differences
     would take nearly all the variance. Each component's sign is fixed so that the mean difference projects positively on it (the
     direction fine-tuning moved the activations in). Top-activating tokens are read from the base
@@ -396,10 +398,12 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
     ids_all = [base.to_str_tokens(p) for p in prompts]
     comps, explained, top = {}, {}, {}
     for l in layers:
-        hb = torch.cat(bases[l])
-        norms = hb.norm(dim=-1)
-        keep = norms <= massive * norms.median()
-        hb, delta, kept = hb[keep], torch.cat(deltas[l])[keep], keep.nonzero()[:, 0].tolist()
+        hb, delta = torch.cat(bases[l]), torch.cat(deltas[l])
+        keep = torch.ones(len(hb), dtype=torch.bool)
+        for h in (hb, hb + delta):  # massive in the base or in the fine-tuned model
+            norms = h.norm(dim=-1)
+            keep &= norms <= massive * norms.median()
+        hb, delta, kept = hb[keep], delta[keep], keep.nonzero()[:, 0].tolist()
         centred = delta - delta.mean(0)
         _, sv, vt = torch.linalg.svd(centred, full_matrices=False)  # PCA: rows of V^T are the components
         k = min(n_components, len(sv))
