@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
         sep = {}
         for l in layers:
             proj = acts[l] @ pca.components[l].T
-            sep[str(l)] = {name: ((proj[y].mean(0) - proj[~y].mean(0)) / proj.std(0)).round(decimals=2).tolist()
+            sep[str(l)] = {name: [round(float(x), 2) for x in (proj[y].mean(0) - proj[~y].mean(0)) / proj.std(0)]
                            for name, y in (("gender", g), ("sentiment", s))}
             print(f"layer {l}: separation per PC {sep[str(l)]}")
         res["pca_separation"] = sep

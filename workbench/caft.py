@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .interventions import ProjectOut, orthonormalize
 from .models import Model
-from .sites import parse_site
+from .sites import COMPONENTS, Site, parse_site
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -185,7 +185,10 @@ def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: st
     """ProjectOut interventions at `blocks.{l}.hook_{component}` for every layer of `subs`, all positions."""
     if fill == "mean" and (means is None or any(l not in means for l in subs)):
         raise ValueError("means: fill='mean' needs a mean activation [d_model] for every ablated layer")
-    return [ProjectOut(parse_site(component, 10**9, l).name, basis=b, fill=fill,
+    if component not in COMPONENTS or component in ("z", "mlp_post"):
+        raise ValueError(f"component: expected a d_model-wide stream such as 'resid_pre', 'resid_post', "
+                         f"'attn_out' or 'mlp_out', got {component!r}")
+    return [ProjectOut(Site(l, component).name, basis=b, fill=fill,
                        mean=None if fill == "zero" else means[l]) for l, b in sorted(subs.items())]
 
 
@@ -483,13 +486,15 @@ def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def plot_comparison(results: dict, path: str | Path | None = None, title: str | None = None):
-    """Bar plot: in-distribution and out-of-distribution accuracy per condition, mean +- std over seeds,
-    seeds as dots. Returns the Axes."""
+    """Bar plot: in-distribution and out-of-distribution accuracy per condition (and any extra variant in
+    `results` with `id_acc` / `ood_acc`), mean +- std over seeds, seeds as dots. Returns the Axes."""
     import matplotlib.pyplot as plt
 
     conds = [c for c in CONDITIONS if c in results]
+    conds += [c for c, v in results.items()  # variants (per-seed lists), not the base model's single numbers
+              if c not in conds and isinstance(v, dict) and isinstance(v.get("ood_acc"), list)]
     names = {"plain": "plain FT", "caft": "CAFT", "random": "random dirs", "test_time": "test-time abl."}
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = plt.subplots(figsize=(1.3 * len(conds) + 1.2, 3.4))
     x = np.arange(len(conds))
     for j, (key, color) in enumerate((("id_acc", "tab:blue"), ("ood_acc", "tab:orange"))):
         vals = [np.asarray(results[c][key]) for c in conds]
@@ -498,11 +503,12 @@ def plot_comparison(results: dict, path: str | Path | None = None, title: str | 
         for i, v in enumerate(vals):
             ax.scatter(np.full(len(v), x[i] + (j - 0.5) * 0.38), v, s=8, color="k", zorder=3)
     ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set_xticks(x, [names[c] for c in conds])
-    ax.set_ylim(0, 1.05)
+    ax.set_xticks(x, [names.get(c, c.replace("_", " ")) for c in conds])
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy")
     ax.set_title(title or f"CAFT vs plain fine-tuning ({len(results.get('seeds', []))} seeds)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
