@@ -9,6 +9,7 @@ from .results import LabelledArray
 from .sites import Site, parse_site
 from .interventions import AtPositions, FromPosition, Generated
 from .steering import SteeringVector, build_steering_vector, steer, sweep as steering_sweep
+from . import caft
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model",
@@ -17,5 +18,6 @@ __all__ = [
     "activation_patching", "attribution_patching", "attribute_then_verify", "LabelledArray",
     "trace_fact", "trace_facts",
     "FromPosition", "AtPositions", "Generated", "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
+    "caft",
 ]
 __version__ = "0.1.0"

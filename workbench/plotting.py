@@ -7,13 +7,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def save_figure(fig, path=None):
-    """Lay out `fig`; with a path, write it there (folders made) and close it, so sweeps do not pile up figures."""
+def save_figure(fig, path=None, close: bool = True, dpi: int = 110):
+    """Lay out `fig`; with a path, write it there (folders made) and close it unless the caller owns it
+    (`close=False`, a figure drawn into the caller's axes), so sweeps do not pile up open figures."""
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        fig.savefig(path, dpi=dpi)
+        if close:
+            plt.close(fig)
     return fig
 
 
@@ -36,11 +38,7 @@ def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r"):
     ax.set_title(title or arr.name)
     ax.figure.colorbar(im, ax=ax, label=arr.meta.get("metric", "value"))
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=120)
-        if own:
-            plt.close(ax.figure)
+        save_figure(ax.figure, path, close=own, dpi=120)
     return ax
 
 

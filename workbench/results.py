@@ -34,6 +34,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Tensors (made contiguous, moved to CPU) as one safetensors file, written atomically; never a pickle."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write_bytes(path, blob)
+
+
 def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
     """(line number, parsed object) per non-blank line; a missing file or a line that does not parse is a
     ValueError naming `what` (the argument), the file and the line."""

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
-from .results import LabelledArray, atomic_write_bytes, atomic_write_text, read_jsonl
+from .results import LabelledArray, atomic_write_text, read_jsonl, save_safetensors
 from .sites import parse_site
 
 METHODS = ("mean_diff", "pca", "probe")
@@ -250,12 +250,8 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (`layer.{L}` tensors, JSON metadata under 'workbench'), atomically."""
-        from safetensors.torch import save
-
         meta = {**self.meta, "component": self.component, "layers": self.layers, "d_model": self.d_model}
-        blob = save({f"layer.{l}": v.contiguous() for l, v in self.vectors.items()},
-                    metadata={"workbench": json.dumps(meta)})
-        return atomic_write_bytes(path, blob)
+        return save_safetensors(path, {f"layer.{l}": v for l, v in self.vectors.items()}, {"workbench": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "SteeringVector":
