@@ -295,3 +295,23 @@ def test_cli_edit_writes_metrics(tmp_path, cache):
     assert len(list((out / "results").glob("*.json"))) == 2
     p = subprocess.run(cmd[:-10] + ["--method", "rome", "--layer", "9", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert p.returncode == 2 and "layer 9 out of range" in p.stderr
+
+
+@pytest.mark.slow
+def test_rome_flips_a_fact_on_the_default_model(default_model, cache):
+    model = default_model
+    snap = snapshot(model)
+    prompt = "The capital of France is the city of"
+    top = lambda: model.tokenizer.decode(model(prompt)[0, -1].argmax())
+    assert top() == " Paris"
+    # C from 2048 tokens sampled from the model (the default corpus, smaller) keeps the test quick. Fact sentences
+    # alone make C ill-conditioned: C^-1 k* then tells the bare prompt's key from k* and the edit does not generalise.
+    C = second_moment(model, 5, n_tokens=2048, progress=False)
+    edit = rome(model, dict(prompt=prompt, subject="France", target=" Rome"), C=C, value_prefixes=1)
+    assert edit.meta["layer"] == 5
+    with edit.applied(model):  # passes the safety check
+        assert top() == " Rome"
+        # an unrelated fact is kept (with this small C, other capitals can bleed; the 100-edit NS measures that)
+        assert model.tokenizer.decode(model("The Eiffel Tower is located in the city of")[0, -1].argmax()) == " Paris"
+    assert top() == " Paris"
+    assert_same(model, snap)

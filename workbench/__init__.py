@@ -7,6 +7,7 @@ from .patching import activation_patching
 from .tracing import trace_fact, trace_facts
 from .results import LabelledArray
 from .sites import Site, parse_site
+from .editing import EditRequest, WeightEdit, ft_l, memit, rome, run_counterfact
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model",
@@ -14,5 +15,6 @@ __all__ = [
     "Intervention", "Replace", "Add", "Scale", "Noise", "ProjectOut", "orthonormalize",
     "activation_patching", "attribution_patching", "attribute_then_verify", "LabelledArray",
     "trace_fact", "trace_facts",
+    "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]
 __version__ = "0.1.0"
