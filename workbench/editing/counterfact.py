@@ -243,7 +243,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
             Cs = second_moments(model, layers if layers is not None else _memit_layers(model), **(stats or {}))
             t0 = time.perf_counter()
             edit = memit(model, [as_edit(r) for r in requests], layers, lam=lam, Cs=Cs, value_prefixes=value_prefixes,
-                         **hparams)
+                         progress=progress, **hparams)
             seconds = time.perf_counter() - t0
             edit.meta["seconds"] = seconds
             edit.save(edit_dir)

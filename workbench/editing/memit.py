@@ -48,7 +48,7 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
 
 def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[str] | None = None,
           value_prefixes: int | None = None, Cs: dict | None = None, stats: dict | None = None,
-          **hparams) -> "WeightEdit":
+          progress: bool = False, **hparams) -> "WeightEdit":
     """One `WeightEdit` that makes all `requests` at once over `layers` (default `default_memit_layers`).
 
     The model is changed only while the edit is computed (each layer's update must see the ones below)
@@ -70,7 +70,8 @@ def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[
     Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
     fp = model.fingerprint
     top = layers[-1]
-    deltas, infos = optimise_deltas(model, requests, f"blocks.{top}.hook_resid_post", v_prefixes, **hparams)
+    deltas, infos = optimise_deltas(model, requests, f"blocks.{top}.hook_resid_post", v_prefixes, progress=progress,
+                                   **hparams)
     Z = _resid_at_subject(model, requests, top) + deltas                          # z_i  [n, d_model]
     updates, handles = {}, []
     try:

@@ -75,7 +75,7 @@ def compute_keys(model, requests: list[EditRequest], layer: int, prefixes: list[
 
 def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: list[str], *, steps: int = 20,
                     lr: float = 0.5, kl_factor: float = 0.0625, weight_decay: float = 0.5, clamp_norm: float = 4.0,
-                    ) -> tuple[Tensor, list[dict]]:
+                    progress: bool = False) -> tuple[Tensor, list[dict]]:
     """delta_i [d_model] added to `site` at request i's subject's last token so that its prompts predict its
     target (eq. 4); all requests in one batch, each with its own delta, loss and early stop. [n, d_model].
 
@@ -117,8 +117,10 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     opt = torch.optim.Adam([delta], lr=lr)
     active = torch.ones(len(requests), dtype=torch.bool, device=dev)
     infos = [{} for _ in requests]
+    from tqdm.auto import tqdm
+
     with frozen(model):
-        for it in range(steps):
+        for it in tqdm(range(steps), disable=not progress, desc=f"optimising {len(requests)} value(s)", unit="step"):
             add = Add(site, rows=list(range(len(rows))), positions=pos, pointwise=True, vector=delta[owner_t])
             logits = model.run_with_interventions(ids, [add], attention_mask=mask)
             tok_logp = logits[t_row, t_pos].log_softmax(-1).gather(-1, t_tok[:, None])[:, 0]
