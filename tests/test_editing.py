@@ -146,6 +146,10 @@ def test_layer_out_of_range_and_noop(tiny):
     req = EditRequest("The capital of France is the city of", "France", " Rome")
     with pytest.raises(EditError, match="layer: layer 2 out of range"):
         rome(model, req, 2, prefixes=PREFIXES, C=torch.eye(128))
+    with pytest.raises(EditError, match="C: expected a \\[128, 128\\]"):
+        rome(model, req, 1, prefixes=PREFIXES, C=torch.eye(64))
+    with pytest.raises(EditError, match="hparams: unknown"):
+        rome(model, req, 1, prefixes=PREFIXES, C=torch.eye(128), step=3)
     with pytest.raises(EditError, match="layers: layer -1 out of range"):
         memit(model, [req], [-1, 0], prefixes=PREFIXES, Cs={})
     # the target the model already predicts: reported as a no-op, nothing to apply

@@ -17,7 +17,7 @@ import torch
 
 from ..arch import weight_out_in
 from .requests import EditError, EditRequest, check_layers, subject_last
-from .rome import compute_keys, context_prefixes, default_layer, optimise_deltas
+from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
 
@@ -63,6 +63,9 @@ def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[
     for r in requests:
         r.check(model)
     layers = check_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
+    unknown = set(hparams) - set(HPARAMS)
+    if unknown:
+        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
     if not lam > 0:
         raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)

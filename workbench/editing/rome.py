@@ -27,6 +27,7 @@ from .weights import WeightEdit, frozen
 # Layer edited by default on the embedded SmolLM2-135M (30 layers), chosen from causal tracing; see the README.
 DEFAULT_LAYERS = {"smollm2-135m": 5}
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]
+HPARAMS = ("steps", "lr", "kl_factor", "weight_decay", "clamp_norm")  # of the value optimisation
 
 
 def default_layer(model) -> int:
@@ -175,6 +176,13 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
         raise EditError("requests: expected at least one request")
     targets = [r.check(model) for r in requests]
     layer = check_layers(model, default_layer(model) if layer is None else layer)[0]
+    unknown = set(hparams) - set(HPARAMS)
+    if unknown:
+        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
+    d = model.dims.d_mlp
+    if C is not None and (not isinstance(C, Tensor) or tuple(C.shape) != (d, d)):
+        raise EditError(f"C: expected a [{d}, {d}] tensor (the layer's key second moment), got "
+                        f"{tuple(C.shape) if isinstance(C, Tensor) else type(C).__name__}")
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
     fp = model.fingerprint
     edits: list[WeightEdit | None] = [None] * len(requests)
