@@ -142,6 +142,12 @@ def _cmd_edit(args) -> int:
     hparams = {}
     if args.steps is not None:
         hparams["steps"] = args.steps
+    if args.lr is not None:
+        hparams["lr"] = args.lr
+    if args.eps is not None:
+        if args.method != "ft-l":
+            raise ValueError("eps: the L-infinity radius applies to --method ft-l only")
+        hparams["eps"] = args.eps
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     metrics = run_counterfact(model, load_requests(args.requests), args.out, args.method, layer=args.layer,
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--layers", default=None, help="MEMIT layers, comma-separated (default: 5 around the ROME layer)")
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--steps", type=int, default=None, help="optimisation steps (v* / z / fine-tuning)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (v* / z / fine-tuning)")
+    s.add_argument("--eps", type=float, default=None, help="FT-L's L-infinity radius on the weights (default 5e-4)")
     s.add_argument("--value-prefixes", type=int, default=None, help="context prefixes used in the v* optimisation (default all)")
     s.add_argument("--stats-tokens", type=int, default=32768, help="corpus tokens for the key statistics C")
     s.add_argument("--lam", type=float, default=15000.0, help="MEMIT's weight of C")
