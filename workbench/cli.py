@@ -1,4 +1,4 @@
-"""`workbench` command line: models, info, prepare, demo, patch, trace, known, counterfact, edit, bench."""
+"""`workbench` command line: models, info, prepare, demo, patch."""
 from __future__ import annotations
 
 import argparse
