@@ -10,6 +10,7 @@ from .sites import Site, parse_site
 from .interventions import AtPositions, FromPosition, Generated
 from .steering import SteeringVector, build_steering_vector, steer, sweep as steering_sweep
 from . import caft
+from .editing import EditRequest, WeightEdit, ft_l, memit, rome, run_counterfact
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model",
@@ -19,5 +20,6 @@ __all__ = [
     "trace_fact", "trace_facts",
     "FromPosition", "AtPositions", "Generated", "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
     "caft",
+    "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]
 __version__ = "0.1.0"

@@ -109,3 +109,12 @@ def dims_of(hf_model: nn.Module, arch: Arch) -> Dims:
         d_mlp=d_mlp,
         d_vocab=get_module(hf_model, arch.unembed).weight.shape[0],
     )
+
+
+def weight_out_in(module: nn.Module):
+    """The weight of a linear map as an [out, in] view, whatever the storage (weight edits go through this).
+
+    `nn.Linear` stores [out, in]; GPT-2's `Conv1D` stores [in, out], so its view is the transpose.
+    In-place updates of the view (under `torch.no_grad()`) write to the parameter itself.
+    """
+    return module.weight if isinstance(module, nn.Linear) else module.weight.T

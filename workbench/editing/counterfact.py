@@ -1,0 +1,289 @@
+"""CounterFact-style evaluation (ROME paper, Sec. 4.2) on requests built from the facts dataset.
+
+A request rewrites (subject, relation, true object) to a new object of the same relation. It is scored
+on its own prompt (efficacy), its two paraphrases (generalisation) and neighbourhood prompts, the
+prompts of other subjects of the same relation (specificity). p(x) below is exp(mean token
+log-probability of the text x after the prompt), as in the research code.
+
+    ES = mean [p(new) > p(true)] on the prompt            EM = mean p(new) - p(true)
+    PS = the same over paraphrase prompts                 PM = likewise
+    NS = mean [p(neighbour's true object) > p(new)]       NM = mean p(neighbour's true) - p(new)
+    S  = harmonic mean of ES, PS and NS
+    GE = generation entropy: 2/3 H(bigrams) + 4/3 H(trigrams), averaged (bits), of sampled continuations
+
+Neighbourhood prompts in CounterFact share the true object; where a relation has too few such
+subjects (capitals are unique), other known subjects of the relation fill up, each scored against its
+own true object (the same test: the neighbour keeps its answer over the new object).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..facts import answer_text
+from ..results import atomic_write_text, read_jsonl
+from .requests import EditError, target_logprobs
+
+METRIC_KEYS = ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")
+
+
+def _with_object(fact: dict, obj: str) -> str:
+    return answer_text({**fact, "object": obj})
+
+
+def build_requests(facts: list[dict], known: list[bool] | None = None, *, n: int | None = None, seed: int = 0,
+                   n_neighbours: int = 10) -> list[dict]:
+    """CounterFact-style requests from facts (only known ones when `known` is given), relations interleaved.
+
+    Each: id, relation, subject, prompt, target_true, target_new, paraphrase_prompts, neighborhood
+    ([{prompt, target}]), generation_prompts.
+    """
+    rng = random.Random(seed)
+    pool = [f for i, f in enumerate(facts) if known is None or known[i]]
+    by_rel: dict[str, list[dict]] = defaultdict(list)
+    for f in pool:
+        by_rel[f.get("relation", "?")].append(f)
+    objects = {rel: sorted({f["object"] for f in facts if f.get("relation", "?") == rel}) for rel in by_rel}
+    queues = {rel: rng.sample(fs, len(fs)) for rel, fs in sorted(by_rel.items())}
+    order = []
+    while any(queues.values()):
+        for rel in sorted(queues):
+            if queues[rel]:
+                order.append(queues[rel].pop())
+    out = []
+    for f in order:
+        rel = f.get("relation", "?")
+        others = [o for o in objects[rel] if o != f["object"]]
+        distinct = [o for o in others if o.split()[0] != f["object"].split()[0]]
+        if not others:
+            continue
+        new = rng.choice(distinct or others)
+        same = [g for g in by_rel[rel] if g["object"] == f["object"] and g["id"] != f["id"]]
+        rest = [g for g in by_rel[rel] if g["object"] != f["object"] and g["object"] != new]
+        neigh = [g for g in rng.sample(same, len(same)) + rng.sample(rest, len(rest))
+                 if f["subject"] not in g["prompt"] and g["subject"] not in f["subject"]][:n_neighbours]
+        out.append({
+            "id": f["id"], "relation": rel, "subject": f["subject"], "prompt": f["prompt"],
+            "target_true": answer_text(f), "target_new": _with_object(f, new),
+            "paraphrase_prompts": list(f.get("paraphrases", []))[:2],
+            "neighborhood": [{"prompt": g["prompt"], "target": answer_text(g)} for g in neigh],
+            "generation_prompts": [f"{f['subject']} is", f"Here is a short text about {f['subject']}:"],
+        })
+        if n is not None and len(out) >= n:
+            break
+    return out
+
+
+def load_requests(path) -> list[dict]:
+    try:
+        rows = read_jsonl(path, "requests")
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    out = []
+    for i, r in rows:
+        for k in ("id", "prompt", "subject", "target_new", "target_true"):
+            if k not in r:
+                raise EditError(f"requests: {path}:{i}: missing key {k!r}")
+        out.append(r)
+    if not out:
+        raise EditError(f"requests: {path} holds no requests")
+    return out
+
+
+def ngram_entropy(text: str, n: int) -> float:
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+
+
+def generation_entropy(texts: list[str]) -> float:
+    """Weighted bi- and tri-gram entropy (weights 2/3 and 4/3, as in the ROME code), mean over texts."""
+    return float(np.mean([np.mean([2 / 3 * ngram_entropy(t, 2), 4 / 3 * ngram_entropy(t, 3)]) for t in texts]))
+
+
+def generate(model, prompts: list[str], max_new_tokens: int = 40, seed: int = 0) -> list[str]:
+    """Top-k (5) sampled continuations with a fixed seed (without the prompt). Prompts are left-padded here:
+    generation continues each row from its last real token."""
+    rows = [model.tokenizer(p).input_ids for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model.hf.generate(ids, attention_mask=mask, do_sample=True, top_k=5, max_new_tokens=max_new_tokens,
+                                pad_token_id=pad)
+    return [model.tokenizer.decode(o[width:], skip_special_tokens=True) for o in out]
+
+
+def score_request(model, req: dict, *, gen_tokens: int = 40) -> dict:
+    """The model's probabilities (in its current, possibly edited, state) for one request."""
+    new, true = req["target_new"], req["target_true"]
+    prompts = [req["prompt"]] + list(req.get("paraphrase_prompts", [])) + [g["prompt"] for g in req.get("neighborhood", [])]
+    trues = [true] * (1 + len(req.get("paraphrase_prompts", []))) + [g["target"] for g in req.get("neighborhood", [])]
+    lp = target_logprobs(model, prompts + prompts, [new] * len(prompts) + trues)
+    p_new, p_true = lp[:len(prompts)].exp().tolist(), lp[len(prompts):].exp().tolist()
+    n_para = len(req.get("paraphrase_prompts", []))
+    pairs = [{"p_new": a, "p_true": b} for a, b in zip(p_new, p_true)]
+    out = {"id": req["id"], "rewrite": pairs[0], "paraphrase": pairs[1:1 + n_para], "neighborhood": pairs[1 + n_para:]}
+    if gen_tokens and req.get("generation_prompts"):
+        texts = generate(model, req["generation_prompts"], gen_tokens)
+        out["generations"] = texts
+        out["entropy"] = generation_entropy(texts)
+    return out
+
+
+def summarize(results: list[dict]) -> dict:
+    """ES, EM, PS, PM, NS, NM, S (percent; magnitudes as percentage points), GE and n over request results."""
+    def mean(xs):
+        xs = list(xs)
+        return float(np.mean(xs)) if xs else float("nan")
+
+    scored = [r for r in results if "rewrite" in r]
+    es = mean(r["rewrite"]["p_new"] > r["rewrite"]["p_true"] for r in scored)
+    em = mean(r["rewrite"]["p_new"] - r["rewrite"]["p_true"] for r in scored)
+    ps = mean(mean(p["p_new"] > p["p_true"] for p in r["paraphrase"]) for r in scored if r["paraphrase"])
+    pm = mean(mean(p["p_new"] - p["p_true"] for p in r["paraphrase"]) for r in scored if r["paraphrase"])
+    ns = mean(mean(p["p_true"] > p["p_new"] for p in r["neighborhood"]) for r in scored if r["neighborhood"])
+    nm = mean(mean(p["p_true"] - p["p_new"] for p in r["neighborhood"]) for r in scored if r["neighborhood"])
+    s = 3 / (1 / es + 1 / ps + 1 / ns) if min(es, ps, ns) > 0 else 0.0
+    ge = mean(r["entropy"] for r in scored if "entropy" in r)
+    pct = lambda x: round(100 * x, 2)
+    return {"ES": pct(es), "EM": pct(em), "PS": pct(ps), "PM": pct(pm), "NS": pct(ns), "NM": pct(nm), "S": pct(s),
+            "GE": round(ge, 3), "n": len(scored),
+            "n_noop": sum(bool(r.get("noop")) for r in results), "n_rejected": sum(bool(r.get("rejected")) for r in results)}
+
+
+def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, layer: int | None = None,
+                    layers=None, limit: int | None = None, chunk: int = 8, gen_tokens: int = 40,
+                    stats: dict | None = None, hparams: dict | None = None, value_prefixes: int | None = None,
+                    lam: float = 15000.0, force: bool = False, progress: bool = True) -> dict:
+    """Edit and score each request (ROME, FT-L: one edit at a time on the unedited model; MEMIT: all requests
+    in one edit; "none": the unedited model). Resumable: results go to `out/results/<id>.json` as they
+    finish and a re-run skips them; `out/metrics.json` holds the summary. Returns the metrics."""
+    from tqdm.auto import tqdm
+
+    from .ftl import ft_l
+    from .memit import memit
+    from .rome import context_prefixes, default_layer, rome_many
+    from .stats import second_moment, second_moments
+    from .weights import EditRejected, WeightEdit
+
+    methods = ("rome", "memit", "ft-l", "none")
+    if method not in methods:
+        raise EditError(f"method: expected one of {methods}, got {method!r}")
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise EditError(f"limit: expected an int >= 1, got {limit!r}")
+        requests = requests[:limit]
+    out = Path(out)
+    hparams = dict(hparams or {})
+    if method in ("rome", "ft-l"):
+        layer = default_layer(model) if layer is None else layer
+    config = {"method": method, "model": model.name, "fingerprint": model.fingerprint, "layer": layer,
+              "layers": list(layers) if layers is not None else None, "hparams": hparams, "stats": stats or {},
+              "value_prefixes": value_prefixes, "lam": lam if method == "memit" else None, "gen_tokens": gen_tokens,
+              "request_ids": [r["id"] for r in requests]}
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        for k in config:
+            if k != "request_ids" and old.get(k) != config[k]:
+                raise EditError(f"out: {out} holds results of another configuration ({k} was {old.get(k)!r}, "
+                                f"is {config[k]!r}); use another directory")
+    atomic_write_text(cfg_path, json.dumps(config, indent=2))
+    done = lambda r: (out / "results" / f"{r['id']}.json").is_file()
+    todo = [r for r in requests if not done(r)]
+    bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
+
+    def record(req, res, seconds=None, **extra):
+        res = {**res, **extra, "seconds_edit": seconds, "request": req}
+        atomic_write_text(out / "results" / f"{req['id']}.json", json.dumps(res))
+        bar.update(1)
+
+    as_edit = lambda r: {"prompt": r["prompt"], "subject": r["subject"], "target": r["target_new"]}
+    if todo and method in ("rome", "ft-l"):
+        prefixes = context_prefixes(model)
+        C = second_moment(model, layer, **(stats or {})) if method == "rome" else None
+        for c in range(0, len(todo), chunk):
+            part = todo[c:c + chunk]
+            t0 = time.perf_counter()
+            if method == "rome":
+                edits = rome_many(model, [as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
+                                  value_prefixes=value_prefixes, **hparams)
+                per = (time.perf_counter() - t0) / len(part)
+            for k, req in enumerate(part):
+                if method == "ft-l":
+                    t0 = time.perf_counter()
+                    edit = ft_l(model, as_edit(req), layer, **hparams)
+                    per = time.perf_counter() - t0
+                else:
+                    edit = edits[k]
+                _score_edit(model, req, edit, record, per, gen_tokens, force, EditRejected)
+    elif todo and method == "memit":
+        edit_dir = out / "edit"
+        if (edit_dir / "deltas.safetensors").is_file():
+            edit = WeightEdit.load(edit_dir)
+            seconds = edit.meta.get("seconds")
+        else:
+            Cs = second_moments(model, layers if layers is not None else _memit_layers(model), **(stats or {}))
+            t0 = time.perf_counter()
+            edit = memit(model, [as_edit(r) for r in requests], layers, lam=lam, Cs=Cs, value_prefixes=value_prefixes,
+                         progress=progress, **hparams)
+            seconds = time.perf_counter() - t0
+            edit.meta["seconds"] = seconds
+            edit.save(edit_dir)
+        with edit.applied(model, force=force):
+            for req in todo:
+                record(req, score_request(model, req, gen_tokens=gen_tokens), seconds / len(requests))
+    elif todo:
+        for req in todo:
+            record(req, score_request(model, req, gen_tokens=gen_tokens))
+    bar.close()
+    results = [json.loads((out / "results" / f"{r['id']}.json").read_text()) for r in requests]
+    metrics = {**summarize(results), "method": method, "layer": layer, "layers": config["layers"],
+               "seconds_per_edit": _mean_or_none([r.get("seconds_edit") for r in results])}
+    if method == "memit":
+        metrics["layers"] = json.loads((out / "edit" / "edit.json").read_text())["meta"]["layers"]
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _memit_layers(model):
+    from .memit import default_memit_layers
+
+    return default_memit_layers(model)
+
+
+def _mean_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _score_edit(model, req, edit, record, seconds, gen_tokens, force, EditRejected):
+    if edit.noop:
+        record(req, score_request(model, req, gen_tokens=gen_tokens), seconds, noop=True)
+        return
+    try:
+        report = edit.check(model)
+        handle = edit.apply(model, check=False) if (report["ok"] or force) else None
+    except EditRejected:
+        handle = None
+    if handle is None:
+        record(req, score_request(model, req, gen_tokens=gen_tokens), seconds, rejected=True, check=report)
+        return
+    try:
+        res = score_request(model, req, gen_tokens=gen_tokens)
+    finally:
+        handle.restore()
+    record(req, res, seconds, check=report, relative_norm=report["relative_norm"], value_opt={
+        k: edit.meta.get(k) for k in ("steps", "loss", "nll", "p_target", "delta_norm", "steps_run") if k in edit.meta})

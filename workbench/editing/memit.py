@@ -1,0 +1,99 @@
+"""MEMIT: mass-editing memory in a transformer (Meng et al. 2023, Alg. 1).
+
+Many requests at once, spread over a range of layers R = [l_1 .. l_L]:
+
+    z_i = h_i^L + delta_i        target hidden state at the last edited layer's output (resid_post),
+                                 delta_i optimised as ROME's v* (eq. 4 of ROME, here at blocks.L.hook_resid_post)
+    for each layer l in R, lowest first, with the layers below already updated:
+        K_l  [n, d_mlp]   keys k_i at layer l (mean over the context prefixes)
+        R_l  [n, d_model] (z_i - h_i^L) / (number of layers left)       spread the remaining residual
+        Delta_l = R_l^T K_l (lambda C_l + K_l^T K_l)^-1                  (eq. 14: Delta = R K^T (C_0 + K K^T)^-1)
+
+C_l = E[k k^T] over the corpus (so lambda C_l weighs the corpus like lambda tokens' worth of keys).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..arch import weight_out_in
+from .requests import EditError, EditRequest, check_layers, subject_last
+from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
+from .weights import AppliedEdit, WeightEdit
+
+
+def default_memit_layers(model, n: int = 5) -> list[int]:
+    """n consecutive layers centred on the ROME layer (MEMIT spreads GPT-J's edits over layers 3..8 around its trace peak)."""
+    first = max(0, min(default_layer(model) - n // 2, model.dims.n_layers - n))
+    return list(range(first, first + n))
+
+
+def _resid_at_subject(model, requests: list[EditRequest], layer: int) -> torch.Tensor:
+    """blocks.{layer}.hook_resid_post at each request's subject's last token in its bare prompt, [n, d_model]."""
+    site = f"blocks.{layer}.hook_resid_post"
+    ids, mask = model.encode([r.prompt for r in requests])
+    pos = torch.tensor([subject_last(model, r.prompt, r.subject) for r in requests], device=ids.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids, [site], attention_mask=mask)
+    return cache[site][torch.arange(len(requests), device=ids.device), pos]
+
+
+def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. (14): Delta = R^T K (lam C + K^T K)^-1 for residuals R [n, d_out] and keys K [n, d_in], [d_out, d_in].
+
+    Delta minimises  lam * n_C * |Delta K_0|^2 / n_C + sum_i |(W + Delta) k_i - (W k_i + r_i)|^2  with C = K_0 K_0^T / n_C.
+    """
+    R, K, C = R.double(), K.double(), C.double()
+    return R.T @ torch.linalg.solve(lam * C + K.T @ K, K.T).T
+
+
+def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[str] | None = None,
+          value_prefixes: int | None = None, Cs: dict | None = None, stats: dict | None = None,
+          progress: bool = False, **hparams) -> "WeightEdit":
+    """One `WeightEdit` that makes all `requests` at once over `layers` (default `default_memit_layers`).
+
+    The model is changed only while the edit is computed (each layer's update must see the ones below)
+    and is restored bit-exactly before returning, also on errors. `Cs` maps layer -> C (default:
+    `second_moments(model, layers, **stats)`); `hparams` go to the value optimisation.
+    """
+    from .stats import second_moments
+
+    requests = [EditRequest.of(r) for r in requests]
+    if not requests:
+        raise EditError("requests: expected at least one request")
+    for r in requests:
+        r.check(model)
+    layers = check_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
+    unknown = set(hparams) - set(HPARAMS)
+    if unknown:
+        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
+    if not lam > 0:
+        raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
+    prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
+    v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
+    Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
+    fp = model.fingerprint
+    top = layers[-1]
+    deltas, infos = optimise_deltas(model, requests, f"blocks.{top}.hook_resid_post", v_prefixes, progress=progress,
+                                   **hparams)
+    Z = _resid_at_subject(model, requests, top) + deltas                          # z_i  [n, d_model]
+    updates, handles = {}, []
+    try:
+        for i, l in enumerate(layers):
+            with torch.no_grad():
+                K = compute_keys(model, requests, l, prefixes).double()            # K_l  [n, d_mlp]
+            H = _resid_at_subject(model, requests, top).double()                    # h_i^L now
+            R = (Z.double() - H) / (len(layers) - i)                                # R_l  [n, d_model]
+            update = memit_update(R, K, Cs[l].to(K.device), lam).float()            # Delta_l [d_model, d_mlp], eq. (14)
+            if not torch.isfinite(update).all():
+                raise EditError(f"requests: the layer {l} update is not finite; weights untouched")
+            updates[l] = update
+            handles.append(AppliedEdit(model, {l: update}))
+    finally:
+        for h in reversed(handles):
+            h.restore()
+    meta = {"method": "memit", "layers": layers, "lam": lam, "n_requests": len(requests), "fingerprint": fp,
+            "requests": [dict(r.__dict__) for r in requests], "hparams": hparams, "n_key_prefixes": len(prefixes),
+            "n_value_prefixes": len(v_prefixes), "value_opt": infos,
+            "relative_norms": {l: (u.norm() / weight_out_in(model.module("mlp_down", l)).norm()).item()
+                               for l, u in updates.items()}}
+    return WeightEdit(updates, meta)

@@ -1,0 +1,108 @@
+"""Edit requests: "in `prompt`, which mentions `subject`, the model should continue with `target`"."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class EditError(ValueError):
+    """A request or an edit that cannot be made; the weights are untouched when it is raised."""
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to rewrite, e.g. EditRequest("The capital of France is the city of", "France", " Rome").
+
+    `target` is the text that follows the prompt, with its leading space.
+    """
+
+    prompt: str
+    subject: str
+    target: str
+
+    @classmethod
+    def of(cls, r) -> "EditRequest":
+        """An EditRequest from itself or a dict with keys prompt, subject and target (or target_new)."""
+        if isinstance(r, EditRequest):
+            return r
+        if isinstance(r, dict):
+            target = r.get("target", r.get("target_new"))
+            missing = [k for k, v in (("prompt", r.get("prompt")), ("subject", r.get("subject")), ("target", target)) if v is None]
+            if missing:
+                raise EditError(f"request: missing key(s) {missing}; expected prompt, subject and target (or target_new)")
+            return cls(r["prompt"], r["subject"], target)
+        raise EditError(f"request: expected an EditRequest or a dict, got {type(r).__name__}")
+
+    def check(self, model) -> list[int]:
+        """Validate against `model`; returns the target's token ids."""
+        for name in ("prompt", "subject", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise EditError(f"{name}: expected a non-empty string, got {value!r}")
+        if "\n" in self.target or "\r" in self.target:
+            raise EditError(f"target: expected a single line, got {self.target!r}")
+        if self.subject not in self.prompt:
+            raise EditError(f"subject: {self.subject!r} does not occur in the prompt {self.prompt!r}")
+        ids = model.tokenizer(self.target, add_special_tokens=False).input_ids
+        if not ids:
+            raise EditError(f"target: {self.target!r} tokenizes to no tokens")
+        return ids
+
+
+def check_layers(model, layers, arg: str = "layer") -> list[int]:
+    """A checked list of layer indices of `model`."""
+    items = [layers] if isinstance(layers, int) else list(layers)
+    n = model.dims.n_layers
+    if not items:
+        raise EditError(f"{arg}: expected at least one layer")
+    for l in items:
+        if not isinstance(l, int) or isinstance(l, bool) or not 0 <= l < n:
+            raise EditError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n - 1}")
+    if len(set(items)) != len(items):
+        raise EditError(f"{arg}: repeated layers in {items}")
+    return sorted(items)
+
+
+def subject_last(model, text: str, subject: str, occurrence: int = 0) -> int:
+    """Token position of the subject's last token in `text` (where ROME reads keys and writes values)."""
+    return model.find_span(text, subject, occurrence).stop - 1
+
+
+def pad_rows(model, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id lists into ids [batch, pos] and an attention mask [batch, pos]."""
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(model.device), mask.to(model.device)
+
+
+def target_logprobs(model, prompts: list[str], targets: list[str]) -> torch.Tensor:
+    """Mean log-probability per target token of `targets[i]` after `prompts[i]`, [n] (no grad)."""
+    rows, spans = [], []
+    for p, t in zip(prompts, targets):
+        pi = model.tokenizer(p).input_ids
+        ti = model.tokenizer(t, add_special_tokens=False).input_ids
+        rows.append(pi + ti)
+        spans.append((len(pi), ti))
+    ids, mask = pad_rows(model, rows)
+    with torch.no_grad():
+        logp = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
+    out = []
+    for i, (start, ti) in enumerate(spans):
+        pos = torch.arange(start - 1, start - 1 + len(ti), device=logp.device)
+        out.append(logp[i, pos, torch.tensor(ti, device=logp.device)].mean())
+    return torch.stack(out).cpu()
+
+
+def already_predicted(model, prompt: str, target_ids: list[int]) -> bool:
+    """Whether greedy decoding after `prompt` already produces the target tokens (the edit would be a no-op)."""
+    ids = model.tokenizer(prompt).input_ids + target_ids
+    with torch.no_grad():
+        logits = model.hf(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0]
+    start = len(ids) - len(target_ids)
+    return logits[start - 1:len(ids) - 1].argmax(-1).tolist() == list(target_ids)
