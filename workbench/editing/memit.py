@@ -71,11 +71,32 @@ def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
     v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
     Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
-    fp = model.fingerprint
-    top = layers[-1]
-    deltas, infos = optimise_deltas(model, requests, f"blocks.{top}.hook_resid_post", v_prefixes, progress=progress,
+    Z, infos = memit_targets(model, requests, layers[-1], v_prefixes, progress=progress, **hparams)
+    edit = memit_spread(model, requests, layers, Z, Cs, lam=lam, prefixes=prefixes)
+    edit.meta.update({"hparams": hparams, "n_value_prefixes": len(v_prefixes), "value_opt": infos})
+    return edit
+
+
+def memit_targets(model, requests: list[EditRequest], top: int, prefixes: list[str], *, progress: bool = False,
+                  **hparams) -> tuple[torch.Tensor, list]:
+    """z_i = h_i^L + delta_i at blocks.{top}.hook_resid_post, [n, d_model], and the optimisation's infos."""
+    deltas, infos = optimise_deltas(model, requests, f"blocks.{top}.hook_resid_post", prefixes, progress=progress,
                                    **hparams)
-    Z = _resid_at_subject(model, requests, top) + deltas                          # z_i  [n, d_model]
+    return _resid_at_subject(model, requests, top) + deltas, infos
+
+
+def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch.Tensor, Cs: dict, *,
+                 lam: float, prefixes: list[str]) -> "WeightEdit":
+    """Alg. 1's loop: spread the residuals Z - h^L over `layers`, lowest first, each update by eq. (14).
+
+    `Z` [n, d_model] are the targets at the top layer's resid_post (`memit_targets`). The model is changed
+    while this runs and restored bit-exactly before returning, also on errors.
+    """
+    if not lam > 0:
+        raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
+    if Z.shape != (len(requests), model.dims.d_model):
+        raise EditError(f"Z: expected shape [{len(requests)}, {model.dims.d_model}], got {list(Z.shape)}")
+    fp, top = model.fingerprint, layers[-1]
     updates, handles = {}, []
     try:
         for i, l in enumerate(layers):
@@ -92,8 +113,7 @@ def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[
         for h in reversed(handles):
             h.restore()
     meta = {"method": "memit", "layers": layers, "lam": lam, "n_requests": len(requests), "fingerprint": fp,
-            "requests": [dict(r.__dict__) for r in requests], "hparams": hparams, "n_key_prefixes": len(prefixes),
-            "n_value_prefixes": len(v_prefixes), "value_opt": infos,
+            "requests": [dict(r.__dict__) for r in requests], "n_key_prefixes": len(prefixes),
             "relative_norms": {l: (u.norm() / weight_out_in(model.module("mlp_down", l)).norm()).item()
                                for l, u in updates.items()}}
     return WeightEdit(updates, meta)
