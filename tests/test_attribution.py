@@ -82,3 +82,17 @@ def test_attribution_ranks_ioi_sites_like_exact_patching(default_model):
         # only cells where patching can change anything (positions from the swapped name on)
         e, a = exact[comp].values[:, 9:].ravel(), atp[comp].values[:, 9:].ravel()
         assert spearmanr(e, a).statistic > 0.6, comp
+
+
+def test_attribution_on_a_frozen_model_equals_the_unfrozen_one(tiny):
+    """Researchers freeze models (requires_grad False); the gradients w.r.t. activations must not change."""
+    import copy
+
+    m = tiny("llama")
+    frozen = copy.deepcopy(m)
+    frozen.hf.requires_grad_(False)
+    for component in ("resid_pre", "attn_out", "mlp_out"):
+        want = attribution_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component)[component]
+        got = attribution_patching(frozen, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component)[component]
+        assert np.abs(got.values - want.values).max() < 1e-5
+        assert np.abs(want.values).max() > 1e-3

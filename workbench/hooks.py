@@ -85,6 +85,10 @@ class _SiteHook:
         for iv in self.interventions:
             act = iv(act, ctx) if iv.needs_positions else iv(act)
         if self.cache is not None:
+            if not self.detach and torch.is_grad_enabled() and not act.requires_grad:
+                # A frozen model (no parameter requires grad) must still give gradients w.r.t. its activations:
+                # start the graph here. The clone keeps downstream in-place ops off a leaf.
+                act = act.detach().requires_grad_().clone()
             self.cache[self.site.name] = act.detach() if self.detach else act
         return act.flatten(-2) if self.site.has_heads else act
 
