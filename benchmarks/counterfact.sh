@@ -11,7 +11,7 @@ declare -A FLAGS=(
   [rome]="--value-prefixes 2"
   [none]=""
   [ft-l]="--eps 1e-2 --lr 1e-3"          # the research radius 5e-4 barely moves this model's larger weights
-  [memit]="--value-prefixes 0 --lam 6000"   # z on the bare prompt: 100 requests' optimisation fits the CPU budget
+  [memit]="--value-prefixes 0 --lam 3000"   # z on the bare prompt (the CPU budget); lambda from the pilot on requests 101-110
 )
 for method in ${METHODS:-rome none ft-l memit}; do
   $PY -m workbench.cli edit --method "$method" $COMMON ${FLAGS[$method]} --out "out/counterfact/$method"

@@ -4,7 +4,8 @@
 
 The z targets do not depend on lambda, so they are optimised once (cached in `out/memit-lambda/`,
 resumable) and only the spreading over layers (Alg. 1, eq. 14) is redone per lambda. Each point is
-scored like `workbench edit --method memit` without the generations (ES, PS, NS, S; GE needs them).
+scored like `workbench edit --method memit` without the generations (ES, PS, NS, S; GE needs them);
+NS leaves out the neighbourhood prompts that are other requests of the batch, NS_all keeps them.
 Writes `benchmarks/results/memit-lambda-vp<value prefixes>-<device>.json`.
 """
 from __future__ import annotations
@@ -52,21 +53,23 @@ def main(argv=None):
         z_seconds = time.perf_counter() - t0
         save_safetensors(z_path, {"z": Z.detach()}, {"requests": args.requests})
 
+    batch = {r["prompt"] for r in reqs}
+    score = lambda: [{**score_request(model, r, gen_tokens=0), "request": r} for r in reqs]
     points = []
     for lam in [float(x) for x in args.lams.split(",")]:
         t0 = time.perf_counter()
         edit = memit_spread(model, edits, layers, Z, Cs, lam=lam, prefixes=prefixes)
         spread = time.perf_counter() - t0
         with edit.applied(model, force=True):
-            metrics = summarize([score_request(model, r, gen_tokens=0) for r in reqs])
-        point = {"lam": lam, **{k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S")},
+            metrics = summarize(score(), edited_prompts=batch)
+        point = {"lam": lam, **{k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "NS_all", "NM_all")},
                  "relative_norms": edit.meta["relative_norms"], "spread_seconds": round(spread, 1)}
         points.append(point)
-        print(json.dumps({k: point[k] for k in ("lam", "ES", "PS", "NS", "S")}))
-    unedited = summarize([score_request(model, r, gen_tokens=0) for r in reqs])
+        print(json.dumps({k: point[k] for k in ("lam", "ES", "PS", "NS", "NS_all", "S")}), flush=True)
+    unedited = summarize(score(), edited_prompts=batch)
     write_result({"benchmark": "memit-lambda", **device_meta(args.device), "model": model.name, "n": len(reqs),
                   "layers": layers, "value_prefixes": args.value_prefixes, "z_seconds": z_seconds,
-                  "unedited_NS": unedited["NS"], "points": points}, f"memit-lambda-vp{args.value_prefixes}", args.device, None)
+                  "unedited_NS": unedited["NS"], "unedited_NS_all": unedited["NS_all"], "points": points}, f"memit-lambda-vp{args.value_prefixes}", args.device, None)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,23 @@ def test_counterfact_metrics_by_hand():
     assert generation_entropy(["a b a b"]) == pytest.approx((2 / 3 * 0.918296 + 4 / 3 * 1.0) / 2, abs=1e-5)
 
 
+def test_neighbours_edited_in_the_same_batch_are_not_neighbours():
+    """In a MEMIT batch, a neighbourhood prompt that is another request's prompt was changed on purpose."""
+    def res(prompt, neighbours):  # neighbours: (prompt, p_true > p_new?)
+        return {"rewrite": {"p_new": 0.6, "p_true": 0.1}, "paraphrase": [], "request": {
+                    "prompt": prompt, "neighborhood": [{"prompt": q} for q, _ in neighbours]},
+                "neighborhood": [{"p_new": 0.1, "p_true": 0.5} if ok else {"p_new": 0.5, "p_true": 0.1}
+                                 for _, ok in neighbours]}
+    results = [res("A is in", [("B is in", False), ("C is in", True)]),
+               res("B is in", [("A is in", False), ("C is in", True), ("D is in", False)])]
+    assert summarize(results)["NS"] == pytest.approx(100 * (1 / 2 + 1 / 3) / 2, abs=0.01)
+    m = summarize(results, edited_prompts={"A is in", "B is in"})
+    assert m["NS"] == pytest.approx(100 * (1 + 1 / 2) / 2, abs=0.01)
+    assert m["NS_all"] == pytest.approx(100 * (1 / 2 + 1 / 3) / 2, abs=0.01) and m["n_neighbours_edited"] == 2
+    with pytest.raises(ValueError, match="request"):
+        summarize([{k: v for k, v in results[0].items() if k != "request"}], edited_prompts={"A is in"})
+
+
 def test_build_requests_from_facts():
     facts = load_facts("data/facts.jsonl")
     reqs = build_requests(facts, n=40, seed=1)

@@ -142,13 +142,26 @@ def score_request(model, req: dict, *, gen_tokens: int = 40) -> dict:
     return out
 
 
-def summarize(results: list[dict]) -> dict:
-    """ES, EM, PS, PM, NS, NM, S (percent; magnitudes as percentage points), GE and n over request results."""
+def summarize(results: list[dict], edited_prompts=()) -> dict:
+    """ES, EM, PS, PM, NS, NM, S (percent; magnitudes as percentage points), GE and n over request results.
+
+    `edited_prompts`: the prompts of all requests edited together (MEMIT's batch). A neighbourhood prompt
+    among them is another request of the batch, whose answer was changed on purpose, so it is not a
+    neighbour: NS / NM leave it out, and NS_all / NM_all report the score over every neighbourhood prompt.
+    Needs each result's "request" (as `run_counterfact` records it).
+    """
     def mean(xs):
         xs = list(xs)
         return float(np.mean(xs)) if xs else float("nan")
 
     scored = [r for r in results if "rewrite" in r]
+    edited = set(edited_prompts)
+    if edited:
+        if not all("request" in r for r in scored):
+            raise ValueError("results: summarize(edited_prompts=...) needs each result's 'request'")
+        scored = [{**r, "neighborhood_all": r["neighborhood"],
+                   "neighborhood": [p for p, g in zip(r["neighborhood"], r["request"]["neighborhood"])
+                                    if g["prompt"] not in edited]} for r in scored]
     es = mean(r["rewrite"]["p_new"] > r["rewrite"]["p_true"] for r in scored)
     em = mean(r["rewrite"]["p_new"] - r["rewrite"]["p_true"] for r in scored)
     ps = mean(mean(p["p_new"] > p["p_true"] for p in r["paraphrase"]) for r in scored if r["paraphrase"])
@@ -158,9 +171,15 @@ def summarize(results: list[dict]) -> dict:
     s = 3 / (1 / es + 1 / ps + 1 / ns) if min(es, ps, ns) > 0 else 0.0
     ge = mean(r["entropy"] for r in scored if "entropy" in r)
     pct = lambda x: round(100 * x, 2)
-    return {"ES": pct(es), "EM": pct(em), "PS": pct(ps), "PM": pct(pm), "NS": pct(ns), "NM": pct(nm), "S": pct(s),
-            "GE": round(ge, 3), "n": len(scored),
-            "n_noop": sum(bool(r.get("noop")) for r in results), "n_rejected": sum(bool(r.get("rejected")) for r in results)}
+    out = {"ES": pct(es), "EM": pct(em), "PS": pct(ps), "PM": pct(pm), "NS": pct(ns), "NM": pct(nm), "S": pct(s),
+           "GE": round(ge, 3), "n": len(scored),
+           "n_noop": sum(bool(r.get("noop")) for r in results), "n_rejected": sum(bool(r.get("rejected")) for r in results)}
+    if edited:
+        every = [r for r in scored if r["neighborhood_all"]]
+        out["NS_all"] = pct(mean(mean(p["p_true"] > p["p_new"] for p in r["neighborhood_all"]) for r in every))
+        out["NM_all"] = pct(mean(mean(p["p_true"] - p["p_new"] for p in r["neighborhood_all"]) for r in every))
+        out["n_neighbours_edited"] = sum(len(r["neighborhood_all"]) - len(r["neighborhood"]) for r in scored)
+    return out
 
 
 def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, layer: int | None = None,
@@ -250,7 +269,8 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
             record(req, score_request(model, req, gen_tokens=gen_tokens))
     bar.close()
     results = [json.loads((out / "results" / f"{r['id']}.json").read_text()) for r in requests]
-    metrics = {**summarize(results), "method": method, "layer": layer, "layers": config["layers"],
+    batch = {r["prompt"] for r in requests} if method == "memit" else ()  # MEMIT's requests are edited together
+    metrics = {**summarize(results, edited_prompts=batch), "method": method, "layer": layer, "layers": config["layers"],
                "seconds_per_edit": _mean_or_none([r.get("seconds_edit") for r in results])}
     if method == "memit":
         metrics["layers"] = json.loads((out / "edit" / "edit.json").read_text())["meta"]["layers"]
