@@ -35,7 +35,7 @@ from torch import Tensor
 from .interventions import ProjectOut, orthonormalize
 from .models import Model
 from .results import read_jsonl, save_safetensors
-from .sites import COMPONENTS, Site, parse_site
+from .sites import COMPONENTS, Site, check_layers, parse_site
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -134,9 +134,7 @@ def load_directions(path: str | Path, model: Model, layers: list[int] | None = N
         raise ValueError(f"directions: no such file {path}")
     n_layers = model.dims.n_layers
     if layers is not None:
-        for l in layers:
-            if not isinstance(l, int) or not 0 <= l < n_layers:
-                raise ValueError(f"layers: layer {l} out of range; the model has layers 0..{n_layers - 1}")
+        layers = check_layers(layers, n_layers, "layers")
     try:
         with safe_open(str(path), "pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -70,6 +70,22 @@ def parse_site(site: str | Site, n_layers: int, layer: int | None = None) -> Sit
     return Site(lay, component)
 
 
+def check_layers(layers, n_layers: int, arg: str = "layers") -> list[int]:
+    """A layer index, or a non-empty collection of distinct ones, each in 0..n_layers-1; as a list, order kept."""
+    items = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise ValueError(f"{arg}: expected a layer index or a list of them, got {layers!r}")
+    items = list(items)
+    if not items:
+        raise ValueError(f"{arg}: expected a non-empty list of layer indices, got {layers!r}")
+    for l in items:
+        if not isinstance(l, int) or isinstance(l, bool) or not 0 <= l < n_layers:
+            raise ValueError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n_layers - 1}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{arg}: repeated layers in {items}")
+    return items
+
+
 def parse_components(components: str | list[str]) -> list[str]:
     """`'resid_pre,attn_out'` or a list -> checked list of component names."""
     items = components.split(",") if isinstance(components, str) else list(components)

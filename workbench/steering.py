@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
 from .results import LabelledArray, atomic_write_text, read_jsonl, save_safetensors
-from .sites import parse_site
+from .sites import check_layers, parse_site
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
@@ -93,21 +93,6 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
     return list(positives), list(negatives)
 
 
-def _check_layers(layers, n_layers: int, arg: str = "layers") -> list[int]:
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if isinstance(layers, range):
-        layers = list(layers)
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"{arg}: expected a non-empty list of layer indices, got {layers!r}")
-    for l in layers:
-        if not isinstance(l, int) or isinstance(l, bool) or not 0 <= l < n_layers:
-            raise ValueError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n_layers - 1}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"{arg}: repeated layers in {layers}")
-    return list(layers)
-
-
 def _check_multiplier(m, arg: str = "multiplier") -> float:
     try:
         f = float(m)
@@ -136,7 +121,7 @@ def read_activations(model, texts: Sequence[str], layers: Sequence[int], *, comp
     the real tokens. Batches are right-padded and every row is read at its own tokens, never a pad.
     """
     _check_component(component)
-    layers = _check_layers(list(layers), model.dims.n_layers)
+    layers = check_layers(list(layers), model.dims.n_layers)
     if not (read_at == "mean" or (isinstance(read_at, int) and not isinstance(read_at, bool))):
         raise ValueError(f"read_at: expected an int token index (negative counts from the end) or 'mean', got {read_at!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -237,7 +222,7 @@ class SteeringVector:
         self.check_model(model)
         multiplier = _check_multiplier(multiplier)
         selector = _position_selector(positions)
-        layers = self.layers if layers is None else _check_layers(layers, model.dims.n_layers)
+        layers = self.layers if layers is None else check_layers(layers, model.dims.n_layers)
         missing = [l for l in layers if l not in self.vectors]
         if missing:
             raise ValueError(f"layers: the steering vector has no direction for layers {missing}; it has {self.layers}")
@@ -329,7 +314,7 @@ def build_steering_vector(model, positives=None, negatives=None, *, layers, meth
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     _check_component(component)
-    layers = _check_layers(layers, model.dims.n_layers)
+    layers = check_layers(layers, model.dims.n_layers)
     probe = load_direction(direction, model.dims.d_model, layers) if method == "probe" else None
     if method == "probe" and direction is None:
         raise ValueError("direction: method='probe' needs a direction")
@@ -652,7 +637,7 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
     """
     vector.check_model(model)
     prompts = _check_prompts(prompts)
-    layers = vector.layers if layers is None else _check_layers(layers, model.dims.n_layers)
+    layers = vector.layers if layers is None else check_layers(layers, model.dims.n_layers)
     missing = [l for l in layers if l not in vector.vectors]
     if missing:
         raise ValueError(f"layers: the steering vector has no direction for layers {missing}; it has {vector.layers}")

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..sites import check_layers as _check_layers
+
 
 class EditError(ValueError):
     """A request or an edit that cannot be made; the weights are untouched when it is raised."""
@@ -51,17 +53,11 @@ class EditRequest:
 
 
 def check_layers(model, layers, arg: str = "layer") -> list[int]:
-    """A checked list of layer indices of `model`."""
-    items = [layers] if isinstance(layers, int) else list(layers)
-    n = model.dims.n_layers
-    if not items:
-        raise EditError(f"{arg}: expected at least one layer")
-    for l in items:
-        if not isinstance(l, int) or isinstance(l, bool) or not 0 <= l < n:
-            raise EditError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n - 1}")
-    if len(set(items)) != len(items):
-        raise EditError(f"{arg}: repeated layers in {items}")
-    return sorted(items)
+    """A checked, sorted list of layer indices of `model` (see `sites.check_layers`)."""
+    try:
+        return sorted(_check_layers(layers, model.dims.n_layers, arg))
+    except ValueError as e:
+        raise EditError(str(e)) from None
 
 
 def subject_last(model, text: str, subject: str, occurrence: int = 0) -> int:
