@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     layers = [int(l) for l in args.layers.split(",")]
     t0 = time.perf_counter()
     model = wb.load_model(device=args.device)
-    task = caft.load_task(ROOT / "data" / "caft_task.jsonl")
+    task = caft.load_task(wb.data_path("caft_task.jsonl"))
 
     concept = task["concept"]
     acts = probes.collect_activations(model, [e["prompt"] for e in concept], layers, cache=False)

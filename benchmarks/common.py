@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.results import atomic_write_text
+from workbench.core.io import atomic_write_text
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

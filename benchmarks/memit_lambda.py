@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from workbench.editing import EditRequest, context_prefixes, second_moments
 from workbench.editing.counterfact import load_requests, score_request, summarize
 from workbench.editing.memit import default_memit_layers, memit_spread, memit_targets
-from workbench.results import save_safetensors
+from workbench.core.io import save_safetensors
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import device_meta, parser, write_result  # noqa: E402

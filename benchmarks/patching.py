@@ -19,7 +19,7 @@ import torch
 
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench.datasets import ioi_pairs
+from workbench.data.ioi import ioi_pairs
 
 
 class PeakMemory:

@@ -6,8 +6,8 @@ Activations for probes are read through `workbench.Model.run_with_cache`, like e
     res = probes.train_probes(acts, labels, method="logreg")              # or "diffmean"
     res.plot("acc.png"); res.save_direction("gender.safetensors", layer=res.best_layer)
 """
-from .activations import collect_activations
+from workbench.directions.activations import collect_activations
 from .linear import ProbeResult, diff_of_means, train_probes
-from .export import load_direction, save_direction
+from workbench.directions.store import load_direction, save_direction
 
 __all__ = ["collect_activations", "train_probes", "ProbeResult", "diff_of_means", "save_direction", "load_direction"]

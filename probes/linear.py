@@ -88,7 +88,7 @@ class ProbeResult:
 
     def save_direction(self, path: str | Path, layer: int | None = None, model=None) -> Path:
         """Export one layer's direction (default: the best layer) for steering or ablation; see `probes.save_direction`."""
-        from .export import save_direction
+        from workbench.directions.store import save_direction
 
         layer = self.best_layer if layer is None else layer
         meta = {**self.meta, "layer": layer, "method": self.method, "accuracy": self.accuracy(layer),

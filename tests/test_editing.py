@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.arch import weight_out_in
+from workbench.core.arch import weight_out_in
 from workbench.editing import (EditError, EditRejected, EditRequest, WeightEdit, build_requests, ft_l,
                                generation_entropy, memit, memit_update, rank_one_update, rome, second_moment, summarize)
 from workbench.editing.requests import target_logprobs
-from workbench.facts import load_facts
+from workbench.data.facts import DEFAULT_FACTS, load_facts
 
 PREFIXES = ["", "I was reading about it yesterday. ", "Here is a fact. "]
 
@@ -20,7 +20,7 @@ PREFIXES = ["", "I was reading about it yesterday. ", "Here is a fact. "]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A text file written from the project's facts dataset (offline, a few thousand tokens)."""
-    facts = load_facts("data/facts.jsonl")
+    facts = load_facts(DEFAULT_FACTS)
     text = " ".join(f"{f['prompt']} {f['object']}. " + " ".join(f"{p} {f['object']}." for p in f["paraphrases"]) for f in facts)
     path = tmp_path_factory.mktemp("corpus") / "facts.txt"
     path.write_text(text)
@@ -30,7 +30,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     """An empty statistics cache (the converted default model is linked in, not converted again)."""
-    from workbench.models import cache_dir
+    from workbench.core.loading import cache_dir
 
     models = cache_dir() / "models"
     (tmp_path / "cache").mkdir()
@@ -285,7 +285,7 @@ def test_neighbours_edited_in_the_same_batch_are_not_neighbours():
 
 
 def test_build_requests_from_facts():
-    facts = load_facts("data/facts.jsonl")
+    facts = load_facts(DEFAULT_FACTS)
     reqs = build_requests(facts, n=40, seed=1)
     by_id = {f["id"]: f for f in facts}
     assert len(reqs) == 40 and len({r["relation"] for r in reqs}) == 19
@@ -298,7 +298,7 @@ def test_build_requests_from_facts():
 
 
 def test_cli_edit_writes_metrics(tmp_path, cache):
-    reqs = build_requests(load_facts("data/facts.jsonl"), n=2, seed=0)
+    reqs = build_requests(load_facts(DEFAULT_FACTS), n=2, seed=0)
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reqs))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "workbench.cli", "edit", "--model", "tiny-llama", "--requests", str(tmp_path / "r.jsonl"),

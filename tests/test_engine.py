@@ -5,7 +5,7 @@ import torch
 
 import workbench as wb
 from workbench.cli import main
-from workbench.engine import Patch, run_patches
+from workbench.patching.engine import Patch, run_patches
 from workbench.patching import activation_patching
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, reference_patch
@@ -43,12 +43,12 @@ def test_unsupported_suffix_request_is_refused_and_full_path_says_so(tiny):
     value = torch.zeros(1, m.dims.d_model)
     patches = [Patch.at(0, wb.Site(1, "resid_pre"), [3], None, value)]
     metric = lambda logits, idx: logits[:, 0]  # noqa: E731
-    vals, stats = run_patches(m, ids, patches, metric, method="full")
+    vals, stats = run_patches(m, ids, patches, metric, path="full")
     assert stats.path == "full"
-    fast, stats = run_patches(m, ids, patches, metric, method="suffix")
+    fast, stats = run_patches(m, ids, patches, metric, path="suffix")
     assert stats.path == "suffix" and torch.allclose(vals, fast, atol=1e-5)
-    with pytest.raises(ValueError, match="method"):
-        run_patches(m, ids, patches, metric, method="fastest")
+    with pytest.raises(ValueError, match="path"):
+        run_patches(m, ids, patches, metric, path="fastest")
 
 
 def test_alignment_of_prompts_of_different_lengths(tiny):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.sites import COMPONENTS
+from workbench.core.sites import COMPONENTS
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks, get_model, tl_bridge
 

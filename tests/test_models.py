@@ -4,12 +4,13 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import models as wbm
+from workbench.core import loading as wbm
+from workbench.core.tiny import TINY_FAMILIES
 
 from conftest import IOI_CLEAN
 
 
-@pytest.mark.parametrize("family", wbm.TINY_FAMILIES)
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_tiny_models_build_with_their_config_and_match_plain_forward(tiny, family):
     m = tiny(family)
     assert (m.dims.n_layers, m.dims.d_model, m.dims.n_heads, m.dims.d_mlp) == (2, 64, 4, 128)

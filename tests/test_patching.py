@@ -23,7 +23,7 @@ def _logit_diff(m, logits):
                                                    ("suffix", True, "denoise"), ("suffix", False, "noise")])
 def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, skip, direction):
     m = tiny(family)
-    res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component, engine=engine,
+    res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components=component, path=engine,
                               skip_identical=skip, max_batch_tokens=40, direction=direction)[component]
     assert res.meta["engine"]["path"] == engine
     clean, corrupt = m.to_tokens(IOI_CLEAN), m.to_tokens(IOI_CORRUPT)
@@ -106,7 +106,7 @@ def test_result_saves_loads_and_plots(tiny, tmp_path):
     m = tiny("llama")
     res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John")["resid_pre"]
     res.save(tmp_path / "r.json")
-    back = wb.results.LabelledArray.load(tmp_path / "r.json")
+    back = wb.LabelledArray.load(tmp_path / "r.json")
     assert (back.values == res.values).all() and back.coords == res.coords
     df = res.to_dataframe()
     assert len(df) == res.values.size and set(df.columns) == {"layer", "position", "value"}

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.behaviour import log_odds_classifier, word_share
-from workbench.interventions import AtPositions, FromPosition, Generated
+from workbench.steering.behaviour import log_odds_classifier, word_share
+from workbench.core.interventions import AtPositions, FromPosition, Generated
 from workbench.steering import (SteeringVector, build_steering_vector, generate, load_lines,
                                 load_pairs, read_activations, steer, sweep)
 
 from conftest import assert_no_hooks
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "steering"
+DATA = wb.data_path("steering")
 PROMPTS = ["When Mary and John went to the store, John gave", "The Eiffel Tower is in", "Hi there"]
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.reference import research_trace_loop
+from workbench.patching.reference import research_trace_loop
 from workbench.tracing import KINDS, embedding_noise_std, trace_fact
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
@@ -66,7 +66,7 @@ import subprocess
 import sys
 import time
 
-from workbench.facts import known_facts, load_facts
+from workbench.data.facts import known_facts, load_facts
 from workbench.tracing import token_groups, trace_facts
 
 FACTS = [

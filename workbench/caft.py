@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interventions import ProjectOut, orthonormalize
-from .models import Model
-from .results import read_jsonl, save_safetensors
-from .sites import COMPONENTS, Site, check_layers, parse_site
+from .core.interventions import ProjectOut, orthonormalize
+from .core.model import Model
+from .data import resolve
+from .core.io import read_jsonl, save_safetensors
+from .core.sites import COMPONENTS, Site, check_layers, parse_site
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -47,7 +48,7 @@ CONDITIONS = ("plain", "caft", "random", "test_time")
 def load_task(path: str | Path) -> dict[str, list[dict]]:
     """Read a task JSONL file -> {split: [example, ...]}; a malformed line is an error naming its line number."""
     task: dict[str, list[dict]] = {s: [] for s in SPLITS + OPTIONAL_SPLITS}
-    for n, ex in read_jsonl(path, "task"):
+    for n, ex in read_jsonl(resolve(path), "task"):
         if not isinstance(ex, dict):
             raise ValueError(f"task: {path}:{n}: expected a JSON object, got {type(ex).__name__}")
         for key, kind in (("split", str), ("prompt", str), ("answer", str), ("choices", list)):

@@ -5,10 +5,10 @@ import json
 import time
 from pathlib import Path
 
-from .facts import DEFAULT_FACTS
-from .models import load_model
+from .data.facts import DEFAULT_FACTS
+from .core.loading import load_model
 from .patching import activation_patching
-from .results import atomic_write_text
+from .core.io import atomic_write_text
 from .tracing import trace_facts
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"

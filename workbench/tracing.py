@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .engine import Edit, Patch, run_patches
-from .models import Model
-from .sites import Site
+from .patching.engine import Overwrite, Patch, run_patches
+from .core.model import Model
+from .core.sites import Site
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -129,7 +129,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
                 layers = [l] if kind == "resid" else list(window_layers(l, window, L))
                 if all(bool(same[x, t]) for x in layers):
                     continue
-                edits = [Edit(Site(x, comp), [t], None, clean[Site(x, comp).name][0, t:t + 1]) for x in layers]
+                edits = [Overwrite(Site(x, comp), [t], None, clean[Site(x, comp).name][0, t:t + 1]) for x in layers]
                 patches += [Patch(s, edits) for s in range(samples)]
                 cells.append((t, l))
         values, _ = run_patches(model, ids.repeat(samples, 1), patches, p_answer, target_embeds=embeds,
@@ -276,8 +276,8 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
 
     from tqdm.auto import tqdm
 
-    from .facts import answer_text, known_facts, load_facts
-    from .results import atomic_write_text
+    from .data.facts import answer_text, known_facts, load_facts
+    from .core.io import atomic_write_text
 
     facts = load_facts(facts_path)
     if order == "relations":

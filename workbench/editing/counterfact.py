@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..facts import answer_text
-from ..results import atomic_write_text, read_jsonl
+from ..data.facts import answer_text
+from ..data import resolve
+from ..core.io import atomic_write_text, read_jsonl
 from .requests import EditError, target_logprobs
 
 METRIC_KEYS = ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")
@@ -84,7 +85,7 @@ def build_requests(facts: list[dict], known: list[bool] | None = None, *, n: int
 
 def load_requests(path) -> list[dict]:
     try:
-        rows = read_jsonl(path, "requests")
+        rows = read_jsonl(resolve(path), "requests")
     except ValueError as e:
         raise EditError(str(e)) from None
     out = []

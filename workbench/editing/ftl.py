@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arch import weight_out_in
+from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, already_predicted, check_layers, pad_rows
 from .rome import default_layer
 from .weights import WeightEdit, frozen

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arch import weight_out_in
+from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, check_layers, subject_last
 from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sites import check_layers as _check_layers
+from ..core.sites import check_layers as _check_layers
 
 
 class EditError(ValueError):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..interventions import Add
+from ..core.interventions import Add
 from .requests import EditError, EditRequest, already_predicted, check_layers, pad_rows, subject_last
 from .weights import WeightEdit, frozen
 
@@ -168,7 +168,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
               **hparams) -> list[WeightEdit]:
     """ROME edits of several requests, each computed alone against the unedited model (as if by `rome`),
     with the value optimisations batched. Apply them one at a time (use `memit` for edits made together)."""
-    from ..arch import weight_out_in
+    from ..core.arch import weight_out_in
     from .stats import second_moment
 
     requests = [EditRequest.of(r) for r in requests]

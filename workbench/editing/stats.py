@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..models import Model, cache_dir
-from ..results import atomic_write_text, save_safetensors
+from ..core.model import Model
+from ..core.loading import cache_dir
+from ..core.io import atomic_write_text, save_safetensors
 from .requests import check_layers
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..arch import weight_out_in
-from ..results import atomic_write_text, save_safetensors
+from ..core.arch import weight_out_in
+from ..core.io import atomic_write_text, save_safetensors
 from .requests import EditError, check_layers
 
 # Prompts unrelated to any edit; an edit that moves their next-token distributions a lot is abnormal.

@@ -5,6 +5,7 @@ Every other module reaches blocks, attention, MLPs, norms and the unembedding th
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -30,8 +31,8 @@ class Arch:
     ln1: str
     ln2: str
     rotary: str | None = None  # model-level rotary embedding module; None for learned absolute positions
-    cache_kwarg: str = "past_key_values"  # the block's keyword for a KV cache
     parallel_residual: bool = False  # attn and MLP both read resid_pre (GPT-NeoX, GPT-J)
+    suffix: bool = True  # the packed suffix-only engine path knows this family's blocks
 
 
 _LLAMA_LIKE = dict(
@@ -55,7 +56,7 @@ ARCHS: dict[str, Arch] = {
         final_norm="gpt_neox.final_layer_norm", unembed="lm_head", attn="attention",
         attn_out_proj="attention.dense", mlp="mlp", mlp_down="mlp.dense_4h_to_h",
         ln1="input_layernorm", ln2="post_attention_layernorm", rotary="gpt_neox.rotary_emb",
-        cache_kwarg="layer_past", parallel_residual=True,
+        parallel_residual=True,
     ),
 }
 
@@ -76,6 +77,60 @@ def arch_for(hf_model: nn.Module) -> Arch:
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
+
+
+# -- the KV cache: its keyword and layout differ between transformers releases and families -----------
+
+_CACHE_KWARGS = ("cache", "layer_past", "past_key_values")  # newest first: transformers 5.2x renamed it `cache`
+
+
+def cache_kwarg(block: nn.Module) -> str:
+    """The keyword under which a decoder block takes its KV cache (read from its signature, so a renamed
+    keyword is followed without a deprecation warning)."""
+    params = inspect.signature(block.forward).parameters
+    for name in _CACHE_KWARGS:
+        if name in params:
+            return name
+    raise ValueError(f"model: cannot find the KV-cache keyword of {type(block).__name__}.forward; "
+                     f"expected one of {_CACHE_KWARGS}")
+
+
+def forward_cache(kwargs: dict):
+    """The KV cache passed to a model's forward, under whichever keyword the caller used (None if none)."""
+    for name in _CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def output_cache(output):
+    """The KV cache a model's forward returned."""
+    return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
+
+
+def layer_kv(cache, layer: int) -> tuple:
+    """(keys, values) of one layer of a `DynamicCache`, each [batch, n_kv_heads, pos, d_head]."""
+    entry = cache.layers[layer]
+    return entry.keys, entry.values
+
+
+def one_layer_cache(keys, values, layer: int):
+    """A `DynamicCache` holding only `layer`'s keys and values (a block run alone reads its own layer)."""
+    from transformers import DynamicCache
+
+    past = DynamicCache()
+    past.update(keys, values, layer)
+    return past
+
+
+def suffix_unsupported(hf_model: nn.Module, arch: "Arch") -> str | None:
+    """Why the packed suffix-only engine path cannot run this model, or None where it can."""
+    if not arch.suffix:
+        return f"no suffix recipe for {arch.family}"
+    cfg = hf_model.config.get_text_config()
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
+        return "sliding-window attention"
+    return None
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .interventions import Replace
-from .sites import Site
+from ..core.arch import cache_kwarg, layer_kv, one_layer_cache, output_cache, suffix_unsupported
+from ..core.interventions import Replace
+from ..core.sites import Site
 
 MetricFn = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [n, d_vocab], pair index [n]) -> [n]
 
 
 @dataclass
-class Edit:
+class Overwrite:
     """Replace `site` at `positions` and `heads` (None: all) by `value`, which broadcasts to the selected
     block of one row: [n_positions, d] or [n_positions, n_heads, d_head]."""
 
@@ -47,22 +48,22 @@ class Edit:
 
 @dataclass
 class Patch:
-    """One patched run of target row `pair`: one or more edits (several for a window of layers)."""
+    """One patched run of target row `pair`: one or more overwrites (several for a window of layers)."""
 
     pair: int
-    edits: list[Edit]
+    overwrites: list[Overwrite]
 
     @classmethod
     def at(cls, pair: int, site: Site, positions: list[int], heads: list[int] | None, value: Tensor) -> "Patch":
-        return cls(pair, [Edit(site, positions, heads, value)])
+        return cls(pair, [Overwrite(site, positions, heads, value)])
 
     @property
     def first_position(self) -> int:
-        return min(min(e.positions) for e in self.edits)
+        return min(min(e.positions) for e in self.overwrites)
 
     @property
     def first_layer(self) -> int:
-        return min(e.site.layer for e in self.edits)
+        return min(e.site.layer for e in self.overwrites)
 
 
 @dataclass
@@ -102,39 +103,31 @@ def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens:
 
 
 def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricFn, *, memory_mb: float | None = 1024,
-                max_batch_tokens: int | None = None, method: str = "auto", progress: bool = False,
+                max_batch_tokens: int | None = None, path: str = "auto", progress: bool = False,
                 pack_tokens: int = 64, target_embeds: Tensor | None = None) -> tuple[Tensor, EngineStats]:
     """Metric after each patch, [len(patches)], and how the work was done.
 
     `target_ids` [n_pairs, pos] are the prompts patched into (no padding); `target_embeds`
     [n_pairs, pos, d_model], if given, replaces their token embeddings (causal tracing's noised
-    subject). `method` is "suffix" (the fast path), "full" (batched full forwards) or "auto"
+    subject). `path` is "suffix" (the fast path), "full" (batched full forwards) or "auto"
     (suffix where the architecture allows).
     """
-    if method not in ("auto", "suffix", "full"):
-        raise ValueError(f"method: expected 'auto', 'suffix' or 'full', got {method!r}")
+    if path not in ("auto", "suffix", "full"):
+        raise ValueError(f"path: expected 'auto', 'suffix' or 'full', got {path!r}")
     T = target_ids.shape[1]
     budget = token_budget(model, T, memory_mb, max_batch_tokens)
     if not patches:
         return torch.empty(0, device=model.device), EngineStats(path="none")
-    reason = _suffix_unsupported(model)
-    if method == "suffix" and reason:
-        raise ValueError(f"method: the suffix path cannot run on this model: {reason}")
-    if method == "full" or reason:
+    reason = suffix_unsupported(model.hf, model.arch)
+    if path == "suffix" and reason:
+        raise ValueError(f"path: the suffix path cannot run on this model: {reason}")
+    if path == "full" or reason:
         stats = EngineStats(path="full")
         if reason:
             warnings.warn(f"patching falls back to batched full forwards: {reason}", stacklevel=2)
             stats.notes.append(reason)
         return _run_full(model, target_ids, patches, metric, budget, stats, progress, target_embeds), stats
     return _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress, target_embeds)
-
-
-def _suffix_unsupported(model) -> str | None:
-    if model.hf.config.get_text_config().model_type not in ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox"):
-        return f"no suffix recipe for {model.arch.family}"
-    if getattr(model.hf.config, "sliding_window", None) and getattr(model.hf.config, "use_sliding_window", False):
-        return "sliding-window attention"
-    return None
 
 
 def _run_full(model, target_ids, patches, metric, budget, stats, progress, target_embeds=None) -> Tensor:
@@ -145,7 +138,7 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress, targe
         for start in tqdm(range(0, len(patches), rows_per_call), disable=not progress, desc="patching (full)"):
             chunk = patches[start:start + rows_per_call]
             pair_idx = torch.tensor([p.pair for p in chunk], device=model.device)
-            ivs = _edit_interventions([(row, e, 0) for row, p in enumerate(chunk) for e in p.edits])
+            ivs = _overwrite_interventions([(row, e, 0) for row, p in enumerate(chunk) for e in p.overwrites])
             if target_embeds is None:
                 logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1]
             else:
@@ -162,11 +155,6 @@ def checked_metric(values: Tensor, n: int) -> Tensor:
         got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row), got {got}")
     return values
-
-
-def _layer_kv(cache, layer: int) -> tuple[Tensor, Tensor]:
-    entry = cache.layers[layer]
-    return entry.keys, entry.values
 
 
 def _chunks(patches: list[Patch], T: int, budget: int) -> list[list[int]]:
@@ -248,13 +236,13 @@ def _packed_mask(lay: _Layout, T: int, dtype) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _edit_interventions(edits: list[tuple[int, Edit, int]]) -> list[Replace]:
-    """(batch row, edit, shift) triples -> one pointwise Replace per (site, head selection): a single scatter each.
+def _overwrite_interventions(overwrites: list[tuple[int, Overwrite, int]]) -> list[Replace]:
+    """(batch row, overwrite, shift) triples -> one pointwise Replace per (site, head selection): a single scatter each.
 
-    Position q of an edit lands at index q + shift of its batch row.
+    Position q of an overwrite lands at index q + shift of its batch row.
     """
-    groups: dict[tuple, list[tuple[int, Edit, int]]] = {}
-    for item in edits:
+    groups: dict[tuple, list[tuple[int, Overwrite, int]]] = {}
+    for item in overwrites:
         groups.setdefault((item[1].site, item[1].heads is None), []).append(item)
     ivs = []
     for (site, all_heads), items in groups.items():
@@ -279,8 +267,6 @@ def _edit_interventions(edits: list[tuple[int, Edit, int]]) -> list[Replace]:
 
 def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progress, target_embeds=None):
     """The fast path: rows start at their patch's layer and compute only their suffix, packed end to end."""
-    from transformers import DynamicCache
-
     stats = EngineStats(path="suffix")
     dims, arch = model.dims, model.arch
     n_pairs, T = target_ids.shape
@@ -293,13 +279,14 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             else:
                 target = model.hf(inputs_embeds=target_embeds, use_cache=True)
         resid = [cache[s.name] for s in resid_sites]  # per layer [n_pairs, T, d_model]
-        kv = [_layer_kv(target.past_key_values, l) for l in range(dims.n_layers)]  # [n_pairs, kv_heads, T, d_head]
+        kv = [layer_kv(output_cache(target), l) for l in range(dims.n_layers)]  # [n_pairs, kv_heads, T, d_head]
         stats.calls += 1
         stats.token_layers += n_pairs * T * dims.n_layers
         stats.unembedded += n_pairs * T
         del target
 
         blocks = [model.module("block", l) for l in range(dims.n_layers)]
+        cache_key = cache_kwarg(blocks[0])
         final_norm, unembed = model.module("final_norm"), model.module("unembed")
         dtype = resid[0].dtype
         out = torch.empty(len(patches), device=dev)
@@ -312,11 +299,11 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             rope = model.module("rotary")(h, positions) if arch.rotary else None
             row_layer = [patches[i].first_layer for i in lay.rows]
             slot_row, slot_pos = lay.slot_row.to(dev), lay.slot_pos.to(dev)
-            edits_at: dict[int, list] = {}
+            overwrites_at: dict[int, list] = {}
             for k, i in enumerate(lay.rows):
                 shift = int(lay.start[k]) - patches[i].first_position
-                for e in patches[i].edits:
-                    edits_at.setdefault(e.site.layer, []).append((int(lay.pack[k]), e, shift))
+                for e in patches[i].overwrites:
+                    overwrites_at.setdefault(e.site.layer, []).append((int(lay.pack[k]), e, shift))
             k = 0
             for l in range(row_layer[0], dims.n_layers):
                 members = []
@@ -327,13 +314,12 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                 if members:  # rows whose patch is at this layer join from the target's resid_pre[l]
                     joining = torch.isin(slot_row, torch.tensor(members, device=dev)).nonzero(as_tuple=True)
                     h[joining] = resid[l][pack_pair[joining[0]], slot_pos[joining]]
-                past = DynamicCache()
-                past.update(kv[l][0][pack_pair[:nb]], kv[l][1][pack_pair[:nb]], l)
+                past = one_layer_cache(kv[l][0][pack_pair[:nb]], kv[l][1][pack_pair[:nb]], l)
                 kwargs = {"attention_mask": mask[:nb, :, :w, :T + w], "position_ids": positions[:nb, :w],
-                          "use_cache": True, arch.cache_kwarg: past}
+                          "use_cache": True, cache_key: past}
                 if rope is not None:
                     kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope)
-                with model.hooks(_edit_interventions(edits_at.get(l, [])), input_shape=(nb, w)):
+                with model.hooks(_overwrite_interventions(overwrites_at.get(l, [])), input_shape=(nb, w)):
                     y = blocks[l](h[:nb, :w], **kwargs)
                 h[:nb, :w] = y[0] if isinstance(y, tuple) else y
                 stats.calls += 1

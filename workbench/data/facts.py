@@ -5,17 +5,18 @@ from pathlib import Path
 
 import torch
 
-from .results import read_jsonl
+from ..core.io import read_jsonl
+from . import resolve
 
 REQUIRED = ("id", "subject", "prompt", "object")
-# The dataset written for this project; it lives in the repository, next to the package.
-DEFAULT_FACTS = Path(__file__).resolve().parents[1] / "data" / "facts.jsonl"
+# The dataset written for this project, shipped inside the package.
+DEFAULT_FACTS = Path(__file__).resolve().parent / "facts.jsonl"
 
 
 def load_facts(path: str | Path) -> list[dict]:
     """Read a facts JSONL file; a malformed line is an error naming the file and line number."""
     facts, ids = [], set()
-    for n, fact in read_jsonl(path, "facts"):
+    for n, fact in read_jsonl(resolve(path), "facts"):
         if not isinstance(fact, dict) or any(k not in fact for k in REQUIRED):
             raise ValueError(f"facts: {path}:{n}: expected an object with keys {list(REQUIRED)}")
         if fact["id"] in ids:

@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
-from .results import LabelledArray, atomic_write_text, read_jsonl, save_safetensors
-from .sites import check_layers, parse_site
+from ..core.generation import check_generation, check_prompts, generate as core_generate
+from ..core.interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
+from ..core.labelled import LabelledArray
+from ..data import resolve
+from ..core.io import atomic_write_text, read_jsonl, save_safetensors
+from ..core.sites import check_layers, parse_site
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
@@ -48,7 +51,7 @@ STEERABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")  # components of 
 def load_pairs(path: str | Path) -> tuple[list[str], list[str]]:
     """A JSONL file of {"positive": str, "negative": str} lines -> (positives, negatives)."""
     pos, neg = [], []
-    for n, row in read_jsonl(path, "pairs"):
+    for n, row in read_jsonl(resolve(path), "pairs"):
         if not isinstance(row, dict) or not isinstance(row.get("positive"), str) or not isinstance(row.get("negative"), str):
             raise ValueError(f"pairs: {path}:{n}: expected an object with string fields 'positive' and 'negative'")
         pos.append(row["positive"])
@@ -58,7 +61,7 @@ def load_pairs(path: str | Path) -> tuple[list[str], list[str]]:
 
 def load_lines(path: str | Path, arg: str = "file") -> list[str]:
     """Non-empty lines of a text file, `#` comment lines dropped (prompts, word lists, neutral text)."""
-    path = Path(path)
+    path = resolve(path)
     if not path.is_file():
         raise FileNotFoundError(f"{arg}: no file {path}")
     lines = [l.rstrip("\n") for l in path.read_text().splitlines()]
@@ -93,7 +96,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
     return list(positives), list(negatives)
 
 
-def _check_multiplier(m, arg: str = "multiplier") -> float:
+def check_multiplier(m, arg: str = "multiplier") -> float:
     try:
         f = float(m)
     except (TypeError, ValueError):
@@ -154,7 +157,7 @@ def read_activations(model, texts: Sequence[str], layers: Sequence[int], *, comp
 
 # -- the vector ---------------------------------------------------------------------------------
 
-def _position_selector(positions) -> PositionSelector | None:
+def position_selector(positions) -> PositionSelector | None:
     """'all' | None -> every position; 'generated'; int p -> position ids >= p; list -> those ids."""
     if positions is None or positions == "all":
         return None
@@ -220,8 +223,8 @@ class SteeringVector:
     def interventions(self, model, multiplier: float = 1.0, *, positions="all", layers=None) -> list[Add]:
         """The `Add` interventions that apply `multiplier * v_L` at each chosen layer L (default: all of them)."""
         self.check_model(model)
-        multiplier = _check_multiplier(multiplier)
-        selector = _position_selector(positions)
+        multiplier = check_multiplier(multiplier)
+        selector = position_selector(positions)
         layers = self.layers if layers is None else check_layers(layers, model.dims.n_layers)
         missing = [l for l in layers if l not in self.vectors]
         if missing:
@@ -382,71 +385,6 @@ def steer(model, steering: SteeringSpec, multiplier: float = 1.0, *, positions="
         yield
 
 
-def _left_padded(model, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Prompts left-padded for generation: ids [batch, pos], attention mask [batch, pos]."""
-    tok = model.tokenizer
-    rows = [tok(p).input_ids for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids.to(model.device), mask.to(model.device)
-
-
-def _check_prompts(prompts, arg: str = "prompts") -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{arg}: expected a non-empty list of strings")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p:
-            raise ValueError(f"{arg}: item {i} is not a non-empty string: {p!r}")
-    return list(prompts)
-
-
-def _stop_ids(model) -> set[int]:
-    eos = model.hf.generation_config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    return set(eos) | ({model.tokenizer.eos_token_id} - {None})
-
-
-@torch.no_grad()
-def _generate_ids(model, prompts: list[str], interventions_for: Callable[[int, int], list], *, max_new_tokens: int,
-                  do_sample: bool, seed: int, temperature: float, top_p: float, batch_size: int) -> list[list[int]]:
-    """New token ids per prompt (cut at the first end-of-sequence token); `interventions_for(start, stop)`
-    gives the interventions for rows start..stop-1 of the prompt list."""
-    stop = _stop_ids(model)
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        ids, mask = _left_padded(model, chunk)
-        kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id)
-        if do_sample:
-            torch.manual_seed(seed + start)
-            kw.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kw.update(temperature=None, top_p=None, top_k=None)
-        with model.hooks(interventions_for(start, start + len(chunk))):
-            gen = model.hf.generate(input_ids=ids, attention_mask=mask, **kw)
-        for row in gen[:, ids.shape[1]:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-            out.append(row[:cut])
-    return out
-
-
-def _check_generation(max_new_tokens, batch_size, temperature, top_p):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
-
-
 def generate(model, prompts, steering: SteeringSpec | None = None, multiplier: float = 1.0, *, positions="all",
              layers=None, max_new_tokens: int = 20, do_sample: bool = False, seed: int = 0,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16) -> list[str]:
@@ -456,250 +394,8 @@ def generate(model, prompts, steering: SteeringSpec | None = None, multiplier: f
     Prompts are batched with left padding; `positions` are position ids (see `steer`), so
     "generated" means each row's own new tokens.
     """
-    prompts = _check_prompts(prompts)
-    _check_generation(max_new_tokens, batch_size, temperature, top_p)
+    prompts = check_prompts(prompts)
+    check_generation(max_new_tokens, batch_size, temperature, top_p)
     ivs = [] if steering is None else steering_interventions(model, steering, multiplier, positions=positions, layers=layers)
-    ids = _generate_ids(model, prompts, lambda a, b: ivs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                        seed=seed, temperature=temperature, top_p=top_p, batch_size=batch_size)
-    return [model.tokenizer.decode(r) for r in ids]
-
-
-# -- costs --------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def continuation_nll(model, prompts: Sequence[str], continuations: Sequence[list[int]],
-                     batch_size: int = 16) -> tuple[Tensor, Tensor]:
-    """Summed negative log-likelihood of each continuation's tokens given its prompt under `model` as it
-    is (run it unsteered), and the token counts: ([n], [n])."""
-    tok = model.tokenizer
-    nll, count = [], []
-    for start in range(0, len(prompts), batch_size):
-        rows, n_prompt = [], []
-        for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
-            p_ids = tok(p).input_ids
-            rows.append(p_ids + list(c))
-            n_prompt.append(len(p_ids))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)  # tokens to score (predicted from the one before)
-        for i, (r, n) in enumerate(zip(rows, n_prompt)):
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
-            target[i, n:len(r)] = True
-        logp = model(ids.to(model.device), mask.to(model.device)).float().log_softmax(-1)[:, :-1]
-        tok_lp = logp.gather(-1, ids[:, 1:, None].to(logp.device))[..., 0].cpu()
-        t = target[:, 1:]
-        nll.append(-(tok_lp * t).sum(1))
-        count.append(t.sum(1))
-    return torch.cat(nll), torch.cat(count)
-
-
-# -- sweeps -------------------------------------------------------------------------------------
-
-Behaviour = Callable[[list[str], list[str]], Sequence[float]]
-
-
-@dataclass
-class SteeringSweep:
-    """A layers x multipliers sweep: `behaviour` (mean score), `success` (share of continuations
-    scoring above the threshold, or None), `cost` (fluency cost) as [layer, multiplier] arrays;
-    `baseline` holds the unsteered scores; `samples` every continuation with its score."""
-
-    behaviour: LabelledArray
-    success: LabelledArray | None
-    cost: LabelledArray
-    baseline: dict
-    samples: list[dict]
-    meta: dict
-
-    @property
-    def layers(self) -> list[int]:
-        return self.behaviour.coords["layer"]
-
-    @property
-    def multipliers(self) -> list[float]:
-        return self.behaviour.coords["multiplier"]
-
-    def to_dataframe(self):
-        """One row per (layer, multiplier): behaviour, success, cost."""
-        df = self.behaviour.to_dataframe().rename(columns={"value": "behaviour"})
-        if self.success is not None:
-            df["success"] = self.success.values.reshape(-1)
-        df["cost"] = self.cost.values.reshape(-1)
-        return df
-
-    def best(self, max_cost_ratio: float = 2.0) -> dict:
-        """The (layer, multiplier) with the highest success rate (else behaviour) whose cost is at most
-        `max_cost_ratio` x the unsteered cost (for KL, which is 0 unsteered: at most `max_cost_ratio` nats)."""
-        score = (self.success if self.success is not None else self.behaviour).values
-        base = self.baseline["cost"]
-        limit = max_cost_ratio * base if base > 0 else max_cost_ratio
-        ok = self.cost.values <= limit
-        if not ok.any():
-            return {}
-        key = np.where(ok, score, -np.inf) + 1e-9 * np.where(ok, self.behaviour.values, 0)
-        i, j = np.unravel_index(int(np.argmax(key)), key.shape)
-        return {"layer": self.layers[i], "multiplier": self.multipliers[j], "behaviour": float(self.behaviour.values[i, j]),
-                "success": None if self.success is None else float(self.success.values[i, j]),
-                "cost": float(self.cost.values[i, j]), "cost_limit": float(limit)}
-
-    def to_json(self) -> dict:
-        return {"meta": self.meta, "baseline": self.baseline, "behaviour": self.behaviour.to_json(),
-                "success": None if self.success is None else self.success.to_json(),
-                "cost": self.cost.to_json(), "best": self.best(), "samples": self.samples}
-
-    def save(self, path: str | Path) -> Path:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SteeringSweep":
-        d = json.loads(Path(path).read_text())
-        return cls(LabelledArray.from_json(d["behaviour"]),
-                   None if d["success"] is None else LabelledArray.from_json(d["success"]),
-                   LabelledArray.from_json(d["cost"]), d["baseline"], d["samples"], d["meta"])
-
-    def plot(self, path: str | Path | None = None):
-        """Success rate (or behaviour) and fluency cost against the multiplier, one line per layer."""
-        import matplotlib.pyplot as plt
-
-        from .plotting import save_figure
-
-        top = self.success if self.success is not None else self.behaviour
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for i, layer in enumerate(self.layers):
-            axes[0].plot(self.multipliers, top.values[i], marker="o", label=f"layer {layer}")
-            axes[1].plot(self.multipliers, self.cost.values[i], marker="o", label=f"layer {layer}")
-        base_top = self.baseline["success"] if self.success is not None else self.baseline["behaviour"]
-        axes[0].axhline(base_top, color="grey", ls="--", lw=1, label="unsteered")
-        axes[1].axhline(self.baseline["cost"], color="grey", ls="--", lw=1, label="unsteered")
-        axes[0].set_ylabel("success rate" if self.success is not None else self.meta.get("behaviour_name", "behaviour"))
-        axes[1].set_ylabel({"perplexity": "perplexity (unsteered model)", "kl": "KL on neutral text (nats/token)"}.get(
-            self.meta.get("cost"), "cost"))
-        if self.meta.get("cost") == "perplexity":
-            axes[1].set_yscale("log")
-        for ax in axes:
-            ax.set_xlabel("multiplier")
-            ax.legend(fontsize=7)
-        axes[0].set_title(self.meta.get("title", "steering: behaviour"), fontsize=10)
-        axes[1].set_title("fluency cost", fontsize=10)
-        return save_figure(fig, path)
-
-
-def _row_adds(model, vector: SteeringVector, cells: list[tuple[int, float]], positions) -> list[Add]:
-    """Per-row steering for a batch where row r gets multiplier m_r at layer l_r (cells[r] = (l_r, m_r)):
-    one Add per layer with a [batch, 1, d_model] vector, zero on rows of other layers (adding 0.0 is exact)."""
-    selector = _position_selector(positions)
-    adds = []
-    for layer in sorted({l for l, _ in cells if l is not None}):
-        scale = torch.tensor([m if l == layer else 0.0 for l, m in cells])
-        adds.append(Add(parse_site(vector.component, model.dims.n_layers, layer), positions=selector,
-                        vector=(scale[:, None, None] * vector.vectors[layer]).to(model.device)))
-    return adds
-
-
-@torch.no_grad()
-def kl_on_text(model, vector: SteeringVector, texts: Sequence[str], cells: list[tuple[int, float]],
-               batch_size: int = 16) -> np.ndarray:
-    """Mean over the texts' real tokens of KL(p_unsteered || p_steered) of the next-token distribution,
-    steering at all positions, for each (layer, multiplier) cell: [len(cells)]."""
-    texts = _check_prompts(list(texts), "neutral_texts")
-    ids, mask = model.encode(texts)
-    base = model(ids, mask).float().log_softmax(-1)  # [n, pos, vocab]
-    real = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
-    out = []
-    per = max(1, batch_size // len(texts))
-    for start in range(0, len(cells), per):
-        chunk = cells[start:start + per]
-        rows = [c for c in chunk for _ in texts]
-        big_ids = ids.repeat(len(chunk), 1)
-        big_mask = None if mask is None else mask.repeat(len(chunk), 1)
-        steered = model.run_with_interventions(big_ids, _row_adds(model, vector, rows, "all"), big_mask)
-        lp = steered.float().log_softmax(-1).view(len(chunk), *base.shape)
-        kl = (base.exp() * (base - lp)).sum(-1)  # [cells, n, pos]
-        out += [float(k[real].mean()) for k in kl]
-    return np.array(out)
-
-
-def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers: Sequence[float], layers=None,
-          behaviour: Behaviour, threshold: float | None = None, behaviour_name: str = "behaviour",
-          cost: str = "perplexity", neutral_texts: Sequence[str] | None = None, positions="all",
-          max_new_tokens: int = 20, do_sample: bool = False, seed: int = 0, temperature: float = 1.0,
-          top_p: float = 1.0, batch_size: int = 32, progress: bool = False) -> SteeringSweep:
-    """Steer at one layer at a time with each multiplier, generate a continuation per prompt and score it.
-
-    `behaviour(prompts, continuations) -> scores` must not depend on the steering (e.g. the unsteered
-    model's own log-odds of " positive" vs " negative", or a word-list share); success is
-    score > `threshold`. `cost`: "perplexity" of the continuations under the unsteered model
-    (exp of the mean token NLL), or "kl" on `neutral_texts`. Every (layer, multiplier, prompt) is a
-    row of one batched generation; the unsteered baseline is computed once.
-    """
-    vector.check_model(model)
-    prompts = _check_prompts(prompts)
-    layers = vector.layers if layers is None else check_layers(layers, model.dims.n_layers)
-    missing = [l for l in layers if l not in vector.vectors]
-    if missing:
-        raise ValueError(f"layers: the steering vector has no direction for layers {missing}; it has {vector.layers}")
-    if isinstance(multipliers, (int, float)) or not isinstance(multipliers, (list, tuple, np.ndarray)) or not len(multipliers):
-        raise ValueError(f"multipliers: expected a non-empty list of numbers, got {multipliers!r}")
-    multipliers = [_check_multiplier(m, "multipliers") for m in multipliers]
-    if cost not in ("perplexity", "kl"):
-        raise ValueError(f"cost: expected 'perplexity' or 'kl', got {cost!r}")
-    if cost == "kl" and not neutral_texts:
-        raise ValueError("neutral_texts: cost='kl' needs neutral texts to measure the KL on")
-    if threshold is not None:
-        threshold = _check_multiplier(threshold, "threshold")
-    if not callable(behaviour):
-        raise ValueError("behaviour: expected a callable (prompts, continuations) -> scores")
-    _check_generation(max_new_tokens, batch_size, temperature, top_p)
-    _position_selector(positions)
-
-    cells = [(None, 0.0)] + [(l, m) for l in layers for m in multipliers]  # cell 0: unsteered
-    rows = [(c, p) for c in cells for p in prompts]
-    row_prompts = [p for _, p in rows]
-    row_cells = [c for c, _ in rows]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(rows), desc="steering sweep", disable=not progress)
-
-    def ivs(a, b):
-        bar.update(b - a)
-        return _row_adds(model, vector, row_cells[a:b], positions)
-
-    new_ids = _generate_ids(model, row_prompts, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                            temperature=temperature, top_p=top_p, batch_size=batch_size)
-    bar.close()
-    texts = [model.tokenizer.decode(r) for r in new_ids]
-    # Scores come from outside the steering code, on the model with no hooks active.
-    scores = np.asarray(behaviour(row_prompts, texts), dtype=float)
-    if scores.shape != (len(rows),):
-        raise ValueError(f"behaviour: returned shape {scores.shape}, expected one score per continuation ({len(rows)})")
-    n_p = len(prompts)
-    by_cell = scores.reshape(len(cells), n_p)
-    if cost == "perplexity":
-        nll, cnt = continuation_nll(model, row_prompts, new_ids, batch_size=batch_size)
-        nll, cnt = nll.view(len(cells), n_p).sum(1), cnt.view(len(cells), n_p).sum(1)
-        cost_cells = torch.exp(nll / cnt.clamp_min(1)).numpy()
-        cost_name = "perplexity of steered continuations under the unsteered model"
-    else:
-        cost_cells = np.concatenate([[0.0], kl_on_text(model, vector, neutral_texts, cells[1:], batch_size=batch_size)])
-        cost_name = "KL(unsteered || steered) on neutral text, nats/token"
-    shape = (len(layers), len(multipliers))
-    coords = {"layer": layers, "multiplier": multipliers}
-    dims = ("layer", "multiplier")
-    beh = LabelledArray(by_cell[1:].mean(1).reshape(shape), dims, coords, name=behaviour_name, meta={"metric": behaviour_name})
-    succ = None if threshold is None else LabelledArray(
-        (by_cell[1:] > threshold).mean(1).reshape(shape), dims, coords, name="success rate",
-        meta={"metric": f"share with {behaviour_name} > {threshold}"})
-    cst = LabelledArray(np.asarray(cost_cells[1:]).reshape(shape), dims, coords, name="cost", meta={"metric": cost_name})
-    baseline = {"behaviour": float(by_cell[0].mean()), "cost": float(cost_cells[0]),
-                "success": None if threshold is None else float((by_cell[0] > threshold).mean())}
-    samples = [{"layer": c[0], "multiplier": c[1], "prompt": p, "continuation": t, "score": float(s)}
-               for (c, p), t, s in zip(rows, texts, scores)]
-    meta = {"model": model.name, "fingerprint": model.fingerprint, "component": vector.component,
-            "vector": vector.meta, "positions": positions if isinstance(positions, (str, int, list)) else repr(positions),
-            "cost": cost, "behaviour_name": behaviour_name, "threshold": threshold, "n_prompts": n_p,
-            "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
-            "temperature": temperature if do_sample else None, "top_p": top_p if do_sample else None}
-    return SteeringSweep(beh, succ, cst, baseline, samples, meta)
+    return core_generate(model, prompts, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                         temperature=temperature, top_p=top_p, batch_size=batch_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from workbench.results import atomic_write_text, save_safetensors
+from ..core.io import atomic_write_text, save_safetensors
 
 
 def save_direction(path: str | Path, direction: Tensor, meta: dict | None = None, model=None) -> Path:

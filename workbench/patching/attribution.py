@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from .engine import run_patches
-from .patching import _grid_cells, _labelled, _patches_for, check_grid, prepare
-from .results import LabelledArray
-from .sites import Site
+from .grid import check_grid, grid_cells, labelled_grid, patches_for, prepare
+from ..core.labelled import LabelledArray
+from ..core.sites import Site
 
 
 def _attribution_grid(model, setup, comp: str, by: str, grads: dict) -> torch.Tensor:
-    """AtP estimates [n_pairs, n_cells] for one component, in the grid order of `_grid_cells`."""
+    """AtP estimates [n_pairs, n_cells] for one component, in the grid order of `grid_cells`."""
     L = model.dims.n_layers
     src_pos, tgt_pos = setup.source_pos, setup.target_pos
     rows = []
@@ -54,7 +54,7 @@ def _attribution_arrays(model, setup, comps, by, metric, direction, per_pair) ->
     out = {}
     for comp in comps:
         grid = _attribution_grid(model, setup, comp, by, grads)
-        arr = _labelled(grid, setup, comp, by, metric, direction, None, per_pair, L, H)
+        arr = labelled_grid(grid, setup, comp, by, metric, direction, None, per_pair, L, H)
         arr.name = f"{comp} attribution patching ({direction})"
         arr.meta["method"] = "attribution"
         out[comp] = arr
@@ -90,11 +90,11 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
     L, H, P = model.dims.n_layers, model.dims.n_heads, len(setup.target_pos)
     exact, top = {}, []
     for comp in comps:
-        cells_all = _grid_cells(by, L, P, H)
+        cells_all = grid_cells(by, L, P, H)
         chosen = [idx for _, c, idx in ranked if c == comp]
         grid = torch.full((len(cells_all),), float("nan"))
         if chosen:
-            patches, where = _patches_for(setup, comp, [cells_all[i] for i in chosen], skip_identical=False)
+            patches, where = patches_for(setup, comp, [cells_all[i] for i in chosen], skip_identical=False)
             vals, _ = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb)
             per_cell = torch.zeros(len(chosen))
             per_cell.index_add_(0, torch.tensor([w[1] for w in where]), vals.detach().cpu().float())

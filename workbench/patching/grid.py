@@ -1,8 +1,7 @@
-"""Activation patching: exact sweeps over layers x positions (x heads), and attribution patching.
+"""What exact and attribution patching share: prompt pairs, metrics, grid cells, patches, labelled grids.
 
 Conventions (as in TransformerLens): "denoise" patches clean activations into the corrupted run;
 "noise" patches corrupted activations into the clean run. Metrics are read at the last token.
-The work is done by `workbench.engine` (batched, suffix-only recompute).
 """
 from __future__ import annotations
 
@@ -14,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .engine import EngineStats, MetricFn, Patch, checked_metric, run_patches
-from .models import Model
-from .results import LabelledArray
-from .sites import Site, parse_components
+from ..core.model import Model
+from ..core.labelled import LabelledArray
+from ..core.sites import Site, parse_components
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")
 GRIDS = {"position": ("layer", "position"), "head": ("layer", "head"), "position_head": ("layer", "position", "head")}
@@ -164,7 +163,7 @@ def check_grid(components, by: str) -> list[str]:
     return comps
 
 
-def _grid_cells(by: str, n_layers: int, n_pos: int, n_heads: int):
+def grid_cells(by: str, n_layers: int, n_pos: int, n_heads: int):
     """(layer, grid position index or None for all, head or None), row-major over the grid."""
     if by == "position":
         return [(l, p, None) for l in range(n_layers) for p in range(n_pos)]
@@ -173,7 +172,7 @@ def _grid_cells(by: str, n_layers: int, n_pos: int, n_heads: int):
     return [(l, p, h) for l in range(n_layers) for p in range(n_pos) for h in range(n_heads)]
 
 
-def _patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[list[Patch], list[tuple[int, int]]]:
+def patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[list[Patch], list[tuple[int, int]]]:
     """The patches of a grid, leaving out those that provably change nothing (source == target bit for bit)."""
     n = setup.pairs.n
     src_pos = torch.tensor(setup.source_pos)
@@ -209,52 +208,7 @@ def _patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[
     return patches, where
 
 
-def activation_patching(
-    model: Model, clean, corrupted, answer, foil=None, *, components: str | Sequence[str] = "resid_pre",
-    by: str = "position", metric: str | MetricFn = "logit_diff", direction: str = "denoise",
-    method: str = "exact", engine: str = "auto", memory_mb: float = 1024, max_batch_tokens: int | None = None,
-    skip_identical: bool = True, align: dict[int, int] | None = None, per_pair: bool = False, progress: bool = False,
-) -> dict[str, LabelledArray]:
-    """Patch every (layer, position), (layer, head) or (layer, position, head) of each component.
-
-    clean, corrupted: a prompt or a list of prompts (a batch of pairs); answer, foil: single tokens,
-    one or one per pair. components: any of resid_pre, resid_post, attn_out, mlp_out, z, mlp_post;
-    by="head"/"position_head" applies to "z" (all positions of a head / one position of a head).
-    method: "exact" (the batched engine) or "attribution" (AtP: two forwards and one backward).
-    engine: "auto" | "suffix" | "full" (see `workbench.engine`). memory_mb / max_batch_tokens bound a
-    batch. skip_identical: patches whose value equals the target's bit for bit are not run (they
-    cannot change anything); their cell is the target's metric.
-
-    Returns {component: LabelledArray} with dims (layer, position[, head]) or (layer, head), averaged
-    over pairs (or with a leading `pair` axis if per_pair). `meta` holds clean_metric,
-    corrupted_metric and the engine's statistics.
-    """
-    comps = check_grid(components, by)
-    if method not in ("exact", "attribution"):
-        raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
-    if method == "attribution":
-        from .attribution import attribution_patching
-
-        return attribution_patching(model, clean, corrupted, answer, foil, components=comps, by=by, metric=metric,
-                                    direction=direction, align=align, per_pair=per_pair)
-    setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
-    L, H, P = model.dims.n_layers, model.dims.n_heads, len(setup.target_pos)
-    results = {}
-    for comp in comps:
-        cells = _grid_cells(by, L, P, H)
-        patches, where = _patches_for(setup, comp, cells, skip_identical)
-        vals, stats = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb,
-                                  max_batch_tokens=max_batch_tokens, method=engine, progress=progress)
-        grid = setup.target_metric[:, None].repeat(1, len(cells))  # skipped patches: the target's own metric
-        if where:
-            pair_idx = torch.tensor([w[0] for w in where], device=grid.device)
-            cell_idx = torch.tensor([w[1] for w in where], device=grid.device)
-            grid[pair_idx, cell_idx] = vals.to(grid.dtype)
-        results[comp] = _labelled(grid, setup, comp, by, metric, direction, stats, per_pair, L, H)
-    return results
-
-
-def _labelled(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: EngineStats | None, per_pair, L, H):
+def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: EngineStats | None, per_pair, L, H):
     """Shape a [n_pairs, n_cells] tensor into a LabelledArray of the grid."""
     pairs = setup.pairs
     P = len(setup.target_pos)

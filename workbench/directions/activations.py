@@ -14,9 +14,10 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from workbench.models import Model, cache_dir
-from workbench.results import save_safetensors
-from workbench.sites import parse_site
+from ..core.model import Model
+from ..core.loading import cache_dir
+from ..core.io import save_safetensors
+from ..core.sites import parse_site
 
 REDUCTIONS = ("last", "mean")
 

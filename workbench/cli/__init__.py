@@ -6,18 +6,19 @@ import json
 import sys
 from pathlib import Path
 
-from .facts import DEFAULT_FACTS
+from ..data.facts import DEFAULT_FACTS
 
 
 def _cmd_prepare(args) -> int:
-    from .models import prepare_default_model
+    from ..core.loading import prepare_default_model
 
     print(f"default model ready at {prepare_default_model()}")
     return 0
 
 
 def _cmd_models(args) -> int:
-    from .models import DEFAULT_MODEL, TINY_FAMILIES, cache_dir, default_model_dir, locate_default_gguf
+    from ..core.loading import DEFAULT_MODEL, cache_dir, default_model_dir, locate_default_gguf
+    from ..core.tiny import TINY_FAMILIES
 
     try:
         gguf = str(locate_default_gguf())
@@ -34,7 +35,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .models import load_model
+    from ..core.loading import load_model
 
     m = load_model(args.model)
     d = m.dims
@@ -47,16 +48,16 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(Path(args.out), model=args.model, facts=args.facts, samples=args.samples)
     return 0
 
 
 def _cmd_patch(args) -> int:
-    from .models import load_model
-    from .patching import activation_patching
-    from .results import atomic_write_text
+    from ..core.loading import load_model
+    from ..patching import activation_patching
+    from ..core.io import atomic_write_text
 
     model = load_model(args.model)
     res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=args.sites,
@@ -90,8 +91,8 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_trace(args) -> int:
-    from .models import load_model
-    from .tracing import trace_facts
+    from ..core.loading import load_model
+    from ..tracing import trace_facts
 
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
@@ -103,9 +104,9 @@ def _cmd_trace(args) -> int:
 
 
 def _cmd_known(args) -> int:
-    from .facts import known_facts, load_facts
-    from .models import load_model
-    from .results import atomic_write_text
+    from ..data.facts import known_facts, load_facts
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
 
     model = load_model(args.model)
     facts = load_facts(args.facts)
@@ -134,9 +135,9 @@ def _parse_list(text: str, kind, arg: str) -> list:
 
 
 def _cmd_steer(args) -> int:
-    from .behaviour import log_odds_classifier, word_share
-    from .models import load_model
-    from .steering import SENTIMENT_TEMPLATE, build_steering_vector, load_lines, load_pairs, sweep
+    from ..steering.behaviour import log_odds_classifier, word_share
+    from ..core.loading import load_model
+    from ..steering import SENTIMENT_TEMPLATE, build_steering_vector, load_lines, load_pairs, sweep
 
     layers = _parse_list(args.layers, int, "layers")
     multipliers = _parse_list(args.multipliers, float, "multipliers")
@@ -175,9 +176,9 @@ def _cmd_steer(args) -> int:
 
 
 def _cmd_caft(args) -> int:
-    from . import caft
-    from .models import load_model
-    from .results import atomic_write_text
+    from .. import caft
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
 
     model = load_model(args.model)
     try:
@@ -204,10 +205,10 @@ def _cmd_caft(args) -> int:
 
 
 def _cmd_counterfact(args) -> int:
-    from .editing.counterfact import build_requests
-    from .facts import known_facts, load_facts
-    from .models import load_model
-    from .results import atomic_write_text
+    from ..editing.counterfact import build_requests
+    from ..data.facts import known_facts, load_facts
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
 
     facts = load_facts(args.facts)
     known = None if args.all_facts else known_facts(load_model(args.model), facts)
@@ -218,8 +219,8 @@ def _cmd_counterfact(args) -> int:
 
 
 def _cmd_edit(args) -> int:
-    from .editing.counterfact import load_requests, run_counterfact
-    from .models import load_model
+    from ..editing.counterfact import load_requests, run_counterfact
+    from ..core.loading import load_model
 
     model = load_model(args.model)
     hparams = {}

