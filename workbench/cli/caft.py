@@ -1,0 +1,53 @@
+"""Concept-ablation fine-tuning, the four-way comparison: caft."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _cmd_caft(args) -> int:
+    from .. import caft
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
+
+    model = load_model(args.model)
+    try:
+        layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else None
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"layers/seeds: expected comma-separated integers, got {args.layers!r} / {args.seeds!r}") from None
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    task = caft.load_task(args.task)
+    subs = caft.load_directions(args.directions, model, layers)
+    cfg = caft.FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                              lora_rank=args.lora_rank)
+    res = caft.compare(model, task, subs, seeds=seeds, fill=args.fill, component=args.component, config=cfg,
+                       progress=True)
+    res.update(model=model.name, task=str(args.task), directions=str(args.directions))
+    out = Path(args.out)
+    caft.plot_comparison(res, out / "caft.png")
+    atomic_write_text(out / "results.json", json.dumps(res, indent=2))
+    for c, v in caft.summarize(res).items():
+        print(f"{c:<10} id {v['id_acc'][0]:.3f} +- {v['id_acc'][1]:.3f}   ood {v['ood_acc'][0]:.3f} +- {v['ood_acc'][1]:.3f}")
+    print(f"wrote {out / 'results.json'} and {out / 'caft.png'}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("caft", help="concept ablation fine-tuning: plain vs CAFT vs random directions vs test-time ablation")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--task", required=True, help="task JSONL (splits train, id_test, ood_test; see workbench.caft)")
+    s.add_argument("--directions", required=True,
+                   help="safetensors: `layer.<n>` tensors [k, d_model], or one probe `direction` used at every --layers")
+    s.add_argument("--layers", default=None, help="comma-separated layers to ablate at (default: those in the file)")
+    s.add_argument("--component", default="resid_pre", help="site component the subspace is projected out of")
+    s.add_argument("--fill", choices=["zero", "mean"], default="zero")
+    s.add_argument("--method", choices=["lora", "full"], default="lora")
+    s.add_argument("--steps", type=int, default=30)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lora-rank", type=int, default=8)
+    s.add_argument("--seeds", default="0,1,2")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_caft)

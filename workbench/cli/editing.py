@@ -1,0 +1,72 @@
+"""CounterFact-style requests and weight edits scored on them: counterfact, edit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _cmd_counterfact(args) -> int:
+    from ..editing.counterfact import build_requests
+    from ..data.facts import known_facts, load_facts
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
+
+    facts = load_facts(args.facts)
+    known = None if args.all_facts else known_facts(load_model(args.model), facts)
+    reqs = build_requests(facts, known, n=args.n, seed=args.seed, n_neighbours=args.neighbours)
+    atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in reqs))
+    print(f"wrote {len(reqs)} requests to {args.out}")
+    return 0
+
+
+def _cmd_edit(args) -> int:
+    from ..editing.counterfact import load_requests, run_counterfact
+    from ..core.loading import load_model
+
+    model = load_model(args.model)
+    hparams = {}
+    if args.steps is not None:
+        hparams["steps"] = args.steps
+    if args.lr is not None:
+        hparams["lr"] = args.lr
+    if args.eps is not None:
+        if args.method != "ft-l":
+            raise ValueError("eps: the L-infinity radius applies to --method ft-l only")
+        hparams["eps"] = args.eps
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    metrics = run_counterfact(model, load_requests(args.requests), args.out, args.method, layer=args.layer,
+                              layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
+                              stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
+                              lam=args.lam, force=args.force, progress=True)
+    print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("counterfact", help="build CounterFact-style edit requests from a facts file (known facts)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=None, help="at most N requests")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--neighbours", type=int, default=10)
+    s.add_argument("--all-facts", action="store_true", help="use every fact, not only those the model knows")
+    s.set_defaults(fn=_cmd_counterfact)
+    s = sub.add_parser("edit", help="ROME / MEMIT / FT-L edits scored with CounterFact metrics (resumable)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--requests", default="data/counterfact.jsonl")
+    s.add_argument("--method", choices=["rome", "memit", "ft-l", "none"], default="rome")
+    s.add_argument("--out", required=True)
+    s.add_argument("--layer", type=int, default=None, help="ROME / FT-L layer (default: the model's traced choice)")
+    s.add_argument("--layers", default=None, help="MEMIT layers, comma-separated (default: 5 around the ROME layer)")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--steps", type=int, default=None, help="optimisation steps (v* / z / fine-tuning)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (v* / z / fine-tuning)")
+    s.add_argument("--eps", type=float, default=None, help="FT-L's L-infinity radius on the weights (default 5e-4)")
+    s.add_argument("--value-prefixes", type=int, default=None, help="context prefixes used in the v* optimisation (default all)")
+    s.add_argument("--stats-tokens", type=int, default=32768, help="corpus tokens for the key statistics C")
+    s.add_argument("--lam", type=float, default=15000.0, help="MEMIT's weight of C")
+    s.add_argument("--gen-tokens", type=int, default=40, help="tokens generated per prompt for GE (0: skip)")
+    s.add_argument("--force", action="store_true", help="apply edits the safety check flags as abnormal")
+    s.set_defaults(fn=_cmd_edit)

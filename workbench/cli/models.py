@@ -1,0 +1,81 @@
+"""The default model and the machine: prepare, models, info, demo, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_prepare(args) -> int:
+    from ..core.loading import prepare_default_model
+
+    print(f"default model ready at {prepare_default_model()}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from ..core.loading import DEFAULT_MODEL, cache_dir, default_model_dir, locate_default_gguf
+    from ..core.tiny import TINY_FAMILIES
+
+    try:
+        gguf = str(locate_default_gguf())
+    except FileNotFoundError as e:
+        gguf = f"missing ({e})"
+    print(f"{DEFAULT_MODEL:<16} embedded default, SmolLM2-135M-Instruct Q4_1")
+    print(f"{'':<16} GGUF file: {gguf}")
+    print(f"{'':<16} converted: {default_model_dir() if (default_model_dir() / 'model.safetensors').is_file() else 'not yet (runs on first use)'}")
+    for fam in TINY_FAMILIES:
+        print(f"{'tiny-' + fam:<16} tiny random {fam} (seeded, for tests)")
+    print(f"{'<path or id>':<16} any local Hugging Face causal LM directory, or a hub id with network access")
+    print(f"cache: {cache_dir()}  (set WORKBENCH_CACHE to move it)")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from ..core.loading import load_model
+
+    m = load_model(args.model)
+    d = m.dims
+    info = {"name": m.name, "family": m.arch.family, "n_layers": d.n_layers, "d_model": d.d_model,
+            "n_heads": d.n_heads, "n_kv_heads": d.n_kv_heads, "d_head": d.d_head, "d_mlp": d.d_mlp,
+            "d_vocab": d.d_vocab, "parameters": sum(p.numel() for p in m.hf.parameters()),
+            "fingerprint": m.fingerprint, "device": str(m.device)}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    run_demo(Path(args.out), model=args.model, facts=args.facts, samples=args.samples)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{args.name}.py"
+    if not script.is_file():
+        raise ValueError(f"name: no benchmark {args.name!r} (looked for {script}; benchmarks run from a source checkout)")
+    sys.path.insert(0, str(script.parent))  # benchmarks import their shared helpers (common.py)
+    runpy.run_path(str(script), run_name="workbench_bench")["main"](args.rest)
+    return 0
+
+
+def register(sub) -> None:
+    sub.add_parser("prepare", help="convert the embedded default model into the cache (once)").set_defaults(fn=_cmd_prepare)
+    sub.add_parser("models", help="what can be loaded, what is cached").set_defaults(fn=_cmd_models)
+    s = sub.add_parser("info", help="architecture facts of a model")
+    s.add_argument("--model", default="smollm2-135m")
+    s.set_defaults(fn=_cmd_info)
+    s = sub.add_parser("demo", help="the main demo on the default model; writes figures")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--out", default="out/demo")
+    s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
+    s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
+    s.set_defaults(fn=_cmd_demo)
+    s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
+    s.add_argument("name")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=_cmd_bench)

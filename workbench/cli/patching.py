@@ -1,0 +1,46 @@
+"""Activation and attribution patching of one prompt pair: patch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _cmd_patch(args) -> int:
+    from ..core.loading import load_model
+    from ..patching import activation_patching
+    from ..core.io import atomic_write_text
+
+    model = load_model(args.model)
+    res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=args.sites,
+                              method=args.method, metric=args.metric, direction=args.direction,
+                              memory_mb=args.memory_mb, progress=True)
+    out = Path(args.out)
+    first = next(iter(res.values()))
+    result = {
+        "model": model.name, "method": args.method, "metric": args.metric, "direction": args.direction,
+        "clean": args.clean, "corrupted": args.corrupt, "answer": args.answer, "foil": args.foil,
+        "tokens": first.meta["tokens"], "layers": first.coords["layer"],
+        "clean_metric": first.meta["clean_metric"], "corrupted_metric": first.meta["corrupted_metric"],
+        "values": {site: arr.values.tolist() for site, arr in res.items()},
+    }
+    for site, arr in res.items():
+        arr.plot(out / f"{site}.png", title=f"{arr.name}: {args.metric}")
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print(f"wrote {out / 'result.json'} and {', '.join(f'{s}.png' for s in res)}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--clean", required=True)
+    s.add_argument("--corrupt", required=True)
+    s.add_argument("--answer", required=True, help="the clean run's answer, a single token (mind the leading space)")
+    s.add_argument("--foil", required=True, help="the corrupted run's answer, a single token")
+    s.add_argument("--sites", default="resid_pre,attn_out,mlp_out", help="components, comma-separated")
+    s.add_argument("--method", choices=["exact", "attribution"], default="exact")
+    s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
+    s.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
+    s.add_argument("--memory-mb", type=float, default=1024)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_patch)

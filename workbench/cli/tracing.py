@@ -1,0 +1,64 @@
+"""Causal tracing over a facts file, and which facts a model knows: trace, known."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.facts import DEFAULT_FACTS
+
+
+def _cmd_trace(args) -> int:
+    from ..core.loading import load_model
+    from ..tracing import trace_facts
+
+    model = load_model(args.model)
+    summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
+                          window=args.window, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+                          seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
+                          figures=not args.no_figures)
+    print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _cmd_known(args) -> int:
+    from ..data.facts import known_facts, load_facts
+    from ..core.loading import load_model
+    from ..core.io import atomic_write_text
+
+    model = load_model(args.model)
+    facts = load_facts(args.facts)
+    known = known_facts(model, facts)
+    lines = [json.dumps({**f, "known": k}) for f, k in zip(facts, known)]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    by_rel: dict[str, list[int]] = {}
+    for f, k in zip(facts, known):
+        by_rel.setdefault(f.get("relation", "?"), [0, 0])
+        by_rel[f.get("relation", "?")][0] += k
+        by_rel[f.get("relation", "?")][1] += 1
+    for rel, (k, n) in sorted(by_rel.items()):
+        print(f"{rel:<24} {k:>4} / {n}")
+    print(f"{'total':<24} {sum(known):>4} / {len(facts)} known; wrote {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("trace", help="ROME-style causal tracing over a facts JSONL file (resumable)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--facts", default=str(DEFAULT_FACTS))
+    s.add_argument("--out", required=True)
+    s.add_argument("--limit", type=int, default=None, help="trace at most N facts (skipped ones do not count)")
+    s.add_argument("--samples", type=int, default=10)
+    s.add_argument("--noise", type=float, default=3.0, help="noise std as a multiple of the subject embeddings' std")
+    s.add_argument("--window", type=int, default=10)
+    s.add_argument("--kinds", default="resid,mlp,attn")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trace-unknown", action="store_true", help="also trace facts the model does not know")
+    s.add_argument("--order", choices=["file", "relations"], default="file",
+                   help="'relations': take facts round-robin over relations (a limited sweep covers them all)")
+    s.add_argument("--no-figures", action="store_true")
+    s.set_defaults(fn=_cmd_trace)
+    s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--facts", default=str(DEFAULT_FACTS))
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_known)
