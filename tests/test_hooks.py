@@ -8,7 +8,7 @@ from workbench.core.sites import COMPONENTS
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks, get_model, tl_bridge
 
-HOOKS = [s for s, _, _ in COMPONENTS.values()]
+HOOKS = [v[0] for v in COMPONENTS.values()]
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", pytest.param("default", marks=pytest.mark.slow)])

@@ -163,7 +163,7 @@ def test_save_load_and_model_mismatch(tiny, tmp_path, tokenizer):
     path = sv.save(tmp_path / "v.safetensors")
     back = SteeringVector.load(path, model=m)
     assert torch.equal(back.vectors[1], sv.vectors[1]) and back.component == sv.component
-    assert back.meta["method"] == "pca" and back.meta["read_at"] == "mean" and back.meta["fingerprint"] == m.fingerprint
+    assert back.meta["method"] == "pca" and back.meta["read_at"] == "mean" and back.meta["model_fingerprint"] == m.fingerprint
     with pytest.raises(ValueError, match="width 64 but the model's d_model is 32"):
         SteeringVector.load(path, model=wb.tiny_model("llama", d_model=32, tokenizer=copy.deepcopy(tokenizer)))
     with pytest.raises(ValueError, match="2 layers, this one has 3"):

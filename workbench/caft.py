@@ -35,8 +35,10 @@ from torch import Tensor
 from .core.interventions import ProjectOut, orthonormalize
 from .core.model import Model
 from .data import resolve
-from .core.io import read_jsonl, save_safetensors
-from .core.sites import COMPONENTS, Site, check_layers, parse_site
+from .core.io import read_jsonl
+from .directions import store
+from .directions.activations import read_activations
+from .core.sites import Site, check_layers, check_residual_component, parse_site
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -117,42 +119,26 @@ def random_subspaces(like: dict[int, Tensor], seed: int = 0) -> dict[int, Tensor
 
 
 def save_subspaces(path: str | Path, subs: dict[int, Tensor], meta: dict | None = None) -> Path:
-    """Write {layer: basis [k, d]} as safetensors (keys `layer.{l}`), metadata as strings in its header."""
-    return save_safetensors(path, {f"layer.{l}": b.float() for l, b in subs.items()},
-                            {k: json.dumps(v) for k, v in (meta or {}).items()})
+    """Write {layer: basis [k, d]} in the one direction file format (`workbench.directions.store`)."""
+    return store.save_directions(path, {l: b.float() for l, b in subs.items()}, {"kind": "subspace", **(meta or {})})
 
 
 def load_directions(path: str | Path, model: Model, layers: list[int] | None = None) -> dict[int, Tensor]:
-    """Concept directions from a safetensors file: keys `layer.{l}` ([k, d] each; see `save_subspaces`),
-    or one `direction` ([d] or [k, d], a probe export) used at every layer in `layers`.
+    """Concept directions from a direction file: per-layer tensors ([k, d] each; see `save_subspaces`),
+    or one layer-free `direction` ([d] or [k, d], a probe export) used at every layer in `layers`.
 
     Checks widths against the model, layers against its depth, and orthonormalises (with a warning).
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"directions: no such file {path}")
     n_layers = model.dims.n_layers
     if layers is not None:
         layers = check_layers(layers, n_layers, "layers")
-    try:
-        with safe_open(str(path), "pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f"directions: {path} is not a readable safetensors file ({e})") from None
-    if "direction" in tensors:
+    tensors, _ = store.load_directions(path)
+    if None in tensors:
         if layers is None:
             raise ValueError("layers: a file with one `direction` needs the layers to ablate it at")
-        found = {l: tensors["direction"] for l in layers}
+        found = {l: tensors[None] for l in layers}
     else:
-        found = {}
-        for k, v in tensors.items():
-            if not k.startswith("layer.") or not k[6:].lstrip("-").isdigit():
-                raise ValueError(f"directions: unexpected key {k!r} in {path}; expected `layer.<n>` or `direction`")
-            found[int(k[6:])] = v
-        if not found:
-            raise ValueError(f"directions: {path} holds no directions")
+        found = tensors
         if layers is not None:
             missing = [l for l in layers if l not in found]
             if missing:
@@ -169,28 +155,16 @@ def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: st
     """ProjectOut interventions at `blocks.{l}.hook_{component}` for every layer of `subs`, all positions."""
     if fill == "mean" and (means is None or any(l not in means for l in subs)):
         raise ValueError("means: fill='mean' needs a mean activation [d_model] for every ablated layer")
-    if component not in COMPONENTS or component in ("z", "mlp_post"):
-        raise ValueError(f"component: expected a d_model-wide stream such as 'resid_pre', 'resid_post', "
-                         f"'attn_out' or 'mlp_out', got {component!r}")
+    check_residual_component(component)
     return [ProjectOut(Site(l, component).name, basis=b, fill=fill,
                        mean=None if fill == "zero" else means[l]) for l, b in sorted(subs.items())]
 
 
-@torch.no_grad()
 def mean_activations(model: Model, prompts: list[str], layers: list[int], component: str = "resid_pre",
                      batch_size: int = 32) -> dict[int, Tensor]:
     """Mean activation [d_model] over every real token of `prompts` at each layer (mean-ablation fill)."""
-    sums = {l: torch.zeros(model.dims.d_model, dtype=torch.float64) for l in layers}
-    count = 0
-    sites = [parse_site(component, model.dims.n_layers, l).name for l in layers]
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = model.encode(prompts[i:i + batch_size])
-        _, cache = model.run_with_cache(ids, sites, attention_mask=mask)
-        m = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-        for l, s in zip(layers, sites):
-            sums[l] += cache[s][m].double().sum(0).cpu()
-        count += int(m.sum())
-    return {l: (v / count).float() for l, v in sums.items()}
+    acts = read_activations(model, prompts, layers, component=component, read_at="all", batch_size=batch_size)
+    return {l: a.double().mean(0).float() for l, a in acts.items()}
 
 
 # -- fine-tuning with and without ablation ---------------------------------------------------------
@@ -365,27 +339,17 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
     """
     if base.dims != finetuned.dims:
         raise ValueError("finetuned: must have the same architecture and sizes as base")
-    n_layers = base.dims.n_layers
-    sites = [parse_site(component, n_layers, l).name for l in layers]
-    deltas: dict[int, list[Tensor]] = {l: [] for l in layers}
-    bases: dict[int, list[Tensor]] = {l: [] for l in layers}
-    where: list[tuple[int, int]] = []  # (prompt index, position) of each token row
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        ids, mask = base.encode(chunk)
-        _, hb = base.run_with_cache(ids, sites, attention_mask=mask)
-        _, hf = finetuned.run_with_cache(ids, sites, attention_mask=mask)
-        m = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool().clone()
-        if skip_first:
-            m[:, 0] = False
-        where += [(i + r, p) for r, p in m.nonzero().tolist()]
-        for l, s in zip(layers, sites):
-            deltas[l].append((hf[s] - hb[s])[m].double().cpu())
-            bases[l].append(hb[s][m].double().cpu())
+    kw = dict(component=component, read_at="all", batch_size=batch_size)
+    acts_base, acts_ft = read_activations(base, prompts, layers, **kw), read_activations(finetuned, prompts, layers, **kw)
     ids_all = [base.to_str_tokens(p) for p in prompts]
+    where = [(i, p) for i, toks in enumerate(ids_all) for p in range(len(toks))]  # (prompt, position) of each row
+    rows = torch.tensor([p > 0 or not skip_first for _, p in where])
+    where = [w for w, keep in zip(where, rows.tolist()) if keep]
+    deltas = {l: (acts_ft[l] - acts_base[l])[rows].double() for l in layers}
+    bases = {l: acts_base[l][rows].double() for l in layers}
     comps, explained, top = {}, {}, {}
     for l in layers:
-        hb, delta = torch.cat(bases[l]), torch.cat(deltas[l])
+        hb, delta = bases[l], deltas[l]
         keep = torch.ones(len(hb), dtype=torch.bool)
         for h in (hb, hb + delta):  # massive in the base or in the fine-tuned model
             norms = h.norm(dim=-1)

@@ -20,11 +20,10 @@ from .sites import COMPONENTS, Site, parse_site
 
 def site_shape(site: Site, batch: int, seq: int, dims) -> torch.Size:
     """Shape of the activation at `site` for a [batch, seq] input."""
-    if site.component == "z":
+    width = COMPONENTS[site.component][3]
+    if width == "heads":
         return torch.Size((batch, seq, dims.n_heads, dims.d_head))
-    if site.component == "mlp_post":
-        return torch.Size((batch, seq, dims.d_mlp))
-    return torch.Size((batch, seq, dims.d_model))
+    return torch.Size((batch, seq, getattr(dims, width)))
 
 
 class _PositionTracker:
@@ -149,7 +148,7 @@ def hooks(
             handles.append(model.hf.register_forward_pre_hook(tracker.pre, with_kwargs=True))
             handles.append(model.hf.register_forward_hook(tracker.post))
         for h in site_hooks:
-            _, where, when = COMPONENTS[h.site.component]
+            _, where, when, _ = COMPONENTS[h.site.component]
             module = model.module(where, h.site.layer)
             if when == "input":
                 handles.append(module.register_forward_pre_hook(h.pre, with_kwargs=True))

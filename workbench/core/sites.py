@@ -15,16 +15,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# component -> (hook name suffix, which module of the Arch, hook before or after that module)
-COMPONENTS: dict[str, tuple[str, str, str]] = {
-    "resid_pre": ("hook_resid_pre", "block", "input"),
-    "resid_post": ("hook_resid_post", "block", "output"),
-    "attn_out": ("hook_attn_out", "attn", "output"),
-    "mlp_out": ("hook_mlp_out", "mlp", "output"),
-    "z": ("attn.hook_z", "attn_out_proj", "input"),
-    "mlp_post": ("mlp.hook_post", "mlp_down", "input"),
+# component -> (hook name suffix, which module of the Arch, hook before or after that module, activation width:
+# "d_model" = the residual stream's (steerable, ablatable), "heads" = [n_heads, d_head], "d_mlp")
+COMPONENTS: dict[str, tuple[str, str, str, str]] = {
+    "resid_pre": ("hook_resid_pre", "block", "input", "d_model"),
+    "resid_post": ("hook_resid_post", "block", "output", "d_model"),
+    "attn_out": ("hook_attn_out", "attn", "output", "d_model"),
+    "mlp_out": ("hook_mlp_out", "mlp", "output", "d_model"),
+    "z": ("attn.hook_z", "attn_out_proj", "input", "heads"),
+    "mlp_post": ("mlp.hook_post", "mlp_down", "input", "d_mlp"),
 }
-_BY_SUFFIX = {suffix: comp for comp, (suffix, _, _) in COMPONENTS.items()}
+_BY_SUFFIX = {v[0]: comp for comp, v in COMPONENTS.items()}
+RESIDUAL_WIDTH = tuple(c for c, v in COMPONENTS.items() if v[3] == "d_model")  # components that live in the residual stream
 _NAME = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
 
 
@@ -41,7 +43,7 @@ class Site:
 
     @property
     def has_heads(self) -> bool:
-        return self.component == "z"
+        return COMPONENTS[self.component][3] == "heads"
 
     def __str__(self) -> str:
         return self.name
@@ -96,3 +98,10 @@ def parse_components(components: str | list[str]) -> list[str]:
         if c not in COMPONENTS:
             raise ValueError(f"components: unknown component {c!r}; expected one of {sorted(COMPONENTS)}")
     return items
+
+
+def check_residual_component(component: str, arg: str = "component") -> str:
+    """A component whose activations are d_model wide (a residual-stream direction can be added or projected out)."""
+    if component not in RESIDUAL_WIDTH:
+        raise ValueError(f"{arg}: expected one of {RESIDUAL_WIDTH} (residual-stream-width sites), got {component!r}")
+    return component

@@ -1,7 +1,15 @@
-"""Export and load a probe's direction: a safetensors file with one `direction` tensor [d_model]
-(what the steering helper and `workbench caft --directions` read), its metadata as strings in the
-safetensors header, and the same metadata as a JSON file next to it (model fingerprint, site, layer,
-accuracy, ...)."""
+"""The one direction file format: steering vectors, probe directions, CAFT subspaces (and SAE decoder
+directions) are all written and read here.
+
+A file is safetensors: tensors `layer.<l>` ([d_model] a direction, or [k, d_model] a subspace, for layer l)
+or a single layer-free `direction` ([d_model] or [k, d_model], used at whatever layers the reader chooses);
+the header holds one JSON object under the key "workbench" with the metadata (`kind`, `component`, `model`,
+`model_fingerprint`, `d_model`, `n_layers`, and what made it: method, layer, accuracy, ...). The same
+metadata is written beside it as `<name>.json` for people to read. Every problem with a file is a
+`DirectionFileError` (a ValueError) that names the file; a file made for a model of another width or depth is
+refused, one made on other weights of the same shape is accepted with a warning (a vector built on a base
+model is routinely applied to its fine-tune).
+"""
 from __future__ import annotations
 
 import json
@@ -12,44 +20,119 @@ from torch import Tensor
 
 from ..core.io import atomic_write_text, save_safetensors
 
+FORMAT_KEY = "workbench"
 
-def save_direction(path: str | Path, direction: Tensor, meta: dict | None = None, model=None) -> Path:
-    """Write `direction` ([d]) to `path` (.safetensors) and its metadata to `path` with suffix .json.
 
-    With `model`, the metadata records its name and fingerprint, and the width is checked against it.
+class DirectionFileError(ValueError):
+    """A direction file that is missing, unreadable, malformed, or made for another model."""
+
+
+def _key(layer: int | None) -> str:
+    return "direction" if layer is None else f"layer.{layer}"
+
+
+def save_directions(path: str | Path, directions: dict[int | None, Tensor], meta: dict | None = None,
+                    model=None) -> Path:
+    """Write {layer (or None): [d_model] or [k, d_model]} to `path` (.safetensors) and `path`.json, atomically.
+
+    With `model`, the widths are checked against it and the metadata records its name, fingerprint and shape.
     """
-    if not isinstance(direction, Tensor) or direction.ndim != 1 or not direction.is_floating_point():
-        got = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
-        raise ValueError(f"direction: expected a float tensor of shape [d_model], got {got}")
+    if not isinstance(directions, dict) or not directions:
+        raise ValueError("directions: expected a non-empty dict {layer or None: tensor [d_model] or [k, d_model]}")
+    if None in directions and len(directions) > 1:
+        raise ValueError("directions: a layer-free `direction` (key None) cannot be mixed with per-layer ones")
+    widths = set()
+    for layer, t in directions.items():
+        if not isinstance(t, Tensor) or t.ndim not in (1, 2) or not t.is_floating_point():
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"directions: layer {layer}: expected a float tensor [d_model] or [k, d_model], got {got}")
+        if not t.isfinite().all():
+            raise ValueError(f"directions: layer {layer}: holds non-finite values")
+        widths.add(t.shape[-1])
+    if len(widths) != 1:
+        raise ValueError(f"directions: tensors of different widths {sorted(widths)}")
     meta = dict(meta or {})
     if model is not None:
-        if direction.shape[0] != model.dims.d_model:
-            raise ValueError(f"direction: width {direction.shape[0]}, expected d_model = {model.dims.d_model}")
-        meta.update(model=model.name, model_fingerprint=model.fingerprint, d_model=model.dims.d_model)
-    if "layer" in meta and "site" not in meta:
-        meta["site"] = f"blocks.{meta['layer']}.hook_{meta.get('component', 'resid_pre')}"
-    path = save_safetensors(path, {"direction": direction.float()}, {k: json.dumps(v) for k, v in meta.items()})
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
-    return path
+        if widths != {model.dims.d_model}:
+            raise ValueError(f"directions: width {widths.pop()}, expected d_model = {model.dims.d_model} of {model.name}")
+        meta.update(model=model.name, model_fingerprint=model.fingerprint, n_layers=model.dims.n_layers)
+    meta["d_model"] = widths.pop()
+    tensors = {_key(l): t.detach().float().cpu().contiguous() for l, t in sorted(directions.items(), key=lambda x: -1 if x[0] is None else x[0])}
+    path = save_safetensors(path, tensors, {FORMAT_KEY: json.dumps(meta)})
+    atomic_write_text(Path(path).with_suffix(".json"), json.dumps(meta, indent=2))
+    return Path(path)
 
 
-def load_direction(path: str | Path, model=None) -> tuple[Tensor, dict]:
-    """(direction [d], metadata). With `model`: width must match; another fingerprint is warned about."""
+def load_directions(path: str | Path, model=None) -> tuple[dict[int | None, Tensor], dict]:
+    """({layer or None: tensor}, metadata) from a file written by `save_directions`.
+
+    With `model`: a file of another width, or with layers the model does not have, or recorded for another
+    depth, is refused; another fingerprint (same shape, other weights) gives a warning.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"path: no such file {path}")
-    with safe_open(str(path), "pt") as f:
-        if "direction" not in f.keys():
-            raise ValueError(f"path: {path} has no `direction` tensor (keys: {list(f.keys())})")
-        direction = f.get_tensor("direction")
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        raise DirectionFileError(f"path: no direction file {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: report it the same way
+        raise DirectionFileError(f"path: {path} is not a readable safetensors file ({e})") from None
+    if FORMAT_KEY in header:
+        meta = json.loads(header[FORMAT_KEY])
+    else:  # 0.1 probe exports: each metadata value JSON-encoded under its own key
+        meta = {k: json.loads(v) for k, v in header.items()}
+    out: dict[int | None, Tensor] = {}
+    for k, t in tensors.items():
+        if k == "direction":
+            out[None] = t
+        elif k.startswith("layer.") and k[6:].isdigit():
+            out[int(k[6:])] = t
+        else:
+            raise DirectionFileError(f"path: unexpected tensor {k!r} in {path}; expected `layer.<n>` or `direction`")
+    if not out:
+        raise DirectionFileError(f"path: {path} holds no directions")
+    if None in out and len(out) > 1:
+        raise DirectionFileError(f"path: {path} mixes a layer-free `direction` with per-layer tensors")
     if model is not None:
-        if direction.shape != (model.dims.d_model,):
-            raise ValueError(f"direction: shape {tuple(direction.shape)}, expected [{model.dims.d_model}] for {model.name}")
-        fp = meta.get("model_fingerprint")
-        if fp is not None and fp != model.fingerprint:
-            warnings.warn(f"direction: {path} was made on another model (fingerprint {fp}, this one {model.fingerprint})",
-                          stacklevel=2)
-    return direction, meta
+        check_model(out, meta, model, path)
+    return out, meta
+
+
+def check_model(directions: dict[int | None, Tensor], meta: dict, model, path: str | Path = "directions") -> None:
+    """Refuse directions of another width or depth than `model`; warn on another fingerprint."""
+    d = model.dims
+    for layer, t in directions.items():
+        if t.shape[-1] != d.d_model:
+            raise DirectionFileError(f"{path}: directions of width {t.shape[-1]} ({tuple(t.shape)}), but {model.name} "
+                                     f"has d_model {d.d_model}")
+        if layer is not None and not 0 <= layer < d.n_layers:
+            raise DirectionFileError(f"{path}: a direction for layer {layer}, but {model.name} has layers 0..{d.n_layers - 1}")
+    if meta.get("n_layers") not in (None, d.n_layers):
+        raise DirectionFileError(f"{path}: made for a model with {meta['n_layers']} layers, {model.name} has {d.n_layers}")
+    fp = meta.get("model_fingerprint")
+    if fp is not None and fp != model.fingerprint:
+        warnings.warn(f"{path}: made on a model of the same shape with other weights (fingerprint {fp}, "
+                      f"this one {model.fingerprint})", stacklevel=3)
+
+
+def save_direction(path: str | Path, direction: Tensor, meta: dict | None = None, model=None) -> Path:
+    """One layer-free direction [d_model] (a probe's), e.g. for `workbench steer --direction` or `caft --directions`."""
+    if not isinstance(direction, Tensor) or direction.ndim != 1 or not direction.is_floating_point():
+        got = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
+        raise ValueError(f"direction: expected a float tensor of shape [d_model], got {got}")
+    meta = {"kind": "direction", **(meta or {})}
+    if "layer" in meta and "site" not in meta:
+        meta["site"] = f"blocks.{meta['layer']}.hook_{meta.get('component', 'resid_pre')}"
+    return save_directions(path, {None: direction}, meta, model)
+
+
+def load_direction(path: str | Path, model=None) -> tuple[Tensor, dict]:
+    """(direction [d_model], metadata) from a file holding one layer-free direction."""
+    out, meta = load_directions(path, model)
+    if set(out) != {None} or out[None].ndim != 1:
+        raise DirectionFileError(f"path: {path} holds {sorted(k for k in out if k is not None) or 'a subspace'}, "
+                                 "expected one layer-free `direction` [d_model]")
+    return out[None], meta

@@ -37,13 +37,14 @@ from ..core.interventions import Add, AtPositions, FromPosition, Generated, Posi
 from ..core.labelled import LabelledArray
 from ..data import resolve
 from ..core.io import atomic_write_text, read_jsonl, save_safetensors
-from ..core.sites import check_layers, parse_site
+from ..core.sites import check_layers, check_residual_component, parse_site
+from ..directions import store
+from ..directions.activations import read_activations
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
 # prompt (right on all 32 sentences of data/steering/sentiment_eval.jsonl with the default model).
 SENTIMENT_TEMPLATE = 'Review: "{text}"\nSentiment (positive or negative):'
-STEERABLE = ("resid_pre", "resid_post", "attn_out", "mlp_out")  # components of width d_model
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -106,55 +107,6 @@ def check_multiplier(m, arg: str = "multiplier") -> float:
     return f
 
 
-def _check_component(component: str) -> str:
-    if component not in STEERABLE:
-        raise ValueError(f"component: expected one of {STEERABLE} (residual-stream-width sites), got {component!r}")
-    return component
-
-
-# -- reading activations ------------------------------------------------------------------------
-
-@torch.no_grad()
-def read_activations(model, texts: Sequence[str], layers: Sequence[int], *, component: str = "resid_pre",
-                     read_at: int | str = -1, batch_size: int = 16) -> dict[int, Tensor]:
-    """{layer: [n, d_model]}: each text's activation at one token, or averaged over its tokens.
-
-    `read_at`: a negative int counts back from each text's last real token (-1 = last, the answer
-    letter in A/B prompts that end in it); a non-negative int is a token index; "mean" averages over
-    the real tokens. Batches are right-padded and every row is read at its own tokens, never a pad.
-    """
-    _check_component(component)
-    layers = check_layers(list(layers), model.dims.n_layers)
-    if not (read_at == "mean" or (isinstance(read_at, int) and not isinstance(read_at, bool))):
-        raise ValueError(f"read_at: expected an int token index (negative counts from the end) or 'mean', got {read_at!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    sites = [parse_site(component, model.dims.n_layers, l).name for l in layers]
-    out: dict[int, list[Tensor]] = {l: [] for l in layers}
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
-        ids, mask = model.encode(chunk)
-        lengths = model.last_positions(ids, mask) + 1  # [batch] real tokens per row
-        _, cache = model.run_with_cache(ids, sites, attention_mask=mask)
-        rows = torch.arange(len(chunk), device=ids.device)
-        if read_at == "mean":
-            real = (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]).float()  # [batch, pos]
-        else:
-            idx = lengths + read_at if read_at < 0 else torch.full_like(lengths, read_at)
-            bad = (idx < 0) | (idx >= lengths)
-            if bad.any():
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"read_at: token {read_at} does not exist in text {start + i} "
-                                 f"({int(lengths[i])} tokens): {chunk[i]!r}")
-        for l, s in zip(layers, sites):
-            act = cache[s].float()  # [batch, pos, d_model]
-            if read_at == "mean":
-                out[l].append((act * real[..., None]).sum(1) / lengths[:, None].float())
-            else:
-                out[l].append(act[rows, idx])
-    return {l: torch.cat(v).cpu() for l, v in out.items()}
-
-
 # -- the vector ---------------------------------------------------------------------------------
 
 def position_selector(positions) -> PositionSelector | None:
@@ -189,7 +141,7 @@ class SteeringVector:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_component(self.component)
+        check_residual_component(self.component)
         if not isinstance(self.vectors, dict) or not self.vectors:
             raise ValueError("vectors: expected a non-empty dict {layer: tensor [d_model]}")
         widths = {tuple(v.shape) for v in self.vectors.values()}
@@ -237,34 +189,24 @@ class SteeringVector:
         return steer(model, [(self, multiplier)], positions=positions, layers=layers)
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (`layer.{L}` tensors, JSON metadata under 'workbench'), atomically."""
-        meta = {**self.meta, "component": self.component, "layers": self.layers, "d_model": self.d_model}
-        return save_safetensors(path, {f"layer.{l}": v for l, v in self.vectors.items()}, {"workbench": json.dumps(meta)})
+        """Write the vectors in the one direction file format (`workbench.directions.store`), atomically."""
+        meta = {**self.meta, "kind": "steering_vector", "component": self.component, "layers": self.layers}
+        return store.save_directions(path, self.vectors, meta)
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "SteeringVector":
         """Read a file written by `save`; with `model`, refuse another width or layer count (and warn
         when the weights' fingerprint differs: same shape, other model)."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"path: no steering vector file {path}")
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("workbench")
-            if raw is None:
-                raise ValueError(f"path: {path} has no workbench metadata; was it written by SteeringVector.save?")
-            meta = json.loads(raw)
-            vectors = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys() if k.startswith("layer.")}
+        vectors, meta = store.load_directions(path)
+        if None in vectors or "component" not in meta:
+            raise store.DirectionFileError(f"path: {path} is not a steering vector (no per-layer vectors and component)")
         component = meta.pop("component")
-        for k in ("layers", "d_model"):
+        for k in ("layers", "d_model", "kind"):
             meta.pop(k, None)
         sv = cls(vectors, component, meta)
         if model is not None:
             sv.check_model(model)
-            fp = meta.get("fingerprint")
-            if fp is not None and fp != model.fingerprint:
-                warnings.warn(f"steering vector was built on model fingerprint {fp}, this model is {model.fingerprint}")
+            store.check_model(vectors, meta, model, path)
         return sv
 
 
@@ -272,14 +214,7 @@ def load_direction(direction, d_model: int, layers: Sequence[int]) -> dict[int, 
     """A probe direction as {layer: [d_model]}: a tensor [d_model] (every layer), [n_layers, d_model]
     (row L for layer L), a dict {layer: [d_model]}, or a safetensors file with a `direction` tensor."""
     if isinstance(direction, (str, Path)):
-        from safetensors.torch import load_file
-
-        if not Path(direction).is_file():
-            raise FileNotFoundError(f"direction: no file {direction}")
-        tensors = load_file(str(direction))
-        if "direction" not in tensors:
-            raise ValueError(f"direction: {direction} has no tensor named 'direction' (has {sorted(tensors)})")
-        direction = tensors["direction"]
+        direction = store.load_direction(direction)[0]
     if isinstance(direction, dict):
         got = {int(l): d for l, d in direction.items()}
         missing = [l for l in layers if l not in got]
@@ -316,14 +251,14 @@ def build_steering_vector(model, positives=None, negatives=None, *, layers, meth
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    _check_component(component)
+    check_residual_component(component)
     layers = check_layers(layers, model.dims.n_layers)
     probe = load_direction(direction, model.dims.d_model, layers) if method == "probe" else None
     if method == "probe" and direction is None:
         raise ValueError("direction: method='probe' needs a direction")
     if method != "probe" and direction is not None:
         raise ValueError(f"direction: only used with method='probe', not {method!r}")
-    meta = {"method": method, "read_at": read_at, "model": model.name, "fingerprint": model.fingerprint,
+    meta = {"method": method, "read_at": read_at, "model": model.name, "model_fingerprint": model.fingerprint,
             "n_layers": model.dims.n_layers}
     if method == "probe" and positives is None and negatives is None:
         return SteeringVector(probe, component, {**meta, "n_pairs": 0})
