@@ -60,7 +60,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         edit = memit_spread(model, edits, layers, Z, Cs, lam=lam, prefixes=prefixes)
         spread = time.perf_counter() - t0
-        with edit.applied(model, force=True):
+        with edit.applied(model, allow_abnormal=True):
             metrics = summarize(score(), edited_prompts=batch)
         point = {"lam": lam, **{k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "NS_all", "NM_all")},
                  "relative_norms": edit.meta["relative_norms"], "spread_seconds": round(spread, 1)}

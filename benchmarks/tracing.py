@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     seed = 0
     sync(args.device)
     t0 = time.perf_counter()
-    tr = trace_fact(model, PROMPT, SUBJECT, ANSWER, noise=nu, samples=args.samples, window=args.window, seed=seed)
+    tr = trace_fact(model, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=args.samples, window=args.window, seed=seed)
     sync(args.device)
     ours = time.perf_counter() - t0
     print(f"workbench trace_fact: {ours:.1f} s", flush=True)

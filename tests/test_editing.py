@@ -185,7 +185,7 @@ def test_abnormal_edit_is_rejected_unless_forced(tiny):
     with pytest.raises(EditRejected, match="abnormal"):
         huge.apply(model)
     assert_same(model, snap)
-    with huge.applied(model, force=True):
+    with huge.applied(model, allow_abnormal=True):
         assert not torch.equal(w, snap["model.layers.1.mlp.down_proj.weight"])
     assert_same(model, snap)
     small = WeightEdit({1: 1e-4 * torch.ones(w.shape)})

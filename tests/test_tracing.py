@@ -18,7 +18,7 @@ def tiny4(tokenizer):
 def test_trace_equals_the_research_loop(tiny4, family):
     m = tiny4[family]
     samples, window, nu, seed = 3, 2, 0.5, 11
-    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=nu, samples=samples, window=window, seed=seed)
+    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window, seed=seed)
     eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
     for kind in KINDS:
         ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
@@ -28,16 +28,16 @@ def test_trace_equals_the_research_loop(tiny4, family):
 
 def test_trace_identities(tiny4):
     m = tiny4["llama"]
-    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=4, window=3)
+    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=4, window=3)
     T, L = len(tr.tokens), m.dims.n_layers
     # restoring the last block's output at the last token restores the clean prediction exactly
     assert abs(tr.scores["resid"][T - 1, L - 1] - tr.p_clean) < 1e-5
     # before the subject nothing is corrupted, so restoring there changes nothing
     assert np.all(tr.scores["resid"][0] == tr.p_corrupted)
     # same seed, same noise, same numbers; another seed, other numbers
-    again = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=4, window=3)
+    again = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=4, window=3)
     assert all(np.array_equal(again.scores[k], tr.scores[k]) for k in KINDS)
-    other = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=4, window=3, seed=1)
+    other = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=4, window=3, seed=1)
     assert other.p_corrupted != tr.p_corrupted
     back = wb.tracing.Trace.from_json(tr.to_json())
     assert np.array_equal(back.scores["mlp"], tr.scores["mlp"]) and back.subject_span == tr.subject_span
@@ -45,16 +45,16 @@ def test_trace_identities(tiny4):
 
 def test_trace_figure_and_bad_input(tiny4, tmp_path):
     m = tiny4["gpt2"]
-    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=2, window=2, kinds=("resid", "mlp"))
+    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=2, window=2, kinds=("resid", "mlp"))
     tr.plot(tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 1000
     assert embedding_noise_std(m, ["Eiffel Tower", "Paris"]) > 0
     with pytest.raises(ValueError, match="substring"):
-        trace_fact(m, PROMPT, "Louvre", ANSWER, noise=0.5)
+        trace_fact(m, PROMPT, "Louvre", ANSWER, noise_std=0.5)
     with pytest.raises(ValueError, match="kinds"):
-        trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, kinds=("mlp", "embed"))
+        trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, kinds=("mlp", "embed"))
     with pytest.raises(ValueError, match="samples"):
-        trace_fact(m, PROMPT, SUBJECT, ANSWER, noise=0.5, samples=0)
+        trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=0)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------

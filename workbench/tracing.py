@@ -79,21 +79,30 @@ class Trace:
         return trace_figure(self, path)
 
 
-def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: float, samples: int = 10,
-               window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, memory_mb: float = 1024,
-               progress: bool = False) -> Trace:
-    """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise`
-    the absolute standard deviation nu (3 x `embedding_noise_std` in the paper)."""
-    kinds = list(kinds)
-    for k in kinds:
+def check_kinds(kinds) -> list[str]:
+    """A kind name or a list of them -> a checked list ("resid" alone means ["resid"], not its letters)."""
+    items = [kinds] if isinstance(kinds, str) else list(kinds) if isinstance(kinds, (list, tuple)) else None
+    if not items:
+        raise ValueError(f"kinds: expected a non-empty list of {list(KINDS)}, got {kinds!r}")
+    for k in items:
         if k not in KINDS:
             raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
+    return items
+
+
+def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_std: float, samples: int = 10,
+               window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, memory_mb: float = 1024,
+               progress: bool = False) -> Trace:
+    """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise_std`
+    the absolute standard deviation nu of the noise on the subject's embeddings (the paper: 3 x
+    `embedding_noise_std`; `trace_facts` takes that factor as `noise_scale`)."""
+    kinds = check_kinds(kinds)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window: expected an int >= 1, got {window!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    if not (isinstance(noise_std, (int, float)) and noise_std >= 0 and noise_std != float("inf")):
+        raise ValueError(f"noise_std: expected a finite standard deviation >= 0, got {noise_std!r}")
     span = model.find_span(prompt, subject)
     answer_ids = model.tokenizer(answer, add_special_tokens=False).input_ids
     if not answer_ids:
@@ -110,7 +119,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
     with torch.no_grad():
         clean_logits, clean = model.run_with_cache(ids, sites)
         gen = torch.Generator().manual_seed(seed)
-        eps = noise * torch.randn(samples, len(span), model.dims.d_model, generator=gen)
+        eps = noise_std * torch.randn(samples, len(span), model.dims.d_model, generator=gen)
         embeds = model.embed(ids).repeat(samples, 1, 1)
         embeds[:, span.start:span.stop] += eps.to(embeds.device, embeds.dtype)
         corr_logits, corrupted = model.run_with_cache(None, sites, inputs_embeds=embeds)
@@ -142,7 +151,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
         scores[kind] = grid.cpu().numpy()
     return Trace(prompt, subject, answer, model.to_str_tokens(prompt), (span.start, span.stop), p_clean,
                  p_corr.mean().item(), scores,
-                 {"noise": noise, "samples": samples, "window": window, "seed": seed, "kinds": kinds})
+                 {"noise_std": noise_std, "samples": samples, "window": window, "seed": seed, "kinds": kinds})
 
 
 # -- sweeps over a facts dataset -----------------------------------------------------------------
@@ -244,13 +253,6 @@ def compare_with_paper(summary: dict):
     return pd.DataFrame(rows, index=["this model", "GPT-2 XL (paper)"]).T
 
 
-def _config_mismatch(old: dict, new: dict) -> str | None:
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            return f"{key} was {old.get(key)!r} there, is {new.get(key)!r} now"
-    return None
-
-
 def _round_robin(facts: list[dict]) -> list[dict]:
     by_relation: dict[str, list[dict]] = {}
     for f in facts:
@@ -259,59 +261,51 @@ def _round_robin(facts: list[dict]) -> list[dict]:
     return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
-def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10, noise: float = 3.0,
-                window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, trace_unknown: bool = False,
-                order: str = "file", figures: bool = True, progress: bool = True) -> dict:
-    """Trace the facts of a JSONL file into `out`, resumably; returns the summary (also `out/summary.json`).
+def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10,
+                noise_scale: float = 3.0, window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0,
+                trace_unknown: bool = False, order: str = "file", figures: bool = True, force: bool = False,
+                progress: bool = True) -> dict:
+    """Trace the facts of a JSONL file into the sweep folder `out`, resumably; returns the summary (also
+    `out/summary.json`).
 
     Each fact's result is written atomically to `out/facts/<id>.json` as soon as it is done, so a
     killed sweep loses at most the fact in flight, and re-running the same command skips finished
-    facts. `noise` is the factor on the standard deviation of the dataset's subject embeddings.
-    `limit` caps the number of facts traced (skipped facts do not count); with `order="relations"` the
-    facts are taken round-robin over relations, so a limited sweep covers every relation instead of the
-    file's first ones. An `out` holding results of another configuration is refused (the order is not
-    part of the configuration: a fact's result does not depend on it).
+    facts. The noise's standard deviation is `noise_scale` times that of the dataset's subject
+    embeddings (the paper's 3). `limit` caps the number of facts traced (skipped facts do not count);
+    with `order="relations"` the facts are taken round-robin over relations, so a limited sweep covers
+    every relation instead of the file's first ones. An `out` holding results of another configuration
+    is refused unless `force` (the order is not part of the configuration: a fact's result does not
+    depend on it).
     """
-    import json
-
     from tqdm.auto import tqdm
 
+    from .core.sweep import SweepFolder
     from .data.facts import answer_text, known_facts, load_facts
-    from .core.io import atomic_write_text
 
     facts = load_facts(facts_path)
     if order == "relations":
         facts = _round_robin(facts)
     elif order != "file":
         raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
-    kinds = list(kinds)
-    for k in kinds:
-        if k not in KINDS:
-            raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    kinds = check_kinds(kinds)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
-    out = Path(out)
+    if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float("inf")):
+        raise ValueError(f"noise_scale: expected a finite factor >= 0, got {noise_scale!r}")
     config = {"model": model.name, "fingerprint": model.fingerprint, "facts": Path(facts_path).name,
-              "samples": samples, "noise_factor": noise, "window": window, "kinds": kinds, "seed": seed,
+              "samples": samples, "noise_scale": noise_scale, "window": window, "kinds": kinds, "seed": seed,
               "trace_unknown": trace_unknown}
-    config_file = out / "config.json"
-    if config_file.is_file():
-        why = _config_mismatch(json.loads(config_file.read_text()), config)
-        if why:
-            raise ValueError(f"out: {out} holds results of a different configuration ({why}); "
-                             "use another output directory or delete it")
-    atomic_write_text(config_file, json.dumps(config, indent=2))
+    sweep = SweepFolder(out, config, items="facts", force=force).start()
 
     subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
-    nu = noise * embedding_noise_std(model, subjects)
+    nu = noise_scale * embedding_noise_std(model, subjects)
     records, n_traced, known = [], 0, {}
     bar = tqdm(total=limit or len(facts), disable=not progress, desc="tracing facts", unit="fact")
     for i, fact in enumerate(facts):
         if limit is not None and n_traced >= limit:
             break
-        path = out / "facts" / f"{fact['id']}.json"
-        if path.is_file():
-            record = json.loads(path.read_text())
+        if sweep.done(fact["id"]):
+            record = sweep.load(fact["id"])
         else:
             if i not in known:  # which facts the model knows, 64 at a time: a short sweep checks few
                 known.update(enumerate(known_facts(model, facts[i:i + 64]), start=i))
@@ -323,12 +317,12 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
             if reason:
                 record = {"id": fact["id"], "skipped": reason}
             else:
-                tr = trace_fact(model, fact["prompt"], fact["subject"], answer_text(fact), noise=nu,
+                tr = trace_fact(model, fact["prompt"], fact["subject"], answer_text(fact), noise_std=nu,
                                 samples=samples, window=window, kinds=kinds, seed=seed)
                 record = {"id": fact["id"], "relation": fact.get("relation"), "known": is_known, **tr.to_json()}
                 if figures:
-                    tr.plot(out / "figures" / f"fact_{fact['id']}.png")
-            atomic_write_text(path, json.dumps(record))
+                    tr.plot(sweep.path / "figures" / f"fact_{fact['id']}.png")
+            sweep.save(fact["id"], record)
         records.append(record)
         if "skipped" not in record:
             n_traced += 1
@@ -337,9 +331,9 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
             bar.update(1)
     bar.close()
     summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    sweep.write_json("summary.json", summary)
     if figures and summary["n_traced"]:
         from .plotting import average_effect_figures
 
-        average_effect_figures(summary, out)
+        average_effect_figures(summary, sweep.path)
     return summary

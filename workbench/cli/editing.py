@@ -37,7 +37,8 @@ def _cmd_edit(args) -> int:
     metrics = run_counterfact(model, load_requests(args.requests), args.out, args.method, layer=args.layer,
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
                               stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
-                              lam=args.lam, force=args.force, progress=True)
+                              lam=args.lam, allow_abnormal=args.allow_abnormal, force=args.force,
+                              progress=True)
     print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
     print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
     return 0
@@ -66,7 +67,8 @@ def register(sub) -> None:
     s.add_argument("--eps", type=float, default=None, help="FT-L's L-infinity radius on the weights (default 5e-4)")
     s.add_argument("--value-prefixes", type=int, default=None, help="context prefixes used in the v* optimisation (default all)")
     s.add_argument("--stats-tokens", type=int, default=32768, help="corpus tokens for the key statistics C")
-    s.add_argument("--lam", type=float, default=15000.0, help="MEMIT's weight of C")
+    s.add_argument("--lam", type=float, default=3000.0, help="MEMIT's weight of C (3000: the README's lambda sweep)")
     s.add_argument("--gen-tokens", type=int, default=40, help="tokens generated per prompt for GE (0: skip)")
-    s.add_argument("--force", action="store_true", help="apply edits the safety check flags as abnormal")
+    s.add_argument("--allow-abnormal", action="store_true", help="apply edits the safety check flags as abnormal")
+    s.add_argument("--force", action="store_true", help="replace the results of another configuration in --out")
     s.set_defaults(fn=_cmd_edit)

@@ -12,7 +12,7 @@ def _cmd_trace(args) -> int:
     from ..tracing import trace_facts
 
     model = load_model(args.model)
-    summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
+    summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise_scale=args.noise_scale,
                           window=args.window, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
                           seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
                           figures=not args.no_figures)
@@ -48,7 +48,8 @@ def register(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=None, help="trace at most N facts (skipped ones do not count)")
     s.add_argument("--samples", type=int, default=10)
-    s.add_argument("--noise", type=float, default=3.0, help="noise std as a multiple of the subject embeddings' std")
+    s.add_argument("--noise-scale", "--noise", dest="noise_scale", type=float, default=3.0,
+                   help="noise std as a multiple of the subject embeddings' std (the paper: 3)")
     s.add_argument("--window", type=int, default=10)
     s.add_argument("--kinds", default="resid,mlp,attn")
     s.add_argument("--seed", type=int, default=0)

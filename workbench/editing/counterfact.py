@@ -30,6 +30,8 @@ import torch
 
 from ..data.facts import answer_text
 from ..data import resolve
+from ..core.generation import generate
+from ..core.sweep import SweepFolder
 from ..core.io import atomic_write_text, read_jsonl
 from .requests import EditError, target_logprobs
 
@@ -111,21 +113,6 @@ def generation_entropy(texts: list[str]) -> float:
     return float(np.mean([np.mean([2 / 3 * ngram_entropy(t, 2), 4 / 3 * ngram_entropy(t, 3)]) for t in texts]))
 
 
-def generate(model, prompts: list[str], max_new_tokens: int = 40, seed: int = 0) -> list[str]:
-    """Top-k (5) sampled continuations with a fixed seed (without the prompt). Prompts are left-padded here:
-    generation continues each row from its last real token."""
-    rows = [model.tokenizer(p).input_ids for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.hf.generate(ids, attention_mask=mask, do_sample=True, top_k=5, max_new_tokens=max_new_tokens,
-                                pad_token_id=pad)
-    return [model.tokenizer.decode(o[width:], skip_special_tokens=True) for o in out]
-
-
 def score_request(model, req: dict, *, gen_tokens: int = 40) -> dict:
     """The model's probabilities (in its current, possibly edited, state) for one request."""
     new, true = req["target_new"], req["target_true"]
@@ -137,7 +124,9 @@ def score_request(model, req: dict, *, gen_tokens: int = 40) -> dict:
     pairs = [{"p_new": a, "p_true": b} for a, b in zip(p_new, p_true)]
     out = {"id": req["id"], "rewrite": pairs[0], "paraphrase": pairs[1:1 + n_para], "neighborhood": pairs[1 + n_para:]}
     if gen_tokens and req.get("generation_prompts"):
-        texts = generate(model, req["generation_prompts"], gen_tokens)
+        # top-k 5 sampling, one seed for the batch (the ROME code's fluency texts)
+        texts = generate(model, req["generation_prompts"], do_sample=True, top_k=5, max_new_tokens=gen_tokens, seed=0,
+                         batch_size=len(req["generation_prompts"]), skip_special_tokens=True)
         out["generations"] = texts
         out["entropy"] = generation_entropy(texts)
     return out
@@ -186,10 +175,13 @@ def summarize(results: list[dict], edited_prompts=()) -> dict:
 def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, layer: int | None = None,
                     layers=None, limit: int | None = None, chunk: int = 8, gen_tokens: int = 40,
                     stats: dict | None = None, hparams: dict | None = None, value_prefixes: int | None = None,
-                    lam: float = 15000.0, force: bool = False, progress: bool = True) -> dict:
+                    lam: float = 3000.0, allow_abnormal: bool = False, force: bool = False,
+                    progress: bool = True) -> dict:
     """Edit and score each request (ROME, FT-L: one edit at a time on the unedited model; MEMIT: all requests
-    in one edit; "none": the unedited model). Resumable: results go to `out/results/<id>.json` as they
-    finish and a re-run skips them; `out/metrics.json` holds the summary. Returns the metrics."""
+    in one edit; "none": the unedited model). `out` is a resumable sweep folder (`core.sweep`): results go
+    to `out/results/<id>.json` as they finish and a re-run skips them; `out/metrics.json` holds the summary.
+    `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
+    Returns the metrics."""
     from tqdm.auto import tqdm
 
     from .ftl import ft_l
@@ -213,21 +205,16 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
               "layers": list(layers) if layers is not None else None, "hparams": hparams, "stats": stats or {},
               "value_prefixes": value_prefixes, "lam": lam if method == "memit" else None, "gen_tokens": gen_tokens,
               "request_ids": [r["id"] for r in requests]}
-    cfg_path = out / "config.json"
-    if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        for k in config:
-            if k != "request_ids" and old.get(k) != config[k]:
-                raise EditError(f"out: {out} holds results of another configuration ({k} was {old.get(k)!r}, "
-                                f"is {config[k]!r}); use another directory")
-    atomic_write_text(cfg_path, json.dumps(config, indent=2))
-    done = lambda r: (out / "results" / f"{r['id']}.json").is_file()
-    todo = [r for r in requests if not done(r)]
+    try:
+        sweep = SweepFolder(out, config, items="results", force=force, ignore=("request_ids",))
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    sweep.start()
+    todo = [r for r in requests if not sweep.done(r["id"])]
     bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
 
     def record(req, res, seconds=None, **extra):
-        res = {**res, **extra, "seconds_edit": seconds, "request": req}
-        atomic_write_text(out / "results" / f"{req['id']}.json", json.dumps(res))
+        sweep.save(req["id"], {**res, **extra, "seconds_edit": seconds, "request": req})
         bar.update(1)
 
     as_edit = lambda r: {"prompt": r["prompt"], "subject": r["subject"], "target": r["target_new"]}
@@ -248,7 +235,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
                     per = time.perf_counter() - t0
                 else:
                     edit = edits[k]
-                _score_edit(model, req, edit, record, per, gen_tokens, force, EditRejected)
+                _score_edit(model, req, edit, record, per, gen_tokens, allow_abnormal, EditRejected)
     elif todo and method == "memit":
         edit_dir = out / "edit"
         if (edit_dir / "deltas.safetensors").is_file():
@@ -262,20 +249,20 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
             seconds = time.perf_counter() - t0
             edit.meta["seconds"] = seconds
             edit.save(edit_dir)
-        with edit.applied(model, force=force):
+        with edit.applied(model, allow_abnormal=allow_abnormal):
             for req in todo:
                 record(req, score_request(model, req, gen_tokens=gen_tokens), seconds / len(requests))
     elif todo:
         for req in todo:
             record(req, score_request(model, req, gen_tokens=gen_tokens))
     bar.close()
-    results = [json.loads((out / "results" / f"{r['id']}.json").read_text()) for r in requests]
+    results = [sweep.load(r["id"]) for r in requests]
     batch = {r["prompt"] for r in requests} if method == "memit" else ()  # MEMIT's requests are edited together
     metrics = {**summarize(results, edited_prompts=batch), "method": method, "layer": layer, "layers": config["layers"],
                "seconds_per_edit": _mean_or_none([r.get("seconds_edit") for r in results])}
     if method == "memit":
         metrics["layers"] = json.loads((out / "edit" / "edit.json").read_text())["meta"]["layers"]
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    sweep.write_json("metrics.json", metrics)
     return metrics
 
 
@@ -290,13 +277,13 @@ def _mean_or_none(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def _score_edit(model, req, edit, record, seconds, gen_tokens, force, EditRejected):
+def _score_edit(model, req, edit, record, seconds, gen_tokens, allow_abnormal, EditRejected):
     if edit.noop:
         record(req, score_request(model, req, gen_tokens=gen_tokens), seconds, noop=True)
         return
     try:
         report = edit.check(model)
-        handle = edit.apply(model, check=False) if (report["ok"] or force) else None
+        handle = edit.apply(model, check=False) if (report["ok"] or allow_abnormal) else None
     except EditRejected:
         handle = None
     if handle is None:

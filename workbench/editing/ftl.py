@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..core.arch import weight_out_in
-from .requests import EditError, EditRequest, already_predicted, check_layers, pad_rows
+from ..core.generation import pad_right
+from .requests import EditError, EditRequest, already_predicted, edit_layers
 from .rome import default_layer
 from .weights import WeightEdit, frozen
 
@@ -15,7 +16,7 @@ def ft_l(model, request, layer: int | None = None, *, steps: int = 25, lr: float
     eps-ball after each step). The model is restored bit-exactly before returning; apply the result."""
     request = EditRequest.of(request)
     target_ids = request.check(model)
-    layer = check_layers(model, default_layer(model) if layer is None else layer)[0]
+    layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
     if not eps > 0:
         raise EditError(f"eps: expected a positive L-infinity radius, got {eps!r}")
     meta = {"method": "ft-l", "layer": layer, "request": dict(request.__dict__), "fingerprint": model.fingerprint,
@@ -23,7 +24,7 @@ def ft_l(model, request, layer: int | None = None, *, steps: int = 25, lr: float
     if already_predicted(model, request.prompt, target_ids):
         return WeightEdit({}, {**meta, "note": "target already predicted; nothing to edit"}, noop=True)
     prompt_ids = model.tokenizer(request.prompt).input_ids
-    ids, _ = pad_rows(model, [prompt_ids + target_ids])
+    ids, _ = pad_right(model, [prompt_ids + target_ids])
     positions = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1, device=ids.device)
     tgt = torch.tensor(target_ids, device=ids.device)
     module = model.module("mlp_down", layer)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..core.arch import weight_out_in
-from .requests import EditError, EditRequest, check_layers, subject_last
+from .requests import EditError, EditRequest, edit_layers, subject_last
 from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
@@ -46,7 +46,7 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
     return R.T @ torch.linalg.solve(lam * C + K.T @ K, K.T).T
 
 
-def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[str] | None = None,
+def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[str] | None = None,
           value_prefixes: int | None = None, Cs: dict | None = None, stats: dict | None = None,
           progress: bool = False, **hparams) -> "WeightEdit":
     """One `WeightEdit` that makes all `requests` at once over `layers` (default `default_memit_layers`).
@@ -62,7 +62,7 @@ def memit(model, requests, layers=None, *, lam: float = 15000.0, prefixes: list[
         raise EditError("requests: expected at least one request")
     for r in requests:
         r.check(model)
-    layers = check_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
+    layers = edit_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
     unknown = set(hparams) - set(HPARAMS)
     if unknown:
         raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.sites import check_layers as _check_layers
+from ..core.generation import pad_right
+from ..core.sites import check_layers
 
 
 class EditError(ValueError):
@@ -52,10 +53,10 @@ class EditRequest:
         return ids
 
 
-def check_layers(model, layers, arg: str = "layer") -> list[int]:
-    """A checked, sorted list of layer indices of `model` (see `sites.check_layers`)."""
+def edit_layers(model, layers, arg: str = "layer") -> list[int]:
+    """The layers an edit writes: `sites.check_layers`, sorted, its errors raised as `EditError`."""
     try:
-        return sorted(_check_layers(layers, model.dims.n_layers, arg))
+        return sorted(check_layers(layers, model.dims.n_layers, arg))
     except ValueError as e:
         raise EditError(str(e)) from None
 
@@ -63,18 +64,6 @@ def check_layers(model, layers, arg: str = "layer") -> list[int]:
 def subject_last(model, text: str, subject: str, occurrence: int = 0) -> int:
     """Token position of the subject's last token in `text` (where ROME reads keys and writes values)."""
     return model.find_span(text, subject, occurrence).stop - 1
-
-
-def pad_rows(model, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token-id lists into ids [batch, pos] and an attention mask [batch, pos]."""
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids.to(model.device), mask.to(model.device)
 
 
 def target_logprobs(model, prompts: list[str], targets: list[str]) -> torch.Tensor:
@@ -85,7 +74,7 @@ def target_logprobs(model, prompts: list[str], targets: list[str]) -> torch.Tens
         ti = model.tokenizer(t, add_special_tokens=False).input_ids
         rows.append(pi + ti)
         spans.append((len(pi), ti))
-    ids, mask = pad_rows(model, rows)
+    ids, mask = pad_right(model, rows)
     with torch.no_grad():
         logp = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
     out = []

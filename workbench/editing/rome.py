@@ -21,31 +21,29 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Add
-from .requests import EditError, EditRequest, already_predicted, check_layers, pad_rows, subject_last
+from ..core.loading import MEASURED
+from ..core.generation import generate_ids, pad_right
+from .requests import EditError, EditRequest, already_predicted, edit_layers, subject_last
 from .weights import WeightEdit, frozen
 
 # Layer edited by default on the embedded SmolLM2-135M (30 layers), chosen from causal tracing; see the README.
-DEFAULT_LAYERS = {"smollm2-135m": 5}
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]
 HPARAMS = ("steps", "lr", "kl_factor", "weight_decay", "clamp_norm")  # of the value optimisation
 
 
 def default_layer(model) -> int:
     """The edit layer: the traced choice for the default model, else about a sixth of the depth."""
-    return DEFAULT_LAYERS.get(model.name, max(0, model.dims.n_layers // 6))
+    return MEASURED.get(model.name, {}).get("edit_layer", max(0, model.dims.n_layers // 6))
 
 
 def context_prefixes(model, n: int = 5, length: int = 10, seed: int = 0) -> list[str]:
     """"" plus `n` short texts sampled from the model (top-k 5, fixed seed), each followed by ". " (ROME's templates)."""
     if n == 0:
         return [""]
-    starts = [PREFIX_STARTS[i % len(PREFIX_STARTS)] for i in range(n)]
-    ids, mask = model.encode(starts)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.hf.generate(ids, attention_mask=mask if mask is not None else torch.ones_like(ids), do_sample=True,
-                                top_k=5, max_new_tokens=length, pad_token_id=model.tokenizer.pad_token_id)
-    texts = model.tokenizer.batch_decode(out, skip_special_tokens=True)
+    starts = [model.tokenizer(PREFIX_STARTS[i % len(PREFIX_STARTS)]).input_ids for i in range(n)]
+    new = generate_ids(model, starts, do_sample=True, top_k=5, max_new_tokens=length, seed=seed, batch_size=n,
+                       cut_at_stop=False)
+    texts = [model.tokenizer.decode(a + b, skip_special_tokens=True) for a, b in zip(starts, new)]
     return [""] + [t.replace("{", " ").replace("}", " ").replace("\n", " ").strip() + ". " for t in texts]
 
 
@@ -67,7 +65,7 @@ def compute_keys(model, requests: list[EditRequest], layer: int, prefixes: list[
         rr, pp = _rows(model, r.prompt, r.subject, prefixes)
         rows += rr
         pos += pp
-    ids, mask = pad_rows(model, rows)
+    ids, mask = pad_right(model, rows)
     site = f"blocks.{layer}.mlp.hook_post"
     _, cache = model.run_with_cache(ids, [site], attention_mask=mask)
     keys = cache[site][torch.arange(len(rows)), torch.tensor(pos)]  # [n_requests * n_prefixes, d_mlp]
@@ -103,7 +101,7 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
         rows.append(model.tokenizer(kl_text).input_ids)
         pos.append(subject_last(model, kl_text, r.subject))
         owner.append(i)
-    ids, mask = pad_rows(model, rows)
+    ids, mask = pad_right(model, rows)
     dev = ids.device
     t_row, t_pos, t_tok, t_req = (torch.tensor(c, device=dev) for c in zip(*tgt_rows))
     n_tok = torch.zeros(len(requests), device=dev).index_add_(0, t_req, torch.ones(len(t_req), device=dev))
@@ -175,7 +173,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     if not requests:
         raise EditError("requests: expected at least one request")
     targets = [r.check(model) for r in requests]
-    layer = check_layers(model, default_layer(model) if layer is None else layer)[0]
+    layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
     unknown = set(hparams) - set(HPARAMS)
     if unknown:
         raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")

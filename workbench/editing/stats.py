@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 
 from ..core.model import Model
 from ..core.loading import cache_dir
+from ..core.generation import generate_ids
 from ..core.io import atomic_write_text, save_safetensors
-from .requests import check_layers
+from .requests import edit_layers
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
 
@@ -75,11 +76,10 @@ def corpus_tokens(model: Model, corpus: str | Path = "samples", n_tokens: int = 
         for b in tqdm(range(0, n_seqs, batch), disable=not progress, desc="sampling corpus", unit="batch"):
             k = min(batch, n_seqs - b)
             starts = [START_WORDS[(b + i) % len(START_WORDS)] for i in range(k)]
-            first = torch.tensor([model.tokenizer(s).input_ids[:1] for s in starts], device=model.device)
-            out = model.hf.generate(first, attention_mask=torch.ones_like(first), do_sample=True, top_k=50,
-                                    temperature=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1,
-                                    pad_token_id=model.tokenizer.pad_token_id)
-            ids.append(out[:, :seq_len].cpu())
+            first = [model.tokenizer(s).input_ids[:1] for s in starts]
+            new = generate_ids(model, first, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=seq_len - 1,
+                               min_new_tokens=seq_len - 1, seed=None, batch_size=k, cut_at_stop=False)
+            ids.append(torch.tensor([a + b for a, b in zip(first, new)])[:, :seq_len])
     ids = torch.cat(ids)
     _atomic_save({"ids": ids.contiguous()}, {"fingerprint": fp, "seed": seed, "seq_len": seq_len}, path)
     return ids
@@ -92,7 +92,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     Computed once (all missing layers in one pass over the corpus, with a progress bar) and cached on
     disk keyed by model fingerprint, layer, corpus and token count.
     """
-    layers = check_layers(model, layers, "layers")
+    layers = edit_layers(model, layers, "layers")
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"n_tokens: expected an int >= 1, got {n_tokens!r}")
     fp = model.fingerprint

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core.arch import weight_out_in
 from ..core.io import atomic_write_text, save_safetensors
-from .requests import EditError, check_layers
+from .requests import EditError, edit_layers
 
 # Prompts unrelated to any edit; an edit that moves their next-token distributions a lot is abnormal.
 UNRELATED_PROMPTS = [
@@ -30,7 +30,7 @@ UNRELATED_PROMPTS = [
 
 
 class EditRejected(EditError):
-    """An edit that looks abnormal (huge update, large effect on unrelated prompts); pass force=True to apply it anyway."""
+    """An edit that looks abnormal (huge update, large effect on unrelated prompts); pass allow_abnormal=True to apply it anyway."""
 
 
 def _down_weight(model, layer: int) -> Tensor:
@@ -50,7 +50,7 @@ class WeightEdit:
     noop: bool = False
 
     def validate(self, model) -> None:
-        check_layers(model, list(self.deltas) or [0], "deltas")
+        edit_layers(model, list(self.deltas) or [0], "deltas")
         shape = (model.dims.d_model, model.dims.d_mlp)
         for l, d in self.deltas.items():
             if not isinstance(d, Tensor) or tuple(d.shape) != shape:
@@ -90,20 +90,20 @@ class WeightEdit:
         return {"ok": not reasons, "reasons": reasons, "kl_unrelated": kl,
                 "relative_norm": {l: n["relative"] for l, n in norms.items()}}
 
-    def apply(self, model, *, check: bool = True, force: bool = False, **check_kw) -> "AppliedEdit":
+    def apply(self, model, *, check: bool = True, allow_abnormal: bool = False, **check_kw) -> "AppliedEdit":
         """Add the updates to the model's weights; returns a handle whose `restore()` undoes them bit-exactly.
 
-        With `check`, an abnormal edit raises `EditRejected` (unless `force`); nothing is changed then.
+        With `check`, an abnormal edit raises `EditRejected` (unless `allow_abnormal`); nothing is changed then.
         """
         self.validate(model)
         if check and self.deltas:
             report = self.check(model, **check_kw)
-            if not report["ok"] and not force:
-                raise EditRejected("edit looks abnormal: " + "; ".join(report["reasons"]) + " (force=True applies it anyway)")
+            if not report["ok"] and not allow_abnormal:
+                raise EditRejected("edit looks abnormal: " + "; ".join(report["reasons"]) + " (allow_abnormal=True applies it anyway)")
         fp = self.meta.get("fingerprint")
-        if fp and not force and self.deltas and model.fingerprint != fp:
+        if fp and not allow_abnormal and self.deltas and model.fingerprint != fp:
             raise EditRejected(f"edit was made for a model with fingerprint {fp}, this one is {model.fingerprint} "
-                               "(force=True applies it anyway)")
+                               "(allow_abnormal=True applies it anyway)")
         return AppliedEdit(model, self.deltas)
 
     @contextmanager

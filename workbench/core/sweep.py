@@ -1,0 +1,68 @@
+"""The one resumable sweep folder: every sweep (causal tracing over facts, CounterFact evaluation, and
+whatever comes next) keeps its results in one of these.
+
+    <out>/config.json        what the sweep is (model fingerprint, settings); a re-run must match it
+    <out>/<items>/<id>.json  one file per finished item, written atomically as soon as it is done
+    <out>/<name>.json ...    summaries, written atomically at the end
+
+So a killed sweep loses at most the items in flight, re-running the same command skips finished items,
+and a folder of another configuration is refused before anything is written (or cleared with `force`).
+Nothing touches the disk until `start()`, so a caller can check all its arguments first.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .io import atomic_write_text
+
+
+class SweepFolder:
+    """A results folder for `config`, with finished items under `items/` (the name is the caller's)."""
+
+    def __init__(self, out: str | Path, config: dict, *, items: str = "items", force: bool = False,
+                 ignore: tuple[str, ...] = ()):
+        """Check `out` against `config` (keys in `ignore` may differ, e.g. the list of items of a longer run);
+        raise ValueError naming the first differing setting, unless `force` (then `start` clears the old results)."""
+        if not isinstance(out, (str, Path)) or not str(out):
+            raise ValueError(f"out: expected a folder path, got {out!r}")
+        self.path, self.config, self.items_dir, self.force = Path(out), dict(config), items, force
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"out: {self.path} is a file; expected a folder for the results")
+        self.stale = False
+        cfg = self.path / "config.json"
+        if cfg.is_file():
+            old = json.loads(cfg.read_text())
+            why = next((f"{k} was {old.get(k)!r} there, is {config.get(k)!r} now"
+                        for k in sorted(set(old) | set(config)) if k not in ignore and old.get(k) != config.get(k)), None)
+            if why and not force:
+                raise ValueError(f"out: {self.path} holds results of a different configuration ({why}); "
+                                 "use another folder, or force=True (--force) to replace them")
+            self.stale = bool(why)
+
+    def start(self) -> "SweepFolder":
+        """Create the folder and write config.json (after clearing another configuration's results if forced)."""
+        if self.stale:
+            shutil.rmtree(self.path / self.items_dir, ignore_errors=True)
+            self.stale = False
+        (self.path / self.items_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.json", json.dumps(self.config, indent=2))
+        return self
+
+    def item_path(self, item_id) -> Path:
+        return self.path / self.items_dir / f"{item_id}.json"
+
+    def done(self, item_id) -> bool:
+        return self.item_path(item_id).is_file()
+
+    def load(self, item_id) -> dict:
+        return json.loads(self.item_path(item_id).read_text())
+
+    def save(self, item_id, record: dict) -> Path:
+        """Write one item's result atomically (a crash leaves the old file or the new one, never half)."""
+        return atomic_write_text(self.item_path(item_id), json.dumps(record))
+
+    def write_json(self, name: str, obj) -> Path:
+        """A summary file `<out>/<name>`, written atomically."""
+        return atomic_write_text(self.path / name, json.dumps(obj, indent=2))
