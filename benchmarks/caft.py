@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     task = caft.load_task(wb.data_path("caft_task.jsonl"))
 
     concept = task["concept"]
-    acts = probes.collect_activations(model, [e["prompt"] for e in concept], layers, cache=False)
+    acts = wb.read_activations(model, [e["prompt"] for e in concept], layers)
     gender = [e["gender"] for e in concept]
     probe = probes.train_probes(acts, gender, method="diffmean")
     logreg = probes.train_probes(acts, gender, method="logreg")

@@ -19,7 +19,7 @@ IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from workbench.core.loading import default_tokenizer
+    from workbench.core.default_model import default_tokenizer
 
     return default_tokenizer()
 

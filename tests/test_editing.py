@@ -30,7 +30,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     """An empty statistics cache (the converted default model is linked in, not converted again)."""
-    from workbench.core.loading import cache_dir
+    from workbench.core.io import cache_dir
 
     models = cache_dir() / "models"
     (tmp_path / "cache").mkdir()

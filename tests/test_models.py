@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.core import loading as wbm
+from workbench.core import default_model as wbm
 from workbench.core.tiny import TINY_FAMILIES
 
 from conftest import IOI_CLEAN

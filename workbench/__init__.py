@@ -14,6 +14,7 @@ from .core import (DEFAULT_MODEL, Add, AtPositions, FromPosition, Generated, Int
                    Model, Noise, ProjectOut, Replace, Scale, Site, load_model, orthonormalize, parse_site, tiny_model)
 from .core.generation import generate  # noqa: E402
 from .data import data_path  # noqa: E402
+from .directions import read_activations  # noqa: E402
 from .editing import EditRequest, WeightEdit, ft_l, memit, rome, run_counterfact  # noqa: E402
 from .patching import activation_patching, attribute_then_verify, attribution_patching  # noqa: E402
 from .steering import SteeringVector, build_steering_vector, steer  # noqa: E402
@@ -21,7 +22,7 @@ from .steering import sweep as steering_sweep  # noqa: E402
 from .tracing import trace_fact, trace_facts  # noqa: E402
 
 __all__ = [
-    "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path",
+    "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path", "read_activations",
     "Site", "parse_site",
     "Intervention", "Replace", "Add", "Scale", "Noise", "ProjectOut", "orthonormalize",
     "FromPosition", "AtPositions", "Generated",

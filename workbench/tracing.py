@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .patching.engine import Overwrite, Patch, run_patches
 from .core.model import Model
-from .core.sites import Site
+from .core.sites import Site, check_choices
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -79,24 +79,13 @@ class Trace:
         return trace_figure(self, path)
 
 
-def check_kinds(kinds) -> list[str]:
-    """A kind name or a list of them -> a checked list ("resid" alone means ["resid"], not its letters)."""
-    items = [kinds] if isinstance(kinds, str) else list(kinds) if isinstance(kinds, (list, tuple)) else None
-    if not items:
-        raise ValueError(f"kinds: expected a non-empty list of {list(KINDS)}, got {kinds!r}")
-    for k in items:
-        if k not in KINDS:
-            raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
-    return items
-
-
 def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_std: float, samples: int = 10,
                window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, memory_mb: float = 1024,
                progress: bool = False) -> Trace:
     """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise_std`
     the absolute standard deviation nu of the noise on the subject's embeddings (the paper: 3 x
     `embedding_noise_std`; `trace_facts` takes that factor as `noise_scale`)."""
-    kinds = check_kinds(kinds)
+    kinds = check_choices(kinds, KINDS, "kinds")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
     if not isinstance(window, int) or window < 1:
@@ -287,7 +276,7 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
         facts = _round_robin(facts)
     elif order != "file":
         raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
-    kinds = check_kinds(kinds)
+    kinds = check_choices(kinds, KINDS, "kinds")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
     if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float("inf")):

@@ -8,14 +8,15 @@ from pathlib import Path
 
 
 def _cmd_prepare(args) -> int:
-    from ..core.loading import prepare_default_model
+    from ..core.default_model import prepare_default_model
 
     print(f"default model ready at {prepare_default_model()}")
     return 0
 
 
 def _cmd_models(args) -> int:
-    from ..core.loading import DEFAULT_MODEL, cache_dir, default_model_dir, locate_default_gguf
+    from ..core.default_model import DEFAULT_MODEL, default_model_dir, locate_default_gguf
+    from ..core.io import cache_dir
     from ..core.tiny import TINY_FAMILIES
 
     try:

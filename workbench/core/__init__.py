@@ -4,7 +4,9 @@ the one hook layer (`hooks`), `Model` (`model`), loading (`loading`, `tiny`), pa
 from .interventions import (Add, AtPositions, FromPosition, Generated, Intervention, Noise, ProjectOut, Replace, Scale,
                             orthonormalize)
 from .labelled import LabelledArray
-from .loading import DEFAULT_MODEL, cache_dir, load_model
+from .default_model import DEFAULT_MODEL
+from .io import cache_dir
+from .loading import load_model
 from .model import Model
 from .sites import COMPONENTS, Site, parse_site
 from .tiny import tiny_model

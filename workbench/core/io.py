@@ -54,3 +54,11 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, object]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{what}: {path}:{n}: not valid JSON ({e.msg})") from None
     return rows
+
+
+def cache_dir() -> Path:
+    """Where converted models and statistics live: $WORKBENCH_CACHE, else the user's cache dir."""
+    if os.environ.get("WORKBENCH_CACHE"):
+        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "workbench"

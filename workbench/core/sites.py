@@ -88,16 +88,22 @@ def check_layers(layers, n_layers: int, arg: str = "layers") -> list[int]:
     return items
 
 
+def check_choices(value, choices, arg: str) -> list[str]:
+    """A name, a comma-separated string of names or a list of them -> a non-empty checked list, order kept
+    (so "resid" means ["resid"], never its letters)."""
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    items = [c.strip() for c in items if isinstance(c, str) and c.strip()] if items is not None else None
+    if not items or (not isinstance(value, str) and len(items) != len(value)):
+        raise ValueError(f"{arg}: expected a non-empty list of names from {sorted(choices)}, got {value!r}")
+    for c in items:
+        if c not in choices:
+            raise ValueError(f"{arg}: unknown name {c!r}; expected some of {sorted(choices)}")
+    return items
+
+
 def parse_components(components: str | list[str]) -> list[str]:
     """`'resid_pre,attn_out'` or a list -> checked list of component names."""
-    items = components.split(",") if isinstance(components, str) else list(components)
-    items = [c.strip() for c in items if c.strip()]
-    if not items:
-        raise ValueError(f"components: expected at least one of {sorted(COMPONENTS)}")
-    for c in items:
-        if c not in COMPONENTS:
-            raise ValueError(f"components: unknown component {c!r}; expected one of {sorted(COMPONENTS)}")
-    return items
+    return check_choices(components, COMPONENTS, "components")
 
 
 def check_residual_component(component: str, arg: str = "component") -> str:

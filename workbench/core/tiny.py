@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .loading import default_tokenizer
+from .default_model import default_tokenizer
 from .model import Model
 
 TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core.generation import check_prompts
 from ..core.io import save_safetensors
-from ..core.loading import cache_dir
+from ..core.io import cache_dir
 from ..core.sites import check_layers, parse_site
 
 ReadAt = int | str  # a token index (negative: from each text's end), "mean" (over its tokens) or "all" (every token)

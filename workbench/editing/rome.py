@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Add
-from ..core.loading import MEASURED
+from ..core.default_model import MEASURED
 from ..core.generation import generate_ids, pad_right
 from .requests import EditError, EditRequest, already_predicted, edit_layers, subject_last
 from .weights import WeightEdit, frozen

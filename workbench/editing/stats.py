@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..core.model import Model
-from ..core.loading import cache_dir
+from ..core.io import cache_dir
 from ..core.generation import generate_ids
 from ..core.io import atomic_write_text, save_safetensors
 from .requests import edit_layers
