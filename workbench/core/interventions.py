@@ -132,7 +132,14 @@ class Generated(PositionSelector):
 
 @dataclass
 class Intervention:
-    """Base class: a site plus a selection of rows, positions and heads."""
+    """Base class: a site plus a selection of rows, positions and heads.
+
+    The activation at the site is [batch, pos, d] ([batch, pos, n_heads, d_head] for `attn.hook_z`).
+    `rows`, `positions`, `heads` select indices on those axes (None: all); the selection is their outer
+    product, [n_rows, n_positions(, n_heads), d], unless `pointwise`, where the three index lists have one
+    length n and select the n cells (row_i, position_i(, head_i)), [n, d]. Tensor arguments of the
+    subclasses broadcast to the selected block.
+    """
 
     site: Site | str
     _: KW_ONLY
@@ -227,7 +234,7 @@ def _check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site
 
 @dataclass
 class Replace(Intervention):
-    """Set the selected block to `value` (activation patching)."""
+    """Set the selected block to `value` (activation patching); `value` broadcasts to the selection, e.g. [d]."""
 
     value: Tensor | None = None
 
@@ -240,7 +247,7 @@ class Replace(Intervention):
 
 @dataclass
 class Add(Intervention):
-    """Add `multiplier * vector` (steering)."""
+    """Add `multiplier * vector` (steering); `vector` broadcasts to the selection, e.g. [d] or [n_rows, 1, d]."""
 
     vector: Tensor | None = None
     multiplier: float = 1.0
