@@ -26,6 +26,20 @@ from .core.sites import Site
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
 
+def check_kinds(kinds) -> list[str]:
+    """A kind, a comma-separated string of kinds or a list of them -> checked list (a bare string is one
+    kind or several, never its characters)."""
+    items = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else kinds
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(k, str) for k in items):
+        raise ValueError(f"kinds: expected a non-empty list of kinds from {list(KINDS)}, got {kinds!r}")
+    for k in items:
+        if k not in KINDS:
+            raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"kinds: repeated kinds in {list(items)}")
+    return list(items)
+
+
 def window_layers(layer: int, window: int, n_layers: int) -> range:
     """The layers restored together for a window centred at `layer`, as in the paper: [l - w//2, l + w - w//2)."""
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
@@ -84,7 +98,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
                progress: bool = False) -> Trace:
     """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise`
     the absolute standard deviation nu (3 x `embedding_noise_std` in the paper)."""
-    kinds = list(kinds)
+    kinds = check_kinds(kinds)
     for k in kinds:
         if k not in KINDS:
             raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")
@@ -92,8 +106,8 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise: f
         raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window: expected an int >= 1, got {window!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0 or noise == float("inf"):
+        raise ValueError(f"noise: expected a finite standard deviation >= 0, got {noise!r}")
     span = model.find_span(prompt, subject)
     answer_ids = model.tokenizer(answer, add_special_tokens=False).input_ids
     if not answer_ids:
@@ -284,7 +298,7 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
         facts = _round_robin(facts)
     elif order != "file":
         raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
-    kinds = list(kinds)
+    kinds = check_kinds(kinds)
     for k in kinds:
         if k not in KINDS:
             raise ValueError(f"kinds: unknown kind {k!r}; expected some of {list(KINDS)}")

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .common import add_force, check_int, output_dir
+
 
 def _cmd_prepare(args) -> int:
     from ..core.loading import prepare_default_model
@@ -48,7 +50,10 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    run_demo(Path(args.out), model=args.model, facts=args.facts, samples=args.samples)
+    check_int(args.facts, "facts")
+    check_int(args.samples, "samples")
+    out = output_dir(args.out, force=args.force, writes=["summary.json"])
+    run_demo(out, model=args.model, facts=args.facts, samples=args.samples)
     return 0
 
 
@@ -74,6 +79,7 @@ def register(sub) -> None:
     s.add_argument("--out", default="out/demo")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
     s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
+    add_force(s)
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
     s.add_argument("name")

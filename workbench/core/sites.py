@@ -35,6 +35,12 @@ class Site:
     layer: int
     component: str
 
+    def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ValueError(f"site: unknown component {self.component!r}; expected one of {sorted(COMPONENTS)}")
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+            raise ValueError(f"site: layer must be an int, got {self.layer!r}")
+
     @property
     def name(self) -> str:
         return f"blocks.{self.layer}.{COMPONENTS[self.component][0]}"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Add
-from .requests import EditError, EditRequest, already_predicted, check_layers, pad_rows, subject_last
+from .requests import EditError, EditRequest, as_requests, already_predicted, check_layers, pad_rows, subject_last
 from .weights import WeightEdit, frozen
 
 # Layer edited by default on the embedded SmolLM2-135M (30 layers), chosen from causal tracing; see the README.
@@ -171,9 +171,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     from ..core.arch import weight_out_in
     from .stats import second_moment
 
-    requests = [EditRequest.of(r) for r in requests]
-    if not requests:
-        raise EditError("requests: expected at least one request")
+    requests = as_requests(requests)
     targets = [r.check(model) for r in requests]
     layer = check_layers(model, default_layer(model) if layer is None else layer)[0]
     unknown = set(hparams) - set(HPARAMS)

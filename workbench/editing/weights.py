@@ -140,7 +140,12 @@ class WeightEdit:
 
 
 class AppliedEdit:
-    """Handle of an applied edit: keeps the original weights and puts them back with `restore()`."""
+    """Handle of an applied edit: keeps the original weights and puts them back with `restore()`.
+
+    Handles of edits to the same layers nest: each keeps the weights it found, so they must be restored
+    last-applied first. Restoring an earlier one while a later one on a shared layer is still applied
+    raises `EditError` before anything changes (the weights would silently keep the later edit).
+    """
 
     def __init__(self, model, deltas: dict[int, Tensor]):
         self.model, self._saved = model, {}
@@ -153,13 +158,29 @@ class AppliedEdit:
         except BaseException:
             self.restore()
             raise
+        _applied(model).append(self)
 
     def restore(self) -> None:
         """Copy the original weights back (bit-exact); calling it twice is harmless."""
+        stack = _applied(self.model)
+        if self in stack:
+            later = stack[stack.index(self) + 1:]
+            shared = sorted({l for h in later for l in h._saved if l in self._saved})
+            if shared:
+                raise EditError(f"restore: an edit applied after this one still changes layers {shared}; restore "
+                                "handles in reverse order of applying them (last applied first); weights unchanged")
+            stack.remove(self)
         with torch.no_grad():
             for l, w0 in self._saved.items():
                 _down_weight(self.model, l).copy_(w0)
         self._saved = {}
+
+
+def _applied(model) -> list:
+    """The model's applied, not yet restored edit handles, in the order they were applied."""
+    if not hasattr(model, "_applied_edits"):
+        model._applied_edits = []
+    return model._applied_edits
 
 
 @contextmanager
