@@ -476,7 +476,7 @@ CLI = [
                            "--out", "{d}/c"], V, "existing file", setup=existing("c")),
     # demo, bench, info
     R("demo-facts", ["demo", "--model", BAD, "--facts", "0", "--out", "{d}/demo"], V, "facts"),
-    R("demo-out-has-results", ["demo", "--model", BAD, "--out", "{d}"], V, "summary.json", "--force", setup=existing("summary.json")),
+    R("demo-out-foreign", ["demo", "--model", BAD, "--out", "{d}"], V, "notes.txt", "--force", setup=existing("notes.txt")),
     R("demo-out-is-file", ["demo", "--model", BAD, "--out", "{d}/demo"], V, "existing file", setup=existing("demo")),
     R("bench-unknown", ["bench", "nosuchbench"], V, "name", "no benchmark"),
     R("info-model", ["info", "--model", BAD], V, "family"),

@@ -52,13 +52,13 @@ def input_file(path, arg: str) -> Path:
 
 
 def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None = None,
-               resumable: bool = False) -> Path:
+               resumes: str | None = None) -> Path:
     """Check a folder a verb writes its results into; creates nothing.
 
     An existing file there is an argument error (a folder is expected). `writes`: the files the verb will
     write; where one of them exists, `force` is needed (the message names it). A resumable verb (`trace`,
-    `edit`) continues a run whose `config.json` is there (its own check refuses another configuration);
-    any other non-empty folder needs `force`.
+    `edit`: `resumes="config.json"`; `demo`: `"summary.json"`) continues the earlier run whose file `resumes`
+    is there (trace and edit refuse another configuration themselves); any other non-empty folder needs `force`.
     """
     p = Path(path)
     if not str(path):
@@ -70,9 +70,9 @@ def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None 
             raise ValueError(f"{arg}: {parent} is a file, so the folder {p} cannot be made")
     if not p.is_dir() or force:
         return p
-    if resumable:
+    if resumes:
         entries = sorted(x.name for x in p.iterdir())
-        if entries and "config.json" not in entries:
+        if entries and resumes not in entries:
             raise ValueError(f"{arg}: {p} is not empty ({entries[0]} exists) and holds no earlier run of this verb; "
                              "pass --force to write into it anyway, or choose another folder")
         return p

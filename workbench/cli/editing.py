@@ -51,7 +51,7 @@ def _cmd_edit(args) -> int:
     check_int(args.stats_tokens, "stats_tokens")
     check_int(args.gen_tokens, "gen_tokens", 0)
     check_float(args.lam, "lam", positive=True)
-    output_dir(args.out, force=args.force, resumable=True)
+    output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     if args.layer is not None:
         check_layers(model, args.layer, "layer")

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_force, check_int, output_dir
+from .common import check_int, output_dir
 
 
 def _cmd_prepare(args) -> int:
@@ -52,7 +52,7 @@ def _cmd_demo(args) -> int:
 
     check_int(args.facts, "facts")
     check_int(args.samples, "samples")
-    out = output_dir(args.out, force=args.force, writes=["summary.json"])
+    out = output_dir(args.out, force=args.force, resumes="summary.json")
     run_demo(out, model=args.model, facts=args.facts, samples=args.samples)
     return 0
 
@@ -79,7 +79,8 @@ def register(sub) -> None:
     s.add_argument("--out", default="out/demo")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
     s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
-    add_force(s)
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no earlier demo (re-running the demo into its own folder needs no flag)")
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
     s.add_argument("name")

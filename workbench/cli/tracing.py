@@ -20,7 +20,7 @@ def _cmd_trace(args) -> int:
     if not check_float(args.noise, "noise") >= 0:
         raise ValueError(f"noise: expected a number >= 0, got {args.noise!r}")
     load_facts(input_file(args.facts, "facts"))
-    output_dir(args.out, force=args.force, resumable=True)
+    output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise=args.noise,
                           window=args.window, kinds=kinds,
