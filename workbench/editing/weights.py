@@ -10,6 +10,7 @@ checked before they are applied, saved as safetensors deltas with JSON metadata.
 from __future__ import annotations
 
 import json
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,18 +159,20 @@ class AppliedEdit:
         except BaseException:
             self.restore()
             raise
-        _applied(model).append(self)
+        _applied(model).append(weakref.ref(self))
 
     def restore(self) -> None:
         """Copy the original weights back (bit-exact); calling it twice is harmless."""
         stack = _applied(self.model)
-        if self in stack:
-            later = stack[stack.index(self) + 1:]
-            shared = sorted({l for h in later for l in h._saved if l in self._saved})
+        stack[:] = [r for r in stack if r() is not None]  # handles dropped without restoring
+        handles = [r() for r in stack]
+        if self in handles:
+            i = handles.index(self)
+            shared = sorted({l for h in handles[i + 1:] for l in h._saved if l in self._saved})
             if shared:
                 raise EditError(f"restore: an edit applied after this one still changes layers {shared}; restore "
                                 "handles in reverse order of applying them (last applied first); weights unchanged")
-            stack.remove(self)
+            del stack[i]
         with torch.no_grad():
             for l, w0 in self._saved.items():
                 _down_weight(self.model, l).copy_(w0)
@@ -177,7 +180,7 @@ class AppliedEdit:
 
 
 def _applied(model) -> list:
-    """The model's applied, not yet restored edit handles, in the order they were applied."""
+    """Weak references to the model's applied, not yet restored edit handles, in the order they were applied."""
     if not hasattr(model, "_applied_edits"):
         model._applied_edits = []
     return model._applied_edits
