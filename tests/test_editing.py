@@ -168,10 +168,14 @@ def test_failed_edits_leave_weights_untouched(tiny):
         WeightEdit({0: good, 1: nan}).apply(model, check=False)
     with pytest.raises(EditError, match="shape"):
         WeightEdit({0: good[:, :5]}).apply(model, check=False)
-    # MEMIT whose second layer's statistics are broken: the first layer was updated on the way, and is put back
+    # MEMIT whose second layer's statistics hold NaN: refused up front, before any value optimisation
     req = EditRequest("The capital of France is the city of", "France", " Rome")
-    with pytest.raises(EditError, match="layer 1 update is not finite"):
+    with pytest.raises(EditError, match="Cs: layer 1: holds NaN or inf"):
         memit(model, [req], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: torch.full((128, 128), float("nan"))}, steps=2)
+    # ... finite but overflowing in lambda C: the first layer was updated on the way, and is put back
+    with pytest.raises(EditError, match="layer 1 update is not finite"):
+        memit(model, [req], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: torch.full((128, 128), 1e308, dtype=torch.float64)},
+              steps=2)
     assert_same(model, snap)
 
 

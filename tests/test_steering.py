@@ -334,5 +334,8 @@ def test_cli_steer_writes_sweep(tmp_path, capsys):
     bad[bad.index("0,4")] = "1,nan"
     assert main(bad + ["--out", str(tmp_path / "bad")]) == 2
     assert "multipliers: expected a finite number" in capsys.readouterr().err
+    bad = args[:-1] + [str(tmp_path / "bad")]
     bad[bad.index("0,1")] = "0,9"
     assert main(bad) == 2 and "layer 9 out of range" in capsys.readouterr().err
+    assert main(args) == 2 and "--force" in capsys.readouterr().err  # the first run's results are not overwritten
+    assert not (tmp_path / "bad").exists()

@@ -153,6 +153,8 @@ def load_directions(path: str | Path, model: Model, layers: list[int] | None = N
 def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: str = "zero",
               means: dict[int, Tensor] | None = None) -> list[ProjectOut]:
     """ProjectOut interventions at `blocks.{l}.hook_{component}` for every layer of `subs`, all positions."""
+    if fill not in ("zero", "mean"):
+        raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
     if fill == "mean" and (means is None or any(l not in means for l in subs)):
         raise ValueError("means: fill='mean' needs a mean activation [d_model] for every ablated layer")
     check_residual_component(component)
@@ -212,8 +214,8 @@ def finetune(model: Model, examples: list[dict], *, ablate: list[ProjectOut] | N
     """
     cfg = config or FinetuneConfig()
     cfg.check()
-    if not examples:
-        raise ValueError("examples: expected at least one training example")
+    if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, dict) for e in examples):
+        raise ValueError("examples: expected a non-empty list of example dicts (prompt, answer, choices)")
     answers, _ = _answer_ids(model, examples)
     prompts = [ex["prompt"] for ex in examples]
     torch.manual_seed(seed)  # LoRA initialisation draws from the global generator
@@ -395,6 +397,13 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
 
     cfg = config or FinetuneConfig()
     cfg.check()
+    if isinstance(seeds, int) or not isinstance(seeds, (list, tuple, range)) or not seeds or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise ValueError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+    if fill not in ("zero", "mean"):
+        raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
+    if not isinstance(task, dict):
+        raise ValueError(f"task: expected {{split: [example, ...]}} (see load_task), got {type(task).__name__}")
     for s in SPLITS:
         if not task.get(s):
             raise ValueError(f"task: no examples in split {s!r}")

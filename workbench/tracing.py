@@ -26,6 +26,11 @@ from .core.sites import Site, check_choices
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
 
+def check_kinds(kinds) -> list[str]:
+    """A kind, a comma-separated string of kinds or a list of them -> checked list (never a string's letters)."""
+    return check_choices(kinds, KINDS, "kinds")
+
+
 def window_layers(layer: int, window: int, n_layers: int) -> range:
     """The layers restored together for a window centred at `layer`, as in the paper: [l - w//2, l + w - w//2)."""
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
@@ -85,7 +90,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_st
     """Trace one fact. `answer` is the text that follows the prompt (its first token is scored), `noise_std`
     the absolute standard deviation nu of the noise on the subject's embeddings (the paper: 3 x
     `embedding_noise_std`; `trace_facts` takes that factor as `noise_scale`)."""
-    kinds = check_choices(kinds, KINDS, "kinds")
+    kinds = check_kinds(kinds)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
     if not isinstance(window, int) or window < 1:
@@ -276,7 +281,7 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
         facts = _round_robin(facts)
     elif order != "file":
         raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
-    kinds = check_choices(kinds, KINDS, "kinds")
+    kinds = check_kinds(kinds)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
     if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float("inf")):

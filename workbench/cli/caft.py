@@ -4,28 +4,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .common import add_force, input_file, output_dir, parse_list
+
 
 def _cmd_caft(args) -> int:
     from .. import caft
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
+    from ..core.sites import COMPONENTS
 
-    model = load_model(args.model)
-    try:
-        layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else None
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"layers/seeds: expected comma-separated integers, got {args.layers!r} / {args.seeds!r}") from None
-    if not seeds:
-        raise ValueError("seeds: expected at least one seed")
-    task = caft.load_task(args.task)
-    subs = caft.load_directions(args.directions, model, layers)
+    layers = parse_list(args.layers, int, "layers") if args.layers else None
+    seeds = parse_list(args.seeds, int, "seeds")
+    task = caft.load_task(input_file(args.task, "task"))
+    input_file(args.directions, "directions")
     cfg = caft.FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                               lora_rank=args.lora_rank)
+    cfg.check()
+    if args.component not in COMPONENTS:
+        raise ValueError(f"component: expected one of {sorted(COMPONENTS)}, got {args.component!r}")
+    out = output_dir(args.out, force=args.force, writes=["results.json", "caft.png"])
+    model = load_model(args.model)
+    subs = caft.load_directions(args.directions, model, layers)
     res = caft.compare(model, task, subs, seeds=seeds, fill=args.fill, component=args.component, config=cfg,
                        progress=True)
     res.update(model=model.name, task=str(args.task), directions=str(args.directions))
-    out = Path(args.out)
     caft.plot_comparison(res, out / "caft.png")
     atomic_write_text(out / "results.json", json.dumps(res, indent=2))
     for c, v in caft.summarize(res).items():
@@ -49,5 +51,6 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--lora-rank", type=int, default=8)
     s.add_argument("--seeds", default="0,1,2")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for results.json and caft.png")
+    add_force(s)
     s.set_defaults(fn=_cmd_caft)

@@ -1,12 +1,103 @@
-"""What every verb shares: list arguments, output paths."""
+"""What every verb shares: list arguments, number checks, output paths.
+
+Every verb checks all of its arguments (lists, ranges, files) before any work and before anything is
+written; the output path is checked last among them by `output_dir` / `output_file`, so a refused run
+leaves nothing behind. `--force` means one thing everywhere: overwrite existing results.
+"""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 
 def parse_list(text: str, kind, arg: str) -> list:
     try:
         items = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{arg}: expected comma-separated {kind.__name__}s, got {text!r}") from None
+        what = {int: "integers", float: "numbers"}.get(kind, f"{kind.__name__}s")
+        raise ValueError(f"{arg}: expected comma-separated {what}, got {text!r}") from None
     if not items:
         raise ValueError(f"{arg}: expected at least one value")
+    if kind is float and not all(math.isfinite(x) for x in items):
+        raise ValueError(f"{arg}: expected a finite number for each item, got {text!r}")
     return items
+
+
+def check_int(value, arg: str, minimum: int = 1, *, none_ok: bool = False):
+    """An int >= minimum (or None where allowed)."""
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{arg}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float(value, arg: str, *, positive: bool = False, none_ok: bool = False):
+    """A finite number (> 0 if `positive`), or None where allowed."""
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{arg}: expected a finite number{' > 0' if positive else ''}, got {value!r}")
+    return float(value)
+
+
+def input_file(path, arg: str) -> Path:
+    """An input file that must exist (shipped data files are found by name; see `data.resolve`)."""
+    from ..data import resolve
+
+    p = resolve(path)
+    if not p.is_file():
+        raise ValueError(f"{arg}: no such file {path}")
+    return p
+
+
+def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None = None,
+               resumes: str | None = None) -> Path:
+    """Check a folder a verb writes its results into; creates nothing.
+
+    An existing file there is an argument error (a folder is expected). `writes`: the files the verb will
+    write; where one of them exists, `force` is needed (the message names it). A resumable verb (`trace`,
+    `edit`: `resumes="config.json"`; `demo`: `"summary.json"`) continues the earlier run whose file `resumes`
+    is there (trace and edit refuse another configuration themselves); any other non-empty folder needs `force`.
+    """
+    p = Path(path)
+    if not str(path):
+        raise ValueError(f"{arg}: expected a folder name, got an empty string")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{arg}: {p} is an existing file; expected a folder to write results into")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{arg}: {parent} is a file, so the folder {p} cannot be made")
+    if not p.is_dir() or force:
+        return p
+    if resumes:
+        entries = sorted(x.name for x in p.iterdir())
+        if entries and resumes not in entries:
+            raise ValueError(f"{arg}: {p} is not empty ({entries[0]} exists) and holds no earlier run of this verb; "
+                             "pass --force to write into it anyway, or choose another folder")
+        return p
+    existing = [name for name in (writes or []) if (p / name).exists()] if writes is not None else \
+        sorted(x.name for x in p.iterdir())
+    if existing:
+        raise ValueError(f"{arg}: {p / existing[0]} exists (results of an earlier run); pass --force to overwrite, "
+                         "or choose another folder")
+    return p
+
+
+def output_file(path, *, force: bool, arg: str = "out") -> Path:
+    """Check a single file a verb writes; creates nothing. An existing file needs `force`; a folder is an error."""
+    p = Path(path)
+    if not str(path):
+        raise ValueError(f"{arg}: expected a file name, got an empty string")
+    if p.is_dir():
+        raise ValueError(f"{arg}: {p} is a folder; expected a file name")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{arg}: {parent} is a file, so {p} cannot be written")
+    if p.exists() and not force:
+        raise ValueError(f"{arg}: {p} exists; pass --force to overwrite it, or choose another file")
+    return p
+
+
+def add_force(parser) -> None:
+    parser.add_argument("--force", action="store_true", help="overwrite existing results at --out")

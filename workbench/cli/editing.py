@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .common import add_force, check_float, check_int, input_file, output_dir, output_file, parse_list
+
 
 def _cmd_counterfact(args) -> int:
     from ..editing.counterfact import build_requests
@@ -11,30 +13,51 @@ def _cmd_counterfact(args) -> int:
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
 
-    facts = load_facts(args.facts)
+    facts = load_facts(input_file(args.facts, "facts"))
+    check_int(args.n, "n", none_ok=True)
+    check_int(args.neighbours, "neighbours", 0)
+    out = output_file(args.out, force=args.force)
+    if out.exists() and out.resolve() == input_file(args.facts, "facts").resolve():
+        raise ValueError(f"out: {out} is the --facts file being read; write the requests elsewhere")
     known = None if args.all_facts else known_facts(load_model(args.model), facts)
     reqs = build_requests(facts, known, n=args.n, seed=args.seed, n_neighbours=args.neighbours)
-    atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in reqs))
-    print(f"wrote {len(reqs)} requests to {args.out}")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in reqs))
+    print(f"wrote {len(reqs)} requests to {out}")
     return 0
 
 
 def _cmd_edit(args) -> int:
     from ..editing.counterfact import load_requests, run_counterfact
+    from ..editing.requests import edit_layers
     from ..core.loading import load_model
 
-    model = load_model(args.model)
+    requests = load_requests(input_file(args.requests, "requests"))
     hparams = {}
     if args.steps is not None:
-        hparams["steps"] = args.steps
+        hparams["steps"] = check_int(args.steps, "steps")
     if args.lr is not None:
-        hparams["lr"] = args.lr
+        hparams["lr"] = check_float(args.lr, "lr", positive=True)
     if args.eps is not None:
         if args.method != "ft-l":
             raise ValueError("eps: the L-infinity radius applies to --method ft-l only")
-        hparams["eps"] = args.eps
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    metrics = run_counterfact(model, load_requests(args.requests), args.out, args.method, layer=args.layer,
+        hparams["eps"] = check_float(args.eps, "eps", positive=True)
+    if args.layers is not None and args.method != "memit":
+        raise ValueError(f"layers: --layers is MEMIT's layer list; --method {args.method} takes --layer")
+    if args.layer is not None and args.method not in ("rome", "ft-l"):
+        raise ValueError(f"layer: --layer applies to --method rome or ft-l, not {args.method}")
+    layers = parse_list(args.layers, int, "layers") if args.layers else None
+    check_int(args.limit, "limit", none_ok=True)
+    check_int(args.value_prefixes, "value_prefixes", 0, none_ok=True)
+    check_int(args.stats_tokens, "stats_tokens")
+    check_int(args.gen_tokens, "gen_tokens", 0)
+    check_float(args.lam, "lam", positive=True)
+    output_dir(args.out, force=args.force, resumes="config.json")
+    model = load_model(args.model)
+    if args.layer is not None:
+        edit_layers(model, args.layer, "layer")
+    if layers is not None:
+        edit_layers(model, layers, "layers")
+    metrics = run_counterfact(model, requests, args.out, args.method, layer=args.layer,
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
                               stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
                               lam=args.lam, allow_abnormal=args.allow_abnormal, force=args.force,
@@ -48,7 +71,8 @@ def register(sub) -> None:
     s = sub.add_parser("counterfact", help="build CounterFact-style edit requests from a facts file (known facts)")
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--facts", default="data/facts.jsonl")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="JSONL file to write")
+    add_force(s)
     s.add_argument("--n", type=int, default=None, help="at most N requests")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--neighbours", type=int, default=10)
@@ -70,5 +94,7 @@ def register(sub) -> None:
     s.add_argument("--lam", type=float, default=3000.0, help="MEMIT's weight of C (3000: the README's lambda sweep)")
     s.add_argument("--gen-tokens", type=int, default=40, help="tokens generated per prompt for GE (0: skip)")
     s.add_argument("--allow-abnormal", action="store_true", help="apply edits the safety check flags as abnormal")
-    s.add_argument("--force", action="store_true", help="replace the results of another configuration in --out")
+    s.add_argument("--force", action="store_true",
+                   help="replace the results of another configuration, or write into a non-empty --out that holds "
+                        "no earlier run (a run of the same configuration resumes without it)")
     s.set_defaults(fn=_cmd_edit)

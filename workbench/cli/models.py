@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .common import check_int, output_dir
+
 
 def _cmd_prepare(args) -> int:
     from ..core.default_model import prepare_default_model
@@ -49,7 +51,10 @@ def _cmd_info(args) -> int:
 def _cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    run_demo(Path(args.out), model=args.model, facts=args.facts, samples=args.samples)
+    check_int(args.facts, "facts")
+    check_int(args.samples, "samples")
+    out = output_dir(args.out, force=args.force, resumes="summary.json")
+    run_demo(out, model=args.model, facts=args.facts, samples=args.samples)
     return 0
 
 
@@ -75,6 +80,8 @@ def register(sub) -> None:
     s.add_argument("--out", default="out/demo")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
     s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no earlier demo (re-running the demo into its own folder needs no flag)")
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
     s.add_argument("name")

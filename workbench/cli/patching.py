@@ -4,14 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .common import add_force, check_float, output_dir
+
 
 def _cmd_patch(args) -> int:
     from ..core.loading import load_model
     from ..patching import activation_patching
     from ..core.io import atomic_write_text
+    from ..core.sites import parse_components
 
+    sites = parse_components(args.sites)
+    check_float(args.memory_mb, "memory_mb", positive=True)
+    for arg in ("clean", "corrupt", "answer", "foil"):
+        if not getattr(args, arg):
+            raise ValueError(f"{arg}: expected a non-empty string")
+    output_dir(args.out, force=args.force, writes=["result.json"] + [f"{s}.png" for s in sites])
     model = load_model(args.model)
-    res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=args.sites,
+    res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=sites,
                               method=args.method, metric=args.metric, direction=args.direction,
                               memory_mb=args.memory_mb, progress=True)
     out = Path(args.out)
@@ -42,5 +51,6 @@ def register(sub) -> None:
     s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
     s.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
     s.add_argument("--memory-mb", type=float, default=1024)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for result.json and one PNG per site")
+    add_force(s)
     s.set_defaults(fn=_cmd_patch)

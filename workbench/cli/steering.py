@@ -2,40 +2,67 @@
 from __future__ import annotations
 
 from pathlib import Path
-from .common import parse_list
+from .common import add_force, check_float, check_int, input_file, output_dir, parse_list
 
 
 def _cmd_steer(args) -> int:
     from ..steering.behaviour import log_odds_classifier, word_share
     from ..core.loading import load_model
+    from ..core.sites import check_layers
     from ..steering import SENTIMENT_TEMPLATE, build_steering_vector, load_lines, load_pairs, sweep
 
     layers = parse_list(args.layers, int, "layers")
     multipliers = parse_list(args.multipliers, float, "multipliers")
-    read_at = args.read_at if args.read_at == "mean" else int(args.read_at)
-    positions = args.positions if args.positions in ("all", "generated") else int(args.positions)
-    pos, neg = load_pairs(args.pairs)
-    prompts = load_lines(args.prompts, "prompts")[: args.limit]
+    if args.read_at == "mean":
+        read_at = "mean"
+    else:
+        try:
+            read_at = int(args.read_at)
+        except ValueError:
+            raise ValueError(f"read_at: expected a token index (negative counts from the end) or 'mean', got {args.read_at!r}") from None
+    if args.positions in ("all", "generated"):
+        positions = args.positions
+    else:
+        try:
+            positions = int(args.positions)
+        except ValueError:
+            raise ValueError(f"positions: expected 'all', 'generated' or a position N >= 0, got {args.positions!r}") from None
+        check_int(positions, "positions", 0)
+    check_int(args.limit, "limit", none_ok=True)
+    check_float(args.threshold, "threshold", none_ok=True)
+    check_int(args.max_new_tokens, "max_new_tokens")
+    check_int(args.batch_size, "batch_size")
+    pos, neg = load_pairs(input_file(args.pairs, "pairs"))
+    prompts = load_lines(input_file(args.prompts, "prompts"), "prompts")[: args.limit]
+    neutral = load_lines(input_file(args.neutral, "neutral"), "neutral") if args.cost == "kl" else None
+    if args.behaviour.startswith("words:"):
+        words = input_file(args.behaviour.removeprefix("words:"), "behaviour")
+    elif args.behaviour != "sentiment":
+        raise ValueError(f"behaviour: expected 'sentiment' or 'words:FILE', got {args.behaviour!r}")
+    if args.method == "probe" and not args.direction:
+        raise ValueError("direction: --method probe needs --direction FILE")
+    if args.direction is not None:
+        if args.method != "probe":
+            raise ValueError(f"direction: only used with --method probe, not {args.method}")
+        input_file(args.direction, "direction")
+    out = output_dir(args.out, force=args.force, writes=["vector.safetensors", "sweep.png", "sweep.json"])
     model = load_model(args.model)
+    check_layers(layers, model.dims.n_layers)
     if args.behaviour == "sentiment":
         behaviour, threshold, name = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative"), 0.0, \
             "log-odds positive vs negative (unsteered model as classifier)"
-    elif args.behaviour.startswith("words:"):
-        path = args.behaviour.removeprefix("words:")
-        behaviour, threshold, name = word_share(path), 0.3, f"share of words in {Path(path).name}"
     else:
-        raise ValueError(f"behaviour: expected 'sentiment' or 'words:FILE', got {args.behaviour!r}")
+        behaviour, threshold, name = word_share(words), 0.3, f"share of words in {words.name}"
     if args.threshold is not None:
         threshold = args.threshold
     vec = build_steering_vector(model, pos, neg, layers=layers, method=args.method, read_at=read_at,
                                 component=args.component, direction=args.direction)
     res = sweep(model, vec, prompts, multipliers=multipliers, behaviour=behaviour, threshold=threshold,
                 behaviour_name=name, cost=args.cost, positions=positions,
-                neutral_texts=load_lines(args.neutral, "neutral") if args.cost == "kl" else None,
+                neutral_texts=neutral,
                 max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
                 batch_size=args.batch_size, progress=True)
     res.meta.update(pairs=str(args.pairs), prompts=str(args.prompts), title=f"steering: {Path(args.pairs).stem}")
-    out = Path(args.out)
     vec.save(out / "vector.safetensors")
     res.plot(out / "sweep.png")
     res.save(out / "sweep.json")
@@ -52,7 +79,8 @@ def register(sub) -> None:
     s.add_argument("--pairs", required=True, help='JSONL of {"positive": ..., "negative": ...}')
     s.add_argument("--layers", required=True, help="comma-separated layers, e.g. 3,6,9")
     s.add_argument("--multipliers", required=True, help="comma-separated multipliers, e.g. 0,2,4,8")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for vector.safetensors, sweep.json and sweep.png")
+    add_force(s)
     s.add_argument("--prompts", default="data/steering/prompts.txt", help="prompts to continue, one per line")
     s.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     s.add_argument("--behaviour", default="sentiment", help="'sentiment' (the unsteered model's log-odds) or 'words:FILE'")

@@ -5,15 +5,25 @@ import json
 from pathlib import Path
 
 from ..data.facts import DEFAULT_FACTS
+from .common import add_force, check_float, check_int, input_file, output_dir, output_file
 
 
 def _cmd_trace(args) -> int:
     from ..core.loading import load_model
-    from ..tracing import trace_facts
+    from ..data.facts import load_facts
+    from ..tracing import check_kinds, trace_facts
 
+    kinds = check_kinds(args.kinds)
+    check_int(args.limit, "limit", none_ok=True)
+    check_int(args.samples, "samples")
+    check_int(args.window, "window")
+    if not check_float(args.noise_scale, "noise_scale") >= 0:
+        raise ValueError(f"noise_scale: expected a number >= 0, got {args.noise_scale!r}")
+    load_facts(input_file(args.facts, "facts"))
+    output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise_scale=args.noise_scale,
-                          window=args.window, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+                          window=args.window, kinds=kinds,
                           seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
                           figures=not args.no_figures)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
@@ -25,8 +35,9 @@ def _cmd_known(args) -> int:
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
 
+    facts = load_facts(input_file(args.facts, "facts"))
+    output_file(args.out, force=args.force)
     model = load_model(args.model)
-    facts = load_facts(args.facts)
     known = known_facts(model, facts)
     lines = [json.dumps({**f, "known": k}) for f, k in zip(facts, known)]
     atomic_write_text(args.out, "\n".join(lines) + "\n")
@@ -57,9 +68,12 @@ def register(sub) -> None:
     s.add_argument("--order", choices=["file", "relations"], default="file",
                    help="'relations': take facts round-robin over relations (a limited sweep covers them all)")
     s.add_argument("--no-figures", action="store_true")
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no earlier trace (a same-configuration run resumes without it)")
     s.set_defaults(fn=_cmd_trace)
     s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--facts", default=str(DEFAULT_FACTS))
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="JSONL file to write")
+    add_force(s)
     s.set_defaults(fn=_cmd_known)

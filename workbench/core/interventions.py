@@ -174,7 +174,22 @@ class Intervention:
             grids = torch.meshgrid(*full, indexing="ij")
             self._index = tuple(g.to(device) for g in grids)
         self._selected_shape = self._selected(torch.empty(shape, device="meta")).shape
+        self._check_finite()
         self.check(self._selected_shape)
+
+    def _check_finite(self) -> None:
+        """Every tensor or number an intervention carries must be finite: a NaN vector would make NaN logits silently."""
+        from dataclasses import fields
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("site", "rows", "positions", "heads", "pointwise", "_index"):
+                continue
+            if isinstance(v, Tensor) and v.is_floating_point():
+                if not bool(torch.isfinite(v.detach()).all()):
+                    raise ValueError(f"{f.name}: holds NaN or inf; expected finite values")
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name}: expected a finite number, got {v}")
 
     def _selected(self, act: Tensor) -> Tensor:
         return act if self._index is None else act[self._index]

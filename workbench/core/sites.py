@@ -37,6 +37,12 @@ class Site:
     layer: int
     component: str
 
+    def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ValueError(f"site: unknown component {self.component!r}; expected one of {sorted(COMPONENTS)}")
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+            raise ValueError(f"site: layer must be an int, got {self.layer!r}")
+
     @property
     def name(self) -> str:
         return f"blocks.{self.layer}.{COMPONENTS[self.component][0]}"
@@ -98,6 +104,8 @@ def check_choices(value, choices, arg: str) -> list[str]:
     for c in items:
         if c not in choices:
             raise ValueError(f"{arg}: unknown name {c!r}; expected some of {sorted(choices)}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{arg}: repeated names in {items}")
     return items
 
 

@@ -1,6 +1,7 @@
 """Facts datasets (JSONL: id, relation, subject, template, prompt, object, paraphrases) and which ones a model knows."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,16 +10,66 @@ from ..core.io import read_jsonl
 from . import resolve
 
 REQUIRED = ("id", "subject", "prompt", "object")
+OPTIONAL = ("relation", "template", "paraphrases", "known")
+# ROME's known_1000.json (Meng et al. 2022): a JSON list of these records.
+KNOWN_1000_KEYS = ("known_id", "subject", "attribute", "template", "prediction", "prompt", "relation_id")
 # The dataset written for this project, shipped inside the package.
 DEFAULT_FACTS = Path(__file__).resolve().parent / "facts.jsonl"
 
 
+def _read_records(path: Path, what: str) -> list[tuple[int, object]]:
+    """(record number, record): a JSON list (ROME's published files, `.json`) or JSONL (one object a line)."""
+    if not path.is_file():
+        raise ValueError(f"{what}: no such file {path}")
+    text = path.read_text()
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{what}: {path}: expected a JSON list of records, got {type(data).__name__}")
+        return list(enumerate(data, 1))
+    return read_jsonl(path, what)
+
+
+def _from_known_1000(r: dict) -> dict:
+    """A known_1000.json record as a fact: the attribute is the object (the space before it is added by
+    `answer_text`, as ROME adds it to targets); the template's `{}` is the subject."""
+    fact = {"id": r["known_id"], "relation": r["relation_id"], "subject": r["subject"], "template": r["template"],
+            "prompt": r["prompt"], "object": r["attribute"].strip()}
+    return fact
+
+
 def load_facts(path: str | Path) -> list[dict]:
-    """Read a facts JSONL file; a malformed line is an error naming the file and line number."""
+    """Read a facts file: this project's JSONL (keys id, subject, prompt, object; optional relation,
+    template, paraphrases, known) or ROME's `known_1000.json` (a JSON list of records with keys
+    known_id, subject, attribute, template, prediction, prompt, relation_id), told apart by their keys.
+    A malformed record, or one with unknown (e.g. misspelt) keys, is an error naming the file, the record
+    and the expected keys."""
     facts, ids = [], set()
-    for n, fact in read_jsonl(resolve(path), "facts"):
-        if not isinstance(fact, dict) or any(k not in fact for k in REQUIRED):
-            raise ValueError(f"facts: {path}:{n}: expected an object with keys {list(REQUIRED)}")
+    for n, fact in _read_records(resolve(path), "facts"):
+        if not isinstance(fact, dict):
+            raise ValueError(f"facts: {path}:{n}: expected a JSON object, got {type(fact).__name__}")
+        if "known_id" in fact or "attribute" in fact:
+            unknown = sorted(set(fact) - set(KNOWN_1000_KEYS))
+            missing = [k for k in KNOWN_1000_KEYS if k not in fact and k != "prediction"]
+            if unknown or missing:
+                raise ValueError(f"facts: {path}:{n}: a known_1000 record with unknown keys {unknown} / missing keys "
+                                 f"{missing}; expected keys {list(KNOWN_1000_KEYS)}")
+            fact = _from_known_1000(fact)
+        else:
+            unknown = sorted(set(fact) - set(REQUIRED) - set(OPTIONAL))
+            missing = [k for k in REQUIRED if k not in fact]
+            if unknown or missing:
+                what = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+                raise ValueError(f"facts: {path}:{n}: {' and '.join(what)}; expected keys {list(REQUIRED)} "
+                                 f"(optional {list(OPTIONAL)}), or a known_1000.json record {list(KNOWN_1000_KEYS)}")
+        for k in ("subject", "prompt", "object"):
+            if not isinstance(fact[k], str) or not fact[k].strip():
+                raise ValueError(f"facts: {path}:{n}: {k!r} must be a non-empty string, got {fact[k]!r}")
+        if not isinstance(fact["id"], (int, str)) or isinstance(fact["id"], bool):
+            raise ValueError(f"facts: {path}:{n}: 'id' must be an int or a string, got {fact['id']!r}")
         if fact["id"] in ids:
             raise ValueError(f"facts: {path}:{n}: duplicate id {fact['id']!r}")
         ids.add(fact["id"])

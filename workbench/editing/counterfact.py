@@ -85,17 +85,108 @@ def build_requests(facts: list[dict], known: list[bool] | None = None, *, n: int
     return out
 
 
+REQUEST_KEYS = ("id", "prompt", "subject", "target_new", "target_true")
+REQUEST_OPTIONAL = ("relation", "paraphrase_prompts", "neighborhood", "neighborhood_prompts", "generation_prompts")
+# CounterFact's counterfact.json (Meng et al. 2022): a JSON list of these records.
+COUNTERFACT_KEYS = ("case_id", "pararel_idx", "requested_rewrite", "paraphrase_prompts", "neighborhood_prompts",
+                    "attribute_prompts", "generation_prompts")
+REWRITE_KEYS = ("prompt", "relation_id", "target_new", "target_true", "subject")
+
+
+def _spaced(target: str, prompt: str) -> str:
+    """ROME's convention: a target gets a leading space unless it has one (rome_main.py prepends " " to
+    target_new; the CounterFact evaluation tokenizes f" {target}"). A prompt ending in whitespace keeps it."""
+    return target if target.startswith(" ") or prompt[-1:].isspace() else " " + target
+
+
+def _target_str(t, where: str, key: str) -> str:
+    if isinstance(t, dict):  # CounterFact: {"str": "English", "id": "Q1860"}
+        t = t.get("str")
+    if not isinstance(t, str) or not t.strip():
+        raise EditError(f"requests: {where}: {key!r} must be a non-empty string (or CounterFact's {{\"str\": ...}}), got {t!r}")
+    return t
+
+
+def _strings(x, where: str, key: str) -> list[str]:
+    if not isinstance(x, list) or not all(isinstance(p, str) and p for p in x):
+        raise EditError(f"requests: {where}: {key!r} must be a list of non-empty strings, got {x!r}")
+    return x
+
+
+def _from_counterfact(r: dict, where: str) -> dict:
+    """A counterfact.json record as a request: the rewrite prompt's `{}` is the subject, targets get ROME's
+    leading space, and every neighbourhood prompt is scored on the true target (they share its object)."""
+    unknown = sorted(set(r) - set(COUNTERFACT_KEYS))
+    rw = r.get("requested_rewrite")
+    if unknown or not isinstance(rw, dict) or "case_id" not in r:
+        raise EditError(f"requests: {where}: a CounterFact record with unknown keys {unknown} (or no case_id / "
+                        f"requested_rewrite object); expected keys {list(COUNTERFACT_KEYS)}")
+    bad = sorted(set(rw) - set(REWRITE_KEYS)) + [k for k in ("prompt", "subject", "target_new", "target_true") if k not in rw]
+    if bad:
+        raise EditError(f"requests: {where}: requested_rewrite has unknown or missing keys {bad}; "
+                        f"expected keys {list(REWRITE_KEYS)}")
+    if not isinstance(rw["prompt"], str) or "{}" not in rw["prompt"]:
+        raise EditError(f"requests: {where}: requested_rewrite.prompt must contain '{{}}' for the subject, got {rw['prompt']!r}")
+    prompt = rw["prompt"].replace("{}", rw["subject"])
+    true = _spaced(_target_str(rw["target_true"], where, "target_true"), prompt)
+    return {"id": r["case_id"], "relation": rw.get("relation_id"), "subject": rw["subject"], "prompt": prompt,
+            "target_true": true, "target_new": _spaced(_target_str(rw["target_new"], where, "target_new"), prompt),
+            "paraphrase_prompts": _strings(r.get("paraphrase_prompts", []), where, "paraphrase_prompts"),
+            "neighborhood": [{"prompt": p, "target": true}
+                             for p in _strings(r.get("neighborhood_prompts", []), where, "neighborhood_prompts")],
+            "generation_prompts": _strings(r.get("generation_prompts", []), where, "generation_prompts")}
+
+
+def _from_flat(r: dict, where: str) -> dict:
+    """This project's request record (see `build_requests`); CounterFact's `neighborhood_prompts` (strings
+    scored on the true target) are accepted in place of `neighborhood`, targets get ROME's leading space."""
+    unknown = sorted(set(r) - set(REQUEST_KEYS) - set(REQUEST_OPTIONAL))
+    missing = [k for k in REQUEST_KEYS if k not in r]
+    if unknown or missing:
+        what = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+        raise EditError(f"requests: {where}: {' and '.join(what)}; expected keys {list(REQUEST_KEYS)} (optional "
+                        f"{list(REQUEST_OPTIONAL)}), or a CounterFact record {list(COUNTERFACT_KEYS)}")
+    if not isinstance(r["prompt"], str) or not isinstance(r["subject"], str) or not r["prompt"].strip():
+        raise EditError(f"requests: {where}: 'prompt' and 'subject' must be non-empty strings")
+    prompt = r["prompt"].replace("{}", r["subject"])
+    true = _spaced(_target_str(r["target_true"], where, "target_true"), prompt)
+    out = {**r, "prompt": prompt, "target_true": true,
+           "target_new": _spaced(_target_str(r["target_new"], where, "target_new"), prompt)}
+    neigh = list(r.get("neighborhood", []))
+    if not isinstance(r.get("neighborhood", []), list) or not all(
+            isinstance(g, dict) and set(g) == {"prompt", "target"} for g in neigh):
+        raise EditError(f"requests: {where}: 'neighborhood' must be a list of {{\"prompt\", \"target\"}} objects "
+                        "(or give CounterFact's 'neighborhood_prompts', a list of strings)")
+    neigh += [{"prompt": p, "target": true} for p in _strings(out.pop("neighborhood_prompts", []), where, "neighborhood_prompts")]
+    out["neighborhood"] = [{"prompt": g["prompt"], "target": _spaced(g["target"], g["prompt"])} for g in neigh]
+    for k in ("paraphrase_prompts", "generation_prompts"):
+        if k in out:
+            _strings(out[k], where, k)
+    return out
+
+
 def load_requests(path) -> list[dict]:
+    """Edit requests from this project's JSONL (see `build_requests`) or CounterFact's own `counterfact.json`
+    (a JSON list of records with `requested_rewrite`), told apart by their keys. Unknown or misspelt keys are
+    refused naming the expected ones; targets get ROME's leading space where they lack one."""
+    from ..data.facts import _read_records
+
     try:
-        rows = read_jsonl(resolve(path), "requests")
+        rows = _read_records(resolve(path), "requests")
     except ValueError as e:
         raise EditError(str(e)) from None
-    out = []
+    out, ids = [], set()
     for i, r in rows:
-        for k in ("id", "prompt", "subject", "target_new", "target_true"):
-            if k not in r:
-                raise EditError(f"requests: {path}:{i}: missing key {k!r}")
-        out.append(r)
+        where = f"{path}:{i}"
+        if not isinstance(r, dict):
+            raise EditError(f"requests: {where}: expected a JSON object, got {type(r).__name__}")
+        req = _from_counterfact(r, where) if ("requested_rewrite" in r or "case_id" in r) else _from_flat(r, where)
+        if not isinstance(req["id"], (int, str)) or isinstance(req["id"], bool) or not re.fullmatch(r"[\w.-]+", str(req["id"])):
+            raise EditError(f"requests: {where}: id must be an int or a plain name (letters, digits, _ . -), got {req['id']!r}")
+        if req["id"] in ids:
+            raise EditError(f"requests: {where}: duplicate id {req['id']!r}")
+        ids.add(req["id"])
+        out.append(req)
     if not out:
         raise EditError(f"requests: {path} holds no requests")
     return out
@@ -172,6 +263,41 @@ def summarize(results: list[dict], edited_prompts=()) -> dict:
     return out
 
 
+def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_tokens, value_prefixes, stats) -> None:
+    """Every argument of `run_counterfact` checked before anything is written (a refused run leaves no folder)."""
+    import math
+
+    from .requests import EditRequest, edit_layers
+    from .rome import HPARAMS
+
+    if isinstance(requests, (str, bytes, dict, Path)) or not isinstance(requests, (list, tuple)) or not requests:
+        raise EditError("requests: expected a non-empty list of request dicts (`load_requests(path)` reads a file), "
+                        f"got {type(requests).__name__}")
+    for i, r in enumerate(requests):
+        if not isinstance(r, dict) or any(k not in r for k in REQUEST_KEYS):
+            raise EditError(f"requests: request {i} must be a dict with keys {list(REQUEST_KEYS)} (see load_requests)")
+        try:
+            EditRequest(r["prompt"], r["subject"], r["target_new"]).check(model)
+        except EditError as e:
+            raise EditError(f"requests: request {r['id']!r}: {e}") from None
+    if layer is not None:
+        edit_layers(model, layer, "layer")
+    if layers is not None:
+        edit_layers(model, layers, "layers")
+    allowed = {"rome": HPARAMS, "memit": HPARAMS, "ft-l": ("steps", "lr", "eps"), "none": ()}[method]
+    unknown = sorted(set(hparams or {}) - set(allowed))
+    if unknown:
+        raise EditError(f"hparams: unknown {unknown} for method {method!r}; expected some of {list(allowed)}")
+    if method == "memit" and not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise EditError(f"lam: expected a finite weight > 0, got {lam!r}")
+    if not isinstance(gen_tokens, int) or isinstance(gen_tokens, bool) or gen_tokens < 0:
+        raise EditError(f"gen_tokens: expected an int >= 0, got {gen_tokens!r}")
+    if value_prefixes is not None and (not isinstance(value_prefixes, int) or value_prefixes < 0):
+        raise EditError(f"value_prefixes: expected an int >= 0 or None, got {value_prefixes!r}")
+    if stats is not None and not isinstance(stats, dict):
+        raise EditError(f"stats: expected a dict of key-statistics options, got {type(stats).__name__}")
+
+
 def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, layer: int | None = None,
                     layers=None, limit: int | None = None, chunk: int = 8, gen_tokens: int = 40,
                     stats: dict | None = None, hparams: dict | None = None, value_prefixes: int | None = None,
@@ -197,6 +323,8 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         if not isinstance(limit, int) or limit < 1:
             raise EditError(f"limit: expected an int >= 1, got {limit!r}")
         requests = requests[:limit]
+    check_run(model, requests, method, layer=layer, layers=layers, hparams=hparams, lam=lam, gen_tokens=gen_tokens,
+              value_prefixes=value_prefixes, stats=stats)
     out = Path(out)
     hparams = dict(hparams or {})
     if method in ("rome", "ft-l"):

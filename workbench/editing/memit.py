@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..core.arch import weight_out_in
-from .requests import EditError, EditRequest, edit_layers, subject_last
+from .requests import EditError, EditRequest, as_requests, edit_layers, subject_last
 from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
@@ -57,9 +57,7 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     """
     from .stats import second_moments
 
-    requests = [EditRequest.of(r) for r in requests]
-    if not requests:
-        raise EditError("requests: expected at least one request")
+    requests = as_requests(requests)
     for r in requests:
         r.check(model)
     layers = edit_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
@@ -71,10 +69,28 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
     v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
     Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
+    check_covariances(model, Cs, layers)
     Z, infos = memit_targets(model, requests, layers[-1], v_prefixes, progress=progress, **hparams)
     edit = memit_spread(model, requests, layers, Z, Cs, lam=lam, prefixes=prefixes)
     edit.meta.update({"hparams": hparams, "n_value_prefixes": len(v_prefixes), "value_opt": infos})
     return edit
+
+
+def check_covariances(model, Cs, layers: list[int]) -> None:
+    """Each edited layer's C must be a finite [d_mlp, d_mlp] tensor; checked before any optimisation runs."""
+    d = model.dims.d_mlp
+    if not isinstance(Cs, dict):
+        raise EditError(f"Cs: expected a dict {{layer: C [{d}, {d}]}}, got {type(Cs).__name__}")
+    missing = [l for l in layers if l not in Cs]
+    if missing:
+        raise EditError(f"Cs: no key statistics C for layers {missing}; expected one [{d}, {d}] tensor per layer of {layers}")
+    for l in layers:
+        C = Cs[l]
+        if not isinstance(C, torch.Tensor) or tuple(C.shape) != (d, d):
+            got = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
+            raise EditError(f"Cs: layer {l}: expected shape [{d}, {d}] (d_mlp x d_mlp, the keys' second moment), got {got}")
+        if not torch.isfinite(C).all():
+            raise EditError(f"Cs: layer {l}: holds NaN or inf")
 
 
 def memit_targets(model, requests: list[EditRequest], top: int, prefixes: list[str], *, progress: bool = False,
@@ -96,6 +112,7 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
         raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
     if Z.shape != (len(requests), model.dims.d_model):
         raise EditError(f"Z: expected shape [{len(requests)}, {model.dims.d_model}], got {list(Z.shape)}")
+    check_covariances(model, Cs, layers)
     fp, top = model.fingerprint, layers[-1]
     updates, handles = {}, []
     try:

@@ -9,6 +9,11 @@ from ..core.generation import pad_right
 from ..core.sites import check_layers
 
 
+# Keys a request dict may have: an edit's own, and those of a CounterFact-style request record.
+RECORD_KEYS = ("prompt", "subject", "target", "target_new", "target_true", "id", "relation", "paraphrase_prompts",
+               "neighborhood", "generation_prompts")
+
+
 class EditError(ValueError):
     """A request or an edit that cannot be made; the weights are untouched when it is raised."""
 
@@ -30,6 +35,10 @@ class EditRequest:
         if isinstance(r, EditRequest):
             return r
         if isinstance(r, dict):
+            unknown = sorted(set(r) - set(RECORD_KEYS))
+            if unknown:
+                raise EditError(f"request: unknown key(s) {unknown}; expected prompt, subject and target (or a request "
+                                f"record's keys {list(RECORD_KEYS)})")
             target = r.get("target", r.get("target_new"))
             missing = [k for k, v in (("prompt", r.get("prompt")), ("subject", r.get("subject")), ("target", target)) if v is None]
             if missing:
@@ -51,6 +60,18 @@ class EditRequest:
         if not ids:
             raise EditError(f"target: {self.target!r} tokenizes to no tokens")
         return ids
+
+
+def as_requests(requests) -> list[EditRequest]:
+    """One request (an EditRequest or a dict) or a non-empty list of them -> list of EditRequests."""
+    if isinstance(requests, (EditRequest, dict)):
+        requests = [requests]
+    if isinstance(requests, (str, bytes)) or not isinstance(requests, (list, tuple)):
+        raise EditError(f"requests: expected a request or a list of requests (EditRequest or dicts with prompt, "
+                        f"subject, target), got {type(requests).__name__}")
+    if not requests:
+        raise EditError("requests: expected at least one request")
+    return [EditRequest.of(r) for r in requests]
 
 
 def edit_layers(model, layers, arg: str = "layer") -> list[int]:

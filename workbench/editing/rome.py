@@ -23,7 +23,7 @@ from torch import Tensor
 from ..core.interventions import Add
 from ..core.default_model import MEASURED
 from ..core.generation import generate_ids, pad_right
-from .requests import EditError, EditRequest, already_predicted, edit_layers, subject_last
+from .requests import EditError, EditRequest, already_predicted, as_requests, edit_layers, subject_last
 from .weights import WeightEdit, frozen
 
 # Layer edited by default on the embedded SmolLM2-135M (30 layers), chosen from causal tracing; see the README.
@@ -169,9 +169,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     from ..core.arch import weight_out_in
     from .stats import second_moment
 
-    requests = [EditRequest.of(r) for r in requests]
-    if not requests:
-        raise EditError("requests: expected at least one request")
+    requests = as_requests(requests)
     targets = [r.check(model) for r in requests]
     layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
     unknown = set(hparams) - set(HPARAMS)

@@ -10,6 +10,7 @@ checked before they are applied, saved as safetensors deltas with JSON metadata.
 from __future__ import annotations
 
 import json
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,12 @@ class WeightEdit:
 
 
 class AppliedEdit:
-    """Handle of an applied edit: keeps the original weights and puts them back with `restore()`."""
+    """Handle of an applied edit: keeps the original weights and puts them back with `restore()`.
+
+    Handles of edits to the same layers nest: each keeps the weights it found, so they must be restored
+    last-applied first. Restoring an earlier one while a later one on a shared layer is still applied
+    raises `EditError` before anything changes (the weights would silently keep the later edit).
+    """
 
     def __init__(self, model, deltas: dict[int, Tensor]):
         self.model, self._saved = model, {}
@@ -153,13 +159,31 @@ class AppliedEdit:
         except BaseException:
             self.restore()
             raise
+        _applied(model).append(weakref.ref(self))
 
     def restore(self) -> None:
         """Copy the original weights back (bit-exact); calling it twice is harmless."""
+        stack = _applied(self.model)
+        stack[:] = [r for r in stack if r() is not None]  # handles dropped without restoring
+        handles = [r() for r in stack]
+        if self in handles:
+            i = handles.index(self)
+            shared = sorted({l for h in handles[i + 1:] for l in h._saved if l in self._saved})
+            if shared:
+                raise EditError(f"restore: an edit applied after this one still changes layers {shared}; restore "
+                                "handles in reverse order of applying them (last applied first); weights unchanged")
+            del stack[i]
         with torch.no_grad():
             for l, w0 in self._saved.items():
                 _down_weight(self.model, l).copy_(w0)
         self._saved = {}
+
+
+def _applied(model) -> list:
+    """Weak references to the model's applied, not yet restored edit handles, in the order they were applied."""
+    if not hasattr(model, "_applied_edits"):
+        model._applied_edits = []
+    return model._applied_edits
 
 
 @contextmanager

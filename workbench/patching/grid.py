@@ -5,6 +5,7 @@ Conventions (as in TransformerLens): "denoise" patches clean activations into th
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -49,13 +50,48 @@ def _as_list(x, n: int | None, arg: str) -> list[str]:
     return items
 
 
+def _warn_leading_space(model: Model, prompts: list[str], texts: list[str], arg: str) -> None:
+    """Warn when a token is given without its leading space where the spaced form is one token too: after a
+    prompt the next word is almost always the spaced token, so the unspaced one is scored by mistake."""
+    for p, t in zip(prompts, texts):
+        if t[:1].isspace() or p[-1:].isspace():
+            continue
+        if len(model.tokenizer(" " + t, add_special_tokens=False).input_ids) == 1:
+            warnings.warn(f"{arg}: {t!r} is scored as given, without a leading space; the word after a prompt is "
+                          f"usually the spaced token {' ' + t!r} (also a single token). Pass {' ' + t!r} if that is meant.",
+                          stacklevel=4)
+            return
+
+
+def check_degenerate(pairs: "Pairs", metric) -> None:
+    """Refuse pairs whose metric cannot say anything: answer == foil (the logit difference is 0 whatever is
+    patched) or a clean prompt identical to its corrupted one (every patch is a no-op)."""
+    if pairs.foil is not None and metric in ("logit_diff", "normalized"):
+        same = (pairs.answer == pairs.foil).nonzero()
+        if len(same):
+            i = int(same[0, 0])
+            raise ValueError(f"foil: pair {i}: answer and foil are the same token ({int(pairs.answer[i])}), so the "
+                             f"{metric!r} metric (answer - foil logit difference) is 0 whatever is patched; degenerate pair")
+    if pairs.clean.shape == pairs.corrupted.shape:
+        same = (pairs.clean == pairs.corrupted).all(1).nonzero()
+        if len(same):
+            i = int(same[0, 0])
+            raise ValueError(f"corrupted: pair {i}: the corrupted prompt is identical to the clean one, so every "
+                             "patch changes nothing (and metric='normalized' divides by 0); degenerate pair")
+
+
 def make_pairs(model: Model, clean, corrupted, answer, foil=None, align=None) -> Pairs:
     """Tokenize prompt pairs. Clean prompts must share one length, corrupted prompts another; where the
     two lengths differ, `align` ({clean position: corrupted position}) says which positions correspond."""
     clean_l = _as_list(clean, None, "clean")
     corr_l = _as_list(corrupted, len(clean_l), "corrupted")
-    answers = [model.to_single_token(a, "answer") for a in _as_list(answer, len(clean_l), "answer")]
-    foils = None if foil is None else [model.to_single_token(f, "foil") for f in _as_list(foil, len(clean_l), "foil")]
+    answer_l = _as_list(answer, len(clean_l), "answer")
+    foil_l = None if foil is None else _as_list(foil, len(clean_l), "foil")
+    answers = [model.to_single_token(a, "answer") for a in answer_l]
+    foils = None if foil is None else [model.to_single_token(f, "foil") for f in foil_l]
+    _warn_leading_space(model, clean_l, answer_l, "answer")
+    if foil_l is not None:
+        _warn_leading_space(model, clean_l, foil_l, "foil")
     toks_c = [model.to_tokens(t)[0] for t in clean_l]
     toks_x = [model.to_tokens(t)[0] for t in corr_l]
     for arg, toks in (("clean", toks_c), ("corrupted", toks_x)):
@@ -115,6 +151,11 @@ def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrup
                                             reduction="none").sum(-1)
     all_idx = torch.arange(pairs.n, device=clean_logits.device)
     clean_ld, corr_ld = logit_diff(clean_logits, all_idx), logit_diff(corrupted_logits, all_idx)
+    zero = ((clean_ld - corr_ld).abs() <= 1e-6 * clean_ld.abs().clamp_min(1.0)).nonzero()
+    if len(zero):
+        i = int(zero[0, 0])
+        raise ValueError(f"metric: 'normalized' divides by the clean minus the corrupted logit difference, which is 0 "
+                         f"for pair {i} (both runs give {clean_ld[i].item():.4g}); degenerate pair, use metric='logit_diff'")
     return lambda logits, idx: (logit_diff(logits, idx) - corr_ld[idx]) / (clean_ld[idx] - corr_ld[idx])
 
 
@@ -139,6 +180,11 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction: expected 'denoise' (clean into corrupted) or 'noise', got {direction!r}")
     pairs = make_pairs(model, clean, corrupted, answer, foil, align)
+    check_degenerate(pairs, metric)
+    if not callable(metric) and metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS} or a callable, got {metric!r}")
+    if metric in ("logit_diff", "normalized") and pairs.foil is None:
+        raise ValueError(f"foil: metric {metric!r} needs a foil token")
     sites = [Site(l, c) for c in comps for l in range(model.dims.n_layers)]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(pairs.clean, sites)

@@ -280,6 +280,14 @@ def build_steering_vector(model, positives=None, negatives=None, *, layers, meth
             u = probe[l].double() / probe[l].double().norm()
         u = u if (deltas @ u).mean() >= 0 else -u  # positive examples project positively
         vectors[l] = (mean @ u) * u
+    zero = [l for l, v in vectors.items() if not v.norm() > 0]
+    if zero and len(zero) == len(vectors):
+        raise ValueError(f"positives: the steering vector has norm 0 at every layer {zero}: the positive and negative "
+                         "texts give identical activations (identical texts?); a contrast pair must differ")
+    if zero:
+        warnings.warn(f"positives: the steering vector has norm 0 at layers {zero} (the pairs' activations are identical "
+                      "there, e.g. at layer 0 when the texts end in the same token read at); steering there does nothing",
+                      stacklevel=2)
     return SteeringVector({l: v.float() for l, v in vectors.items()}, component, {**meta, "n_pairs": len(positives)})
 
 
