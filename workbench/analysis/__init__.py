@@ -1,6 +1,7 @@
 """Analysis methods on top of the site and hook layer, one module per method: the logit lens (`lens`),
-direct logit attribution (`dla`)."""
+direct logit attribution (`dla`), path patching (`path_patching`)."""
 from .dla import decompose_resid, direct_logit_attribution, logit_attrs
+from .path_patching import path_patching
 from .lens import lens_logits, logit_lens
 
-__all__ = ["logit_lens", "lens_logits", "decompose_resid", "logit_attrs", "direct_logit_attribution"]
+__all__ = ["logit_lens", "lens_logits", "decompose_resid", "logit_attrs", "direct_logit_attribution", "path_patching"]
