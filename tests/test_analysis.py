@@ -198,3 +198,116 @@ def test_path_patching_bad_input(tiny3):
         path_patching(*args, senders=["head0"])
     with pytest.raises(ValueError, match="receiver_positions"):
         path_patching(*args, senders=["L0H1"], receivers=["L2H0"], receiver_positions=[99])
+
+
+# -- subspace interchange and DAS --------------------------------------------------------------------
+
+def planted_model(tokenizer, seed=1):
+    """A tiny llama whose last MLP hidden state carries a binary variable along d* = (e0 - e1)/sqrt(2).
+
+    The last token's embedding is +-4u (u a unit vector) plus a part orthogonal to u; attention writes
+    nothing and MLP 0 writes nothing, so MLP 1 reads that embedding. Its neuron 0 is silu(u.x) u.x, large
+    when the sign is +, neuron 1 the same for -u; every other neuron is 0. The down projection writes
+    (h0 - h1) w0 (columns 0 and 1 are w0 and -w0, the others orthogonal to w0), and the unembedding of the
+    tokens P and Q reads +-w0. So the output P-vs-Q is the variable, and it lives along d* only.
+    """
+    import copy
+
+    m = wb.tiny_model("llama", n_layers=2, seed=seed, tokenizer=copy.deepcopy(tokenizer))
+    assert not m.hf.config.tie_word_embeddings
+    d = m.dims.d_model
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(d, generator=g)
+    u /= u.norm()
+    plus, minus, P, Q = list(range(1000, 1008)), list(range(2000, 2008)), 3000, 3001
+    with torch.no_grad():
+        E = m.module("embed").weight
+        for t, sign in [(t, 1) for t in plus] + [(t, -1) for t in minus]:
+            E[t] += sign * 4.0 * u - (E[t] @ u) * u
+        mlp = m.module("mlp", 1)
+        mlp.gate_proj.weight.zero_()
+        mlp.up_proj.weight.zero_()
+        for row, sign in ((0, 1), (1, -1)):
+            mlp.gate_proj.weight[row] = sign * u
+            mlp.up_proj.weight[row] = sign * u
+        W = mlp.down_proj.weight  # [d_model, d_mlp]
+        W[:, 1] = -W[:, 0]
+        w0 = W[:, 0] / W[:, 0].norm()
+        W[:, 2:] -= w0[:, None] * (w0 @ W[:, 2:])[None]
+        for l in range(2):
+            m.module("attn_out_proj", l).weight.zero_()
+        m.module("mlp_down", 0).weight.zero_()
+        U = m.module("unembed").weight
+        U[P], U[Q] = 0.1 * w0, -0.1 * w0
+    true = torch.zeros(m.dims.d_mlp)
+    true[0], true[1] = 2 ** -0.5, -(2 ** -0.5)
+    return m, plus, minus, P, Q, true
+
+
+def planted_pairs(plus, minus, P, Q, n, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def prompts():
+        ctx = torch.randint(5000, 6000, (n, 4), generator=g)
+        var = torch.randint(0, 2, (n,), generator=g)
+        pick = torch.randint(0, 8, (n,), generator=g)
+        last = torch.where(var == 1, torch.tensor(plus)[pick], torch.tensor(minus)[pick])
+        return torch.cat([ctx, last[:, None]], 1), var
+
+    (base, base_var), (source, source_var) = prompts(), prompts()
+    return base, source, [P if v else Q for v in source_var.tolist()], base_var, source_var
+
+
+SITE = "blocks.1.mlp.hook_post"
+
+
+def test_das_recovers_planted_variable(tokenizer):
+    from workbench.analysis import das, interchange_accuracy
+    from workbench.analysis.das import prepare
+
+    torch.manual_seed(0)
+    model, plus, minus, P, Q, true = planted_model(tokenizer)
+    base, source, labels, base_var, source_var = planted_pairs(plus, minus, P, Q, 512, seed=0)
+    with torch.no_grad():
+        logits = model(base)[:, -1]
+    assert ((logits[:, P] > logits[:, Q]).long() == base_var).all()  # the model computes the variable
+    test = (base[256:], source[256:], labels[256:])
+    # the planted direction, fixed: the interchange is exact
+    assert interchange_accuracy(model, prepare(model, SITE, *test, [P, Q]), true[None]) == 1.0
+    res = das(model, SITE, base[:256], source[:256], labels[:256], [P, Q], steps=150, lr=1e-2, eval_data=test)
+    cos = (res.basis[0] @ true).abs().item()
+    print(f"DAS: cosine {cos:.3f}, interchange accuracy {res.accuracy:.3f}, control {res.control}")
+    assert cos >= 0.95 and res.accuracy >= 0.95
+    # the control: the learned direction's connected part carries the effect, its disconnected part none
+    agree = (base_var[256:] == source_var[256:]).float().mean().item()  # accuracy of patching nothing
+    assert res.control["connected_norm"] >= 0.95
+    assert res.control["accuracy_connected"] >= 0.95
+    assert res.control["accuracy_disconnected"] is None or abs(res.control["accuracy_disconnected"] - agree) < 0.05
+    assert_no_hooks(model)
+
+
+def test_rowspace_split_and_subspace_checks(tiny):
+    from workbench.analysis import SubspaceReplace, rowspace_split
+    from workbench.core.arch import weight_out_in
+
+    model = tiny("llama")
+    v = torch.randn(model.dims.d_mlp)
+    connected, disconnected = rowspace_split(model, "blocks.0.mlp.hook_post", v)
+    W = weight_out_in(model.module("mlp_down", 0)).detach()
+    assert torch.allclose(connected + disconnected, v, atol=1e-5)
+    assert (W @ disconnected).abs().max() < 1e-4  # the disconnected part writes nothing
+    assert torch.allclose(W @ connected, W @ v, atol=1e-4)
+    ids = model.to_tokens(IOI_CLEAN)
+    with pytest.raises(ValueError, match=r"basis: expected a float tensor of shape \[k, 64\]"):
+        model.run_with_interventions(ids, [SubspaceReplace("blocks.0.hook_resid_pre", basis=torch.eye(128)[:1],
+                                                           source=torch.zeros(64))])
+    with pytest.raises(ValueError, match="orthonormal"):
+        model.run_with_interventions(ids, [SubspaceReplace("blocks.0.hook_resid_pre", basis=2 * torch.eye(64)[:1],
+                                                           source=torch.zeros(64))])
+    with pytest.raises(ValueError, match="site: the row-space control"):
+        rowspace_split(model, "blocks.0.hook_resid_pre", torch.randn(64))
+    # an interchange along a full basis is a full patch; along nothing of the difference, no patch
+    _, cache = model.run_with_cache(model.to_tokens(IOI_CORRUPT), ["blocks.1.hook_resid_pre"])
+    src = cache["blocks.1.hook_resid_pre"]
+    full = model.run_with_interventions(ids, [SubspaceReplace("blocks.1.hook_resid_pre", basis=torch.eye(64), source=src)])
+    assert torch.allclose(full, model(model.to_tokens(IOI_CORRUPT)), atol=1e-4)
