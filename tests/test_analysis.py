@@ -263,23 +263,24 @@ SITE = "blocks.1.mlp.hook_post"
 
 def test_das_recovers_planted_variable(tokenizer):
     from workbench.analysis import das, interchange_accuracy
-    from workbench.analysis.das import prepare
+    from workbench.analysis.das import candidate_logits, prepare
 
     torch.manual_seed(0)
     model, plus, minus, P, Q, true = planted_model(tokenizer)
-    base, source, labels, base_var, source_var = planted_pairs(plus, minus, P, Q, 512, seed=0)
+    base, source, labels, base_var, source_var = planted_pairs(plus, minus, P, Q, 256, seed=0)
     with torch.no_grad():
-        logits = model(base)[:, -1]
-    assert ((logits[:, P] > logits[:, Q]).long() == base_var).all()  # the model computes the variable
-    test = (base[256:], source[256:], labels[256:])
+        logits = candidate_logits(model, base, torch.tensor([P, Q]))
+        assert torch.allclose(logits[:8], model(base[:8])[:, -1, [P, Q]], atol=1e-5)
+    assert ((logits[:, 0] > logits[:, 1]).long() == base_var).all()  # the model computes the variable
+    test = (base[128:], source[128:], labels[128:])
     # the planted direction, fixed: the interchange is exact
     assert interchange_accuracy(model, prepare(model, SITE, *test, [P, Q]), true[None]) == 1.0
-    res = das(model, SITE, base[:256], source[:256], labels[:256], [P, Q], steps=150, lr=1e-2, eval_data=test)
+    res = das(model, SITE, base[:128], source[:128], labels[:128], [P, Q], steps=100, lr=1e-2, eval_data=test)
     cos = (res.basis[0] @ true).abs().item()
     print(f"DAS: cosine {cos:.3f}, interchange accuracy {res.accuracy:.3f}, control {res.control}")
     assert cos >= 0.95 and res.accuracy >= 0.95
     # the control: the learned direction's connected part carries the effect, its disconnected part none
-    agree = (base_var[256:] == source_var[256:]).float().mean().item()  # accuracy of patching nothing
+    agree = (base_var[128:] == source_var[128:]).float().mean().item()  # accuracy of patching nothing
     assert res.control["connected_norm"] >= 0.95
     assert res.control["accuracy_connected"] >= 0.95
     assert res.control["accuracy_disconnected"] is None or abs(res.control["accuracy_disconnected"] - agree) < 0.05
@@ -311,3 +312,59 @@ def test_rowspace_split_and_subspace_checks(tiny):
     src = cache["blocks.1.hook_resid_pre"]
     full = model.run_with_interventions(ids, [SubspaceReplace("blocks.1.hook_resid_pre", basis=torch.eye(64), source=src)])
     assert torch.allclose(full, model(model.to_tokens(IOI_CORRUPT)), atol=1e-4)
+
+
+# -- cross-model patching ---------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls are fastest on one thread, and a shared machine thrashes with more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_cross_model_patching_matches_plain_loop(tiny, tokenizer, family):
+    import copy
+
+    from workbench.analysis import cross_model_patching
+
+    base = tiny(family)
+    tuned = wb.tiny_model(family, seed=7, tokenizer=copy.deepcopy(tokenizer))
+    prompts = [IOI_CLEAN, IOI_CORRUPT]
+    res = cross_model_patching(base, tuned, prompts, [" Mary", " John"], [" John", " Mary"],
+                               components=["resid_pre", "mlp_out"], per_pair=True)
+    ids = base.to_tokens(prompts)
+    a = torch.tensor([base.to_single_token(" Mary"), base.to_single_token(" John")])
+    f = torch.tensor([a[1], a[0]])
+    rows = torch.arange(2)
+    for comp, arr in res.items():
+        L, T = base.dims.n_layers, ids.shape[1]
+        assert arr.shape == (2, L, T)
+        _, src = tuned.run_with_cache(ids, [Site(l, comp) for l in range(L)])
+        for layer in range(L):
+            name = Site(layer, comp).name
+            for p in range(T):
+                logits = base.run_with_interventions(ids, [wb.Replace(name, positions=[p], value=src[name][:, p:p + 1])])
+                ld = logits[rows, -1, a] - logits[rows, -1, f]
+                assert torch.allclose(torch.tensor(arr.values[:, layer, p]), ld, atol=1e-4), (comp, layer, p)
+    with torch.no_grad():
+        lt, lb = tuned(ids)[:, -1], base(ids)[:, -1]
+    assert abs(res["resid_pre"].meta["source_metric"] - (lt[rows, a] - lt[rows, f]).mean().item()) < 1e-4
+    assert abs(res["resid_pre"].meta["target_metric"] - (lb[rows, a] - lb[rows, f]).mean().item()) < 1e-4
+    back = cross_model_patching(base, tuned, prompts, [" Mary", " John"], [" John", " Mary"], direction="base_into_tuned")
+    assert abs(back["resid_pre"].meta["target_metric"] - res["resid_pre"].meta["source_metric"]) < 1e-4
+
+
+def test_cross_model_patching_refuses_other_shapes(tiny, tokenizer):
+    import copy
+
+    from workbench.analysis import cross_model_patching
+
+    other = wb.tiny_model("llama", d_model=32, tokenizer=copy.deepcopy(tokenizer))
+    with pytest.raises(ValueError, match="tuned: models of different shapes.*d_model=64.*d_model=32"):
+        cross_model_patching(tiny("llama"), other, IOI_CLEAN, " Mary", " John")
+    with pytest.raises(ValueError, match="direction"):
+        cross_model_patching(tiny("llama"), tiny("llama"), IOI_CLEAN, " Mary", " John", direction="sideways")
