@@ -368,3 +368,43 @@ def test_cross_model_patching_refuses_other_shapes(tiny, tokenizer):
         cross_model_patching(tiny("llama"), other, IOI_CLEAN, " Mary", " John")
     with pytest.raises(ValueError, match="direction"):
         cross_model_patching(tiny("llama"), tiny("llama"), IOI_CLEAN, " Mary", " John", direction="sideways")
+
+
+# -- tuned lens -------------------------------------------------------------------------------------
+
+def _texts():
+    from pathlib import Path
+
+    lines = [l.strip() for l in (Path(wb.__file__).parent.parent / "README.md").read_text().splitlines()]
+    return [l for l in lines if len(l.split()) > 8][:120]
+
+
+def test_tuned_lens_trains_resumes_and_starts_as_logit_lens(tiny, tmp_path):
+    from workbench.analysis import TunedLens, lens_kl, load_tuned_lens, logit_lens, train_tuned_lens
+
+    model = tiny("llama")
+    texts = _texts()
+    train, test = texts[:90], texts[90:]
+    untrained = TunedLens(model.dims.d_model, model.dims.n_layers)
+    a = logit_lens(model, PROMPTS, [" Paris", " Mary"], tuned=untrained)
+    b = logit_lens(model, PROMPTS, [" Paris", " Mary"])
+    assert (a["prob"].values == b["prob"].values).all()  # zero translators: the logit lens
+    kw = dict(lr=1e-2, batch_size=4, max_len=16)
+    lens, losses = train_tuned_lens(model, train, steps=12, **kw)
+    before, after = lens_kl(model, test, None, 16), lens_kl(model, test, lens, 16)
+    print(f"held-out KL(model || lens) at layer 0: logit lens {before[0]:.4f}, tuned lens {after[0]:.4f}")
+    assert after[0] < 0.9 * before[0] and abs(after[-1]) < 1e-5 and abs(before[-1]) < 1e-5
+    # stopped after 4 steps and resumed to 8 = one run of 8 steps
+    path = tmp_path / "lens.safetensors"
+    one, _ = train_tuned_lens(model, train, steps=8, **kw)
+    train_tuned_lens(model, train, steps=4, path=path, save_every=2, **kw)
+    two, resumed = train_tuned_lens(model, train, steps=8, path=path, save_every=2, **kw)
+    assert len(resumed) == 4 and torch.allclose(one.A, two.A, atol=1e-6) and torch.allclose(one.b, two.b, atol=1e-6)
+    loaded, meta, _ = load_tuned_lens(path, model)
+    assert meta["step"] == "8" and torch.equal(loaded.A, two.A.detach())
+    with pytest.raises(ValueError, match="path: .* was trained with"):
+        train_tuned_lens(model, train, steps=9, path=path, lr=1e-3, batch_size=4, max_len=16)
+    with pytest.raises(ValueError, match="path: .* was trained on model"):
+        load_tuned_lens(path, tiny("gpt2"))
+    with pytest.raises(ValueError, match="steps"):
+        train_tuned_lens(model, train, steps=0)

@@ -21,11 +21,12 @@ def lens_logits(model, resid: Tensor) -> Tensor:
     return model.module("unembed")(model.module("final_norm")(resid))
 
 
-def logit_lens(model, prompts, answer, *, layers=None) -> dict[str, LabelledArray]:
+def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, LabelledArray]:
     """Per prompt and layer, the answer's probability and rank (0 = top token) under the logit lens.
 
     prompts: a string or a list (right-padded; each read at its last real token); answer: a single token,
-    shared or one per prompt; layers: which layers' resid_post (default all).
+    shared or one per prompt; layers: which layers' resid_post (default all); tuned: a `TunedLens` to read
+    through its translators instead (the tuned lens).
     Returns {"prob": LabelledArray(prompt, layer), "rank": ..., "logit": ...}; `meta["top"]` holds the lens's
     top token per (prompt, layer) and `meta["model_prob"]` the model's own probability of the answer.
     """
@@ -40,6 +41,8 @@ def logit_lens(model, prompts, answer, *, layers=None) -> dict[str, LabelledArra
         logits, cache = model.run_with_cache(ids, [Site(l, "resid_post") for l in layers], attention_mask=mask)
         # [layer, prompt, d_model] at each prompt's last real token
         resid = torch.stack([cache[Site(l, "resid_post").name][rows, last] for l in layers])
+        if tuned is not None:
+            resid = torch.stack([tuned.translate(r, l) for r, l in zip(resid, layers)])
         lens = lens_logits(model, resid).float()  # [layer, prompt, d_vocab]
     answer_logit = lens.gather(-1, ans[None, :, None].expand(len(layers), -1, 1))[..., 0]
     prob = lens.softmax(-1).gather(-1, ans[None, :, None].expand(len(layers), -1, 1))[..., 0]
@@ -51,5 +54,5 @@ def logit_lens(model, prompts, answer, *, layers=None) -> dict[str, LabelledArra
             "model_prob": logits[rows, last].float().softmax(-1)[rows, ans].tolist()}
     out = {}
     for key, val in (("prob", prob), ("rank", rank), ("logit", answer_logit)):
-        out[key] = LabelledArray(val.T.cpu().numpy(), ("prompt", "layer"), coords, name=f"logit lens: answer {key}", meta=meta)
+        out[key] = LabelledArray(val.T.cpu().numpy(), ("prompt", "layer"), coords, name=f"{'tuned' if tuned is not None else 'logit'} lens: answer {key}", meta=meta)
     return out
