@@ -183,6 +183,72 @@ def test_path_patching_matches_three_forward_reference(tiny3, family):
     assert_no_hooks(model)
 
 
+def test_path_patching_receivers_in_two_layers(tiny3):
+    """Receivers at layers 1 and 2: the layer-2 heads that are not receivers keep the values they have in a
+    run with only the layer-1 patches (a raw-hook reference of four forwards)."""
+    from workbench.analysis import path_patching
+
+    model = tiny3("llama")
+    L, H, dh = 3, model.dims.n_heads, model.dims.d_head
+    clean_ids, corr_ids = model.to_tokens(IOI_CLEAN), model.to_tokens(IOI_CORRUPT)
+    a, f = model.to_single_token(" John"), model.to_single_token(" Mary")
+    res = path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=["L0H2", "mlp0"],
+                        receivers=["L1H0", "L2H1", "L2H3"])
+
+    def run(ids, pre=()):
+        saved = {}
+        handles = [model.module(role, l).register_forward_pre_hook(_first_arg_hook(fn), with_kwargs=True)
+                   for role, l, fn in pre]
+        try:
+            with torch.no_grad():
+                logits = model.hf(input_ids=ids, use_cache=False).logits[0, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        return logits[a] - logits[f]
+
+    def keep(store, key):
+        return lambda x: store.setdefault(key, x.clone())
+
+    clean_z, corr_z, clean_mlp, corr_mlp = {}, {}, {}, {}
+    for ids, zs, ms in ((clean_ids, clean_z, clean_mlp), (corr_ids, corr_z, corr_mlp)):
+        hs = [model.module("mlp", l).register_forward_hook(lambda m, a_, o, l=l, ms=ms: ms.setdefault(l, o.clone()))
+              for l in range(L)]
+        run(ids, [("attn_out_proj", l, keep(zs, l)) for l in range(L)])
+        for h in hs:
+            h.remove()
+    for sender, mlp_sender in ((2, False), (None, True)):
+        def frozen_z(l, sender=sender):
+            def fn(x):
+                new = clean_z[l].clone()
+                if l == 0 and sender is not None:
+                    new[..., sender * dh:(sender + 1) * dh] = corr_z[0][..., sender * dh:(sender + 1) * dh]
+                return new
+            return fn
+        hs = [model.module("mlp", l).register_forward_hook(
+            lambda m, a_, o, l=l, ms=mlp_sender: (corr_mlp if ms and l == 0 else clean_mlp)[l].clone()) for l in range(L)]
+        rec = {}
+        run(clean_ids, [("attn_out_proj", l, frozen_z(l)) for l in range(L)] + [("attn", l, keep(rec, l)) for l in (1, 2)])
+        for h in hs:
+            h.remove()
+
+        def others(l, heads, source):
+            def fn(x):
+                x = x.clone()
+                for h in range(H):
+                    if h not in heads:
+                        x[..., h * dh:(h + 1) * dh] = source[..., h * dh:(h + 1) * dh]
+                return x
+            return fn
+        layer1 = [("attn", 1, lambda x: rec[1].clone()), ("attn_out_proj", 1, others(1, [0], clean_z[1]))]
+        z2 = {}
+        run(clean_ids, layer1 + [("attn_out_proj", 2, keep(z2, 2))])  # layer 2's own values with layer 1 patched
+        final = run(clean_ids, layer1 + [("attn", 2, lambda x: rec[2].clone()), ("attn_out_proj", 2, others(2, [1, 3], z2[2]))])
+        got = res.values[0 if sender is not None else 1]
+        assert abs(got - final.item()) < 1e-4, (sender, got, final.item())
+    assert_no_hooks(model)
+
+
 def test_path_patching_bad_input(tiny3):
     from workbench.analysis import path_patching
 
