@@ -78,3 +78,29 @@ def test_das_and_cross_patch(tmp_path, capsys):
                  "--answer", " Mary", "--foil", " John", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "models of different shapes" in err and "llama" in err and "gpt2" in err
+
+
+def test_tuned_lens_verb_resumes(tmp_path, capsys):
+    from pathlib import Path
+
+    import workbench
+
+    lines = [l.strip() for l in (Path(workbench.__file__).parent.parent / "README.md").read_text().splitlines()]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join([l for l in lines if len(l.split()) > 8][:40]))
+    out = tmp_path / "tl"
+    args = ["tuned-lens", "--model", "tiny-llama", "--texts", str(texts), "--batch-size", "2", "--max-len", "16",
+            "--save-every", "2", "--out", str(out)]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "4"]) == 0  # resumes from step 2
+    res = json.loads((out / "result.json").read_text())
+    assert len(res["losses_this_run"]) == 2 and len(res["kl_tuned_lens"]) == 2
+    lens_out = tmp_path / "lens"
+    assert main(["lens", "--model", "tiny-llama", "--prompt", IOI_CLEAN, "--answer", " Mary",
+                 "--tuned", str(out / "tuned_lens.safetensors"), "--out", str(lens_out)]) == 0
+    capsys.readouterr()
+    assert main(["lens", "--model", "tiny-gpt2", "--prompt", IOI_CLEAN, "--answer", " Mary",
+                 "--tuned", str(out / "tuned_lens.safetensors"), "--out", str(lens_out)]) == 2
+    assert "was trained on model" in capsys.readouterr().err
+    assert main(["tuned-lens", "--model", "tiny-llama", "--texts", str(tmp_path / "none.txt"), "--out", str(out)]) == 2
+    assert "texts: no such file" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Analysis verbs: lens (logit lens), dla (direct logit attribution), path-patch (path patching),
+"""Analysis verbs: lens (logit or tuned lens), tuned-lens (train one), dla (direct logit attribution), path-patch (path patching),
 das (distributed alignment search), cross-patch (cross-model activation patching)."""
 from __future__ import annotations
 
@@ -22,13 +22,45 @@ def _cmd_lens(args) -> int:
     from ..core.loading import load_model
 
     model = load_model(args.model)
-    res = logit_lens(model, args.prompt, args.answer if len(args.answer) > 1 else args.answer[0])
+    tuned = None
+    if args.tuned is not None:
+        from ..analysis import load_tuned_lens
+
+        tuned = load_tuned_lens(args.tuned, model)[0]
+    res = logit_lens(model, args.prompt, args.answer if len(args.answer) > 1 else args.answer[0], tuned=tuned)
     result = {"model": model.name, "prompts": args.prompt, "answer": res["prob"].meta["answer"],
               "layers": res["prob"].coords["layer"], **{k: v.values.tolist() for k, v in res.items()},
               "top": res["prob"].meta["top"], "model_prob": res["prob"].meta["model_prob"]}
     for i, p in enumerate(args.prompt):
         print(f"{p!r}: rank by layer {res['rank'].values[i].tolist()}")
     _write(Path(args.out), result, {"lens_prob": res["prob"]})
+    return 0
+
+
+def _cmd_tuned_lens(args) -> int:
+    from ..analysis import lens_kl, train_tuned_lens
+    from ..core.io import atomic_write_text
+    from ..core.loading import load_model
+
+    path = Path(args.texts)
+    if not path.is_file():
+        raise ValueError(f"texts: no such file {path}")
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
+    held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
+    model = load_model(args.model)
+    out = Path(args.out)
+    lens, losses = train_tuned_lens(model, texts[:-held_out], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                    max_len=args.max_len, seed=args.seed, path=out / "tuned_lens.safetensors",
+                                    save_every=args.save_every)
+    result = {"model": model.name, "steps": args.steps, "losses_this_run": losses, "held_out_texts": held_out,
+              "kl_logit_lens": lens_kl(model, texts[-held_out:], None, args.max_len),
+              "kl_tuned_lens": lens_kl(model, texts[-held_out:], lens, args.max_len)}
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print("held-out KL(model || lens) by layer, logit lens: " + " ".join(f"{x:.3f}" for x in result["kl_logit_lens"]))
+    print("                                     tuned lens: " + " ".join(f"{x:.3f}" for x in result["kl_tuned_lens"]))
+    print(f"wrote {out / 'result.json'}, {out / 'tuned_lens.safetensors'} (run again with more --steps to continue)")
     return 0
 
 
@@ -122,8 +154,21 @@ def register(sub) -> None:
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
+    s.add_argument("--tuned", help="a tuned_lens.safetensors from `workbench tuned-lens` (default: the logit lens)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_lens)
+
+    s = sub.add_parser("tuned-lens", help="train (or resume) a tuned lens; reports held-out KL by layer")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--texts", required=True, help="a text file, one training text per line (the last tenth held out)")
+    s.add_argument("--steps", type=int, default=100, help="total steps; a rerun with more steps resumes")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-len", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=50)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_tuned_lens)
 
     s = sub.add_parser("dla", help="direct logit attribution per head and MLP (final norm's scale frozen)")
     s.add_argument("--model", default="smollm2-135m")
