@@ -474,3 +474,24 @@ def test_tuned_lens_trains_resumes_and_starts_as_logit_lens(tiny, tmp_path):
         load_tuned_lens(path, tiny("gpt2"))
     with pytest.raises(ValueError, match="steps"):
         train_tuned_lens(model, train, steps=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_attn_in_site_patches_on_both_engine_paths(tiny, family):
+    """The new site `blocks.{l}.attn.hook_in` (attention input, the ln1 output) is a grid component like the others."""
+    model = tiny(family)
+    grids = [wb.activation_patching(model, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="attn_in",
+                                    path=p)["attn_in"] for p in ("suffix", "full")]
+    assert abs(grids[0].values - grids[1].values).max() < 1e-4
+    _, cache = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.1.attn.hook_in"])
+    last = cache["blocks.1.attn.hook_in"].shape[1] - 1  # the prompts differ before it, so the patch matters
+    value = cache["blocks.1.attn.hook_in"][:, last:]
+    logits = model.run_with_interventions(model.to_tokens(IOI_CORRUPT), [wb.Replace("blocks.1.attn.hook_in", positions=[last],
+                                                                                     value=value)])[0, -1]
+    ld = (logits[model.to_single_token(" Mary")] - logits[model.to_single_token(" John")]).item()
+    assert abs(grids[0].values[1, last] - ld) < 1e-4 and abs(ld - grids[0].meta["corrupted_metric"]) > 1e-3
+    with torch.no_grad():
+        resid = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.0.hook_resid_pre"])[1]["blocks.0.hook_resid_pre"]
+        ln1 = model.module("ln1", 0)(resid)
+    _, c0 = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.0.attn.hook_in"])
+    assert torch.allclose(c0["blocks.0.attn.hook_in"], ln1, atol=1e-6)  # it is the ln1 output
