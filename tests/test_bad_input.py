@@ -368,6 +368,17 @@ API = [
     R("caft-compare-seeds", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, seeds=3), V, "seeds"),
     R("caft-compare-fill", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, fill="median"), V, "fill"),
     R("caft-ablations-component", lambda c: caft.ablations({0: torch.eye(64)[:1]}, component="z"), V, "component"),
+    # analysis (issue 16)
+    R("analysis-logit_lens-layer", lambda c: wb.logit_lens(c.m, "Hi there", " Paris", layers=[7]), V, "layer"),
+    R("analysis-logit_lens-answer-multi", lambda c: wb.logit_lens(c.m, "Hi there", " Paris and Rome"), V, "answer"),
+    R("analysis-direct_logit_attribution-answer", lambda c: wb.direct_logit_attribution(c.m, "Hi there", " Paris and"), V, "answer"),
+    R("analysis-path_patching-sender", lambda c: wb.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H9"]), V, "senders"),
+    R("analysis-path_patching-receiver-before", lambda c: wb.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H1"],
+                                                                           receivers=["L0H0"]), V, "receivers"),
+    R("analysis-das-k", lambda c: wb.das(c.m, "blocks.1.hook_resid_pre", ["Hi there"], ["Hi you"], [" yes"], [" yes", " no"],
+                                         k=65), V, "k"),
+    R("analysis-cross_model_patching-shapes", lambda c: wb.cross_model_patching(c.m, wb.tiny_model("llama", d_model=32), CLEAN,
+                                                                                 " Mary", " John"), V, "shapes"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -487,6 +498,18 @@ CLI = [
     R("demo-out-is-file", ["demo", "--model", BAD, "--out", "{d}/demo"], V, "existing file", setup=existing("demo")),
     R("bench-unknown", ["bench", "nosuchbench"], V, "name", "no benchmark"),
     R("info-model", ["info", "--model", BAD], V, "family"),
+    # analysis verbs (issue 16)
+    R("lens-answer", ["lens", "--model", "tiny-llama", "--prompt", CLEAN, "--answer", " Mary is", "--out", "{d}/l"], V, "answer"),
+    R("tuned-lens-texts", ["tuned-lens", "--model", "tiny-llama", "--texts", "{inp}/prompts.txt", "--out", "{d}/tl"],
+      V, "texts", "at least 2"),
+    R("dla-answers", ["dla", "--model", "tiny-llama", "--prompt", CLEAN, "--answer", " Mary", "--answer", " John", "--answer", " Bob",
+                      "--out", "{d}/o"], V, "answer"),
+    R("path-patch-receivers", ["path-patch", "--model", "tiny-llama", "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", " John",
+                               "--foil", " Mary", "--senders", "L1H1", "--receivers", "L0H0", "--out", "{d}/o"], V, "receivers"),
+    R("das-data-missing", ["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", "{inp}/nope.jsonl",
+                           "--candidates", " yes, no", "--out", "{d}/o"], V, "data"),
+    R("cross-patch-shapes", ["cross-patch", "--model", "tiny-llama", "--tuned", "tiny-gpt2", "--prompt", CLEAN, "--answer", " Mary",
+                             "--foil", " John", "--out", "{d}/o"], V, "shape"),
 ]
 
 ROWS = API + CLI

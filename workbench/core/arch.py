@@ -173,3 +173,16 @@ def weight_out_in(module: nn.Module):
     In-place updates of the view (under `torch.no_grad()`) write to the parameter itself.
     """
     return module.weight if isinstance(module, nn.Linear) else module.weight.T
+
+
+def norm_kind(norm: nn.Module) -> tuple[str, float]:
+    """('layernorm' or 'rmsnorm', eps) of a norm module: LayerNorm centres then divides by
+    sqrt(var + eps); RMSNorm (Llama, Qwen, Mistral) divides by sqrt(mean(x^2) + eps); both then scale by
+    `weight` (and LayerNorm adds `bias`). Direct logit attribution freezes that scale."""
+    if isinstance(norm, nn.LayerNorm):
+        return "layernorm", float(norm.eps)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if eps is None or not hasattr(norm, "weight"):
+        raise ValueError(f"model: unknown norm module {type(norm).__name__}; expected nn.LayerNorm or an RMSNorm "
+                         "with `weight` and `variance_epsilon`")
+    return "rmsnorm", float(eps)

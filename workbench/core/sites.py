@@ -6,6 +6,7 @@
     blocks.{l}.hook_mlp_out      [batch, pos, d_model]   MLP output
     blocks.{l}.attn.hook_z       [batch, pos, n_heads, d_head]   per-head input of the out projection
     blocks.{l}.mlp.hook_post     [batch, pos, d_mlp]     MLP hidden state feeding the down projection
+    blocks.{l}.attn.hook_in      [batch, pos, d_model]   attention input (after ln1), read by q, k and v
 
 Short component names (`resid_pre`, `attn_out`, `z`, ...) are accepted wherever a layer is
 given separately. All parsing and range checking of site names happens here.
@@ -24,6 +25,7 @@ COMPONENTS: dict[str, tuple[str, str, str, str]] = {
     "mlp_out": ("hook_mlp_out", "mlp", "output", "d_model"),
     "z": ("attn.hook_z", "attn_out_proj", "input", "heads"),
     "mlp_post": ("mlp.hook_post", "mlp_down", "input", "d_mlp"),
+    "attn_in": ("attn.hook_in", "attn", "input", "d_model"),  # the attention's input (ln1 output), read by q, k, v (TL bridge name)
 }
 _BY_SUFFIX = {v[0]: comp for comp, v in COMPONENTS.items()}
 RESIDUAL_WIDTH = tuple(c for c, v in COMPONENTS.items() if v[3] == "d_model")  # components that live in the residual stream

@@ -1,0 +1,20 @@
+"""What the analysis methods share: prompt lists, answer tokens, the last real position of each prompt."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def as_prompts(prompts, arg: str = "prompts") -> list[str]:
+    items = [prompts] if isinstance(prompts, str) else list(prompts) if isinstance(prompts, (list, tuple)) else None
+    if not items or not all(isinstance(t, str) and t for t in items):
+        raise ValueError(f"{arg}: expected a non-empty string or a non-empty list of non-empty strings, got {prompts!r}")
+    return items
+
+
+def answer_ids(model, answer, n: int, arg: str = "answer") -> Tensor:
+    """One single-token answer (shared) or one per prompt -> ids [n]."""
+    items = [answer] * n if isinstance(answer, str) else list(answer) if isinstance(answer, (list, tuple)) else None
+    if items is None or len(items) != n:
+        raise ValueError(f"{arg}: expected a single-token string or a list of {n} of them, got {answer!r}")
+    return torch.tensor([model.to_single_token(a, arg) for a in items], device=model.device)

@@ -1,0 +1,157 @@
+"""The tuned lens (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens").
+
+Each layer l < L-1 gets an affine translator, initialised to the identity, and the lens reads
+
+    TL_l(h_l) = W_U · final_norm(h_l + A_l h_l + b_l)                        (Belrose et al. eq. 3)
+
+trained to match the model's own output distribution (the distillation loss, eq. 4):
+
+    min_{A_l, b_l}  E_tokens [ KL( softmax(logits) || softmax(TL_l(h_l)) ) ]
+
+The `tuned-lens` package (0.2.0, 2023) is not used: it is not installed here, it pins the transformers
+and torch of its day, and it wraps the HF model itself instead of reading our cached sites. This is the
+smallest loop that does the job: Adam, batches drawn from (seed, step) so a resumed run is the same run,
+translators and optimizer state saved as safetensors (never a pickle) every `save_every` steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core.io import save_safetensors
+from ..core.sites import Site
+from ._common import as_prompts
+from .lens import lens_logits
+
+
+class TunedLens(nn.Module):
+    """Affine translators for layers 0..n_layers-2 (the last layer's lens is the model's output)."""
+
+    def __init__(self, d_model: int, n_layers: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(n_layers - 1, d_model, d_model))  # A_l, zero: starts as the logit lens
+        self.b = nn.Parameter(torch.zeros(n_layers - 1, d_model))
+
+    def translate(self, resid: Tensor, layer: int) -> Tensor:
+        """[..., d_model] residual of `layer` -> h + A_l h + b_l (the identity for the last layer)."""
+        if layer == self.A.shape[0]:
+            return resid
+        return resid + resid @ self.A[layer].T + self.b[layer]
+
+    def logits(self, model, resid: Tensor, layer: int) -> Tensor:
+        return lens_logits(model, self.translate(resid, layer))
+
+
+def _meta(model, config: dict, step: int) -> dict[str, str]:
+    return {"model": model.name, "fingerprint": model.fingerprint, "config": json.dumps(config, sort_keys=True),
+            "step": str(step)}
+
+
+def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
+    """(lens, metadata, tensors) from a file written by `train_tuned_lens`; refuses another model's file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no such file {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("fingerprint") != model.fingerprint:
+        raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
+                         f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
+    tensors = load_file(str(path))
+    lens = TunedLens(model.dims.d_model, model.dims.n_layers).to(model.device)
+    with torch.no_grad():
+        lens.A.copy_(tensors["A"])
+        lens.b.copy_(tensors["b"])
+    return lens, meta, tensors
+
+
+def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 8, max_len: int = 64,
+                     seed: int = 0, path=None, save_every: int = 50) -> tuple[TunedLens, list[float]]:
+    """Train the translators on `texts` for `steps` Adam steps in total; returns (lens, loss per step run here).
+
+    With `path`, the state is saved there every `save_every` steps and at the end, and a run finding a file
+    with the same model and settings resumes from its step (the batches depend only on seed and step, so
+    stopping and resuming gives the same translators as one run). Loss: mean over layers of eq. 4.
+    """
+    texts = as_prompts(texts, "texts")
+    for name, val in (("steps", steps), ("batch_size", batch_size), ("max_len", max_len), ("save_every", save_every)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+    config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts)}
+    L = model.dims.n_layers
+    lens = TunedLens(model.dims.d_model, L).to(model.device)
+    opt = torch.optim.Adam(lens.parameters(), lr=lr)
+    start = 0
+    if path is not None and Path(path).is_file():
+        lens, meta, tensors = load_tuned_lens(path, model)
+        if json.loads(meta["config"]) != config:
+            raise ValueError(f"path: {path} was trained with {meta['config']}, not {json.dumps(config, sort_keys=True)}; "
+                             "use another path or the same settings")
+        opt = torch.optim.Adam(lens.parameters(), lr=lr)
+        start = int(meta["step"])
+        if start > 0:
+            state = {"state": {i: {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"],
+                                   "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"]} for i in range(2)},
+                     "param_groups": opt.state_dict()["param_groups"]}
+            opt.load_state_dict(state)
+
+    def save(step):
+        tensors = {"A": lens.A, "b": lens.b}
+        for i, p in enumerate(lens.parameters()):
+            st = opt.state.get(p)
+            if st:
+                tensors.update({f"opt.{i}.step": st["step"].reshape(1) if st["step"].ndim == 0 else st["step"],
+                                f"opt.{i}.exp_avg": st["exp_avg"], f"opt.{i}.exp_avg_sq": st["exp_avg_sq"]})
+        save_safetensors(path, tensors, _meta(model, config, step))
+
+    sites = [Site(l, "resid_post") for l in range(L - 1)]
+    losses = []
+    for step in range(start, steps):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the batch depends only on (seed, step)
+        rows = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
+        ids, mask = model.encode([texts[i] for i in rows])
+        ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(ids, sites, attention_mask=mask)
+            target = logits.float().log_softmax(-1)
+        keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
+        total = 0.0
+        for l in range(L - 1):
+            # eq. 4: KL(model || lens) per token, averaged over real tokens and over layers
+            lp = lens.logits(model, cache[sites[l].name], l).float().log_softmax(-1)
+            kl = F.kl_div(lp, target, log_target=True, reduction="none").sum(-1)
+            loss = kl[keep].mean() / (L - 1)
+            loss.backward()  # one layer's graph at a time keeps [batch, pos, d_vocab] memory to one layer
+            total += loss.item()
+        opt.step()
+        opt.zero_grad()
+        losses.append(total)
+        if path is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+            save(step + 1)
+    return lens, losses
+
+
+def lens_kl(model, texts, lens: TunedLens | None = None, max_len: int = 64) -> list[float]:
+    """Per layer, mean KL(model || lens) over the tokens of `texts` (the logit lens when `lens` is None)."""
+    texts = as_prompts(texts, "texts")
+    L = model.dims.n_layers
+    ids, mask = model.encode(texts)
+    ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]
+    keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids, [Site(l, "resid_post") for l in range(L)], attention_mask=mask)
+        target = logits.float().log_softmax(-1)
+        out = []
+        for l in range(L):
+            h = cache[Site(l, "resid_post").name]
+            lp = (lens.logits(model, h, l) if lens is not None else lens_logits(model, h)).float().log_softmax(-1)
+            out.append(F.kl_div(lp, target, log_target=True, reduction="none").sum(-1)[keep].mean().item())
+    return out

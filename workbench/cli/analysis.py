@@ -1,0 +1,220 @@
+"""Analysis verbs: lens (logit or tuned lens), tuned-lens (train one), dla (direct logit attribution), path-patch (path patching),
+das (distributed alignment search), cross-patch (cross-model activation patching)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import parse_list
+
+
+def _write(out: Path, result: dict, arrays: dict) -> None:
+    from ..core.io import atomic_write_text
+
+    for name, arr in arrays.items():
+        arr.plot(out / f"{name}.png", title=arr.name)
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print(f"wrote {out / 'result.json'}" + "".join(f", {n}.png" for n in arrays))
+
+
+def _cmd_lens(args) -> int:
+    from ..analysis import logit_lens
+    from ..core.loading import load_model
+
+    model = load_model(args.model)
+    tuned = None
+    if args.tuned is not None:
+        from ..analysis import load_tuned_lens
+
+        tuned = load_tuned_lens(args.tuned, model)[0]
+    res = logit_lens(model, args.prompt, args.answer if len(args.answer) > 1 else args.answer[0], tuned=tuned)
+    result = {"model": model.name, "prompts": args.prompt, "answer": res["prob"].meta["answer"],
+              "layers": res["prob"].coords["layer"], **{k: v.values.tolist() for k, v in res.items()},
+              "top": res["prob"].meta["top"], "model_prob": res["prob"].meta["model_prob"]}
+    for i, p in enumerate(args.prompt):
+        print(f"{p!r}: rank by layer {res['rank'].values[i].tolist()}")
+    _write(Path(args.out), result, {"lens_prob": res["prob"]})
+    return 0
+
+
+def _cmd_tuned_lens(args) -> int:
+    from ..analysis import lens_kl, train_tuned_lens
+    from ..core.io import atomic_write_text
+    from ..core.loading import load_model
+
+    path = Path(args.texts)
+    if not path.is_file():
+        raise ValueError(f"texts: no such file {path}")
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
+    held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
+    model = load_model(args.model)
+    out = Path(args.out)
+    lens, losses = train_tuned_lens(model, texts[:-held_out], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                    max_len=args.max_len, seed=args.seed, path=out / "tuned_lens.safetensors",
+                                    save_every=args.save_every)
+    result = {"model": model.name, "steps": args.steps, "losses_this_run": losses, "held_out_texts": held_out,
+              "kl_logit_lens": lens_kl(model, texts[-held_out:], None, args.max_len),
+              "kl_tuned_lens": lens_kl(model, texts[-held_out:], lens, args.max_len)}
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print("held-out KL(model || lens) by layer, logit lens: " + " ".join(f"{x:.3f}" for x in result["kl_logit_lens"]))
+    print("                                     tuned lens: " + " ".join(f"{x:.3f}" for x in result["kl_tuned_lens"]))
+    print(f"wrote {out / 'result.json'}, {out / 'tuned_lens.safetensors'} (run again with more --steps to continue)")
+    return 0
+
+
+def _cmd_dla(args) -> int:
+    from ..analysis import direct_logit_attribution
+    from ..core.loading import load_model
+
+    model = load_model(args.model)
+    one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
+    res = direct_logit_attribution(model, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),
+                                   by_head=not args.by_layer)
+    result = {"model": model.name, **res.to_json(), "logit_diff": res.meta["logit_diff"],
+              "identity_error": res.meta["identity_error"]}
+    top = sorted(zip(res.coords["component"], res.values.mean(0)), key=lambda t: -abs(t[1]))[:10]
+    print("largest direct contributions (mean over prompts): " + ", ".join(f"{c} {v:+.3f}" for c, v in top))
+    print(f"logit difference {res.meta['logit_diff']}; |sum - logit difference| <= {res.meta['identity_error']:.2e}")
+    _write(Path(args.out), result, {"dla": res})
+    return 0
+
+
+def _cmd_path_patch(args) -> int:
+    from ..analysis import path_patching
+    from ..core.loading import load_model
+
+    senders = [s.split("+") if "+" in s else s for s in parse_list(args.senders, str, "senders")]
+    receivers = "logits" if args.receivers == "logits" else parse_list(args.receivers, str, "receivers")
+    positions = None if args.receiver_positions is None else parse_list(args.receiver_positions, int, "receiver_positions")
+    model = load_model(args.model)
+    res = path_patching(model, args.clean, args.corrupt, args.answer, args.foil, senders=senders, receivers=receivers,
+                        receiver_positions=positions, freeze_mlps=not args.no_freeze_mlps, metric=args.metric)
+    for s, v in zip(res.coords["sender"], res.values):
+        print(f"{s} -> {args.receivers}: {args.metric} {v:+.4f}")
+    print(f"clean {res.meta['clean_metric']:+.4f}, corrupted {res.meta['corrupted_metric']:+.4f}")
+    from ..core.io import atomic_write_text
+
+    out = Path(args.out)
+    atomic_write_text(out / "result.json", json.dumps({"model": model.name, **res.to_json()}, indent=2))
+    print(f"wrote {out / 'result.json'}")
+    return 0
+
+
+def _cmd_das(args) -> int:
+    import torch
+
+    from ..analysis import das
+    from ..core.io import atomic_write_text, read_jsonl, save_safetensors
+    from ..core.loading import load_model
+
+    rows = read_jsonl(args.data, "data")
+    for n, r in rows:
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("base", "source", "label")):
+            raise ValueError(f"data: line {n} of {args.data}: expected an object with string fields base, source, label")
+    if len(rows) < 2:
+        raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
+    candidates = parse_list(args.candidates, str, "candidates")
+    model = load_model(args.model)
+    base, source, labels = ([r[k] for _, r in rows] for k in ("base", "source", "label"))
+    res = das(model, args.site, base, source, labels, candidates, k=args.k, position=args.position, steps=args.steps,
+              lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    out = Path(args.out)
+    save_safetensors(out / "subspace.safetensors", {"basis": res.basis},
+                     {"model": model.name, "site": args.site, "position": str(args.position)})
+    result = {"model": model.name, "site": args.site, "k": args.k, "accuracy": res.accuracy,
+              "final_loss": res.losses[-1], "losses": res.losses, "control": res.control}
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    print(f"interchange accuracy {res.accuracy:.3f} (final loss {res.losses[-1]:.4f}); control {res.control}")
+    print(f"wrote {out / 'result.json'}, {out / 'subspace.safetensors'}")
+    return 0 if torch.isfinite(res.basis).all() else 1
+
+
+def _cmd_cross_patch(args) -> int:
+    from ..analysis import cross_model_patching
+    from ..core.loading import load_model
+
+    base, tuned = load_model(args.model), load_model(args.tuned)
+    one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
+    res = cross_model_patching(base, tuned, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),
+                               components=args.sites, metric=args.metric, direction=args.direction, progress=True)
+    first = next(iter(res.values()))
+    result = {"base": base.name, "tuned": tuned.name, "direction": args.direction, "metric": args.metric,
+              "prompts": args.prompt, "tokens": first.meta["tokens"], "layers": first.coords["layer"],
+              "source_metric": first.meta["source_metric"], "target_metric": first.meta["target_metric"],
+              "values": {site: arr.values.tolist() for site, arr in res.items()}}
+    print(f"{args.direction}: source metric {result['source_metric']:+.4f}, target {result['target_metric']:+.4f}")
+    _write(Path(args.out), result, dict(res))
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("lens", help="logit lens: the answer's probability and rank layer by layer")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
+    s.add_argument("--tuned", help="a tuned_lens.safetensors from `workbench tuned-lens` (default: the logit lens)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_lens)
+
+    s = sub.add_parser("tuned-lens", help="train (or resume) a tuned lens; reports held-out KL by layer")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--texts", required=True, help="a text file, one training text per line (the last tenth held out)")
+    s.add_argument("--steps", type=int, default=100, help="total steps; a rerun with more steps resumes")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-len", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=50)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_tuned_lens)
+
+    s = sub.add_parser("dla", help="direct logit attribution per head and MLP (final norm's scale frozen)")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
+    s.add_argument("--foil", action="append", help="a single token; one, or one per prompt (default: the answer's logit alone)")
+    s.add_argument("--by-layer", action="store_true", help="attention output per layer instead of per head")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_dla)
+
+    s = sub.add_parser("path-patch", help="path patching: each sender's effect through the receivers only")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--clean", required=True)
+    s.add_argument("--corrupt", required=True)
+    s.add_argument("--answer", required=True)
+    s.add_argument("--foil", required=True)
+    s.add_argument("--senders", required=True, help="comma-separated, each patched alone: L0H1,mlp2,L3H0+L3H4")
+    s.add_argument("--receivers", default="logits", help="'logits' or comma-separated heads: L5H1,L5H3")
+    s.add_argument("--receiver-positions", help="comma-separated positions of the receivers' input (default all)")
+    s.add_argument("--no-freeze-mlps", action="store_true", help="let MLPs recompute (Wang et al. freeze heads only)")
+    s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_path_patch)
+
+    s = sub.add_parser("das", help="distributed alignment search: learn a subspace of a site from interchange data")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--site", required=True, help="e.g. blocks.3.hook_resid_post or blocks.2.mlp.hook_post")
+    s.add_argument("--data", required=True, help="JSONL: {base, source, label} per line (label: the counterfactual output token)")
+    s.add_argument("--candidates", required=True, help="comma-separated output tokens compared (single tokens)")
+    s.add_argument("--k", type=int, default=1)
+    s.add_argument("--position", type=int, default=-1)
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--lr", type=float, default=1e-2)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_das)
+
+    s = sub.add_parser("cross-patch", help="cross-model activation patching between a base and a fine-tuned model")
+    s.add_argument("--model", default="smollm2-135m", help="the base model")
+    s.add_argument("--tuned", required=True, help="the fine-tuned model (same shapes)")
+    s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts (one length)")
+    s.add_argument("--answer", action="append", required=True)
+    s.add_argument("--foil", action="append")
+    s.add_argument("--sites", default="resid_pre", help="components, comma-separated")
+    s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
+    s.add_argument("--direction", choices=["tuned_into_base", "base_into_tuned"], default="tuned_into_base")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_cross_patch)
