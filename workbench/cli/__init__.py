@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import caft, editing, models, patching, steering, tracing
+from . import caft, counterfactual, editing, models, patching, steering, tracing
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, counterfactual]
 
 
 def main(argv: list[str] | None = None) -> int:
