@@ -85,7 +85,7 @@ def test_gumbel_sampler_matches_softmax_with_top_k():
     with torch.no_grad():
         logits = model.forward(torch.tensor([[3, 5]]))[0, -1]
     top = logits.topk(5).indices
-    p = torch.zeros_like(logits)
+    p = torch.zeros_like(logits, dtype=torch.float64)
     p[top] = logits[top].double().softmax(-1)
     counts = np.bincount([r[0] for r in obs.ids], minlength=8)
     assert counts[p.numpy() == 0].sum() == 0
