@@ -10,6 +10,7 @@ from . import _moved
 _moved.install()
 
 from . import caft  # noqa: E402
+from . import counterfactual  # noqa: E402
 from .core import (DEFAULT_MODEL, Add, AtPositions, FromPosition, Generated, Intervention, LabelledArray,  # noqa: E402
                    Model, Noise, ProjectOut, Replace, Scale, Site, load_model, orthonormalize, parse_site, tiny_model)
 from .core.generation import generate  # noqa: E402
@@ -28,7 +29,7 @@ __all__ = [
     "activation_patching", "attribution_patching", "attribute_then_verify", "LabelledArray",
     "trace_fact", "trace_facts",
     "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
-    "caft",
+    "caft", "counterfactual",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]
 __version__ = "0.2.0"

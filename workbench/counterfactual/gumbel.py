@@ -135,12 +135,18 @@ class GivenNoise:
     """Noise given per row as [T_r, V] tensors (e.g. hindsight posteriors); positions t >= T_r take `fallback`
     (fresh prior noise: nothing was observed there)."""
 
-    def __init__(self, noise: Sequence[Tensor], fallback: PriorNoise):
-        self.noise, self.fallback = list(noise), fallback
+    def __init__(self, noise: Sequence[Tensor] | Tensor, fallback: PriorNoise | None):
+        self.noise, self.fallback = (noise if isinstance(noise, Tensor) else list(noise)), fallback
 
     def __call__(self, row: int, t: int) -> Tensor:
         n = self.noise[row]
         return n[t] if t < len(n) else self.fallback(row, t)
+
+    def batch(self, rows: list[int], ts: list[int]) -> Tensor:
+        """Noise [len(rows), V] of rows[i] at position ts[i] (one gather when the noise is one [n, T, V] tensor)."""
+        if isinstance(self.noise, Tensor) and max(ts) < self.noise.shape[1]:
+            return self.noise[torch.as_tensor(rows), torch.as_tensor(ts)]
+        return torch.stack([self(r, t) for r, t in zip(rows, ts)])
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -207,19 +213,21 @@ def gumbel_decode(model, prefixes: Sequence[Sequence[int]], noise, settings: Set
             done = torch.zeros(len(live), dtype=torch.bool)
             cache = None
             for step in range(max(budget[r] for r in live)):
-                res = runner.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                res = runner.hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                                 **({kw_cache: cache} if cache is not None else {}))
                 cache = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
                 logits = res.logits[:, -1].float().cpu()  # [b, V]
                 if settings.greedy:
                     tok = logits.argmax(-1)
                 else:
-                    g = torch.stack([noise(r, offsets[r] + step) for r in live])
+                    ts = [offsets[r] + step for r in live]
+                    g = noise.batch(live, ts) if hasattr(noise, "batch") else torch.stack(
+                        [noise(r, t) for r, t in zip(live, ts)])
                     tok = choose(logits, g, settings)
-                for b, r in enumerate(live):
+                for b, (r, t) in enumerate(zip(live, tok.tolist())):
                     if not done[b]:
-                        out[r].append(int(tok[b]))
-                        done[b] = int(tok[b]) in stop or len(out[r]) >= budget[r]
+                        out[r].append(t)
+                        done[b] = t in stop or len(out[r]) >= budget[r]
                 if done.all():
                     break
                 tok = torch.where(done, model.tokenizer.pad_token_id, tok).to(runner.device)
