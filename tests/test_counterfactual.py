@@ -14,6 +14,17 @@ from workbench.counterfactual import (GivenNoise, Settings, counterfactuals, gum
 from workbench.counterfactual.gumbel import allowed, generator, gumbel, scaled_logits, truncated_gumbel
 from workbench.counterfactual.measures import common_prefix, edit_distance
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Large batches of tiny ops (8-token vocabulary, 30000 rows) thrash with several threads on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 PROMPTS = ["The capital of France is", "Once upon a time, a little", "My favourite food"]
 SETTINGS = [dict(temperature=1.0), dict(temperature=0.7, top_k=20, top_p=0.9), dict(temperature=0.0)]
 
