@@ -278,6 +278,13 @@ def test_cli_counterfactual(tmp_path, capsys):
     assert len(rows) == 2 and {"identical", "prefix", "edit"} <= set(rows[0])
     assert main(["counterfactual", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(tmp_path / "b"),
                  "--model-b", "tiny-gpt2", "--replace-token", "2: dog", "--max-new-tokens", "4"]) == 0
+    d = model.dims
+    wb.WeightEdit({1: torch.randn(d.d_model, d.d_mlp, generator=torch.Generator().manual_seed(2)) * 0.05},
+                  meta={"method": "test"}).save(tmp_path / "edit")
+    assert main(["counterfactual", "--model", "tiny-llama", "--observed", str(observed), "--out", str(tmp_path / "e"),
+                 "--edit", str(tmp_path / "edit"), "--new", "the", "--old", "zzz"]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["old_absent"] == 1.0 and "weight edit" in summary["meta"]["intervention"]
     assert main(["counterfactual", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(tmp_path / "x"),
                  "--replace-token", "two:dog"]) == 2
     assert "replace-token" in capsys.readouterr().err
