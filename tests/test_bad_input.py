@@ -368,6 +368,11 @@ API = [
     R("caft-compare-seeds", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, seeds=3), V, "seeds"),
     R("caft-compare-fill", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, fill="median"), V, "fill"),
     R("caft-ablations-component", lambda c: caft.ablations({0: torch.eye(64)[:1]}, component="z"), V, "component"),
+    # counterfactual strings (issue 19)
+    R("counterfactual-empty-continuation", lambda c: wb.counterfactual.counterfactuals(c.m, ["Hello"], [""]), V, "continuations"),
+    R("counterfactual-intervention-type", lambda c: wb.counterfactual.counterfactuals(c.m, ["Hello"], [" world"], "steer"), V,
+      "intervention"),
+    R("counterfactual-sample-temperature", lambda c: wb.counterfactual.sample(c.m, ["Hello"], temperature=-1.0), V, "temperature"),
     # analysis (issue 16)
     R("analysis-logit_lens-layer", lambda c: wb.logit_lens(c.m, "Hi there", " Paris", layers=[7]), V, "layer"),
     R("analysis-logit_lens-answer-multi", lambda c: wb.logit_lens(c.m, "Hi there", " Paris and Rome"), V, "answer"),
@@ -498,6 +503,9 @@ CLI = [
     R("demo-out-is-file", ["demo", "--model", BAD, "--out", "{d}/demo"], V, "existing file", setup=existing("demo")),
     R("bench-unknown", ["bench", "nosuchbench"], V, "name", "no benchmark"),
     R("info-model", ["info", "--model", BAD], V, "family"),
+    # counterfactual verb (issue 19)
+    R("counterfactual-replace-token", ["counterfactual", "--model", "tiny-llama", "--prompts", "{inp}/prompts.txt",
+                                       "--out", "{d}/x", "--replace-token", "two:dog"], V, "replace-token"),
     # analysis verbs (issue 16)
     R("lens-answer", ["lens", "--model", "tiny-llama", "--prompt", CLEAN, "--answer", " Mary is", "--out", "{d}/l"], V, "answer"),
     R("tuned-lens-texts", ["tuned-lens", "--model", "tiny-llama", "--texts", "{inp}/prompts.txt", "--out", "{d}/tl"],

@@ -9,7 +9,7 @@ from . import _moved
 
 _moved.install()
 
-from . import analysis, caft  # noqa: E402
+from . import analysis, caft, counterfactual  # noqa: E402
 from .analysis import cross_model_patching, das, direct_logit_attribution, logit_lens, path_patching  # noqa: E402
 from .core import (DEFAULT_MODEL, Add, AtPositions, FromPosition, Generated, Intervention, LabelledArray,  # noqa: E402
                    Model, Noise, ProjectOut, Replace, Scale, Site, load_model, orthonormalize, parse_site, tiny_model)
@@ -30,7 +30,7 @@ __all__ = [
     "activation_patching", "attribution_patching", "attribute_then_verify", "LabelledArray",
     "trace_fact", "trace_facts",
     "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
-    "caft",
+    "caft", "counterfactual",
     "analysis", "logit_lens", "direct_logit_attribution", "path_patching", "das", "cross_model_patching",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analysis, caft, editing, models, patching, steering, tracing
+from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual]
 
 
 def main(argv: list[str] | None = None) -> int:

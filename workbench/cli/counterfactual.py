@@ -1,0 +1,98 @@
+"""Counterfactual strings under a steering vector, a weight edit or a second model: counterfactual."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _replace_arg(text: str | None):
+    if text is None:
+        return None
+    pos, sep, tok = text.partition(":")
+    try:
+        pos = int(pos)
+    except ValueError:
+        pos = None
+    if not sep or pos is None or not tok:
+        raise ValueError(f"replace-token: expected POS:TEXT (e.g. 7: happy), got {text!r}")
+    return pos, tok
+
+
+def _cmd_counterfactual(args) -> int:
+    from ..core.io import read_jsonl
+    from ..core.loading import load_model
+    from ..counterfactual import counterfactuals, measure, sample, save
+    from ..steering.vectors import SteeringVector, load_lines
+
+    model = load_model(args.model)
+    chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
+    if len(chosen) > 1:
+        raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
+    replace = _replace_arg(args.replace_token)
+    if args.steer:
+        intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
+    elif args.edit:
+        from ..editing.weights import WeightEdit
+
+        intervention = WeightEdit.load(args.edit)
+    elif args.model_b:
+        intervention = load_model(args.model_b)
+    else:
+        intervention = None
+    if not chosen and replace is None and args.noise == "posterior":
+        print("no intervention and no --replace-token: every counterfactual should equal its observed string")
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if (args.observed is None) == (args.prompts is None):
+        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
+    if args.observed:
+        rows = read_jsonl(args.observed, "observed")
+        for n, r in rows:
+            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("continuation"), str)):
+                raise ValueError(f"observed: {args.observed}:{n}: expected {{\"prompt\": str, \"continuation\": str}}")
+        rows = [r for _, r in rows][: args.limit]
+        observed, prompts = [r["continuation"] for r in rows], [r["prompt"] for r in rows]
+    else:
+        prompts = load_lines(args.prompts, "prompts")[: args.limit]
+        observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          batch_size=args.batch_size, **settings)
+        prompts = None
+    res = counterfactuals(model, prompts, observed, intervention, seed=args.seed, replace=replace, noise=args.noise,
+                          batch_size=args.batch_size, **settings)
+    df = measure(res, new=args.new, old=args.old)
+    out = Path(args.out)
+    meta = {**res.meta, "model": model.name, "observed_from": args.observed or f"sampled from {args.prompts}",
+            "steer": args.steer, "multiplier": args.multiplier if args.steer else None, "edit": args.edit,
+            "model_b": args.model_b}
+    save(out, df, meta)
+    summary = json.loads((out / "summary.json").read_text())
+    print(df[["observed", "counterfactual", "identical", "prefix", "edit"]].to_string(index=False, max_colwidth=40))
+    print(json.dumps({k: v for k, v in summary.items() if k != "meta"}))
+    print(f"wrote {out / 'pairs.csv'}, {out / 'pairs.jsonl'}, {out / 'summary.json'}")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("counterfactual", help="counterfactual strings (Gumbel-max hindsight sampling) under "
+                                              "steering, a weight edit, a second model or a replaced token")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--observed", default=None, help='JSONL of {"prompt": ..., "continuation": ...}')
+    s.add_argument("--prompts", default=None, help="prompts, one per line: sample the observed strings here")
+    s.add_argument("--limit", type=int, default=None, help="use the first N rows")
+    s.add_argument("--out", required=True, help="results folder (pairs.csv, pairs.jsonl, summary.json)")
+    s.add_argument("--steer", default=None, help="steering vector (.safetensors written by `workbench steer`)")
+    s.add_argument("--multiplier", type=float, default=4.0)
+    s.add_argument("--edit", default=None, help="weight-edit directory written by WeightEdit.save")
+    s.add_argument("--model-b", default=None, help="second model with the same tokenizer")
+    s.add_argument("--replace-token", default=None, help="POS:TEXT, token-level counterfactual (POS over prompt + "
+                                                         "continuation tokens, TEXT one token)")
+    s.add_argument("--noise", choices=["posterior", "fresh"], default="posterior",
+                   help="posterior: counterfactual; fresh: interventional baseline with new noise")
+    s.add_argument("--new", default=None, help="targeted effect: text that should appear")
+    s.add_argument("--old", default=None, help="targeted effect: text that should disappear")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--max-new-tokens", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(fn=_cmd_counterfactual)
