@@ -19,6 +19,8 @@ from .patching import activation_patching, attribute_then_verify, attribution_pa
 from .steering import SteeringVector, build_steering_vector, steer  # noqa: E402
 from .steering import sweep as steering_sweep  # noqa: E402
 from .tracing import trace_fact, trace_facts  # noqa: E402
+from . import views  # noqa: E402
+from .views import save_html  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path",
@@ -29,6 +31,7 @@ __all__ = [
     "trace_fact", "trace_facts",
     "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
     "caft",
+    "views", "save_html",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]
 __version__ = "0.2.0"

@@ -78,6 +78,20 @@ class Trace:
 
         return trace_figure(self, path)
 
+    # Interactive views (workbench.views): Figure 1 as hoverable heatmaps.
+    def view(self):
+        from .views import trace_heatmaps
+
+        return trace_heatmaps(self)
+
+    def show(self) -> None:
+        from .views import show
+
+        show(self.view())
+
+    def _repr_html_(self):
+        return self.view()._repr_html_()
+
 
 def check_kinds(kinds) -> list[str]:
     """A kind name or a list of them -> a checked list ("resid" alone means ["resid"], not its letters)."""
