@@ -3,7 +3,7 @@ a notebook through `_repr_html_` and saved as one standalone HTML file by `save_
 from __future__ import annotations
 
 import html as _html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.io import atomic_write_text
@@ -21,6 +21,7 @@ class View:
     title: str
     body: str
     kind: str = "html"  # "plotly", "circuitsvis", "steering", "html": what the browser test looks for
+    figure: object = field(default=None, repr=False)  # the plotly Figure, so that a page of several inlines plotly.js once
 
     def _repr_html_(self) -> str:
         return self.body
@@ -54,16 +55,26 @@ def save_html(view, path: str | Path) -> Path:
     return atomic_write_text(path, as_view(view).to_html())
 
 
-def plotly_view(fig, title: str, div_id: str | None = None) -> View:
-    """A plotly figure as a View with plotly.js inlined (about 4.7 MB; the price of opening offline)."""
-    body = fig.to_html(full_html=False, include_plotlyjs=True, config=PLOTLY_CONFIG, div_id=div_id)
-    return View(title, f'<div class="workbench-view" data-kind="plotly">{body}</div>', "plotly")
+def _plotly_body(fig, include_js: bool) -> str:
+    body = fig.to_html(full_html=False, include_plotlyjs=include_js, config=PLOTLY_CONFIG)
+    return f'<div class="workbench-view" data-kind="plotly">{body}</div>'
+
+
+def plotly_view(fig, title: str) -> View:
+    """A plotly figure as a View with plotly.js inlined (about 4.7 MB: the price of opening offline)."""
+    return View(title, _plotly_body(fig, True), "plotly", fig)
 
 
 def concat(views: list[View], title: str) -> View:
-    """Several views on one page (plotly.js is inlined once per figure; browsers cope)."""
-    body = "\n".join(f"<h3>{_html.escape(v.title)}</h3>\n{v.body}" for v in views)
-    return View(title, body, views[0].kind if len({v.kind for v in views}) == 1 else "html")
+    """Several views on one page; plotly.js is inlined once, before the first plotly figure."""
+    if not views:
+        raise ValueError("views: expected at least one view")
+    parts, js = [], True
+    for v in views:
+        body = v.body if v.figure is None else _plotly_body(v.figure, js)
+        js = js and v.figure is None
+        parts.append(f"<h3>{_html.escape(v.title)}</h3>\n{body}")
+    return View(title, "\n".join(parts), views[0].kind if len({v.kind for v in views}) == 1 else "html")
 
 
 def show(obj) -> None:

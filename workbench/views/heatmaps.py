@@ -42,7 +42,7 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
             zmin=-lim, zmax=lim, colorscale=colorscale, colorbar={"title": {"text": str(metric)}},
             visible=k == 0, name=f"{extra} {h}" if extra else arr.name,
             hovertemplate=f"{rows}: %{{customdata[0]}}<br>{cols}: %{{customdata[1]}}<br>{head}"
-                          f"value: %{{z:.4f}}<extra></extra>"))
+                          f"value: %{{z:.4g}}<extra></extra>"))
     fig.update_xaxes(title=cols, tickmode="array", tickvals=list(range(values.shape[1])),
                      ticktext=[str(c) for c in arr.coords[cols]], tickangle=-60)
     fig.update_yaxes(title=rows, autorange="reversed", tickmode="array", tickvals=list(range(values.shape[0])),
@@ -66,7 +66,7 @@ def trace_heatmaps(trace) -> View:
     start, stop = trace.subject_span
     tokens = [f"{i}: {t}*" if start <= i < stop else f"{i}: {t}" for i, t in enumerate(trace.tokens)]
     answer = trace.answer.strip()
-    fig = make_subplots(1, len(kinds), subplot_titles=[_TRACE_NAMES.get(k, k) for k in kinds], horizontal_spacing=0.12)
+    fig = make_subplots(1, len(kinds), subplot_titles=[_TRACE_NAMES.get(k, k) for k in kinds], horizontal_spacing=0.1)
     for n, kind in enumerate(kinds):
         z = np.asarray(trace.scores[kind], dtype=float)
         labels = _cell_labels("token", tokens, "layer", range(z.shape[1]))
@@ -75,15 +75,15 @@ def trace_heatmaps(trace) -> View:
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=custom, zmin=trace.p_corrupted,
             colorscale=_TRACE_COLORS.get(kind, "Blues"), name=kind,
-            colorbar={"x": (n + 1) / len(kinds) - 0.02, "len": 0.9, "thickness": 10},
+            colorbar={"x": fig.layout[f"xaxis{n + 1 if n else ''}"].domain[1] + 0.005, "len": 0.9, "thickness": 10},
             hovertemplate=f"{kind}<br>token %{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
-                          f"p({answer}) = %{{z:.4f}}<br>IE = %{{customdata[2]:.4f}}<extra></extra>"), 1, n + 1)
+                          f"p({answer}) = %{{z:.4g}}<br>IE = %{{customdata[2]:.4g}}<extra></extra>"), 1, n + 1)
         fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(tokens))),
                          ticktext=tokens if n == 0 else [""] * len(tokens), row=1, col=n + 1)
         fig.update_xaxes(title="layer" if kind == "resid" else f"center of a {trace.config.get('window', '')}-layer window",
-                         row=1, col=n + 1)
+                         tickmode="array", tickvals=list(range(z.shape[1])), row=1, col=n + 1)
     title = (f"{trace.prompt} → {answer}: p(clean) = {trace.p_clean:.3f}, p(corrupted) = {trace.p_corrupted:.3f}")
-    fig.update_layout(title=title, height=24 * len(tokens) + 200, width=380 * len(kinds) + 160)
+    fig.update_layout(title=title, height=24 * len(tokens) + 200, width=320 * len(kinds) + 200)
     return plotly_view(fig, title)
 
 
@@ -103,12 +103,32 @@ def trace_average_heatmaps(summary: dict) -> View:
         labels = _cell_labels("group", groups, "layer", range(width))
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(width)), y=list(range(len(groups))), customdata=labels, name=kind,
-            colorscale=_TRACE_COLORS.get(kind, "Blues"), colorbar={"x": (n + 1) / len(kinds) - 0.02, "thickness": 10},
+            colorscale=_TRACE_COLORS.get(kind, "Blues"),
+            colorbar={"x": fig.layout[f"xaxis{n + 1 if n else ''}"].domain[1] + 0.005, "thickness": 10},
             hovertemplate=f"{kind}<br>%{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
-                          f"average IE = %{{z:.4f}}<extra></extra>"), 1, n + 1)
+                          f"average IE = %{{z:.4g}}<extra></extra>"), 1, n + 1)
         fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(groups))),
                          ticktext=groups if n == 0 else [""] * len(groups), row=1, col=n + 1)
-        fig.update_xaxes(title="layer", row=1, col=n + 1)
+        fig.update_xaxes(title="layer", tickmode="array", tickvals=list(range(width)), row=1, col=n + 1)
     title = f"Average indirect effect over {summary['n_traced']} facts"
     fig.update_layout(title=title, height=380, width=420 * len(kinds) + 200)
     return plotly_view(fig, title)
+
+
+def trace_folder_view(out, summary: dict | None = None, max_facts: int = 50) -> View:
+    """One page for a `trace_facts` folder: the average effects (if `summary`) and Figure 1 of each traced
+    fact in `<out>/facts/` (the first `max_facts`, by id), plotly.js inlined once."""
+    import json
+    from pathlib import Path
+
+    from ..tracing import Trace
+    from .base import concat
+
+    records = [json.loads(p.read_text()) for p in sorted(Path(out, "facts").glob("*.json"))]
+    traced = [r for r in records if "scores" in r]
+    traced.sort(key=lambda r: (str(type(r["id"])), r["id"]))
+    views = [trace_average_heatmaps(summary)] if summary and summary.get("n_traced") else []
+    views += [trace_heatmaps(Trace.from_json(r)) for r in traced[:max_facts]]
+    if not views:
+        raise ValueError(f"out: {out} holds no traced facts")
+    return concat(views, f"causal tracing: {len(traced)} facts" + (f" (first {max_facts} shown)" if len(traced) > max_facts else ""))
