@@ -165,7 +165,8 @@ def test_standalone_html_files(results, browser):
 
 NOTEBOOK_CELLS = [
     "import torch\ntorch.set_num_threads(1)\nimport workbench as wb\nfrom workbench.steering import SteeringSweep\n"
-    f"m = wb.tiny_model('llama')\ngrid = wb.activation_patching(m, {CLEAN!r}, {CORRUPT!r}, ' Paris', ' Rome')['resid_pre']",
+    f"m = wb.tiny_model('llama')\n"
+    f"grid = wb.activation_patching(m, {CLEAN!r}, {CORRUPT!r}, ' Paris', ' Rome', progress=True)['resid_pre']",
     "grid.show()",
     "SteeringSweep.load('sweep.json').show()",
 ]
@@ -184,8 +185,9 @@ def test_jupyterlab_notebook(results, browser, tmp_path):
     news.write_text(json.dumps({"fetchNews": "false"}))  # no "get Jupyter news?" prompt over the page
     (tmp_path / "sweep.json").write_bytes((results["dir"] / "sweep.json").read_bytes())
     port, token = free_port(), os.urandom(16).hex()
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "TQDM_DISABLE": "1",
+    env = {**{k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"},  # the bars are under test too
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
            "PYTHONPATH": os.pathsep.join([str(Path(wb.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(
@@ -228,6 +230,9 @@ def test_jupyterlab_notebook(results, browser, tmp_path):
         assert lines[0] == "layer: 0" and lines[1] == f"position: {grid.coords['position'][2]}"
         assert number(lines[2]) == pytest.approx(float(grid.values[0, 2]), rel=1e-3, abs=1e-9)
         page.screenshot(path=SHOTS / "jupyterlab_patching_grid.png")
+        # tqdm.auto drew a widget progress bar (ipywidgets installed), not the "IProgress not found" fallback
+        assert page.locator(".jp-OutputArea .widget-hprogress").count() >= 1
+        assert "IProgress not found" not in page.inner_text(".jp-Notebook")
 
         sw = results["sweep"]
         page.wait_for_selector(".jp-OutputArea .widget-slider .noUi-handle, .jp-OutputArea .widget-slider input",
