@@ -1,7 +1,7 @@
 """Execute notebooks in place (WORKBENCH_QUICK=1, the default model) so that they are committed with their
 outputs, small enough for the repository: an output over --max-kb (an interactive view carries 1.3 MB of
-circuitsvis or 4.7 MB of plotly.js inline) keeps only a one-line text note, and widget outputs (whose state
-is not saved) keep their text form. The matplotlib PNGs, tables and printed numbers stay.
+circuitsvis or 4.8 MB of plotly.js inline) and a widget (whose state is not saved) keep only a one-line
+text note. The matplotlib PNGs, tables and printed numbers stay.
 
     python scripts/run_notebooks.py notebooks/activation_patching.ipynb [...] [--max-kb 200] [--timeout 600]
 """
@@ -30,9 +30,10 @@ def slim(nb, max_kb: float) -> int:
             data = out.get("data")
             if not data:
                 continue
-            for mime in LIVE_ONLY:
-                if data.pop(mime, None) is not None:
-                    changed += 1
+            if any(data.pop(mime, None) is not None for mime in LIVE_ONLY):
+                out["data"] = {"text/plain": "[ipywidgets view: run the notebook in JupyterLab to use it]"}
+                changed += 1
+                continue
             size = sum(len(str(v)) for v in data.values()) / 1e3
             if size > max_kb:
                 found = re.search(r'data-kind="(\w+)"', str(data.get("text/html", "")))  # set by workbench.views
