@@ -81,7 +81,7 @@ def trace_heatmaps(trace) -> View:
         fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(tokens))),
                          ticktext=tokens if n == 0 else [""] * len(tokens), row=1, col=n + 1)
         fig.update_xaxes(title="layer" if kind == "resid" else f"center of a {trace.config.get('window', '')}-layer window",
-                         tickmode="array", tickvals=list(range(z.shape[1])), row=1, col=n + 1)
+                         tickmode="array", tickvals=list(range(0, z.shape[1], max(1, z.shape[1] // 10))), row=1, col=n + 1)
     title = (f"{trace.prompt} → {answer}: p(clean) = {trace.p_clean:.3f}, p(corrupted) = {trace.p_corrupted:.3f}")
     fig.update_layout(title=title, height=24 * len(tokens) + 200, width=320 * len(kinds) + 200)
     return plotly_view(fig, title)
@@ -109,7 +109,7 @@ def trace_average_heatmaps(summary: dict) -> View:
                           f"average IE = %{{z:.4g}}<extra></extra>"), 1, n + 1)
         fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(groups))),
                          ticktext=groups if n == 0 else [""] * len(groups), row=1, col=n + 1)
-        fig.update_xaxes(title="layer", tickmode="array", tickvals=list(range(width)), row=1, col=n + 1)
+        fig.update_xaxes(title="layer", tickmode="array", tickvals=list(range(0, width, max(1, width // 10))), row=1, col=n + 1)
     title = f"Average indirect effect over {summary['n_traced']} facts"
     fig.update_layout(title=title, height=380, width=420 * len(kinds) + 200)
     return plotly_view(fig, title)
