@@ -48,7 +48,7 @@ def main(argv=None):
         print(f"{req.prompt!r} -> {top!r} ({times[-1]:.1f} s)")
     old = os.environ.get("WORKBENCH_CACHE")
     with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(wb.models.cache_dir() / "models", os.path.join(tmp, "models"))
+        os.symlink(wb.core.cache_dir() / "models", os.path.join(tmp, "models"))
         os.environ["WORKBENCH_CACHE"] = tmp
         try:
             from workbench.editing.stats import corpus_tokens

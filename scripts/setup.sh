@@ -26,5 +26,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q --no-deps steering-vectors==0.12.2
   echo "$want" > "$stamp"
 fi
+# tests/test_browser.py drives Debian's chromium through Playwright (no browser download, ever); as root (CI)
+# and where it is missing, install it from the distribution.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 # Convert the GGUF weights once into a safetensors directory in the cache (about 20 s, then cached).
 "$VENV/bin/python" -m workbench.cli prepare

@@ -56,9 +56,15 @@ def tl_bridge(model):
     )
 
 
+def _ours(hooks) -> list:
+    # transformers installs its own output-capturing hooks, once and for good, the first time a forward asks for
+    # output_attentions / output_hidden_states (they record only while such a forward runs); they are not ours
+    return [h for h in hooks.values() if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
+
+
 def assert_no_hooks(model):
     for name, mod in model.hf.named_modules():
-        assert not mod._forward_hooks and not mod._forward_pre_hooks, f"hook left on {name}"
+        assert not _ours(mod._forward_hooks) and not _ours(mod._forward_pre_hooks), f"hook left on {name}"
 
 
 def reference_patch(model, tokens, module_role, layer, kind, fn):

@@ -21,6 +21,8 @@ from .patching import activation_patching, attribute_then_verify, attribution_pa
 from .steering import SteeringVector, build_steering_vector, steer  # noqa: E402
 from .steering import sweep as steering_sweep  # noqa: E402
 from .tracing import trace_fact, trace_facts  # noqa: E402
+from . import views  # noqa: E402
+from .views import save_html  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path", "read_activations",
@@ -32,6 +34,16 @@ __all__ = [
     "SteeringVector", "build_steering_vector", "steer", "steering_sweep",
     "caft", "counterfactual",
     "analysis", "logit_lens", "direct_logit_attribution", "path_patching", "das", "cross_model_patching",
+    "views", "save_html",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
 ]
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    """`wb.arch`, `wb.models`, ... (0.1's submodules) still resolve, to their new homes, with a FutureWarning."""
+    if f"workbench.{name}" in _moved.MOVED:
+        import importlib
+
+        return importlib.import_module(f"workbench.{name}")
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -83,6 +83,20 @@ class Trace:
 
         return trace_figure(self, path)
 
+    # Interactive views (workbench.views): Figure 1 as hoverable heatmaps.
+    def view(self):
+        from .views import trace_heatmaps
+
+        return trace_heatmaps(self)
+
+    def show(self) -> None:
+        from .views import show
+
+        show(self.view())
+
+    def _repr_html_(self):
+        return self.view()._repr_html_()
+
 
 def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_std: float, samples: int = 10,
                window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0, memory_mb: float = 1024,

@@ -36,6 +36,12 @@ def _cmd_patch(args) -> int:
         arr.plot(out / f"{site}.png", title=f"{arr.name}: {args.metric}")
     atomic_write_text(out / "result.json", json.dumps(result, indent=2))
     print(f"wrote {out / 'result.json'} and {', '.join(f'{s}.png' for s in res)}")
+    if args.html:  # interactive views next to the PNGs: one self-contained HTML file per component
+        from ..views import save_html
+
+        for site, arr in res.items():
+            save_html(arr.view(title=f"{arr.name}: {args.metric}"), out / f"{site}.html")
+        print(f"wrote {', '.join(f'{s}.html' for s in res)}")
     return 0
 
 
@@ -53,4 +59,5 @@ def register(sub) -> None:
     s.add_argument("--memory-mb", type=float, default=1024)
     s.add_argument("--out", required=True, help="folder for result.json and one PNG per site")
     add_force(s)
+    s.add_argument("--html", action="store_true", help="also write an interactive HTML view per component (opens offline)")
     s.set_defaults(fn=_cmd_patch)

@@ -70,6 +70,10 @@ def _cmd_steer(args) -> int:
     print(f"unsteered: {res.baseline}")
     print(f"best (cost <= 2x unsteered): {res.best()}")
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.png'}, {out / 'vector.safetensors'}")
+    if args.html:  # the continuations under a layer menu and a multiplier slider, one self-contained file
+        from ..views import save_html
+
+        print(f"wrote {save_html(res, out / 'sweep.html')}")
     return 0
 
 
@@ -96,4 +100,5 @@ def register(sub) -> None:
     s.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--html", action="store_true", help="also write sweep.html: a multiplier slider over the continuations")
     s.set_defaults(fn=_cmd_steer)

@@ -27,6 +27,10 @@ def _cmd_trace(args) -> int:
                           seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
                           figures=not args.no_figures)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
+    if args.html and summary["n_traced"]:  # one self-contained page: average effects and each fact's Figure 1
+        from ..views import save_html, trace_folder_view
+
+        print(f"wrote {save_html(trace_folder_view(args.out, summary), Path(args.out) / 'trace.html')}")
     return 0
 
 
@@ -70,6 +74,7 @@ def register(sub) -> None:
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--force", action="store_true",
                    help="write into a non-empty --out that holds no earlier trace (a same-configuration run resumes without it)")
+    s.add_argument("--html", action="store_true", help="also write trace.html: interactive Figure 1 per fact and averages")
     s.set_defaults(fn=_cmd_trace)
     s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--model", default="smollm2-135m")

@@ -61,3 +61,17 @@ class LabelledArray:
         from ..plotting import heatmap
 
         return heatmap(self, path=path, ax=ax, title=title, cmap=cmap)
+
+    # Interactive views (workbench.views): a hoverable plotly heatmap, in a notebook or saved as one HTML file.
+    def view(self, title: str | None = None):
+        from ..views import labelled_heatmap
+
+        return labelled_heatmap(self, title)
+
+    def show(self, title: str | None = None) -> None:
+        from ..views import show
+
+        show(self.view(title))
+
+    def _repr_html_(self):
+        return self.view()._repr_html_() if self.values.ndim in (2, 3) else None

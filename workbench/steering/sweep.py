@@ -140,6 +140,20 @@ class SteeringSweep:
         axes[1].set_title("fluency cost", fontsize=10)
         return save_figure(fig, path)
 
+    # Interactive views (workbench.views): a slider over multipliers showing the continuations and scores.
+    def view(self):
+        from ..views import steering_view
+
+        return steering_view(self)
+
+    def show(self) -> None:
+        from ..views import show, steering_widget
+
+        show(steering_widget(self))
+
+    def _repr_html_(self):
+        return self.view()._repr_html_()
+
 
 def _row_adds(model, vector: SteeringVector, cells: list[tuple[int, float]], positions) -> list[Add]:
     """Per-row steering for a batch where row r gets multiplier m_r at layer l_r (cells[r] = (l_r, m_r)):

@@ -1,0 +1,134 @@
+"""Hoverable plotly heatmaps: any 2-D or 3-D LabelledArray (patching grids), and causal tracing's Figure 1
+and average effects (Meng et al. 2022)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import View, plotly_view
+
+_TRACE_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
+_TRACE_NAMES = {"resid": "single restored layer (residual stream)", "mlp": "MLP window", "attn": "attention window"}
+
+
+def _cell_labels(row_name, rows, col_name, cols) -> np.ndarray:
+    """[n_rows, n_cols, 2] strings: the hover text of each cell's row and column labels."""
+    r = np.array([str(x) for x in rows], dtype=object)
+    c = np.array([str(x) for x in cols], dtype=object)
+    return np.stack(np.broadcast_arrays(r[:, None], c[None, :]), -1)
+
+
+def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") -> View:
+    """A 2-D LabelledArray (rows: its first axis, e.g. layer; columns: its second, e.g. position "3: Paris"
+    or head) as a heatmap centred at zero; hovering a cell shows both labels and the value. A 3-D array
+    (layer, position, head) gets a slider over its last axis, one heatmap per entry."""
+    import plotly.graph_objects as go
+
+    if arr.values.ndim not in (2, 3):
+        raise ValueError(f"arr: a heatmap view needs a 2-D or 3-D array, got dims {arr.dims}; select an axis first")
+    rows, cols = arr.dims[:2]
+    values = arr.values.astype(float)
+    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    lim = lim or 1.0
+    metric = arr.meta.get("metric", "value")
+    slices = [(None, values)] if values.ndim == 2 else \
+        [(h, values[:, :, k]) for k, h in enumerate(arr.coords[arr.dims[2]])]
+    extra = arr.dims[2] if values.ndim == 3 else None
+    fig = go.Figure()
+    for k, (h, z) in enumerate(slices):
+        labels = _cell_labels(rows, arr.coords[rows], cols, arr.coords[cols])
+        head = f"{extra}: {h}<br>" if extra else ""
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=labels,
+            zmin=-lim, zmax=lim, colorscale=colorscale, colorbar={"title": {"text": str(metric)}},
+            visible=k == 0, name=f"{extra} {h}" if extra else arr.name,
+            hovertemplate=f"{rows}: %{{customdata[0]}}<br>{cols}: %{{customdata[1]}}<br>{head}"
+                          f"value: %{{z:.4g}}<extra></extra>"))
+    fig.update_xaxes(title=cols, tickmode="array", tickvals=list(range(values.shape[1])),
+                     ticktext=[str(c) for c in arr.coords[cols]], tickangle=-60)
+    fig.update_yaxes(title=rows, autorange="reversed", tickmode="array", tickvals=list(range(values.shape[0])),
+                     ticktext=[str(r) for r in arr.coords[rows]])
+    if extra:  # a slider over the last axis: step k shows heatmap k
+        steps = [{"label": str(h), "method": "update",
+                  "args": [{"visible": [i == k for i in range(len(slices))]}]} for k, (h, _) in enumerate(slices)]
+        fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{extra}: "}, "steps": steps}])
+    fig.update_layout(title=title or arr.name, height=max(320, 22 * values.shape[0] + 160),
+                      width=max(480, 40 * values.shape[1] + 220), margin={"b": 120})
+    return plotly_view(fig, title or arr.name or "heatmap")
+
+
+def trace_heatmaps(trace) -> View:
+    """Causal tracing's Figure 1 for one fact: p(answer) after restoring each (token, layer), a panel per
+    kind (resid / mlp / attn), tokens down with the subject starred; hover shows token, layer, p and IE."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    kinds = list(trace.scores)
+    start, stop = trace.subject_span
+    tokens = [f"{i}: {t}*" if start <= i < stop else f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+    answer = trace.answer.strip()
+    fig = make_subplots(1, len(kinds), subplot_titles=[_TRACE_NAMES.get(k, k) for k in kinds], horizontal_spacing=0.1)
+    for n, kind in enumerate(kinds):
+        z = np.asarray(trace.scores[kind], dtype=float)
+        labels = _cell_labels("token", tokens, "layer", range(z.shape[1]))
+        ie = z - trace.p_corrupted
+        custom = np.concatenate([labels, ie[..., None].astype(object)], -1)
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=custom, zmin=trace.p_corrupted,
+            colorscale=_TRACE_COLORS.get(kind, "Blues"), name=kind,
+            colorbar={"x": fig.layout[f"xaxis{n + 1 if n else ''}"].domain[1] + 0.005, "len": 0.9, "thickness": 10},
+            hovertemplate=f"{kind}<br>token %{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
+                          f"p({answer}) = %{{z:.4g}}<br>IE = %{{customdata[2]:.4g}}<extra></extra>"), 1, n + 1)
+        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(tokens))),
+                         ticktext=tokens if n == 0 else [""] * len(tokens), row=1, col=n + 1)
+        fig.update_xaxes(title="layer" if kind == "resid" else f"center of a {trace.config.get('window', '')}-layer window",
+                         tickmode="array", tickvals=list(range(0, z.shape[1], max(1, z.shape[1] // 10))), row=1, col=n + 1)
+    title = (f"{trace.prompt} → {answer}: p(clean) = {trace.p_clean:.3f}, p(corrupted) = {trace.p_corrupted:.3f}")
+    fig.update_layout(title=title, height=24 * len(tokens) + 200, width=320 * len(kinds) + 200)
+    return plotly_view(fig, title)
+
+
+def trace_average_heatmaps(summary: dict) -> View:
+    """The average indirect effect over traced facts, token group x layer per kind (the paper's Fig. 2)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ie = summary["indirect_effect"]
+    kinds = list(ie)
+    groups = list(next(iter(ie.values())))
+    fig = make_subplots(1, len(kinds), subplot_titles=[_TRACE_NAMES.get(k, k) for k in kinds], horizontal_spacing=0.14)
+    for n, kind in enumerate(kinds):
+        rows = [ie[kind][g]["by_layer"] for g in groups]
+        width = len(next(r for r in rows if r is not None))
+        z = np.array([r if r is not None else [np.nan] * width for r in rows], dtype=float)
+        labels = _cell_labels("group", groups, "layer", range(width))
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(width)), y=list(range(len(groups))), customdata=labels, name=kind,
+            colorscale=_TRACE_COLORS.get(kind, "Blues"),
+            colorbar={"x": fig.layout[f"xaxis{n + 1 if n else ''}"].domain[1] + 0.005, "thickness": 10},
+            hovertemplate=f"{kind}<br>%{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
+                          f"average IE = %{{z:.4g}}<extra></extra>"), 1, n + 1)
+        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(groups))),
+                         ticktext=groups if n == 0 else [""] * len(groups), row=1, col=n + 1)
+        fig.update_xaxes(title="layer", tickmode="array", tickvals=list(range(0, width, max(1, width // 10))), row=1, col=n + 1)
+    title = f"Average indirect effect over {summary['n_traced']} facts"
+    fig.update_layout(title=title, height=380, width=420 * len(kinds) + 200)
+    return plotly_view(fig, title)
+
+
+def trace_folder_view(out, summary: dict | None = None, max_facts: int = 50) -> View:
+    """One page for a `trace_facts` folder: the average effects (if `summary`) and Figure 1 of each traced
+    fact in `<out>/facts/` (the first `max_facts`, by id), plotly.js inlined once."""
+    import json
+    from pathlib import Path
+
+    from ..tracing import Trace
+    from .base import concat
+
+    records = [json.loads(p.read_text()) for p in sorted(Path(out, "facts").glob("*.json"))]
+    traced = [r for r in records if "scores" in r]
+    traced.sort(key=lambda r: (str(type(r["id"])), r["id"]))
+    views = [trace_average_heatmaps(summary)] if summary and summary.get("n_traced") else []
+    views += [trace_heatmaps(Trace.from_json(r)) for r in traced[:max_facts]]
+    if not views:
+        raise ValueError(f"out: {out} holds no traced facts")
+    return concat(views, f"causal tracing: {len(traced)} facts" + (f" (first {max_facts} shown)" if len(traced) > max_facts else ""))

@@ -1,0 +1,51 @@
+"""Token-coloured text and attention patterns, drawn by circuitsvis with its JavaScript bundle inlined
+(`.local_src`; its `_repr_html_` would first probe http://google.com, and `str()` loads from a CDN)."""
+from __future__ import annotations
+
+import html as _html
+
+import numpy as np
+import torch
+
+from .base import View
+
+
+def _wrap(src: str, kind: str) -> str:
+    # circuitsvis writes `<div id=.../>`, which HTML does not close: our own div keeps what follows outside it
+    return f'<div class="workbench-view" data-kind="{kind}">{src}</div>'
+
+
+def token_view(tokens: list[str], values, title: str = "token values") -> View:
+    """Each token coloured by its value (e.g. a patching effect per position); hover shows the value."""
+    from circuitsvis.tokens import colored_tokens
+
+    values = np.asarray(values, dtype=float).reshape(-1)
+    if len(tokens) != len(values):
+        raise ValueError(f"values: expected one value per token ({len(tokens)}), got {len(values)}")
+    src = colored_tokens(tokens=[str(t) for t in tokens], values=values.tolist()).local_src
+    return View(title, f"<p>{_html.escape(title)}</p>" + _wrap(src, "circuitsvis"), "circuitsvis")
+
+
+def attention_view(tokens: list[str], pattern, title: str = "attention patterns") -> View:
+    """Attention patterns of one layer, pattern [n_heads, query, key] (rows sum to 1), one panel per head."""
+    from circuitsvis.attention import attention_patterns
+
+    pattern = torch.as_tensor(pattern, dtype=torch.float32)
+    if pattern.ndim != 3 or pattern.shape[1] != len(tokens) or pattern.shape[2] != len(tokens):
+        raise ValueError(f"pattern: expected [n_heads, {len(tokens)}, {len(tokens)}], got {list(pattern.shape)}")
+    src = attention_patterns(tokens=[str(t) for t in tokens], attention=pattern).local_src
+    return View(title, f"<p>{_html.escape(title)}</p>" + _wrap(src, "circuitsvis"), "circuitsvis")
+
+
+@torch.no_grad()
+def attention_pattern(model, prompt: str, layer: int) -> tuple[list[str], torch.Tensor]:
+    """(tokens, pattern [n_heads, query, key]) of `prompt` at `layer`, as the model's attention returns it
+    (`output_attentions=True`; models loaded with the eager attention kernel return it, SDPA returns None)."""
+    from ..core.sites import check_layers
+
+    (layer,) = check_layers([layer], model.dims.n_layers)
+    ids = model.to_tokens(prompt)
+    out = model.hf(ids.to(model.device), output_attentions=True)
+    if not out.attentions or out.attentions[layer] is None:
+        raise ValueError("model: its attention kernel does not return patterns; load it with attn_implementation='eager'")
+    return model.to_str_tokens(prompt), out.attentions[layer][0].float().cpu()
