@@ -19,8 +19,8 @@ from dataclasses import dataclass
 COMPONENTS: dict[str, tuple[str, str, str]] = {
     "resid_pre": ("hook_resid_pre", "block", "input"),
     "resid_post": ("hook_resid_post", "block", "output"),
-    "attn_out": ("hook_attn_out", "attn", "output"),
-    "mlp_out": ("hook_mlp_out", "mlp", "output"),
+    "attn_out": ("hook_attn_out", "attn_out", "output"),  # what the block adds to the residual (after any post-norm)
+    "mlp_out": ("hook_mlp_out", "mlp_out", "output"),
     "z": ("attn.hook_z", "attn_out_proj", "input"),
     "mlp_post": ("mlp.hook_post", "mlp_down", "input"),
 }
