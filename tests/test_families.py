@@ -196,3 +196,23 @@ def test_half_precision_grid_ranks_like_float32(tokenizer, family, dtype):
     assert spearman(g16, g32) >= 0.99
     assert g16.argmax() == g32.argmax()
     assert (g16 - g32).abs().max() < 0.05 * g32.abs().max()  # the README's stated tolerance
+
+
+def test_qwen2_sliding_window_layers_run_on_the_suffix_path(tokenizer):
+    """Qwen2 with use_sliding_window (windowed layers from max_window_layers on) used to fall back to full
+    forwards; its suffix grid now equals the batched-full-forward grid (the HF model's own masks)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tok = copy.deepcopy(tokenizer)
+    cfg = Qwen2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, vocab_size=len(tok), use_sliding_window=True, sliding_window=4,
+                      max_window_layers=1, initializer_range=0.1, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    m = wb.Model(AutoModelForCausalLM.from_config(cfg, attn_implementation="eager"), tok)
+    assert [attention_window(m.hf, l) for l in range(2)] == [None, 4]
+    args = (IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
+    fast = activation_patching(m, *args, components=["resid_pre", "attn_out"], path="auto", skip_identical=False)
+    full = activation_patching(m, *args, components=["resid_pre", "attn_out"], path="full", skip_identical=False)
+    for comp in ("resid_pre", "attn_out"):
+        assert fast[comp].meta["engine"]["path"] == "suffix"
+        assert np.abs(fast[comp].values - full[comp].values).max() < 1e-4, comp
