@@ -216,3 +216,21 @@ def test_qwen2_sliding_window_layers_run_on_the_suffix_path(tokenizer):
     for comp in ("resid_pre", "attn_out"):
         assert fast[comp].meta["engine"]["path"] == "suffix"
         assert np.abs(fast[comp].values - full[comp].values).max() < 1e-4, comp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_grid_on_the_default_model(default_model, dtype):
+    """Real weights (SmolLM2-135M), IOI pair: the half-precision resid_pre grid's argmax is the float32 argmax
+    or a cell tied with it (float16 picks another of two near-equal top cells), and it stays within 10% of the
+    largest cell (measured: bf16 0.33 of 6.27, fp16 0.022). Its rank correlation over all
+    cells is lower than issue 13's 0.99 (bf16 0.73, fp16 0.93: most cells sit within rounding of the baseline),
+    so it is recorded in the README rather than asserted."""
+    args = (IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
+    g32 = torch.as_tensor(activation_patching(default_model, *args)["resid_pre"].values)
+    half = wb.Model(copy.deepcopy(default_model.hf).to(dtype), default_model.tokenizer, name="half")
+    g = torch.as_tensor(activation_patching(half, *args)["resid_pre"].values).float()
+    # the half-precision argmax is the float32 argmax, or a cell tied with it to within 1% of the largest cell
+    top = g32.flatten()
+    assert top[g.argmax()] >= top.max() - 0.01 * g32.abs().max(), (int(g.argmax()), int(g32.argmax()))
+    assert (g - g32).abs().max() < 0.1 * g32.abs().max()
