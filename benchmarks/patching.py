@@ -77,12 +77,13 @@ def logit_diff_fn(model, pairs):
     return ans, foil
 
 
-def run_transformer_lens(model, clean, corrupt, ans, foil):
+def run_transformer_lens(model, clean, corrupt, ans, foil, name="local-smollm2", dtype=None):
     from transformer_lens import patching
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers("local-smollm2", hf_model=copy.deepcopy(model.hf).eval(),
-                                                 tokenizer=copy.deepcopy(model.tokenizer), device=str(model.device))
+    bridge = TransformerBridge.boot_transformers(name, hf_model=copy.deepcopy(model.hf).eval(),
+                                                 tokenizer=copy.deepcopy(model.tokenizer), device=str(model.device),
+                                                 **({"dtype": dtype} if dtype is not None else {}))
 
     def metric(logits):  # mean over pairs, as TransformerLens users write it
         last = logits[:, -1]

@@ -14,7 +14,7 @@ from conftest import IOI_CLEAN
 def test_tiny_models_build_with_their_config_and_match_plain_forward(tiny, family):
     m = tiny(family)
     assert (m.dims.n_layers, m.dims.d_model, m.dims.n_heads, m.dims.d_mlp) == (2, 64, 4, 128)
-    assert m.dims.n_kv_heads == (2 if family in ("llama", "qwen2") else 4)
+    assert m.dims.n_kv_heads == (4 if family in ("gpt2", "gpt_neox", "gptj") else 2)  # the others use grouped queries
     ids = m.to_tokens("The quick brown fox jumps")
     with torch.no_grad():
         plain = m.hf(input_ids=ids).logits

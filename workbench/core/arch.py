@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 
@@ -28,11 +29,43 @@ class Arch:
     attn_out_proj: str  # its input is hook_z, flattened over heads
     mlp: str
     mlp_down: str  # its input is mlp.hook_post (ROME's keys)
-    ln1: str
-    ln2: str
+    ln1: str | None  # None: the block has no pre-attention norm (OLMo 2 normalises after)
+    ln2: str | None  # None: no pre-MLP norm (OLMo 2; GPT-J's MLP reads ln1's output)
     rotary: str | None = None  # model-level rotary embedding module; None for learned absolute positions
     parallel_residual: bool = False  # attn and MLP both read resid_pre (GPT-NeoX, GPT-J)
     suffix: bool = True  # the packed suffix-only engine path knows this family's blocks
+    # The module whose output the block adds to the residual stream as attention's / the MLP's contribution
+    # (hook_attn_out / hook_mlp_out), where that is a post-norm after `attn` / `mlp` (Gemma 2/3 sandwich
+    # norms, OLMo 2). None: `attn` / `mlp` itself.
+    attn_out: str | None = None
+    mlp_out: str | None = None
+    rotary_by_layer_type: bool = False  # rotary(x, positions, layer_type): one table per attention type (Gemma 3)
+    final_softcap: str | None = None  # config field c: logits = c * tanh(logits / c) after the unembedding (Gemma 2/3)
+    moe: bool = False  # the MLP is a mixture of experts: mlp_out is the experts' weighted sum; no single down projection
+
+    def has(self, role: str) -> bool:
+        """Whether this family has a module for an adapter role ('block' always)."""
+        return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
+
+    def path(self, role: str) -> str:
+        """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
+        path = getattr(self, role, None)
+        if path is None and role in ("attn_out", "mlp_out"):
+            path = getattr(self, role.removesuffix("_out"))
+        if path is None:
+            why = _MISSING.get(role, "not in this architecture")
+            why = _MISSING["moe"] if self.moe and role == "mlp_down" else why
+            raise ValueError(f"model: the {self.family} architecture has no {role!r} module ({why})")
+        return path
+
+
+_MISSING = {
+    "moe": "a mixture-of-experts MLP has no single down projection, so mlp_post sites and MLP weight edits "
+           "(ROME, MEMIT, FTL) are unsupported",
+    "ln1": "no norm before attention",
+    "ln2": "no norm before the MLP",
+    "rotary": "no rotary embedding",
+}
 
 
 _LLAMA_LIKE = dict(
@@ -58,6 +91,31 @@ ARCHS: dict[str, Arch] = {
         ln1="input_layernorm", ln2="post_attention_layernorm", rotary="gpt_neox.rotary_emb",
         parallel_residual=True,
     ),
+    # Gemma: llama-like names; the embedding module multiplies by sqrt(d_model) itself, so `embed`'s output
+    # is what `inputs_embeds` takes (tracing's noise is added after the scaling).
+    "gemma": Arch("gemma", **_LLAMA_LIKE),
+    # Gemma 2 / 3: sandwich norms (attention and MLP outputs pass a post-norm before the residual add),
+    # soft-capped attention scores (inside the attention module) and final logits, sliding-window layers
+    # (config.layer_types, config.sliding_window; see `attention_window`).
+    "gemma2": Arch("gemma2", **{**_LLAMA_LIKE, "ln2": "pre_feedforward_layernorm"},
+                   attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm",
+                   final_softcap="final_logit_softcapping"),
+    "gemma3_text": Arch("gemma3_text", **{**_LLAMA_LIKE, "ln2": "pre_feedforward_layernorm"},
+                        attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm",
+                        final_softcap="final_logit_softcapping", rotary_by_layer_type=True),
+    # Phi-3: fused qkv_proj and gate_up_proj; o_proj and down_proj are single linears as in Llama.
+    "phi3": Arch("phi3", **_LLAMA_LIKE),
+    # OLMo 2: no pre-norms; attention and MLP outputs are normalised before the residual add.
+    "olmo2": Arch("olmo2", **{**_LLAMA_LIKE, "ln1": None, "ln2": None},
+                  attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm"),
+    # GPT-J: attention and MLP both read ln_1(resid_pre) and are added together (no ln_2).
+    "gptj": Arch(
+        "gptj", blocks="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
+        attn="attn", attn_out_proj="attn.out_proj", mlp="mlp", mlp_down="mlp.fc_out", ln1="ln_1", ln2=None,
+        rotary="transformer.rotary_emb", parallel_residual=True,
+    ),
+    # Mixtral: the MLP is a sparse mixture of experts (fused expert weights, no single down projection).
+    "mixtral": Arch("mixtral", **{**_LLAMA_LIKE, "mlp_down": None}, moe=True),
 }
 
 
@@ -77,6 +135,43 @@ def arch_for(hf_model: nn.Module) -> Arch:
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
+
+
+# -- per-layer attention facts read from the config ------------------------------------------------------
+
+def attention_window(hf_model: nn.Module, layer: int) -> int | None:
+    """The sliding window of `layer`'s attention (a key at position k is visible from query q only if
+    q - k < window), or None for full causal attention.
+
+    Families with `config.layer_types` (Gemma 2/3, Qwen2/3) window only their "sliding_attention"
+    layers; the others (Mistral, Phi-3, Mixtral) window every layer when `sliding_window` is set.
+    """
+    cfg = hf_model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if window is None or (types is not None and types[layer] != "sliding_attention"):
+        return None
+    return int(window)
+
+
+def rotary_tables(hf_model: nn.Module, arch: Arch, x, positions) -> list | None:
+    """The rotary (cos, sin) a block takes as `position_embeddings`, one per layer, or None without rotary."""
+    if arch.rotary is None:
+        return None
+    rotary = get_module(hf_model, arch.rotary)
+    cfg = hf_model.config.get_text_config()
+    n_layers = cfg.num_hidden_layers
+    if not arch.rotary_by_layer_type:
+        table = rotary(x, positions)
+        return [table] * n_layers
+    tables = {t: rotary(x, positions, t) for t in set(cfg.layer_types)}
+    return [tables[cfg.layer_types[l]] for l in range(n_layers)]
+
+
+def final_logits(hf_model: nn.Module, arch: Arch, logits):
+    """Logits after the family's final soft-capping, c * tanh(logits / c) (Gemma 2/3), as the model's forward."""
+    cap = getattr(hf_model.config.get_text_config(), arch.final_softcap, None) if arch.final_softcap else None
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 # -- the KV cache: its keyword and layout differ between transformers releases and families -----------
@@ -114,6 +209,14 @@ def layer_kv(cache, layer: int) -> tuple:
     return entry.keys, entry.values
 
 
+def full_kv_cache():
+    """An empty `DynamicCache` that keeps every layer's keys and values in full (one built from a config
+    trims sliding-window layers to their window)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def one_layer_cache(keys, values, layer: int):
     """A `DynamicCache` holding only `layer`'s keys and values (a block run alone reads its own layer)."""
     from transformers import DynamicCache
@@ -127,9 +230,7 @@ def suffix_unsupported(hf_model: nn.Module, arch: "Arch") -> str | None:
     """Why the packed suffix-only engine path cannot run this model, or None where it can."""
     if not arch.suffix:
         return f"no suffix recipe for {arch.family}"
-    cfg = hf_model.config.get_text_config()
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
-        return "sliding-window attention"
+    # Sliding-window layers run on the suffix path: its packed mask applies each layer's `attention_window`.
     return None
 
 
@@ -152,9 +253,12 @@ def dims_of(hf_model: nn.Module, arch: Arch) -> Dims:
     d_model = cfg.hidden_size
     d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
     blocks = get_module(hf_model, arch.blocks)
-    down = get_module(blocks[0], arch.mlp_down)
-    # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
-    d_mlp = down.in_features if isinstance(down, nn.Linear) else down.weight.shape[0]
+    if arch.mlp_down is None:  # mixture of experts: the width of one expert
+        d_mlp = cfg.intermediate_size
+    else:
+        down = get_module(blocks[0], arch.mlp_down)
+        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+        d_mlp = down.in_features if isinstance(down, nn.Linear) else down.weight.shape[0]
     return Dims(
         n_layers=len(blocks),
         d_model=d_model,

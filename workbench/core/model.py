@@ -53,12 +53,12 @@ class Model:
         return self
 
     def module(self, where: str, layer: int | None = None) -> torch.nn.Module:
-        """A module by its adapter role: 'block', 'attn', 'mlp', 'attn_out_proj', 'mlp_down', 'ln1', 'ln2'
-        (with a layer), or 'embed', 'final_norm', 'unembed', 'rotary'."""
+        """A module by its adapter role: 'block', 'attn', 'mlp', 'attn_out', 'mlp_out', 'attn_out_proj',
+        'mlp_down', 'ln1', 'ln2' (with a layer), or 'embed', 'final_norm', 'unembed', 'rotary'."""
         if layer is None:
-            return get_module(self.hf, getattr(self.arch, where))
+            return get_module(self.hf, self.arch.path(where))
         block = self._blocks[layer]
-        return block if where == "block" else get_module(block, getattr(self.arch, where))
+        return block if where == "block" else get_module(block, self.arch.path(where))
 
     @property
     def fingerprint(self) -> str:
@@ -174,7 +174,10 @@ class Model:
         """Token embeddings [batch, pos, d_model] (what `inputs_embeds` replaces)."""
         return self.module("embed")(self.encode(inputs)[0])
 
-    def all_sites(self, components: Sequence[str] = tuple(COMPONENTS)) -> list[Site]:
+    def all_sites(self, components: Sequence[str] | None = None) -> list[Site]:
+        """Every site of `components` (default: every component this architecture has) at every layer."""
+        if components is None:
+            components = [c for c, (_, role, _, _) in COMPONENTS.items() if self.arch.has(role)]
         return [Site(l, c) for l in range(self.dims.n_layers) for c in components]
 
     def run_with_cache(

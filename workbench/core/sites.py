@@ -21,8 +21,8 @@ from dataclasses import dataclass
 COMPONENTS: dict[str, tuple[str, str, str, str]] = {
     "resid_pre": ("hook_resid_pre", "block", "input", "d_model"),
     "resid_post": ("hook_resid_post", "block", "output", "d_model"),
-    "attn_out": ("hook_attn_out", "attn", "output", "d_model"),
-    "mlp_out": ("hook_mlp_out", "mlp", "output", "d_model"),
+    "attn_out": ("hook_attn_out", "attn_out", "output", "d_model"),  # what the block adds to the residual (after any post-norm)
+    "mlp_out": ("hook_mlp_out", "mlp_out", "output", "d_model"),
     "z": ("attn.hook_z", "attn_out_proj", "input", "heads"),
     "mlp_post": ("mlp.hook_post", "mlp_down", "input", "d_mlp"),
     "attn_in": ("attn.hook_in", "attn", "input", "d_model"),  # the attention's input (ln1 output), read by q, k, v (TL bridge name)

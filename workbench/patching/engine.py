@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.arch import cache_kwarg, layer_kv, one_layer_cache, output_cache, suffix_unsupported
+from ..core.arch import (attention_window, cache_kwarg, final_logits, full_kv_cache, layer_kv, one_layer_cache, output_cache,
+                         rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
 
@@ -140,9 +141,9 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress, targe
             pair_idx = torch.tensor([p.pair for p in chunk], device=model.device)
             ivs = _overwrite_interventions([(row, e, 0) for row, p in enumerate(chunk) for e in p.overwrites])
             if target_embeds is None:
-                logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1]
+                logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1].float()
             else:
-                logits = model.run_with_interventions(None, ivs, inputs_embeds=target_embeds[pair_idx])[:, -1]
+                logits = model.run_with_interventions(None, ivs, inputs_embeds=target_embeds[pair_idx])[:, -1].float()
             out[start:start + len(chunk)] = checked_metric(metric(logits, pair_idx), len(chunk))
             stats.calls += 1
             stats.token_layers += len(chunk) * T * model.dims.n_layers
@@ -222,16 +223,21 @@ def _layout(patches: list[Patch], chunk: list[int], T: int, capacity: int, n_lay
                    slot_row, slot_pos, slot_first)
 
 
-def _packed_mask(lay: _Layout, T: int, dtype) -> Tensor:
+def _packed_mask(lay: _Layout, T: int, dtype, window: int | None = None) -> Tensor:
     """Additive attention mask [packs, 1, width, T + width] over (target's cached keys | packed keys).
 
     A token at absolute position q of a row that recomputes from position p attends to the target's
-    cached keys at positions < p and to its own row's recomputed tokens at positions <= q. Padding
-    attends to cached key 0 only, so its softmax stays finite; nothing reads it.
+    cached keys at positions < p and to its own row's recomputed tokens at positions <= q; in a
+    sliding-window layer only to keys at k with q - k < window (as the model's own mask). Padding
+    (position 0) attends to cached key 0 only, so its softmax stays finite; nothing reads it.
     """
     row, pos, first = lay.slot_row, lay.slot_pos, lay.slot_first
-    prefix_ok = torch.arange(T)[None, None, :] < first[:, :, None]
+    keys = torch.arange(T)[None, None, :]
+    prefix_ok = keys < first[:, :, None]
     own_ok = (row[:, :, None] == row[:, None, :]) & (pos[:, None, :] <= pos[:, :, None]) & (row[:, :, None] >= 0)
+    if window is not None:
+        prefix_ok &= pos[:, :, None] - keys < window
+        own_ok &= pos[:, :, None] - pos[:, None, :] < window
     allowed = torch.cat([prefix_ok, own_ok], dim=2)
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -273,11 +279,14 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
     dev = model.device
     resid_sites = [Site(l, "resid_pre") for l in range(dims.n_layers)]
     with torch.no_grad():
+        # A cache built without the config keeps every layer's keys in full (a config-built one trims
+        # sliding-window layers to the window, and suffixes need the whole prefix's keys).
+        full_cache = {cache_kwarg(model.hf): full_kv_cache()}
         with model.hooks(cache_sites=resid_sites) as cache:
             if target_embeds is None:
-                target = model.hf(input_ids=target_ids, use_cache=True)
+                target = model.hf(input_ids=target_ids, use_cache=True, **full_cache)
             else:
-                target = model.hf(inputs_embeds=target_embeds, use_cache=True)
+                target = model.hf(inputs_embeds=target_embeds, use_cache=True, **full_cache)
         resid = [cache[s.name] for s in resid_sites]  # per layer [n_pairs, T, d_model]
         kv = [layer_kv(output_cache(target), l) for l in range(dims.n_layers)]  # [n_pairs, kv_heads, T, d_head]
         stats.calls += 1
@@ -289,14 +298,15 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
         cache_key = cache_kwarg(blocks[0])
         final_norm, unembed = model.module("final_norm"), model.module("unembed")
         dtype = resid[0].dtype
+        windows = [attention_window(model.hf, l) for l in range(dims.n_layers)]
         out = torch.empty(len(patches), device=dev)
         for chunk in tqdm(_chunks(patches, T, budget), disable=not progress, desc="patching (suffix)"):
             lay = _layout(patches, chunk, T, max(T, pack_tokens), dims.n_layers)
-            mask = _packed_mask(lay, T, dtype).to(dev)
+            masks = {w: _packed_mask(lay, T, dtype, w).to(dev) for w in set(windows)}
             positions = lay.slot_pos.to(dev)
             pack_pair = lay.pack_pair.to(dev)
             h = torch.zeros(*lay.slot_row.shape, dims.d_model, dtype=dtype, device=dev)
-            rope = model.module("rotary")(h, positions) if arch.rotary else None
+            rope = rotary_tables(model.hf, arch, h, positions)  # per layer, or None
             row_layer = [patches[i].first_layer for i in lay.rows]
             slot_row, slot_pos = lay.slot_row.to(dev), lay.slot_pos.to(dev)
             overwrites_at: dict[int, list] = {}
@@ -315,10 +325,10 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                     joining = torch.isin(slot_row, torch.tensor(members, device=dev)).nonzero(as_tuple=True)
                     h[joining] = resid[l][pack_pair[joining[0]], slot_pos[joining]]
                 past = one_layer_cache(kv[l][0][pack_pair[:nb]], kv[l][1][pack_pair[:nb]], l)
-                kwargs = {"attention_mask": mask[:nb, :, :w, :T + w], "position_ids": positions[:nb, :w],
+                kwargs = {"attention_mask": masks[windows[l]][:nb, :, :w, :T + w], "position_ids": positions[:nb, :w],
                           "use_cache": True, cache_key: past}
                 if rope is not None:
-                    kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope)
+                    kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope[l])
                 with model.hooks(_overwrite_interventions(overwrites_at.get(l, [])), input_shape=(nb, w)):
                     y = blocks[l](h[:nb, :w], **kwargs)
                 h[:nb, :w] = y[0] if isinstance(y, tuple) else y
@@ -327,8 +337,9 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                 stats.padding += nb * w - real
             # each row's last token is its prompt's last position
             last = lay.start + (T - 1) - torch.tensor([patches[i].first_position for i in lay.rows])
-            logits = unembed(final_norm(h[lay.pack.to(dev), last.to(dev)]))
+            logits = final_logits(model.hf, arch, unembed(final_norm(h[lay.pack.to(dev), last.to(dev)])))
             stats.unembedded += len(lay.rows)
             rows = torch.tensor(lay.rows, device=dev)
-            out[rows] = checked_metric(metric(logits, pack_pair[lay.pack.to(dev)]), len(lay.rows))
+            # metrics in float32 whatever the model's dtype (half-precision logits lose the small differences)
+            out[rows] = checked_metric(metric(logits.float(), pack_pair[lay.pack.to(dev)]), len(lay.rows)).to(out.dtype)
     return out, stats

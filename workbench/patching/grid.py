@@ -189,6 +189,8 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(pairs.clean, sites)
         corr_logits, corr_cache = model.run_with_cache(pairs.corrupted, sites)
+    # metrics in float32 whatever the model's dtype, as the engine computes them
+    clean_logits, corr_logits = clean_logits.float(), corr_logits.float()
     fn = metric_fn(metric, pairs, clean_logits[:, -1], corr_logits[:, -1])
     idx = torch.arange(pairs.n, device=model.device)
     clean_metric = checked_metric(fn(clean_logits[:, -1], idx), pairs.n)
