@@ -138,7 +138,7 @@ def patching_case(model, pairs, device, baselines, invokes_per_trace=64) -> dict
 
 def tracing_case(model, device, samples, window) -> dict:
     nu = 3 * embedding_noise_std(model, [SUBJECT])
-    tr, ours, _ = timed(lambda: trace_fact(model, PROMPT, SUBJECT, ANSWER, noise=nu, samples=samples, window=window), device)
+    tr, ours, _ = timed(lambda: trace_fact(model, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window), device)
     span = model.find_span(PROMPT, SUBJECT)
     eps = nu * torch.randn(samples, len(span), model.dims.d_model, generator=torch.Generator().manual_seed(0))
     ref, loop, _ = timed(lambda: {k: research_trace_loop(model, PROMPT, SUBJECT, ANSWER, eps.to(model.device), window, k)

@@ -368,6 +368,10 @@ API = [
     R("caft-compare-seeds", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, seeds=3), V, "seeds"),
     R("caft-compare-fill", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, fill="median"), V, "fill"),
     R("caft-ablations-component", lambda c: caft.ablations({0: torch.eye(64)[:1]}, component="z"), V, "component"),
+    # views (issue 17)
+    R("views-save_html-suffix", lambda c: wb.save_html(wb.LabelledArray([[0.0, 1.0]], ("layer", "position"),
+                                                                        {"layer": [0], "position": ["a", "b"]}), c.d / "x.png"),
+      V, "path", ".html"),
     # counterfactual strings (issue 19)
     R("counterfactual-empty-continuation", lambda c: wb.counterfactual.counterfactuals(c.m, ["Hello"], [""]), V, "continuations"),
     R("counterfactual-intervention-type", lambda c: wb.counterfactual.counterfactuals(c.m, ["Hello"], [" world"], "steer"), V,

@@ -142,7 +142,7 @@ def test_trace_equals_the_research_loop(tiny, family):
     m = tiny(family)
     prompt, subject, answer = "The Eiffel Tower is in the city of", "Eiffel Tower", " Paris"
     samples, window, nu, seed = 2, 2, 0.5, 3
-    tr = trace_fact(m, prompt, subject, answer, noise=nu, samples=samples, window=window, seed=seed)
+    tr = trace_fact(m, prompt, subject, answer, noise_std=nu, samples=samples, window=window, seed=seed)
     eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model,
                            generator=torch.Generator().manual_seed(seed))
     for kind in KINDS:
