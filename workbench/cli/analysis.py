@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import parse_list
+from .common import parse_list, verb
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -150,16 +150,14 @@ def _cmd_cross_patch(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("lens", help="logit lens: the answer's probability and rank layer by layer")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "lens", help="logit lens: the answer's probability and rank layer by layer")
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
     s.add_argument("--tuned", help="a tuned_lens.safetensors from `workbench tuned-lens` (default: the logit lens)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_lens)
 
-    s = sub.add_parser("tuned-lens", help="train (or resume) a tuned lens; reports held-out KL by layer")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "tuned-lens", help="train (or resume) a tuned lens; reports held-out KL by layer")
     s.add_argument("--texts", required=True, help="a text file, one training text per line (the last tenth held out)")
     s.add_argument("--steps", type=int, default=100, help="total steps; a rerun with more steps resumes")
     s.add_argument("--lr", type=float, default=1e-3)
@@ -170,8 +168,7 @@ def register(sub) -> None:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_tuned_lens)
 
-    s = sub.add_parser("dla", help="direct logit attribution per head and MLP (final norm's scale frozen)")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "dla", help="direct logit attribution per head and MLP (final norm's scale frozen)")
     s.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
     s.add_argument("--foil", action="append", help="a single token; one, or one per prompt (default: the answer's logit alone)")
@@ -179,8 +176,7 @@ def register(sub) -> None:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_dla)
 
-    s = sub.add_parser("path-patch", help="path patching: each sender's effect through the receivers only")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "path-patch", help="path patching: each sender's effect through the receivers only")
     s.add_argument("--clean", required=True)
     s.add_argument("--corrupt", required=True)
     s.add_argument("--answer", required=True)
@@ -193,8 +189,7 @@ def register(sub) -> None:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_path_patch)
 
-    s = sub.add_parser("das", help="distributed alignment search: learn a subspace of a site from interchange data")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "das", help="distributed alignment search: learn a subspace of a site from interchange data")
     s.add_argument("--site", required=True, help="e.g. blocks.3.hook_resid_post or blocks.2.mlp.hook_post")
     s.add_argument("--data", required=True, help="JSONL: {base, source, label} per line (label: the counterfactual output token)")
     s.add_argument("--candidates", required=True, help="comma-separated output tokens compared (single tokens)")

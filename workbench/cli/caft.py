@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, input_file, output_dir, parse_list
+from .common import add_force, input_file, output_dir, parse_list, verb
 
 
 def _cmd_caft(args) -> int:
@@ -37,8 +37,7 @@ def _cmd_caft(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("caft", help="concept ablation fine-tuning: plain vs CAFT vs random directions vs test-time ablation")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "caft", help="concept ablation fine-tuning: plain vs CAFT vs random directions vs test-time ablation")
     s.add_argument("--task", required=True, help="task JSONL (splits train, id_test, ood_test; see workbench.caft)")
     s.add_argument("--directions", required=True,
                    help="safetensors: `layer.<n>` tensors [k, d_model], or one probe `direction` used at every --layers")

@@ -101,3 +101,11 @@ def output_file(path, *, force: bool, arg: str = "out") -> Path:
 
 def add_force(parser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing results at --out")
+
+
+def verb(sub, name: str, help: str):
+    """A verb's parser with the argument every model-running verb shares (`--model`, the embedded default)."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("--model", default="smollm2-135m", help="the embedded default, a Hugging Face directory or hub id, "
+                                                            "or tiny-<family>")
+    return s

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .common import verb
+
 
 def _replace_arg(text: str | None):
     if text is None:
@@ -72,9 +74,8 @@ def _cmd_counterfactual(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("counterfactual", help="counterfactual strings (Gumbel-max hindsight sampling) under "
+    s = verb(sub, "counterfactual", help="counterfactual strings (Gumbel-max hindsight sampling) under "
                                               "steering, a weight edit, a second model or a replaced token")
-    s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--observed", default=None, help='JSONL of {"prompt": ..., "continuation": ...}')
     s.add_argument("--prompts", default=None, help="prompts, one per line: sample the observed strings here")
     s.add_argument("--limit", type=int, default=None, help="use the first N rows")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file, parse_list
+from .common import add_force, check_float, check_int, input_file, output_dir, output_file, parse_list, verb
 
 
 def _cmd_counterfact(args) -> int:
@@ -68,8 +68,7 @@ def _cmd_edit(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("counterfact", help="build CounterFact-style edit requests from a facts file (known facts)")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "counterfact", help="build CounterFact-style edit requests from a facts file (known facts)")
     s.add_argument("--facts", default="data/facts.jsonl")
     s.add_argument("--out", required=True, help="JSONL file to write")
     add_force(s)
@@ -78,8 +77,7 @@ def register(sub) -> None:
     s.add_argument("--neighbours", type=int, default=10)
     s.add_argument("--all-facts", action="store_true", help="use every fact, not only those the model knows")
     s.set_defaults(fn=_cmd_counterfact)
-    s = sub.add_parser("edit", help="ROME / MEMIT / FT-L edits scored with CounterFact metrics (resumable)")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "edit", help="ROME / MEMIT / FT-L edits scored with CounterFact metrics (resumable)")
     s.add_argument("--requests", default="data/counterfact.jsonl")
     s.add_argument("--method", choices=["rome", "memit", "ft-l", "none"], default="rome")
     s.add_argument("--out", required=True)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import check_int, output_dir
+from .common import check_int, output_dir, verb
 
 
 def _cmd_prepare(args) -> int:
@@ -72,11 +72,9 @@ def _cmd_bench(args) -> int:
 def register(sub) -> None:
     sub.add_parser("prepare", help="convert the embedded default model into the cache (once)").set_defaults(fn=_cmd_prepare)
     sub.add_parser("models", help="what can be loaded, what is cached").set_defaults(fn=_cmd_models)
-    s = sub.add_parser("info", help="architecture facts of a model")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "info", help="architecture facts of a model")
     s.set_defaults(fn=_cmd_info)
-    s = sub.add_parser("demo", help="the main demo on the default model; writes figures")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "demo", help="the main demo on the default model; writes figures")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
     s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, output_dir
+from .common import add_force, check_float, output_dir, verb
 
 
 def _cmd_patch(args) -> int:
@@ -46,8 +46,7 @@ def _cmd_patch(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
     s.add_argument("--clean", required=True)
     s.add_argument("--corrupt", required=True)
     s.add_argument("--answer", required=True, help="the clean run's answer, a single token (mind the leading space)")

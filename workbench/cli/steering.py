@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from .common import add_force, check_float, check_int, input_file, output_dir, parse_list
+from .common import add_force, check_float, check_int, input_file, output_dir, parse_list, verb
 
 
 def _cmd_steer(args) -> int:
@@ -78,8 +78,7 @@ def _cmd_steer(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("steer", help="build a steering vector from contrast pairs and sweep layers x multipliers")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "steer", help="build a steering vector from contrast pairs and sweep layers x multipliers")
     s.add_argument("--pairs", required=True, help='JSONL of {"positive": ..., "negative": ...}')
     s.add_argument("--layers", required=True, help="comma-separated layers, e.g. 3,6,9")
     s.add_argument("--multipliers", required=True, help="comma-separated multipliers, e.g. 0,2,4,8")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..data.facts import DEFAULT_FACTS
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file
+from .common import add_force, check_float, check_int, input_file, output_dir, output_file, verb
 
 
 def _cmd_trace(args) -> int:
@@ -57,8 +57,7 @@ def _cmd_known(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("trace", help="ROME-style causal tracing over a facts JSONL file (resumable)")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "trace", help="ROME-style causal tracing over a facts JSONL file (resumable)")
     s.add_argument("--facts", default=str(DEFAULT_FACTS))
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=None, help="trace at most N facts (skipped ones do not count)")
@@ -76,8 +75,7 @@ def register(sub) -> None:
                    help="write into a non-empty --out that holds no earlier trace (a same-configuration run resumes without it)")
     s.add_argument("--html", action="store_true", help="also write trace.html: interactive Figure 1 per fact and averages")
     s.set_defaults(fn=_cmd_trace)
-    s = sub.add_parser("known", help="record which facts a model knows (top next token starts the object)")
-    s.add_argument("--model", default="smollm2-135m")
+    s = verb(sub, "known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--facts", default=str(DEFAULT_FACTS))
     s.add_argument("--out", required=True, help="JSONL file to write")
     add_force(s)

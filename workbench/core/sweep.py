@@ -12,10 +12,20 @@ Nothing touches the disk until `start()`, so a caller can check all its argument
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 from .io import atomic_write_text
+
+
+def check_item_id(item_id, seen: set, where: str, what: str, error=ValueError) -> None:
+    """An item's id names its result file, so it must be an int or a plain name, and unique in its file."""
+    if not isinstance(item_id, (int, str)) or isinstance(item_id, bool) or not re.fullmatch(r"[\w.-]+", str(item_id)):
+        raise error(f"{what}: {where}: id must be an int or a plain name (letters, digits, _ . -), got {item_id!r}")
+    if item_id in seen:
+        raise error(f"{what}: {where}: duplicate id {item_id!r}")
+    seen.add(item_id)
 
 
 class SweepFolder:

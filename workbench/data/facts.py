@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..core.io import read_jsonl
+from ..core.sweep import check_item_id
 from . import resolve
 
 REQUIRED = ("id", "subject", "prompt", "object")
@@ -68,11 +69,7 @@ def load_facts(path: str | Path) -> list[dict]:
         for k in ("subject", "prompt", "object"):
             if not isinstance(fact[k], str) or not fact[k].strip():
                 raise ValueError(f"facts: {path}:{n}: {k!r} must be a non-empty string, got {fact[k]!r}")
-        if not isinstance(fact["id"], (int, str)) or isinstance(fact["id"], bool):
-            raise ValueError(f"facts: {path}:{n}: 'id' must be an int or a string, got {fact['id']!r}")
-        if fact["id"] in ids:
-            raise ValueError(f"facts: {path}:{n}: duplicate id {fact['id']!r}")
-        ids.add(fact["id"])
+        check_item_id(fact["id"], ids, f"{path}:{n}", "facts")
         facts.append(fact)
     if not facts:
         raise ValueError(f"facts: {path} holds no facts")

@@ -31,7 +31,7 @@ import torch
 from ..data.facts import answer_text
 from ..data import resolve
 from ..core.generation import generate
-from ..core.sweep import SweepFolder
+from ..core.sweep import SweepFolder, check_item_id
 from ..core.io import atomic_write_text, read_jsonl
 from .requests import EditError, target_logprobs
 
@@ -181,11 +181,7 @@ def load_requests(path) -> list[dict]:
         if not isinstance(r, dict):
             raise EditError(f"requests: {where}: expected a JSON object, got {type(r).__name__}")
         req = _from_counterfact(r, where) if ("requested_rewrite" in r or "case_id" in r) else _from_flat(r, where)
-        if not isinstance(req["id"], (int, str)) or isinstance(req["id"], bool) or not re.fullmatch(r"[\w.-]+", str(req["id"])):
-            raise EditError(f"requests: {where}: id must be an int or a plain name (letters, digits, _ . -), got {req['id']!r}")
-        if req["id"] in ids:
-            raise EditError(f"requests: {where}: duplicate id {req['id']!r}")
-        ids.add(req["id"])
+        check_item_id(req["id"], ids, where, "requests", EditError)
         out.append(req)
     if not out:
         raise EditError(f"requests: {path} holds no requests")
