@@ -33,7 +33,7 @@ import torch
 import workbench as wb
 from common import device_meta, parser, write_result
 from patching import plain_throughput, run_nnsight, run_reference, run_transformer_lens, timed
-from workbench.core.loading import default_tokenizer
+from workbench.core.default_model import default_tokenizer
 from workbench.data.ioi import ioi_pairs
 from workbench.patching.reference import research_trace_loop
 from workbench.tracing import KINDS, embedding_noise_std, trace_fact
