@@ -345,3 +345,12 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
 
         average_effect_figures(summary, sweep.path)
     return summary
+
+
+def load_traces(out) -> list[Trace]:
+    """The traced facts of a `trace_facts` folder (skipped ones left out), ordered by id."""
+    import json
+
+    records = [json.loads(p.read_text()) for p in sorted(Path(out, "facts").glob("*.json"))]
+    traced = sorted((r for r in records if "scores" in r), key=lambda r: (str(type(r["id"])), r["id"]))
+    return [Trace.from_json(r) for r in traced]

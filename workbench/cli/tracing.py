@@ -28,9 +28,10 @@ def _cmd_trace(args) -> int:
                           figures=not args.no_figures)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
     if args.html and summary["n_traced"]:  # one self-contained page: average effects and each fact's Figure 1
+        from ..tracing import load_traces
         from ..views import save_html, trace_folder_view
 
-        print(f"wrote {save_html(trace_folder_view(args.out, summary), Path(args.out) / 'trace.html')}")
+        print(f"wrote {save_html(trace_folder_view(load_traces(args.out), summary), Path(args.out) / 'trace.html')}")
     return 0
 
 

@@ -115,20 +115,13 @@ def trace_average_heatmaps(summary: dict) -> View:
     return plotly_view(fig, title)
 
 
-def trace_folder_view(out, summary: dict | None = None, max_facts: int = 50) -> View:
-    """One page for a `trace_facts` folder: the average effects (if `summary`) and Figure 1 of each traced
-    fact in `<out>/facts/` (the first `max_facts`, by id), plotly.js inlined once."""
-    import json
-    from pathlib import Path
-
-    from ..tracing import Trace
+def trace_folder_view(traces: list, summary: dict | None = None, max_facts: int = 50) -> View:
+    """One page for a tracing sweep (`tracing.load_traces(out)`): the average effects (if `summary`) and
+    Figure 1 of each traced fact (the first `max_facts`), plotly.js inlined once."""
     from .base import concat
 
-    records = [json.loads(p.read_text()) for p in sorted(Path(out, "facts").glob("*.json"))]
-    traced = [r for r in records if "scores" in r]
-    traced.sort(key=lambda r: (str(type(r["id"])), r["id"]))
     views = [trace_average_heatmaps(summary)] if summary and summary.get("n_traced") else []
-    views += [trace_heatmaps(Trace.from_json(r)) for r in traced[:max_facts]]
+    views += [trace_heatmaps(t) for t in traces[:max_facts]]
     if not views:
-        raise ValueError(f"out: {out} holds no traced facts")
-    return concat(views, f"causal tracing: {len(traced)} facts" + (f" (first {max_facts} shown)" if len(traced) > max_facts else ""))
+        raise ValueError("traces: no traced facts to show")
+    return concat(views, f"causal tracing: {len(traces)} facts" + (f" (first {max_facts} shown)" if len(traces) > max_facts else ""))
