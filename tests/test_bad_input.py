@@ -257,6 +257,7 @@ API = [
     R("patching-by-head-resid", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", by="head"), V, "by", "'z'"),
     R("patching-direction", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", direction="back"), V, "direction"),
     R("patching-method", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", method="fast"), V, "method"),
+    R("patching-top-k", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=-1), V, "top_k"),
     R("patching-length-mismatch", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT + " her", " Mary", " John"), V, "corrupted", "align"),
     R("patching-align-range", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", align={99: 0}), V, "align", "out of range"),
     R("patching-no-foil", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary"), V, "foil", "needs a foil"),

@@ -82,7 +82,7 @@ def results(tmp_path_factory, tiny):
 
     d = tmp_path_factory.mktemp("views")
     m = tiny("llama")
-    grid = wb.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome")["resid_pre"]
+    grid = wb.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome", top_k=3)["resid_pre"]
     trace = wb.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2)
     vec = build_steering_vector(m, ["I love this", "Wonderful day"], ["I hate this", "Terrible day"], layers=[1])
     sw = sweep(m, vec, ["The film was", "My neighbour is"], multipliers=[0.0, 8.0, 32.0],
@@ -122,6 +122,13 @@ def test_standalone_html_files(results, browser):
     lines = hover_text(page, 0, r, c)
     assert lines[0] == f"layer: {grid.coords['layer'][r]}" and lines[1] == f"position: {grid.coords['position'][c]}"
     assert number(lines[2]) == pytest.approx(float(grid.values[r, c]), rel=1e-3, abs=1e-9)
+    page.mouse.down()  # a click on the hovered cell shows its patched run's top predictions
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('.workbench-click').textContent.includes('after patching')")
+    shown = page.inner_text(".workbench-click")
+    top = grid.meta["top_predictions"]
+    cell = r * len(grid.coords["position"]) + c
+    assert [repr(t) for t in top["tokens"][cell]] == [ln.split("p =")[0].strip() for ln in shown.splitlines()[1:]]
     page.screenshot(path=SHOTS / "patching_grid.png")
 
     trace = results["trace"]

@@ -42,6 +42,32 @@ def test_sweep_equals_one_forward_per_patch(tiny, family, component, engine, ski
             assert abs(res.values[layer, pos] - ref.item()) < 1e-4, (layer, pos)
 
 
+@pytest.mark.parametrize("engine,skip", [("suffix", True), ("full", False)])
+def test_top_predictions_equal_one_forward_per_patch(tiny, engine, skip):
+    """`top_k` keeps each patched run's top next tokens (what a click on a cell shows): they equal the top-k of
+    the same patch run as one plain forward, and the grid's values are unchanged by asking for them."""
+    m = tiny("llama")
+    kw = dict(components="resid_pre", path=engine, skip_identical=skip, max_batch_tokens=40)
+    res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", top_k=3, **kw)["resid_pre"]
+    plain = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", **kw)["resid_pre"]
+    assert torch.equal(torch.as_tensor(res.values), torch.as_tensor(plain.values))
+    top = res.meta["top_predictions"]
+    clean, corrupt = m.to_tokens(IOI_CLEAN), m.to_tokens(IOI_CORRUPT)
+    _, cache = m.run_with_cache(clean)
+    P = clean.shape[1]
+    for layer in range(m.dims.n_layers):
+        src = cache[f"blocks.{layer}.hook_resid_pre"]
+        for pos in range(P):
+            def put(x, pos=pos):
+                x = x.clone()
+                x[:, pos] = src[:, pos]
+                return x
+            ref = reference_patch(m, corrupt, "block", layer, "input", put)[0, -1].float().softmax(-1).topk(3)
+            cell = layer * P + pos
+            assert top["tokens"][cell] == [m.tokenizer.decode([i]) for i in ref.indices.tolist()], (layer, pos)
+            assert top["probs"][cell] == pytest.approx(ref.values.tolist(), abs=1e-5)
+
+
 SHORT = ("The capital of France is", "The capital of Italy is", " Paris", " Rome")
 
 

@@ -10,8 +10,8 @@ from typing import Sequence
 import torch
 
 from ..core.labelled import LabelledArray
-from ..patching.engine import checked_metric, run_patches
-from ..patching.grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, patches_for
+from ..patching.engine import checked_metric
+from ..patching.grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 
@@ -54,16 +54,12 @@ def cross_model_patching(base, tuned, prompts, answer, foil=None, *, components:
     target_metric = checked_metric(fn(target_logits[:, -1], idx), pairs.n)
     positions = list(range(pairs.clean.shape[1]))
     setup = Setup(pairs, sites, source_cache, target_cache, pairs.clean, positions, positions, fn,
-                  source_metric, target_metric, target_metric)
+                  source_metric, target_metric, target_metric, target_logits[:, -1].float())
     L, H, P = target_model.dims.n_layers, target_model.dims.n_heads, len(positions)
     results = {}
     for comp in comps:
-        cells = grid_cells(by, L, P, H)
-        patches, where = patches_for(setup, comp, cells, skip_identical=True)
-        vals, stats = run_patches(target_model, pairs.clean, patches, fn, memory_mb=memory_mb, progress=progress)
-        grid = target_metric[:, None].repeat(1, len(cells))
-        if where:
-            grid[torch.tensor([w[0] for w in where]), torch.tensor([w[1] for w in where])] = vals.to(grid.dtype)
+        grid, _, stats = run_grid(target_model, setup, comp, grid_cells(by, L, P, H), memory_mb=memory_mb,
+                                  progress=progress)
         arr = labelled_grid(grid, setup, comp, by, metric, "denoise", stats, per_pair, L, H)
         arr.name = f"{comp} cross-model patching ({direction})"
         arr.meta.update(direction=direction, source_model=source_model.name, target_model=target_model.name,

@@ -33,7 +33,8 @@ from ..core.arch import (attention_window, cache_kwarg, final_logits, full_kv_ca
 from ..core.interventions import Replace
 from ..core.sites import Site
 
-MetricFn = Callable[[Tensor, Tensor], Tensor]  # (last-token logits [n, d_vocab], pair index [n]) -> [n]
+# (last-token logits [n, d_vocab], pair index [n]) -> [n], or [n, m] for several numbers per patched run
+MetricFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -106,7 +107,8 @@ def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens:
 def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricFn, *, memory_mb: float | None = 1024,
                 max_batch_tokens: int | None = None, path: str = "auto", progress: bool = False,
                 pack_tokens: int = 64, target_embeds: Tensor | None = None) -> tuple[Tensor, EngineStats]:
-    """Metric after each patch, [len(patches)], and how the work was done.
+    """Metric after each patch, [len(patches)] (or [len(patches), m] for a metric of width m), and how the
+    work was done.
 
     `target_ids` [n_pairs, pos] are the prompts patched into (no padding); `target_embeds`
     [n_pairs, pos, d_model], if given, replaces their token embeddings (causal tracing's noised
@@ -134,7 +136,7 @@ def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricF
 def _run_full(model, target_ids, patches, metric, budget, stats, progress, target_embeds=None) -> Tensor:
     T = target_ids.shape[1]
     rows_per_call = max(1, budget // T)
-    out = torch.empty(len(patches), device=model.device)
+    out = None
     with torch.no_grad():
         for start in tqdm(range(0, len(patches), rows_per_call), disable=not progress, desc="patching (full)"):
             chunk = patches[start:start + rows_per_call]
@@ -144,18 +146,29 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress, targe
                 logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1].float()
             else:
                 logits = model.run_with_interventions(None, ivs, inputs_embeds=target_embeds[pair_idx])[:, -1].float()
-            out[start:start + len(chunk)] = checked_metric(metric(logits, pair_idx), len(chunk))
+            out = _stored(out, slice(start, start + len(chunk)), checked_metric(metric(logits, pair_idx), len(chunk), wide=True),
+                          len(patches))
             stats.calls += 1
             stats.token_layers += len(chunk) * T * model.dims.n_layers
             stats.unembedded += len(chunk) * T
     return out
 
 
-def checked_metric(values: Tensor, n: int) -> Tensor:
-    if not isinstance(values, Tensor) or values.shape != (n,):
+def checked_metric(values: Tensor, n: int, wide: bool = False) -> Tensor:
+    """`values` if it is [n] (one number per row), or [n, m] where `wide` (the engine takes several per row)."""
+    if not isinstance(values, Tensor) or values.ndim not in ((1, 2) if wide else (1,)) or values.shape[0] != n:
         got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row), got {got}")
+        also = f" or [{n}, m]" if wide else ""
+        raise ValueError(f"metric: must return a tensor of shape [{n}] (one value per row){also}, got {got}")
     return values
+
+
+def _stored(out: Tensor | None, rows, values: Tensor, n_patches: int) -> Tensor:
+    """Write one chunk's metric values into the result, allocated at the first chunk with the metric's width."""
+    if out is None:
+        out = torch.empty(n_patches, *values.shape[1:], device=values.device)
+    out[rows] = values.to(out.dtype)
+    return out
 
 
 def _chunks(patches: list[Patch], T: int, budget: int) -> list[list[int]]:
@@ -299,7 +312,7 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
         final_norm, unembed = model.module("final_norm"), model.module("unembed")
         dtype = resid[0].dtype
         windows = [attention_window(model.hf, l) for l in range(dims.n_layers)]
-        out = torch.empty(len(patches), device=dev)
+        out = None
         for chunk in tqdm(_chunks(patches, T, budget), disable=not progress, desc="patching (suffix)"):
             lay = _layout(patches, chunk, T, max(T, pack_tokens), dims.n_layers)
             masks = {w: _packed_mask(lay, T, dtype, w).to(dev) for w in set(windows)}
@@ -341,5 +354,6 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             stats.unembedded += len(lay.rows)
             rows = torch.tensor(lay.rows, device=dev)
             # metrics in float32 whatever the model's dtype (half-precision logits lose the small differences)
-            out[rows] = checked_metric(metric(logits.float(), pack_pair[lay.pack.to(dev)]), len(lay.rows)).to(out.dtype)
+            out = _stored(out, rows, checked_metric(metric(logits.float(), pack_pair[lay.pack.to(dev)]), len(lay.rows), wide=True),
+                          len(patches))
     return out, stats

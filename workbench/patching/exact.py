@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from ..core.labelled import LabelledArray
 from ..core.model import Model
-from .engine import MetricFn, run_patches
-from .grid import check_grid, grid_cells, labelled_grid, patches_for, prepare
+from .engine import MetricFn
+from .grid import check_grid, grid_cells, labelled_grid, prepare, run_grid
 
 
 def activation_patching(
@@ -16,6 +14,7 @@ def activation_patching(
     by: str = "position", metric: str | MetricFn = "logit_diff", direction: str = "denoise",
     method: str = "exact", path: str = "auto", memory_mb: float = 1024, max_batch_tokens: int | None = None,
     skip_identical: bool = True, align: dict[int, int] | None = None, per_pair: bool = False, progress: bool = False,
+    top_k: int = 0,
 ) -> dict[str, LabelledArray]:
     """Patch every (layer, position), (layer, head) or (layer, position, head) of each component.
 
@@ -25,13 +24,16 @@ def activation_patching(
     method: "exact" (the batched engine) or "attribution" (AtP: two forwards and one backward).
     path: "auto" | "suffix" | "full", how the engine runs (see `workbench.patching.engine`). memory_mb / max_batch_tokens bound a
     batch. skip_identical: patches whose value equals the target's bit for bit are not run (they
-    cannot change anything); their cell is the target's metric.
+    cannot change anything); their cell is the target's metric. top_k: also keep each patched run's top-k
+    next tokens (of the first pair), which the grid's view shows when a cell is clicked.
 
     Returns {component: LabelledArray} with dims (layer, position[, head]) or (layer, head), averaged
     over pairs (or with a leading `pair` axis if per_pair). `meta` holds clean_metric,
     corrupted_metric and the engine's statistics.
     """
     comps = check_grid(components, by)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= 100:
+        raise ValueError(f"top_k: expected an integer from 0 (none) to 100 predictions per cell, got {top_k!r}")
     if method not in ("exact", "attribution"):
         raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
     if method == "attribution":
@@ -43,14 +45,9 @@ def activation_patching(
     L, H, P = model.dims.n_layers, model.dims.n_heads, len(setup.target_pos)
     results = {}
     for comp in comps:
-        cells = grid_cells(by, L, P, H)
-        patches, where = patches_for(setup, comp, cells, skip_identical)
-        vals, stats = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb,
-                                  max_batch_tokens=max_batch_tokens, path=path, progress=progress)
-        grid = setup.target_metric[:, None].repeat(1, len(cells))  # skipped patches: the target's own metric
-        if where:
-            pair_idx = torch.tensor([w[0] for w in where], device=grid.device)
-            cell_idx = torch.tensor([w[1] for w in where], device=grid.device)
-            grid[pair_idx, cell_idx] = vals.to(grid.dtype)
-        results[comp] = labelled_grid(grid, setup, comp, by, metric, direction, stats, per_pair, L, H)
+        grid, top, stats = run_grid(model, setup, comp, grid_cells(by, L, P, H), top_k=top_k,
+                                    skip_identical=skip_identical, memory_mb=memory_mb,
+                                    max_batch_tokens=max_batch_tokens, path=path, progress=progress)
+        results[comp] = labelled_grid(grid, setup, comp, by, metric, direction, stats, per_pair, L, H, top,
+                                      model.tokenizer)
     return results

@@ -174,6 +174,7 @@ class Setup:
     clean_metric: Tensor  # [n_pairs]
     corrupted_metric: Tensor
     target_metric: Tensor
+    target_logits: Tensor  # [n_pairs, d_vocab] at the last token of the run patched into, float32
 
 
 def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, direction, align=None, grad=False) -> Setup:
@@ -197,8 +198,10 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
     corr_metric = checked_metric(fn(corr_logits[:, -1], idx), pairs.n)
     c_pos, x_pos = [c for c, _ in pairs.align], [x for _, x in pairs.align]
     if direction == "denoise":
-        return Setup(pairs, sites, clean_cache, corr_cache, pairs.corrupted, x_pos, c_pos, fn, clean_metric, corr_metric, corr_metric)
-    return Setup(pairs, sites, corr_cache, clean_cache, pairs.clean, c_pos, x_pos, fn, clean_metric, corr_metric, clean_metric)
+        return Setup(pairs, sites, clean_cache, corr_cache, pairs.corrupted, x_pos, c_pos, fn, clean_metric, corr_metric,
+                     corr_metric, corr_logits[:, -1])
+    return Setup(pairs, sites, corr_cache, clean_cache, pairs.clean, c_pos, x_pos, fn, clean_metric, corr_metric,
+                 clean_metric, clean_logits[:, -1])
 
 
 def check_grid(components, by: str) -> list[str]:
@@ -256,8 +259,33 @@ def patches_for(setup: Setup, comp: str, cells, skip_identical: bool) -> tuple[l
     return patches, where
 
 
-def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: EngineStats | None, per_pair, L, H):
-    """Shape a [n_pairs, n_cells] tensor into a LabelledArray of the grid."""
+def run_grid(model: Model, setup: Setup, comp: str, cells, *, top_k: int = 0, skip_identical: bool = True,
+             **engine) -> tuple[Tensor, Tensor | None, EngineStats]:
+    """Every cell of one component's grid through the engine: the metric [n_pairs, n_cells] and, with `top_k`,
+    each patched run's top-k next tokens [n_pairs, n_cells, 2, top_k] (probabilities, token ids). Patches left
+    out by `skip_identical` get the target run's own values."""
+    patches, where = patches_for(setup, comp, cells, skip_identical)
+    fn = setup.fn
+    if top_k:
+        def fn(logits, idx):  # the metric, then the top-k probabilities, then their ids (exact in float32)
+            top = logits.softmax(-1).topk(top_k, -1)
+            return torch.cat([setup.fn(logits, idx)[:, None], top.values, top.indices.float()], 1)
+    vals, stats = run_patches(model, setup.target_ids, patches, fn, **engine)
+    own = fn(setup.target_logits, torch.arange(setup.pairs.n, device=setup.target_logits.device))
+    grid = own[:, None].repeat(1, len(cells), *([1] * (own.ndim - 1)))  # [n_pairs, n_cells(, 1 + 2k)]
+    if where:
+        pair_idx = torch.tensor([w[0] for w in where], device=grid.device)
+        cell_idx = torch.tensor([w[1] for w in where], device=grid.device)
+        grid[pair_idx, cell_idx] = vals.to(grid.device, grid.dtype)
+    if not top_k:
+        return grid, None, stats
+    return grid[..., 0], grid[..., 1:].unflatten(-1, (2, top_k)), stats
+
+
+def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats: EngineStats | None, per_pair, L, H,
+                  top: Tensor | None = None, tokenizer=None):
+    """Shape a [n_pairs, n_cells] tensor into a LabelledArray of the grid; `top` [n_pairs, n_cells, 2, k] (the
+    patched runs' top predictions, see `run_grid`) goes into meta["top_predictions"] for the first pair."""
     pairs = setup.pairs
     P = len(setup.target_pos)
     target_tokens = pairs.corrupted_tokens if direction == "denoise" else pairs.clean_tokens
@@ -273,6 +301,10 @@ def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats
     meta = {"component": comp, "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
             "direction": direction, "clean_metric": setup.clean_metric.mean().item(),
             "corrupted_metric": setup.corrupted_metric.mean().item(), "tokens": target_tokens, "n_pairs": pairs.n}
+    if top is not None:
+        ids = top[0, :, 1].long().tolist()
+        meta["top_predictions"] = {"pair": 0, "k": top.shape[-1], "probs": top[0, :, 0].tolist(),
+                                   "tokens": [[tokenizer.decode([i]) for i in row] for row in ids]}
     if stats is not None:
         meta["engine"] = {"path": stats.path, "calls": stats.calls, "token_layers": stats.token_layers,
                           "padding": stats.padding, "notes": stats.notes}

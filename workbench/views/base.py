@@ -22,6 +22,7 @@ class View:
     body: str
     kind: str = "html"  # "plotly", "circuitsvis", "steering", "html": what the browser test looks for
     figure: object = field(default=None, repr=False)  # the plotly Figure, so that a page of several inlines plotly.js once
+    script: str | None = field(default=None, repr=False)  # plotly post_script: JavaScript run with the figure ({plot_id})
 
     def _repr_html_(self) -> str:
         return self.body
@@ -55,14 +56,15 @@ def save_html(view, path: str | Path) -> Path:
     return atomic_write_text(path, as_view(view).to_html())
 
 
-def _plotly_body(fig, include_js: bool) -> str:
-    body = fig.to_html(full_html=False, include_plotlyjs=include_js, config=PLOTLY_CONFIG)
+def _plotly_body(fig, include_js: bool, script: str | None = None) -> str:
+    body = fig.to_html(full_html=False, include_plotlyjs=include_js, config=PLOTLY_CONFIG, post_script=script)
     return f'<div class="workbench-view" data-kind="plotly">{body}</div>'
 
 
-def plotly_view(fig, title: str) -> View:
-    """A plotly figure as a View with plotly.js inlined (about 4.7 MB: the price of opening offline)."""
-    return View(title, _plotly_body(fig, True), "plotly", fig)
+def plotly_view(fig, title: str, script: str | None = None) -> View:
+    """A plotly figure as a View with plotly.js inlined (about 4.7 MB: the price of opening offline); `script`
+    is JavaScript run once the figure is drawn, where `{plot_id}` names its element."""
+    return View(title, _plotly_body(fig, True, script), "plotly", fig, script)
 
 
 def concat(views: list[View], title: str) -> View:
@@ -71,7 +73,7 @@ def concat(views: list[View], title: str) -> View:
         raise ValueError("views: expected at least one view")
     parts, js = [], True
     for v in views:
-        body = v.body if v.figure is None else _plotly_body(v.figure, js)
+        body = v.body if v.figure is None else _plotly_body(v.figure, js, v.script)
         js = js and v.figure is None
         parts.append(f"<h3>{_html.escape(v.title)}</h3>\n{body}")
     return View(title, "\n".join(parts), views[0].kind if len({v.kind for v in views}) == 1 else "html")

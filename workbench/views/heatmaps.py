@@ -7,6 +7,14 @@ import numpy as np
 from .base import View, plotly_view
 
 _TRACE_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
+# A click on a cell writes the cell's third customdata entry (the patched run's top predictions) under the figure.
+_CLICK_SCRIPT = """(function () {
+  const gd = document.getElementById('{plot_id}'), box = document.createElement('pre');
+  box.className = 'workbench-click'; box.style.margin = '4px 0 12px 60px';
+  box.textContent = 'Click a cell to see the top predictions of its patched run.';
+  gd.after(box);
+  gd.on('plotly_click', d => { const p = d.points[0]; box.textContent = p.customdata[2]; });
+})();"""
 _TRACE_NAMES = {"resid": "single restored layer (residual stream)", "mlp": "MLP window", "attn": "attention window"}
 
 
@@ -20,7 +28,8 @@ def _cell_labels(row_name, rows, col_name, cols) -> np.ndarray:
 def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") -> View:
     """A 2-D LabelledArray (rows: its first axis, e.g. layer; columns: its second, e.g. position "3: Paris"
     or head) as a heatmap centred at zero; hovering a cell shows both labels and the value. A 3-D array
-    (layer, position, head) gets a slider over its last axis, one heatmap per entry."""
+    (layer, position, head) gets a slider over its last axis, one heatmap per entry. A patching grid run with
+    `top_k` (meta["top_predictions"]) shows a cell's patched-run top predictions when it is clicked."""
     import plotly.graph_objects as go
 
     if arr.values.ndim not in (2, 3):
@@ -33,9 +42,19 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
     slices = [(None, values)] if values.ndim == 2 else \
         [(h, values[:, :, k]) for k, h in enumerate(arr.coords[arr.dims[2]])]
     extra = arr.dims[2] if values.ndim == 3 else None
+    top = arr.meta.get("top_predictions")
+    if top is not None and len(top["tokens"]) != values.size:
+        top = None  # a per-pair array: the predictions are those of the first pair only
+    if top is not None:  # [n_cells] texts in the grid's row-major order -> [rows, cols(, extra)]
+        said = [f"{arr.name}, pair {top['pair']}: top {top['k']} after patching this cell\n" +
+                "\n".join(f"  {t!r:>16}  p = {p:.4f}" for t, p in zip(toks, probs))
+                for toks, probs in zip(top["tokens"], top["probs"])]
+        said = np.array(said, dtype=object).reshape(values.shape)
     fig = go.Figure()
     for k, (h, z) in enumerate(slices):
         labels = _cell_labels(rows, arr.coords[rows], cols, arr.coords[cols])
+        if top is not None:
+            labels = np.concatenate([labels, (said if extra is None else said[:, :, k])[..., None]], -1)
         head = f"{extra}: {h}<br>" if extra else ""
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=labels,
@@ -53,7 +72,7 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
         fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{extra}: "}, "steps": steps}])
     fig.update_layout(title=title or arr.name, height=max(320, 22 * values.shape[0] + 160),
                       width=max(480, 40 * values.shape[1] + 220), margin={"b": 120})
-    return plotly_view(fig, title or arr.name or "heatmap")
+    return plotly_view(fig, title or arr.name or "heatmap", _CLICK_SCRIPT if top is not None else None)
 
 
 def trace_heatmaps(trace) -> View:
