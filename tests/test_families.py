@@ -2,7 +2,7 @@
 
 For each family: the cache equals HF's `output_hidden_states` and module outputs; what the block adds to
 the residual stream is exactly attn_out + mlp_out; the patching grid of the batched suffix engine equals a
-plain one-forward-per-patch loop; causal tracing equals the research loop; ROME runs or refuses clearly.
+plain one-forward-per-patch loop; causal tracing equals the research loop. (Features per family: tests/test_family_features.py.)
 """
 import copy
 
@@ -20,6 +20,8 @@ from workbench.tracing import KINDS, trace_fact
 from conftest import IOI_CLEAN, IOI_CORRUPT, reference_patch
 
 NEW = ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "gptj", "mixtral")
+# tests/test_patching.py checks the grids of gpt2, llama, qwen2 and gpt_neox; these are the rest
+GRID_FAMILIES = ("mistral", "qwen3") + NEW
 FAMILIES = TINY_FAMILIES  # the old four and the new seven
 # component -> (module role, hook before/after it): raw torch hooks on the modules the Arch table names
 WHERE = {"resid_pre": ("block", "input"), "attn_out": ("attn_out", "output"), "mlp_out": ("mlp_out", "output"),
@@ -90,7 +92,7 @@ def _components(m):
     return comps if m.arch.moe else comps + ["mlp_post"]
 
 
-@pytest.mark.parametrize("family", NEW)
+@pytest.mark.parametrize("family", GRID_FAMILIES)
 def test_patching_grid_equals_one_forward_per_patch(tiny, family):
     """Every grid runs on the packed suffix path (sliding windows and soft-capping included) and equals
     the plain loop within 1e-4."""
@@ -137,7 +139,7 @@ def test_sliding_window_matters_in_the_tiny_configs(tiny, family):
         assert not torch.allclose(m.hf(input_ids=ids).logits, wide(input_ids=ids).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", NEW)
+@pytest.mark.parametrize("family", GRID_FAMILIES)
 def test_trace_equals_the_research_loop(tiny, family):
     m = tiny(family)
     prompt, subject, answer = "The Eiffel Tower is in the city of", "Eiffel Tower", " Paris"
@@ -148,21 +150,6 @@ def test_trace_equals_the_research_loop(tiny, family):
     for kind in KINDS:
         ref = research_trace_loop(m, prompt, subject, answer, eps, window, kind)
         assert np.abs(tr.scores[kind] - ref).max() < 1e-5, kind
-
-
-@pytest.mark.parametrize("family", NEW)
-def test_rome_runs_or_refuses(tiny, family):
-    from workbench.editing import EditRequest, rome
-
-    m = tiny(family)
-    req = EditRequest("The capital of France is the city of", "France", " Rome")
-    if m.arch.moe:
-        with pytest.raises(ValueError, match="mixture-of-experts"):
-            rome(m, req, 0, prefixes=["The"], C=torch.eye(m.dims.d_mlp), steps=2)
-        return
-    edit = rome(m, req, 0, prefixes=["The"], C=torch.eye(m.dims.d_mlp), steps=2)
-    assert len(edit.deltas) == 1 and torch.isfinite(edit.deltas[0]).all()
-    assert edit.deltas[0].shape == m.module("mlp_down", 0).weight.shape or edit.deltas[0].T.shape == m.module("mlp_down", 0).weight.shape
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -218,19 +205,28 @@ def test_qwen2_sliding_window_layers_run_on_the_suffix_path(tokenizer):
         assert np.abs(fast[comp].values - full[comp].values).max() < 1e-4, comp
 
 
+# per dtype: (Spearman over all cells, Spearman over the cells whose float32 effect exceeds 1% of the largest,
+# max abs difference as a fraction of the largest cell); measured: bf16 0.66 / 0.991 / 0.050, fp16 0.953 / 0.9995 / 0.0055
+DEFAULT_MODEL_TOLERANCE = {torch.bfloat16: (0.6, 0.99, 0.075), torch.float16: (0.94, 0.999, 0.01)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_grid_on_the_default_model(default_model, dtype):
-    """Real weights (SmolLM2-135M), IOI pair: the half-precision resid_pre grid's argmax is the float32 argmax
-    or a cell tied with it (float16 picks another of two near-equal top cells), and it stays within 10% of the
-    largest cell (measured: bf16 0.33 of 6.27, fp16 0.022). Its rank correlation over all
-    cells is lower than issue 13's 0.99 (bf16 0.73, fp16 0.93: most cells sit within rounding of the baseline),
-    so it is recorded in the README rather than asserted."""
+    """Real weights (SmolLM2-135M), IOI pair: the half-precision resid_pre grid against the float32 one has the
+    same argmax cell and ranks the cells that carry the effect (|effect| > 1% of the largest) with Spearman
+    >= 0.99 (bf16) / 0.999 (fp16). Over all 420 cells bf16 reaches only 0.66: most cells sit within bf16's
+    rounding of the corrupted baseline, so their ranks are noise (the loop of plain bf16 forwards gives the
+    same numbers: the error is the model's bf16 forward, not the engine's; the README's dtype table)."""
     args = (IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
-    g32 = torch.as_tensor(activation_patching(default_model, *args)["resid_pre"].values)
+    r32 = activation_patching(default_model, *args)["resid_pre"]
+    g32 = torch.as_tensor(r32.values)
     half = wb.Model(copy.deepcopy(default_model.hf).to(dtype), default_model.tokenizer, name="half")
     g = torch.as_tensor(activation_patching(half, *args)["resid_pre"].values).float()
-    # the half-precision argmax is the float32 argmax, or a cell tied with it to within 1% of the largest cell
-    top = g32.flatten()
-    assert top[g.argmax()] >= top.max() - 0.01 * g32.abs().max(), (int(g.argmax()), int(g32.argmax()))
-    assert (g - g32).abs().max() < 0.1 * g32.abs().max()
+    effect = (g32 - float(r32.meta["corrupted_metric"])).abs()
+    carries = effect > 0.01 * effect.max()
+    all_cells, effect_cells, max_err = DEFAULT_MODEL_TOLERANCE[dtype]
+    assert g.argmax() == g32.argmax()
+    assert spearman(g, g32) >= all_cells
+    assert spearman(g[carries], g32[carries]) >= effect_cells
+    assert (g - g32).abs().max() < max_err * g32.abs().max()

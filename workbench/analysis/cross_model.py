@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from ..core.labelled import LabelledArray
-from ..patching.engine import checked_metric
+from ..patching.engine import checked_metric, last_logits
 from ..patching.grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
@@ -44,17 +44,18 @@ def cross_model_patching(base, tuned, prompts, answer, foil=None, *, components:
     pairs = make_pairs(target_model, prompts, prompts, answer, foil)
     sites = [s for s in target_model.all_sites(comps)]
     with torch.no_grad():
-        source_logits, source_cache = source_model.run_with_cache(pairs.clean.to(source_model.device), sites)
-        target_logits, target_cache = target_model.run_with_cache(pairs.clean, sites)
+        # float32 last-position logits, as the engine computes them, so the baselines match the cells
+        source_logits, source_cache = last_logits(source_model, pairs.clean.to(source_model.device), sites=sites)
+        target_logits, target_cache = last_logits(target_model, pairs.clean, sites=sites)
     source_cache = {k: v.to(target_model.device) for k, v in source_cache.items()}
     source_logits = source_logits.to(target_model.device)
-    fn = metric_fn(metric, pairs, source_logits[:, -1], target_logits[:, -1])
+    fn = metric_fn(metric, pairs, source_logits, target_logits)
     idx = torch.arange(pairs.n, device=target_model.device)
-    source_metric = checked_metric(fn(source_logits[:, -1], idx), pairs.n)
-    target_metric = checked_metric(fn(target_logits[:, -1], idx), pairs.n)
+    source_metric = checked_metric(fn(source_logits, idx), pairs.n)
+    target_metric = checked_metric(fn(target_logits, idx), pairs.n)
     positions = list(range(pairs.clean.shape[1]))
     setup = Setup(pairs, sites, source_cache, target_cache, pairs.clean, positions, positions, fn,
-                  source_metric, target_metric, target_metric, target_logits[:, -1].float())
+                  source_metric, target_metric, target_metric, target_logits)
     L, H, P = target_model.dims.n_layers, target_model.dims.n_heads, len(positions)
     results = {}
     for comp in comps:

@@ -47,6 +47,15 @@ class Arch:
         """Whether this family has a module for an adapter role ('block' always)."""
         return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
 
+    def check_closed_form_mlp_edit(self, method: str) -> None:
+        """ROME / MEMIT solve for the down projection's update from values the block adds to the residual
+        as they are; a post-norm after the MLP (Gemma 2/3, OLMo 2) rescales that output, so the solved
+        update would not produce the optimised value. Raise a ValueError saying so (FT-L trains instead)."""
+        if self.mlp_out is not None:
+            raise ValueError(f"model: {method} is unsupported on the {self.family} architecture: its MLP output passes "
+                             f"a post-norm ({self.mlp_out}) before the residual add, so the closed-form update of the "
+                             "down projection does not give the optimised value (use FT-L, which trains the weights)")
+
     def path(self, role: str) -> str:
         """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
         path = getattr(self, role, None)
@@ -172,6 +181,23 @@ def final_logits(hf_model: nn.Module, arch: Arch, logits):
     """Logits after the family's final soft-capping, c * tanh(logits / c) (Gemma 2/3), as the model's forward."""
     cap = getattr(hf_model.config.get_text_config(), arch.final_softcap, None) if arch.final_softcap else None
     return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def float32_logits(hf_model: nn.Module, arch: Arch, resid: torch.Tensor) -> torch.Tensor:
+    """Logits [..., d_vocab] in float32 from final residuals [..., d_model] of any dtype: the final norm,
+    unembedding and final soft-capping run in float32 (float32 copies of their weights, made per call).
+
+    Why: in bfloat16 a logit near 16 is rounded to a multiple of 1/16, coarser than most cells of a patching
+    grid differ; the residual itself keeps the model's dtype (that loss is the model's, not the metric's).
+    In a float32 model this is exactly unembed(final_norm(resid)).
+    """
+    def run32(module, x):
+        state = {k: v.float() if v.is_floating_point() else v
+                 for k, v in [*module.named_parameters(), *module.named_buffers()]}
+        return torch.func.functional_call(module, state, (x,))
+
+    norm, unembed = get_module(hf_model, arch.final_norm), get_module(hf_model, arch.unembed)
+    return final_logits(hf_model, arch, run32(unembed, run32(norm, resid.float())))
 
 
 # -- the KV cache: its keyword and layout differ between transformers releases and families -----------

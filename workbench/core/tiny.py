@@ -6,7 +6,7 @@ import torch
 from .default_model import default_tokenizer
 from .model import Model
 
-TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "gptj", "mixtral")
+TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox", "mistral", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "gptj", "mixtral")
 TINY_WINDOW = 4  # the sliding window of tiny Gemma 2/3 layers: shorter than test prompts, so it matters
 
 
@@ -52,6 +52,10 @@ def _new_family_config(family, n_layers, d_model, n_heads, n_kv_heads, d_mlp, co
     llama_like = dict(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
                       num_key_value_heads=n_kv_heads, intermediate_size=d_mlp, max_position_embeddings=512, **common)
     alternating = ["sliding_attention" if l % 2 == 0 else "full_attention" for l in range(n_layers)]
+    if family == "mistral":  # sliding_window None: full attention, as Mistral 7B v0.2+
+        return tr.MistralConfig(**llama_like, sliding_window=None)
+    if family == "qwen3":  # q/k norms per head; head_dim unlike d_model / n_heads
+        return tr.Qwen3Config(**llama_like, head_dim=2 * d_model // n_heads, tie_word_embeddings=False)
     if family == "gemma":
         return tr.GemmaConfig(**llama_like, head_dim=2 * d_model // n_heads)
     if family == "gemma2":

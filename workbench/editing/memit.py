@@ -57,6 +57,7 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     """
     from .stats import second_moments
 
+    model.arch.check_closed_form_mlp_edit("MEMIT")
     requests = as_requests(requests)
     for r in requests:
         r.check(model)

@@ -169,6 +169,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     from ..core.arch import weight_out_in
     from .stats import second_moment
 
+    model.arch.check_closed_form_mlp_edit("ROME")
     requests = as_requests(requests)
     targets = [r.check(model) for r in requests]
     layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.arch import (attention_window, cache_kwarg, final_logits, full_kv_cache, layer_kv, one_layer_cache, output_cache,
+from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_cache, layer_kv, one_layer_cache, output_cache,
                          rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
@@ -142,16 +142,24 @@ def _run_full(model, target_ids, patches, metric, budget, stats, progress, targe
             chunk = patches[start:start + rows_per_call]
             pair_idx = torch.tensor([p.pair for p in chunk], device=model.device)
             ivs = _overwrite_interventions([(row, e, 0) for row, p in enumerate(chunk) for e in p.overwrites])
-            if target_embeds is None:
-                logits = model.run_with_interventions(target_ids[pair_idx], ivs)[:, -1].float()
-            else:
-                logits = model.run_with_interventions(None, ivs, inputs_embeds=target_embeds[pair_idx])[:, -1].float()
+            embeds = None if target_embeds is None else target_embeds[pair_idx]
+            logits, _ = last_logits(model, None if embeds is not None else target_ids[pair_idx], ivs, embeds)
             out = _stored(out, slice(start, start + len(chunk)), checked_metric(metric(logits, pair_idx), len(chunk), wide=True),
                           len(patches))
             stats.calls += 1
             stats.token_layers += len(chunk) * T * model.dims.n_layers
             stats.unembedded += len(chunk) * T
     return out
+
+
+def last_logits(model, ids, interventions=(), inputs_embeds=None, sites=()):
+    """Last-position logits [batch, d_vocab] in float32 (`float32_logits` of the last resid_post), and the
+    cache of `sites`: the one way patching baselines and full-forward cells get their logits, so they match
+    the suffix engine's in any dtype."""
+    last = Site(model.dims.n_layers - 1, "resid_post")
+    _, cache = model.run_with_cache(ids, [*sites, last], interventions=interventions, inputs_embeds=inputs_embeds)
+    resid = cache[last.name] if last in sites or last.name in sites else cache.pop(last.name)
+    return float32_logits(model.hf, model.arch, resid[:, -1]), cache
 
 
 def checked_metric(values: Tensor, n: int, wide: bool = False) -> Tensor:
@@ -309,7 +317,6 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
 
         blocks = [model.module("block", l) for l in range(dims.n_layers)]
         cache_key = cache_kwarg(blocks[0])
-        final_norm, unembed = model.module("final_norm"), model.module("unembed")
         dtype = resid[0].dtype
         windows = [attention_window(model.hf, l) for l in range(dims.n_layers)]
         out = None
@@ -350,7 +357,7 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                 stats.padding += nb * w - real
             # each row's last token is its prompt's last position
             last = lay.start + (T - 1) - torch.tensor([patches[i].first_position for i in lay.rows])
-            logits = final_logits(model.hf, arch, unembed(final_norm(h[lay.pack.to(dev), last.to(dev)])))
+            logits = float32_logits(model.hf, arch, h[lay.pack.to(dev), last.to(dev)])
             stats.unembedded += len(lay.rows)
             rows = torch.tensor(lay.rows, device=dev)
             # metrics in float32 whatever the model's dtype (half-precision logits lose the small differences)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .engine import EngineStats, MetricFn, Patch, checked_metric, run_patches
+from .engine import EngineStats, MetricFn, Patch, checked_metric, last_logits, run_patches
 from ..core.model import Model
 from ..core.labelled import LabelledArray
 from ..core.sites import Site, parse_components
@@ -188,20 +188,19 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
         raise ValueError(f"foil: metric {metric!r} needs a foil token")
     sites = [Site(l, c) for c in comps for l in range(model.dims.n_layers)]
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(pairs.clean, sites)
-        corr_logits, corr_cache = model.run_with_cache(pairs.corrupted, sites)
-    # metrics in float32 whatever the model's dtype, as the engine computes them
-    clean_logits, corr_logits = clean_logits.float(), corr_logits.float()
-    fn = metric_fn(metric, pairs, clean_logits[:, -1], corr_logits[:, -1])
+        # last-position logits in float32 whatever the model's dtype, as the engine computes them
+        clean_logits, clean_cache = last_logits(model, pairs.clean, sites=sites)
+        corr_logits, corr_cache = last_logits(model, pairs.corrupted, sites=sites)
+    fn = metric_fn(metric, pairs, clean_logits, corr_logits)
     idx = torch.arange(pairs.n, device=model.device)
-    clean_metric = checked_metric(fn(clean_logits[:, -1], idx), pairs.n)
-    corr_metric = checked_metric(fn(corr_logits[:, -1], idx), pairs.n)
+    clean_metric = checked_metric(fn(clean_logits, idx), pairs.n)
+    corr_metric = checked_metric(fn(corr_logits, idx), pairs.n)
     c_pos, x_pos = [c for c, _ in pairs.align], [x for _, x in pairs.align]
     if direction == "denoise":
         return Setup(pairs, sites, clean_cache, corr_cache, pairs.corrupted, x_pos, c_pos, fn, clean_metric, corr_metric,
-                     corr_metric, corr_logits[:, -1])
+                     corr_metric, corr_logits)
     return Setup(pairs, sites, corr_cache, clean_cache, pairs.clean, c_pos, x_pos, fn, clean_metric, corr_metric,
-                 clean_metric, clean_logits[:, -1])
+                 clean_metric, clean_logits)
 
 
 def check_grid(components, by: str) -> list[str]:
