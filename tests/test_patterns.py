@@ -125,3 +125,23 @@ def test_grid_refuses_pattern_component(tiny):
     m = tiny("llama")
     with pytest.raises(ValueError, match="'pattern' is not a grid component"):
         wb.activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="pattern")
+
+
+def test_attention_view_of_a_patched_pattern_is_self_contained(tiny, tmp_path):
+    """The view reads the site (here in a run whose head 0 pattern is patched to uniform) and saves as one
+    offline HTML file: circuitsvis' bundle inlined (.local_src), nothing fetched."""
+    import re
+
+    m = tiny("llama")
+    toks, plain = wb.views.attention_pattern(m, IOI_CLEAN, 1)
+    with torch.no_grad():
+        assert torch.equal(plain, m.hf(input_ids=m.to_tokens(IOI_CLEAN), output_attentions=True).attentions[1][0])
+    T = len(toks)
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    toks, patched = wb.views.attention_pattern(m, IOI_CLEAN, 1, [wb.Replace(PAT, heads=[0], value=uniform)])
+    assert torch.allclose(patched[0], uniform) and torch.equal(patched[1:], plain[1:])
+    path = wb.save_html(wb.views.attention_view(toks, patched, title="layer 1, head 0 uniform"), tmp_path / "a.html")
+    text = open(path).read()
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", text)  # no file loaded from anywhere
+    assert "unpkg.com" not in text and "CircuitsVis.render(" in text
+    assert "layer 1, head 0 uniform" in text
