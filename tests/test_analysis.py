@@ -495,3 +495,31 @@ def test_attn_in_site_patches_on_both_engine_paths(tiny, family):
         ln1 = model.module("ln1", 0)(resid)
     _, c0 = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.0.attn.hook_in"])
     assert torch.allclose(c0["blocks.0.attn.hook_in"], ln1, atol=1e-6)  # it is the ln1 output
+
+
+@pytest.mark.slow
+def test_cross_model_patching_on_a_lora_finetune_of_the_default_model(default_model):
+    """A real base / fine-tuned pair: a few LoRA steps of the CAFT task (sentiment -> ' A' / ' B') on the default
+    model. The fine-tuned model's final residual patched into the base run gives the fine-tuned output
+    (normalised 1: final norm and unembedding are not LoRA-adapted), the embeddings are shared (0 at layer 0's
+    resid_pre), and the grid equals a plain patched forward."""
+    from workbench.caft import FinetuneConfig, finetune, load_task
+
+    task = load_task(wb.data_path("caft_task.jsonl"))
+    tuned = finetune(default_model, task["train"], config=FinetuneConfig(steps=6, batch_size=4, lr=3e-3), seed=0)
+    ex = task["id_test"][0]
+    foil = next(c for c in ex["choices"] if c != ex["answer"])
+    res = wb.cross_model_patching(default_model, tuned, ex["prompt"], ex["answer"], foil,
+                                  components="resid_pre,resid_post", metric="logit_diff")
+    post, pre = res["resid_post"], res["resid_pre"]
+    src, tgt = post.meta["source_metric"], post.meta["target_metric"]
+    assert abs(src - tgt) > 0.5  # the fine-tune changed the answer's logit difference
+    L = default_model.dims.n_layers
+    assert abs(post.values[L - 1, -1] - src) < 1e-3
+    assert abs(pre.values[0] - tgt).max() < 1e-4
+    # one cell against a plain forward of the base model with the tuned model's activation put in
+    site, pos = Site(L // 2, "resid_pre").name, -1
+    _, cache = tuned.run_with_cache(ex["prompt"], [site])
+    ids = [default_model.to_single_token(ex["answer"]), default_model.to_single_token(foil)]
+    ref = default_model.run_with_interventions(ex["prompt"], [wb.Replace(site, positions=[pos], value=cache[site][:, [pos]])])
+    assert abs(pre.values[L // 2, -1] - (ref[0, -1, ids[0]] - ref[0, -1, ids[1]]).item()) < 1e-3
