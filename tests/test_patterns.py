@@ -145,3 +145,25 @@ def test_attention_view_of_a_patched_pattern_is_self_contained(tiny, tmp_path):
     assert not re.search(r"<(script|link)[^>]+(src|href)=", text)  # no file loaded from anywhere
     assert "unpkg.com" not in text and "CircuitsVis.render(" in text
     assert "layer 1, head 0 uniform" in text
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_kernel_inputs_reproduce_pattern_and_z(tiny, family):
+    """The q, k, v sites are what the kernel multiplies: P = softmax(q k^T / sqrt(d_head) + causal mask) and
+    z = P V, per head (a GQA key/value head serving its group of query heads)."""
+    m = tiny(family)
+    ids = m.to_tokens(IOI_CLEAN)
+    names = [f"blocks.1.attn.{h}" for h in ("hook_rot_q", "hook_rot_k", "hook_v", "hook_pattern", "hook_z")]
+    logits, c = m.run_with_cache(ids, names)
+    q, k, v, p, z = (c[n] for n in names)
+    d = m.dims
+    assert q.shape == (1, ids.shape[1], d.n_heads, d.d_head) and k.shape == v.shape == (1, ids.shape[1], d.n_kv_heads, d.d_head)
+    k, v = (x.repeat_interleave(d.n_heads // d.n_kv_heads, dim=2) for x in (k, v))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / d.d_head ** 0.5
+    T = ids.shape[1]
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    assert (scores.softmax(-1) - p).abs().max() < 1e-5
+    assert (torch.einsum("bhqk,bkhd->bqhd", p, v) - z).abs().max() < 1e-5
+    with torch.no_grad():
+        assert torch.equal(logits, m.hf(input_ids=ids).logits)
+    assert_no_hooks(m)

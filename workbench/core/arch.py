@@ -230,9 +230,13 @@ def suffix_unsupported(hf_model: nn.Module, arch: "Arch", components=()) -> str 
     """Why the packed suffix-only engine path cannot run this model (or patches of these `components`), or None."""
     if not arch.suffix:
         return f"no suffix recipe for {arch.family}"
-    if "pattern" in components:
-        return ("attention-pattern patches (attn.hook_pattern) run as full forwards: a packed suffix's queries see "
-                "their keys laid out as [prefix, packed suffixes], so a pattern from a full run does not fit them")
+    from .sites import COMPONENTS
+
+    inside = sorted(c for c in components if COMPONENTS[c][2] == "kernel")
+    if inside:
+        return (f"patches inside the attention kernel ({', '.join(COMPONENTS[c][0] for c in inside)}) run as full "
+                "forwards: a packed suffix's queries see their keys laid out as [prefix, packed suffixes], so "
+                "patterns, keys and values from a full run do not fit them")
     # Sliding-window layers run on the suffix path: its packed mask applies each layer's `attention_window`.
     return None
 

@@ -8,6 +8,9 @@
     blocks.{l}.mlp.hook_post     [batch, pos, d_mlp]     MLP hidden state feeding the down projection
     blocks.{l}.attn.hook_in      [batch, pos, d_model]   attention input (after ln1), read by q, k and v
     blocks.{l}.attn.hook_pattern [batch, n_heads, query, key]   attention probabilities (rows sum to 1)
+    blocks.{l}.attn.hook_rot_q   [batch, pos, n_heads, d_head]      queries as the attention kernel gets them
+    blocks.{l}.attn.hook_rot_k   [batch, pos, n_kv_heads, d_head]   keys (after rotary, where the family has it)
+    blocks.{l}.attn.hook_v       [batch, pos, n_kv_heads, d_head]   values
 
 Short component names (`resid_pre`, `attn_out`, `z`, ...) are accepted wherever a layer is
 given separately. All parsing and range checking of site names happens here.
@@ -30,6 +33,11 @@ COMPONENTS: dict[str, tuple[str, str, str, str]] = {
     # "kernel": inside the attention module, between its softmax and the product with the values (the hook layer
     # runs the family's own eager kernel for that: core.arch.eager_attention); "pattern" = [n_heads, query, key]
     "pattern": ("attn.hook_pattern", "attn", "kernel", "pattern"),
+    # what the kernel receives, [batch, pos, heads, d_head] (after the family's q/k norms and rotary; keys and values
+    # have n_kv_heads heads): path patching's query-, key- and value-only receiver paths
+    "rot_q": ("attn.hook_rot_q", "attn", "kernel", "q"),
+    "rot_k": ("attn.hook_rot_k", "attn", "kernel", "kv"),
+    "v": ("attn.hook_v", "attn", "kernel", "kv"),
 }
 _BY_SUFFIX = {v[0]: comp for comp, v in COMPONENTS.items()}
 RESIDUAL_WIDTH = tuple(c for c, v in COMPONENTS.items() if v[3] == "d_model")  # components that live in the residual stream
@@ -63,7 +71,7 @@ class Site:
         width = COMPONENTS[self.component][3]
         if width == "pattern":  # [batch, n_heads, query, key]: positions select queries
             return ("rows", "heads", "positions")
-        return ("rows", "positions", "heads") if width == "heads" else ("rows", "positions")
+        return ("rows", "positions", "heads") if width in ("heads", "q", "kv") else ("rows", "positions")
 
     def __str__(self) -> str:
         return self.name
