@@ -100,9 +100,11 @@ def _first_arg_hook(fn):
     return hook
 
 
-def reference_path_patching(model, clean, corrupt, answer, foil, sender, recv_layer, recv_heads, positions):
+def reference_path_patching(model, clean, corrupt, answer, foil, sender, recv_layer, recv_heads, positions, proj=None):
     """Wang et al.'s three forwards (after the two caches) with raw torch hooks, one sender (list of
-    (layer, head or None)), receivers at one layer; returns the logit difference of the final run."""
+    (layer, head or None)), receivers at one layer; returns the logit difference of the final run.
+    proj: 'q_proj', 'k_proj' or 'v_proj' (Llama): patch only that projection's output, computed from the
+    recorded input, instead of the attention input (the query / key / value path)."""
     L, dh = model.dims.n_layers, model.dims.d_head
     clean_ids, corr_ids = model.to_tokens(clean), model.to_tokens(corrupt)
     a, f = model.to_single_token(answer), model.to_single_token(foil)
@@ -157,8 +159,23 @@ def reference_path_patching(model, clean, corrupt, answer, foil, sender, recv_la
             if h not in recv_heads:
                 x[..., h * dh:(h + 1) * dh] = cz[recv_layer][..., h * dh:(h + 1) * dh]
         return x
-    final = run(clean_ids, [("attn", recv_layer, _first_arg_hook(patch_in)),
-                            ("attn_out_proj", recv_layer, _first_arg_hook(keep_others))])
+    if proj is None:
+        final = run(clean_ids, [("attn", recv_layer, _first_arg_hook(patch_in)),
+                                ("attn_out_proj", recv_layer, _first_arg_hook(keep_others))])
+        return final.item(), logits_direct.item()
+    module = getattr(model.module("attn", recv_layer), proj)
+
+    def patch_proj(mod, args, out):
+        out = out.clone()
+        pos = slice(None) if positions is None else positions
+        with torch.no_grad():
+            out[:, pos] = torch.nn.functional.linear(recorded["x"], mod.weight, mod.bias)[:, pos]  # not mod(): its hook
+        return out
+    handle = module.register_forward_hook(patch_proj)
+    try:
+        final = run(clean_ids, [("attn_out_proj", recv_layer, _first_arg_hook(keep_others))])
+    finally:
+        handle.remove()
     return final.item(), logits_direct.item()
 
 
@@ -180,6 +197,36 @@ def test_path_patching_matches_three_forward_reference(tiny3, family):
     direct = path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=senders, receivers="logits")
     ref = [reference_path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", s, 2, [0], None)[1] for s in parsed]
     assert torch.allclose(torch.tensor(direct.values, dtype=torch.float32), torch.tensor(ref), atol=1e-4)
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+def test_query_key_value_receiver_paths_match_reference(tiny3, receiver_input):
+    """Only the receiver heads' queries (keys, values) read the patched input: equal to a raw-hook reference
+    patching that projection's output of Llama (grouped-query: 4 query heads share 2 key/value heads)."""
+    from workbench.analysis import path_patching
+
+    model = tiny3("llama")
+    senders = ["L0H1", "mlp0", "L1H2", ["L0H0", "L1H3", "mlp1"]]
+    parsed = [[(0, 1)], [(0, None)], [(1, 2)], [(0, 0), (1, 3), (1, None)]]
+    effects = {}
+    for heads, positions in (([0, 3], None), ([1], [-1])):
+        res = path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=senders,
+                            receivers=[f"L2H{h}" for h in heads], receiver_positions=positions,
+                            receiver_input=receiver_input)
+        ref = [reference_path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", s, 2, heads, positions,
+                                       proj=f"{receiver_input}_proj")[0] for s in parsed]
+        assert torch.allclose(torch.tensor(res.values, dtype=torch.float32), torch.tensor(ref), atol=1e-4), (res.values, ref)
+        effects[tuple(heads)] = res
+    # the path is not the full (q, k, v) path: the two differ
+    full = path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=senders, receivers=["L2H0", "L2H3"])
+    assert max(abs(a - b) for a, b in zip(full.values, effects[(0, 3)].values)) > 1e-4
+    assert max(abs(v - full.meta["clean_metric"]) for v in effects[(0, 3)].values) > 1e-4
+    with pytest.raises(ValueError, match="receiver_input: expected one of"):
+        path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=senders, receivers=["L2H0"],
+                      receiver_input="query")
+    with pytest.raises(ValueError, match="needs receiver heads"):
+        path_patching(model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary", senders=senders, receiver_input="q")
     assert_no_hooks(model)
 
 
@@ -495,3 +542,31 @@ def test_attn_in_site_patches_on_both_engine_paths(tiny, family):
         ln1 = model.module("ln1", 0)(resid)
     _, c0 = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.0.attn.hook_in"])
     assert torch.allclose(c0["blocks.0.attn.hook_in"], ln1, atol=1e-6)  # it is the ln1 output
+
+
+@pytest.mark.slow
+def test_cross_model_patching_on_a_lora_finetune_of_the_default_model(default_model):
+    """A real base / fine-tuned pair: a few LoRA steps of the CAFT task (sentiment -> ' A' / ' B') on the default
+    model. The fine-tuned model's final residual patched into the base run gives the fine-tuned output
+    (normalised 1: final norm and unembedding are not LoRA-adapted), the embeddings are shared (0 at layer 0's
+    resid_pre), and the grid equals a plain patched forward."""
+    from workbench.caft import FinetuneConfig, finetune, load_task
+
+    task = load_task(wb.data_path("caft_task.jsonl"))
+    tuned = finetune(default_model, task["train"], config=FinetuneConfig(steps=6, batch_size=4, lr=3e-3), seed=0)
+    ex = task["id_test"][0]
+    foil = next(c for c in ex["choices"] if c != ex["answer"])
+    res = wb.cross_model_patching(default_model, tuned, ex["prompt"], ex["answer"], foil,
+                                  components="resid_pre,resid_post", metric="logit_diff")
+    post, pre = res["resid_post"], res["resid_pre"]
+    src, tgt = post.meta["source_metric"], post.meta["target_metric"]
+    assert abs(src - tgt) > 0.5  # the fine-tune changed the answer's logit difference
+    L = default_model.dims.n_layers
+    assert abs(post.values[L - 1, -1] - src) < 1e-3
+    assert abs(pre.values[0] - tgt).max() < 1e-4
+    # one cell against a plain forward of the base model with the tuned model's activation put in
+    site, pos = Site(L // 2, "resid_pre").name, -1
+    _, cache = tuned.run_with_cache(ex["prompt"], [site])
+    ids = [default_model.to_single_token(ex["answer"]), default_model.to_single_token(foil)]
+    ref = default_model.run_with_interventions(ex["prompt"], [wb.Replace(site, positions=[pos], value=cache[site][:, [pos]])])
+    assert abs(pre.values[L // 2, -1] - (ref[0, -1, ids[0]] - ref[0, -1, ids[1]]).item()) < 1e-3

@@ -43,6 +43,10 @@ def test_path_patch(tmp_path, capsys):
     assert "a receiver must be in a later layer" in capsys.readouterr().err
     assert main(args + ["--senders", "L1H9"]) == 2
     assert "head 9 out of range" in capsys.readouterr().err
+    out_q = tmp_path / "pq"
+    args_q = [a if a != str(out) else str(out_q) for a in args]
+    assert main(args_q + ["--senders", "L0H1", "--receivers", "L1H0", "--receiver-input", "q"]) == 0
+    assert json.loads((out_q / "result.json").read_text())["meta"]["receiver_input"] == "q"
 
 
 def test_das_and_cross_patch(tmp_path, capsys):

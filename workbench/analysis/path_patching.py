@@ -14,7 +14,11 @@ With receivers="logits" the path is sender -> final residual, and run 2's logits
 A receiver head's input is the attention input (`attn.hook_in`, the ln1 output), which its query,
 key and value all read: the patched input reaches the receiver head's q, k and v (restrict it to the
 query's position with `receiver_positions`, e.g. the last token for IOI's S-inhibition -> name-mover
-query path). The layer's other heads are kept at their values without the patch.
+query path). `receiver_input="q"`, `"k"` or `"v"` patches only the receiver heads' queries, keys or
+values (the `attn.hook_rot_q` / `hook_rot_k` / `hook_v` sites, as the attention kernel gets them), the
+other two computed from the unpatched input: Wang et al.'s query / key / value paths. The layer's other
+heads are kept at their values without the patch (with grouped-query attention a patched key or value
+head is shared by its group; only the receivers' outputs pass).
 
 Every sender of the list is one batch row block; all senders run in the same three forwards (plus one
 per extra receiver layer).
@@ -85,14 +89,19 @@ def _parse_receivers(receivers, dims, groups) -> dict[int, list[int]] | None:
     return {l: sorted(set(h)) for l, h in sorted(by_layer.items())}
 
 
+RECEIVER_INPUTS = {"qkv": "attn_in", "q": "rot_q", "k": "rot_k", "v": "v"}  # receiver_input -> the site patched
+
+
 def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receivers="logits",
-                  receiver_positions=None, freeze_mlps: bool = True, metric="logit_diff") -> LabelledArray:
+                  receiver_positions=None, receiver_input: str = "qkv", freeze_mlps: bool = True,
+                  metric="logit_diff") -> LabelledArray:
     """The effect of each sender (group) on the metric through the receivers only.
 
     clean, corrupted: a prompt or a list of pairs (same length); senders: ['L3H1', 'mlp2', ['L4H0', 'L4H3'], ...],
     each item patched separately (a list is one group patched together); receivers: 'logits' or heads
     ['L5H2', ...], all in later layers than every sender; receiver_positions: positions at which the
-    receivers' input is patched (default all); freeze_mlps: freeze MLPs too in step 2 (Wang et al. freeze
+    receivers' input is patched (default all); receiver_input: 'qkv' (the attention input, read by all three),
+    'q', 'k' or 'v' (only that input of the receiver heads); freeze_mlps: freeze MLPs too in step 2 (Wang et al. freeze
     heads only; freezing MLPs makes the path strictly direct).
     Returns LabelledArray(sender) of the metric averaged over pairs, with the clean and corrupted metrics in meta.
     """
@@ -107,8 +116,18 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
                if not isinstance(p, int) or not -T <= p < T]
         if bad:
             raise ValueError(f"receiver_positions: {bad} out of range for {T}-token prompts")
+    if receiver_input not in RECEIVER_INPUTS:
+        raise ValueError(f"receiver_input: expected one of {sorted(RECEIVER_INPUTS)}, got {receiver_input!r}")
+    if receiver_input != "qkv" and recv is None:
+        raise ValueError(f"receiver_input: {receiver_input!r} needs receiver heads, not receivers='logits'")
+    comp = RECEIVER_INPUTS[receiver_input]
+    per_kv = dims.n_heads // dims.n_kv_heads  # query heads per key/value head
+
+    def input_heads(heads):  # the heads of the patched site that feed the receiver heads
+        return None if comp == "attn_in" else heads if comp == "rot_q" else sorted({h // per_kv for h in heads})
+
     frozen_sites = [Site(l, c) for l in range(L) for c in ("z", "mlp_out")]
-    recv_sites = [Site(l, "attn_in") for l in (recv or {})]
+    recv_sites = [Site(l, comp) for l in (recv or {})]
 
     with torch.no_grad():
         # step 1: the two caches
@@ -145,11 +164,14 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
             # read from a run with the lower receiver layers' patches only
             patches: list[Replace] = []
             for l, heads in recv.items():
-                name = Site(l, "attn_in").name
+                name = Site(l, comp).name
                 pos = receiver_positions
                 value = recorded[name] if pos is None else recorded[name][:, pos if not isinstance(pos, int) else [pos]]
+                sel = input_heads(heads)
+                if sel is not None:
+                    value = value[:, :, sel]
                 others = [h for h in range(H) if h not in heads]
-                layer_patches = [Replace(Site(l, "attn_in"), positions=pos, value=value)]
+                layer_patches = [Replace(Site(l, comp), positions=pos, heads=sel, value=value)]
                 if others:
                     if patches:
                         _, own = model.run_with_cache(ids, [Site(l, "z")], interventions=patches)
@@ -163,7 +185,7 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
     idx = torch.arange(n, device=model.device)
     labels = ["+".join(f"L{l}H{h}" if h is not None else f"mlp{l}" for l, h in g) for g in groups]
     meta = {"receivers": receivers if isinstance(receivers, str) else list(receivers),
-            "receiver_positions": receiver_positions, "freeze_mlps": freeze_mlps,
+            "receiver_positions": receiver_positions, "receiver_input": receiver_input, "freeze_mlps": freeze_mlps,
             "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
             "clean_metric": fn(clean_logits[:, -1], idx).mean().item(),
             "corrupted_metric": fn(corr_logits[:, -1], idx).mean().item(), "per_pair": values.tolist()}

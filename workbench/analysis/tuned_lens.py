@@ -74,18 +74,26 @@ def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
 
 
 def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 8, max_len: int = 64,
-                     seed: int = 0, path=None, save_every: int = 50) -> tuple[TunedLens, list[float]]:
+                     seed: int = 0, path=None, save_every: int = 50,
+                     tokens_per_step: int | None = None) -> tuple[TunedLens, list[float]]:
     """Train the translators on `texts` for `steps` Adam steps in total; returns (lens, loss per step run here).
 
     With `path`, the state is saved there every `save_every` steps and at the end, and a run finding a file
     with the same model and settings resumes from its step (the batches depend only on seed and step, so
     stopping and resuming gives the same translators as one run). Loss: mean over layers of eq. 4.
+    `tokens_per_step`: read the lens at only that many real tokens of each batch, drawn from (seed, step)
+    (the full-vocabulary unembedding per layer and token is the cost: this keeps a CPU run small).
     """
     texts = as_prompts(texts, "texts")
     for name, val in (("steps", steps), ("batch_size", batch_size), ("max_len", max_len), ("save_every", save_every)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+    if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or isinstance(tokens_per_step, bool)
+                                        or tokens_per_step < 1):
+        raise ValueError(f"tokens_per_step: expected None or an int >= 1, got {tokens_per_step!r}")
     config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts)}
+    if tokens_per_step is not None:
+        config["tokens_per_step"] = tokens_per_step
     L = model.dims.n_layers
     lens = TunedLens(model.dims.d_model, L).to(model.device)
     opt = torch.optim.Adam(lens.parameters(), lr=lr)
@@ -123,12 +131,17 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
             logits, cache = model.run_with_cache(ids, sites, attention_mask=mask)
             target = logits.float().log_softmax(-1)
         keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
+        real = keep.nonzero(as_tuple=True)  # (row, position) of every real token
+        if tokens_per_step is not None and len(real[0]) > tokens_per_step:
+            pick = torch.randperm(len(real[0]), generator=gen)[:tokens_per_step].sort().values.to(ids.device)
+            real = (real[0][pick], real[1][pick])
+        target = target[real]  # [tokens, d_vocab]
         total = 0.0
         for l in range(L - 1):
-            # eq. 4: KL(model || lens) per token, averaged over real tokens and over layers
-            lp = lens.logits(model, cache[sites[l].name], l).float().log_softmax(-1)
+            # eq. 4: KL(model || lens) per token, averaged over the chosen real tokens and over layers
+            lp = lens.logits(model, cache[sites[l].name][real], l).float().log_softmax(-1)
             kl = F.kl_div(lp, target, log_target=True, reduction="none").sum(-1)
-            loss = kl[keep].mean() / (L - 1)
+            loss = kl.mean() / (L - 1)
             loss.backward()  # one layer's graph at a time keeps [batch, pos, d_vocab] memory to one layer
             total += loss.item()
         opt.step()

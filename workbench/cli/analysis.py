@@ -90,7 +90,8 @@ def _cmd_path_patch(args) -> int:
     positions = None if args.receiver_positions is None else parse_list(args.receiver_positions, int, "receiver_positions")
     model = load_model(args.model)
     res = path_patching(model, args.clean, args.corrupt, args.answer, args.foil, senders=senders, receivers=receivers,
-                        receiver_positions=positions, freeze_mlps=not args.no_freeze_mlps, metric=args.metric)
+                        receiver_positions=positions, receiver_input=args.receiver_input,
+                        freeze_mlps=not args.no_freeze_mlps, metric=args.metric)
     for s, v in zip(res.coords["sender"], res.values):
         print(f"{s} -> {args.receivers}: {args.metric} {v:+.4f}")
     print(f"clean {res.meta['clean_metric']:+.4f}, corrupted {res.meta['corrupted_metric']:+.4f}")
@@ -184,6 +185,8 @@ def register(sub) -> None:
     s.add_argument("--senders", required=True, help="comma-separated, each patched alone: L0H1,mlp2,L3H0+L3H4")
     s.add_argument("--receivers", default="logits", help="'logits' or comma-separated heads: L5H1,L5H3")
     s.add_argument("--receiver-positions", help="comma-separated positions of the receivers' input (default all)")
+    s.add_argument("--receiver-input", default="qkv", choices=["qkv", "q", "k", "v"],
+                   help="which input of the receiver heads the path ends in (default qkv: their attention input)")
     s.add_argument("--no-freeze-mlps", action="store_true", help="let MLPs recompute (Wang et al. freeze heads only)")
     s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
     s.add_argument("--out", required=True)

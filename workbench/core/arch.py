@@ -252,11 +252,45 @@ def one_layer_cache(keys, values, layer: int):
     return past
 
 
-def suffix_unsupported(hf_model: nn.Module, arch: "Arch") -> str | None:
-    """Why the packed suffix-only engine path cannot run this model, or None where it can."""
+def suffix_unsupported(hf_model: nn.Module, arch: "Arch", components=()) -> str | None:
+    """Why the packed suffix-only engine path cannot run this model (or patches of these `components`), or None."""
     if not arch.suffix:
         return f"no suffix recipe for {arch.family}"
+    from .sites import COMPONENTS
+
+    inside = sorted(c for c in components if COMPONENTS[c][2] == "kernel")
+    if inside:
+        return (f"patches inside the attention kernel ({', '.join(COMPONENTS[c][0] for c in inside)}) run as full "
+                "forwards: a packed suffix's queries see their keys laid out as [prefix, packed suffixes], so "
+                "patterns, keys and values from a full run do not fit them")
     # Sliding-window layers run on the suffix path: its packed mask applies each layer's `attention_window`.
+    return None
+
+
+# -- attention patterns: the family's own eager kernel, run with the probabilities exposed -------------------
+
+def eager_attention(attn_module: nn.Module):
+    """The family's own eager attention kernel, `eager_attention_forward(module, q, k, v, mask, scaling=..., ...)`
+    of its modeling file: softmax(q k^T * scaling (soft-capped where the family caps) + mask) -> (P V, P).
+    Every supported family's attention module calls it through transformers' AttentionInterface when
+    `config._attn_implementation` is "eager"; the hook layer routes it through `hooks.PATTERN_KERNEL` instead."""
+    import sys
+
+    fn = getattr(sys.modules[type(attn_module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise ValueError(f"site: attn.hook_pattern: {type(attn_module).__name__} has no eager attention kernel "
+                         "(eager_attention_forward) that forms the attention probabilities")
+    return fn
+
+
+def pattern_unsupported(hf_model: nn.Module, arch: "Arch") -> str | None:
+    """Why attention patterns (attn.hook_pattern) cannot be read or patched on this model, or None where they can.
+
+    Models loaded with SDPA or flash attention are fine: for a run with pattern sites the hook layer switches
+    the model to the family's eager kernel (the same function, with the probabilities formed) and back."""
+    cfg = hf_model.config.get_text_config()
+    if getattr(cfg, "reorder_and_upcast_attn", False):  # GPT-2 option: a second eager path the interface never sees
+        return "GPT-2's reorder_and_upcast_attn kernel does not go through the attention interface"
     return None
 
 

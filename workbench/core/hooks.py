@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from .arch import forward_cache
+from .arch import eager_attention, forward_cache, pattern_unsupported
 from .interventions import Intervention, PositionContext
 from .sites import COMPONENTS, Site, parse_site
 
@@ -23,6 +23,10 @@ def site_shape(site: Site, batch: int, seq: int, dims) -> torch.Size:
     width = COMPONENTS[site.component][3]
     if width == "heads":
         return torch.Size((batch, seq, dims.n_heads, dims.d_head))
+    if width == "pattern":
+        return torch.Size((batch, dims.n_heads, seq, seq))
+    if width in ("q", "kv"):
+        return torch.Size((batch, seq, dims.n_heads if width == "q" else dims.n_kv_heads, dims.d_head))
     return torch.Size((batch, seq, getattr(dims, width)))
 
 
@@ -103,6 +107,71 @@ class _SiteHook:
         return self.transform(output)
 
 
+# -- attention patterns: transformers' AttentionInterface, the documented way to swap an attention kernel ----
+
+PATTERN_KERNEL = "workbench_pattern"
+# attention module -> {component: its hooks in force} for the sites inside the kernel (pattern, rot_q, rot_k, v)
+_KERNEL_HOOKS: dict[torch.nn.Module, dict[str, list[_SiteHook]]] = {}
+
+
+def _pattern_kernel(module, query, key, value, attention_mask, **kwargs):
+    """The family's own eager kernel (`core.arch.eager_attention`) with its inputs and probabilities passed
+    through `module`'s kernel hooks: q, k, v [batch, heads, pos, d_head] (seen by a hook as [batch, pos, heads,
+    d_head]) before it, P [batch, head, query, key] after its softmax; if a hook changed P, the output is
+    recomputed as P' V (the kernel's own last step; a GQA key/value head serves n_heads / n_kv_heads query
+    heads, as `repeat_kv` does)."""
+    hooks = _KERNEL_HOOKS.get(module, {})
+
+    def through(x, component):
+        for h in hooks.get(component, ()):
+            x = h.transform(x.transpose(1, 2)).transpose(1, 2)
+        return x
+
+    query, key, value = through(query, "rot_q"), through(key, "rot_k"), through(value, "v")
+    out, pattern = eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
+    new = pattern
+    for h in hooks.get("pattern", ()):
+        new = h.transform(new)
+    if new is not pattern:
+        v = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)  # [batch, n_heads, key, d_head]
+        out = torch.matmul(new.to(v.dtype), v).transpose(1, 2).contiguous()  # [batch, query, n_heads, d_head]
+    return out, new
+
+
+def _register_pattern_kernel() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+    if PATTERN_KERNEL not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(PATTERN_KERNEL, _pattern_kernel)
+        AttentionMaskInterface.register(PATTERN_KERNEL, eager_mask)  # the eager kernel's additive float mask
+
+
+class _PatternRoute:
+    """While sites inside the attention kernel are hooked: the model's attention runs `_pattern_kernel` (the eager
+    kernel, whatever the model was loaded with), and each hooked attention module's hooks are listed;
+    `remove()` undoes both."""
+
+    def __init__(self, model, site_hooks: list[_SiteHook]):
+        _register_pattern_kernel()
+        self.config = model.hf.config
+        self.previous = self.config._attn_implementation
+        self.entries = [(model.module("attn", h.site.layer), h) for h in site_hooks]
+        for module, h in self.entries:
+            _KERNEL_HOOKS.setdefault(module, {}).setdefault(h.site.component, []).append(h)
+        self.config._attn_implementation = PATTERN_KERNEL
+
+    def remove(self):
+        for module, h in self.entries:
+            by_comp = _KERNEL_HOOKS[module]
+            by_comp[h.site.component].remove(h)
+            if not by_comp[h.site.component]:
+                del by_comp[h.site.component]
+            if not by_comp:
+                del _KERNEL_HOOKS[module]
+        self.config._attn_implementation = self.previous
+
+
 @contextmanager
 def hooks(
     model,
@@ -142,13 +211,21 @@ def hooks(
             h.bound_shape = site_shape(site, *input_shape, dims)
         site_hooks.append(h)
 
+    kernel_hooks = [h for h in site_hooks if COMPONENTS[h.site.component][2] == "kernel"]
+    if kernel_hooks and (why := pattern_unsupported(model.hf, model.arch)):
+        raise ValueError(f"site: {kernel_hooks[0].site.name} (inside the attention kernel) cannot be hooked on "
+                         f"this model: {why}")
     handles = []
     try:
+        if kernel_hooks:
+            handles.append(_PatternRoute(model, kernel_hooks))
         if tracker is not None:
             handles.append(model.hf.register_forward_pre_hook(tracker.pre, with_kwargs=True))
             handles.append(model.hf.register_forward_hook(tracker.post))
         for h in site_hooks:
             _, where, when, _ = COMPONENTS[h.site.component]
+            if when == "kernel":
+                continue
             module = model.module(where, h.site.layer)
             if when == "input":
                 handles.append(module.register_forward_pre_hook(h.pre, with_kwargs=True))

@@ -152,21 +152,28 @@ class Intervention:
     def bind(self, site: Site, shape: torch.Size, device: torch.device) -> None:
         """Check against the activation's shape and prepare indices; the hook layer calls this before any hook is set."""
         self.site = site
-        if self.heads is not None and not self.site.has_heads:
-            raise ValueError(f"heads: site {self.site.name} has no head dimension; heads apply to attn.hook_z")
-        sizes = shape[:3] if self.site.has_heads else shape[:2]
+        axes = site.axes  # e.g. (rows, positions, heads) for attn.hook_z, (rows, heads, positions) for a pattern
+        if self.heads is not None and "heads" not in axes:
+            raise ValueError(f"heads: site {self.site.name} has no head dimension; heads apply to attn.hook_z "
+                             "and attn.hook_pattern")
+        sizes = shape[:len(axes)]
         by_id = isinstance(self.positions, PositionSelector)
         if by_id and self.pointwise:
             raise ValueError("positions: a PositionSelector cannot be combined with pointwise=True")
-        sels = (self.rows, None if by_id else self.positions, self.heads)[: len(sizes)]
-        names = ("rows", "positions", "heads")
-        idx = [_as_index(s, n, a) for s, n, a in zip(sels, sizes, names)]
+        if by_id and axes[1] != "positions":
+            raise ValueError(f"positions: a PositionSelector cannot select the queries of {self.site.name}; "
+                             "give query indices")
+        sel = {"rows": self.rows, "positions": None if by_id else self.positions, "heads": self.heads}
+        idx = [_as_index(sel[a], n, a) for a, n in zip(axes, sizes)]
         if self.pointwise:
             given = [i for i in idx if i is not None]
-            if idx[0] is None or idx[1] is None or len({len(i) for i in given}) != 1:
+            by_name = dict(zip(axes, idx))
+            if by_name["rows"] is None or by_name["positions"] is None or len({len(i) for i in given}) != 1:
                 raise ValueError("positions: pointwise=True needs rows, positions (and heads, if given) as index "
                                  f"lists of one length, got lengths {[None if i is None else len(i) for i in idx]}")
-            self._index = tuple(i.to(device) for i in given)
+            # an axis left whole between two indexed ones (a pattern's heads) stays a slice: block [n, heads, key]
+            last = max(k for k, i in enumerate(idx) if i is not None)
+            self._index = tuple(slice(None) if i is None else i.to(device) for i in idx[:last + 1])
         elif all(i is None for i in idx):
             self._index = None
         else:
@@ -243,7 +250,7 @@ def _check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site
     if not ok:
         raise ValueError(
             f"{arg}: shape {tuple(value.shape)} does not broadcast to the selected block "
-            f"{tuple(selected_shape)} of {site.name} (rows, positions{', heads' if site.has_heads else ''}, features)"
+            f"{tuple(selected_shape)} of {site.name} ({', '.join(site.axes)}, features)"
         )
 
 

@@ -7,6 +7,10 @@
     blocks.{l}.attn.hook_z       [batch, pos, n_heads, d_head]   per-head input of the out projection
     blocks.{l}.mlp.hook_post     [batch, pos, d_mlp]     MLP hidden state feeding the down projection
     blocks.{l}.attn.hook_in      [batch, pos, d_model]   attention input (after ln1), read by q, k and v
+    blocks.{l}.attn.hook_pattern [batch, n_heads, query, key]   attention probabilities (rows sum to 1)
+    blocks.{l}.attn.hook_rot_q   [batch, pos, n_heads, d_head]      queries as the attention kernel gets them
+    blocks.{l}.attn.hook_rot_k   [batch, pos, n_kv_heads, d_head]   keys (after rotary, where the family has it)
+    blocks.{l}.attn.hook_v       [batch, pos, n_kv_heads, d_head]   values
 
 Short component names (`resid_pre`, `attn_out`, `z`, ...) are accepted wherever a layer is
 given separately. All parsing and range checking of site names happens here.
@@ -26,6 +30,14 @@ COMPONENTS: dict[str, tuple[str, str, str, str]] = {
     "z": ("attn.hook_z", "attn_out_proj", "input", "heads"),
     "mlp_post": ("mlp.hook_post", "mlp_down", "input", "d_mlp"),
     "attn_in": ("attn.hook_in", "attn", "input", "d_model"),  # the attention's input (ln1 output), read by q, k, v (TL bridge name)
+    # "kernel": inside the attention module, between its softmax and the product with the values (the hook layer
+    # runs the family's own eager kernel for that: core.arch.eager_attention); "pattern" = [n_heads, query, key]
+    "pattern": ("attn.hook_pattern", "attn", "kernel", "pattern"),
+    # what the kernel receives, [batch, pos, heads, d_head] (after the family's q/k norms and rotary; keys and values
+    # have n_kv_heads heads): path patching's query-, key- and value-only receiver paths
+    "rot_q": ("attn.hook_rot_q", "attn", "kernel", "q"),
+    "rot_k": ("attn.hook_rot_k", "attn", "kernel", "kv"),
+    "v": ("attn.hook_v", "attn", "kernel", "kv"),
 }
 _BY_SUFFIX = {v[0]: comp for comp, v in COMPONENTS.items()}
 RESIDUAL_WIDTH = tuple(c for c, v in COMPONENTS.items() if v[3] == "d_model")  # components that live in the residual stream
@@ -52,6 +64,14 @@ class Site:
     @property
     def has_heads(self) -> bool:
         return COMPONENTS[self.component][3] == "heads"
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The selectable axes of the activation, in order (an intervention's rows / positions / heads)."""
+        width = COMPONENTS[self.component][3]
+        if width == "pattern":  # [batch, n_heads, query, key]: positions select queries
+            return ("rows", "heads", "positions")
+        return ("rows", "positions", "heads") if width in ("heads", "q", "kv") else ("rows", "positions")
 
     def __str__(self) -> str:
         return self.name

@@ -121,7 +121,7 @@ def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricF
     budget = token_budget(model, T, memory_mb, max_batch_tokens)
     if not patches:
         return torch.empty(0, device=model.device), EngineStats(path="none")
-    reason = suffix_unsupported(model.hf, model.arch)
+    reason = suffix_unsupported(model.hf, model.arch, {e.site.component for p in patches for e in p.overwrites})
     if path == "suffix" and reason:
         raise ValueError(f"path: the suffix path cannot run on this model: {reason}")
     if path == "full" or reason:

@@ -206,6 +206,9 @@ def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, directi
 def check_grid(components, by: str) -> list[str]:
     """The checked component list for a grid `by` position, head or position_head."""
     comps = parse_components(components)
+    if "pattern" in comps:  # a pattern cell is a whole [query, key] row block, not a (position, width) cell
+        raise ValueError("components: 'pattern' is not a grid component; patch attention patterns with "
+                         "wb.Replace('blocks.L.attn.hook_pattern', heads=..., positions=<queries>, value=...)")
     if by not in GRIDS:
         raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
     if by != "position" and comps != ["z"]:

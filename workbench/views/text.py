@@ -38,14 +38,13 @@ def attention_view(tokens: list[str], pattern, title: str = "attention patterns"
 
 
 @torch.no_grad()
-def attention_pattern(model, prompt: str, layer: int) -> tuple[list[str], torch.Tensor]:
-    """(tokens, pattern [n_heads, query, key]) of `prompt` at `layer`, as the model's attention returns it
-    (`output_attentions=True`; models loaded with the eager attention kernel return it, SDPA returns None)."""
-    from ..core.sites import check_layers
+def attention_pattern(model, prompt: str, layer: int, interventions=()) -> tuple[list[str], torch.Tensor]:
+    """(tokens, pattern [n_heads, query, key]) of `prompt` at `layer`, read at the `blocks.{layer}.attn.hook_pattern`
+    site (the family's eager kernel, whatever attention the model was loaded with), in a run with `interventions`
+    (e.g. a patched pattern or head) applied."""
+    from ..core.sites import Site, check_layers
 
     (layer,) = check_layers([layer], model.dims.n_layers)
-    ids = model.to_tokens(prompt)
-    out = model.hf(ids.to(model.device), output_attentions=True)
-    if not out.attentions or out.attentions[layer] is None:
-        raise ValueError("model: its attention kernel does not return patterns; load it with attn_implementation='eager'")
-    return model.to_str_tokens(prompt), out.attentions[layer][0].float().cpu()
+    site = Site(layer, "pattern")
+    _, cache = model.run_with_cache(prompt, [site], interventions=interventions)
+    return model.to_str_tokens(prompt), cache[site.name][0].float().cpu()
