@@ -60,6 +60,8 @@ def counterfactual_view(result, model, *, max_rows: int = 200, title: str | None
                     f'</td><td class="text">{_tokens_html(tokenizer, b, db, "ins")}</td>'
                     f'<td>{"identical" if d is None else d}</td></tr>')
     what = result.meta.get("intervention", "?")
+    if result.meta.get("replace") is not None:  # a token-level counterfactual (Chatzi et al.)
+        what = f"{what}; a token replaced"
     head = (f"<p class='summary'>{n} pairs, {same} identical ({100 * same / max(n, 1):.1f}%); intervention: "
             f"{_html.escape(str(what))}; noise: {_html.escape(str(result.meta.get('noise', '?')))}"
             f"{'' if n <= max_rows else f'; first {max_rows} rows shown'}</p>")
