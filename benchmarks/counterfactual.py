@@ -1,74 +1,149 @@
-"""Counterfactual strings on the default model: continuations of prompts that mention an edited subject, sampled
-from the unedited model (Gumbel-max, temperature 1, full vocabulary), and their counterfactuals under a ROME
-edit and under the sentiment steering vector (layer 12, x4), with the side-effect measures; also the identity
-check (no intervention: every counterfactual equals its observed string) and the time per 100 counterfactuals.
+"""Counterfactual strings on the default model (Ravfogel et al., ICLR 2025, section 5 reproduced CPU-sized):
+continuations of prompts that mention an edited subject (France), sampled from the unedited model (Gumbel-max,
+temperature 1, full vocabulary), and their counterfactuals under
 
-    PYTHONPATH=. python benchmarks/counterfactual.py [--n-per-prompt 4] [--stats-tokens 4096]
+    rome   ROME "The capital of France is the city of" -> " Rome" (layer 5)
+    memit  a MEMIT batch of 5 capital edits, France -> Rome among them (layers 3..7)
+    steer  the sentiment steering vector (mean difference, layer 12, x4)
+    caft   a second model: the CAFT fine-tune of `benchmarks/caft.py` (LoRA, 30 steps, gender directions
+           projected out in training) vs its base (the paper's Llama-3-8B -> Instruct comparison)
+    none   no intervention: every counterfactual must equal its observed string
+
+each with the inferred noise (hindsight: the counterfactual) and with fresh noise (the interventional
+baseline). Every (condition, noise) runs in its own resumable sweep folder (`counterfactual_sweep`, under
+--work), and the summary rows are merged into the result JSON (written atomically), so the conditions can be
+run one invocation at a time and a killed run resumes where it stopped:
+
+    PYTHONPATH=. python benchmarks/counterfactual.py --conditions none,rome [--n-per-prompt 20] [--max-new-tokens 10]
 """
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
 import workbench as wb
 from benchmarks.common import device_meta, parser, write_result
-from workbench.counterfactual import counterfactuals, measure, sample, summarize
-from workbench.steering import SENTIMENT_TEMPLATE, build_steering_vector, load_pairs
-from workbench.steering.behaviour import log_odds_classifier
+from workbench.counterfactual import measure, sample, summarize
+from workbench.counterfactual.sweep import counterfactual_sweep
+from workbench.editing.weights import WeightEdit
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The capital of France is", "France is", "Here is a short text about France:", "My trip to France was",
-           "People who live in France"]
+           "People who live in France", "The best thing about France is", "In France, the government",
+           "A tourist arriving in France", "The history of France", "Paris, the capital of France,"]
+MEMIT_BATCH = [("The capital of France is the city of", "France", " Rome"),
+               ("The capital of Germany is the city of", "Germany", " Tokyo"),
+               ("The capital of Spain is the city of", "Spain", " Cairo"),
+               ("The capital of Japan is the city of", "Japan", " Berlin"),
+               ("The capital of Egypt is the city of", "Egypt", " Madrid")]
+PAPER = [  # Ravfogel et al. (ICLR 2025), from the authors' released outputs
+    {"condition": "paper: MEMIT, GPT2-XL, Louvre -> Rome", "identical": 0.704, "median_prefix_diverging": 0.50,
+     "mean_edit": 0.109},
+    {"condition": "paper: Llama-3-8B -> Instruct", "identical": 0.002, "median_prefix": 0.242, "mean_edit": 0.588},
+]
+TARGET = {"rome": dict(new="Rome", old="Paris"), "memit": dict(new="Rome", old="Paris")}
+NAMES = {"none": "none", "rome": "ROME France -> Rome", "memit": "MEMIT batch of 5 (France -> Rome, ...)",
+         "steer": "steering sentiment L12 x4", "caft": "CAFT fine-tune vs base (model B)"}
+
+
+def intervention(name: str, model, work: Path, stats_tokens: int):
+    """The condition's intervention; weight edits and the fine-tune are saved under `work` and reloaded."""
+    if name == "none":
+        return None, {}
+    if name in ("rome", "memit"):
+        folder = work / "edits" / name
+        if (folder / "edit.json").is_file():
+            return WeightEdit.load(folder), {}
+        t = time.perf_counter()
+        if name == "rome":
+            edit = wb.rome(model, wb.EditRequest(*MEMIT_BATCH[0]), stats={"n_tokens": stats_tokens})
+        else:
+            edit = wb.memit(model, [wb.EditRequest(*r) for r in MEMIT_BATCH], stats={"n_tokens": stats_tokens})
+        edit.save(folder)
+        return edit, {"edit_seconds": time.perf_counter() - t}
+    if name == "steer":
+        from workbench.steering import build_steering_vector, load_pairs
+
+        pos, neg = load_pairs(wb.data_path("steering/sentiment_pairs.jsonl"))
+        return build_steering_vector(model, pos, neg, layers=[12], method="mean_diff", read_at=-1).interventions(
+            model, 4.0), {}
+    if name == "caft":
+        import probes
+        from workbench import caft
+
+        t = time.perf_counter()
+        layers = [6, 10, 14, 18]
+        task = caft.load_task(wb.data_path("caft_task.jsonl"))
+        acts = wb.read_activations(model, [e["prompt"] for e in task["concept"]], layers)
+        probe = probes.train_probes(acts, [e["gender"] for e in task["concept"]], method="diffmean")
+        subs = caft.subspaces({l: probe.direction(l) for l in layers}, model.dims.d_model)
+        tuned = caft.finetune(model, task["train"], ablate=caft.ablations(subs, fill="zero"),
+                              config=caft.FinetuneConfig(steps=30), seed=0)
+        tuned.name = "smollm2-135m+caft"
+        return tuned, {"finetune_seconds": time.perf_counter() - t,
+                       "ood_acc": caft.accuracy(tuned, task["ood_test"])}
+    raise ValueError(f"conditions: unknown {name!r}; expected some of {list(NAMES)}")
 
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--n-per-prompt", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=20)
-    ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's key statistics C")
+    ap.add_argument("--conditions", default="none,rome,memit,steer,caft")
+    ap.add_argument("--noises", default="posterior,fresh")
+    ap.add_argument("--n-per-prompt", type=int, default=20)
+    ap.add_argument("--max-new-tokens", type=int, default=10)
+    ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's / MEMIT's key statistics C")
+    ap.add_argument("--work", default=str(ROOT / "out" / "counterfactual-bench"), help="sweep folders, edits")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    work = Path(args.work)
     model = wb.load_model().to(args.device)
     prompts = [p for p in PROMPTS for _ in range(args.n_per_prompt)]
+    t = time.perf_counter()
     obs = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=0)
-    result = {"config": {"prompts": PROMPTS, "n": len(prompts), "max_new_tokens": args.max_new_tokens,
-                         "temperature": 1.0, "stats_tokens": args.stats_tokens, **device_meta(args.device)}}
-
-    t = time.perf_counter()
-    same = counterfactuals(model, None, obs)
-    result["identity"] = {"identical": sum(a == b for a, b in zip(same.ids, obs.ids)) / len(prompts),
-                          "seconds_per_100": (time.perf_counter() - t) * 100 / len(prompts)}
-    print("identity", result["identity"])
-
-    request = wb.EditRequest("The capital of France is the city of", "France", " Rome")
-    t = time.perf_counter()
-    edit = wb.rome(model, request, stats={"n_tokens": args.stats_tokens})
-    result["rome_seconds"] = time.perf_counter() - t
-    pos, neg = load_pairs(wb.data_path("steering/sentiment_pairs.jsonl"))
-    love = build_steering_vector(model, pos, neg, layers=[12], method="mean_diff", read_at=-1)
-    classify = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative")
-    conditions = {"ROME France -> Rome": (edit, dict(new="Rome", old="Paris")),
-                  "steering sentiment L12 x4": (love.interventions(model, 4.0), {})}
-    rows = []
-    for name, (iv, target) in conditions.items():
-        for noise in ("posterior", "fresh"):
+    sample_secs = (time.perf_counter() - t) * 100 / len(prompts)
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"counterfactual-{args.device}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    config = {"prompts": PROMPTS, "n": len(prompts), "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
+              "stats_tokens": args.stats_tokens, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
+    keep = old.get("config", {}) == config
+    result = {"config": config, "paper": PAPER, "rows": old.get("rows", []) if keep else [],
+              "examples": old.get("examples", {}) if keep else {}, "intervention_meta": old.get("intervention_meta", {}) if keep else {}}
+    result["sample_seconds_per_100"] = sample_secs
+    for name in args.conditions.split(","):
+        iv, info = intervention(name, model, work, args.stats_tokens)
+        result["intervention_meta"][name] = {**result["intervention_meta"].get(name, {}), **info}
+        for noise in args.noises.split(","):
+            if name == "none" and noise == "fresh":
+                continue
             t = time.perf_counter()
-            res = counterfactuals(model, None, obs, iv, noise=noise, seed=0 if noise == "posterior" else 10_000)
+            res = counterfactual_sweep(work / f"{name}-{noise}", model, None, obs, iv, noise=noise,
+                                       seed=0 if noise == "posterior" else 10_000, chunk=20)
             secs = (time.perf_counter() - t) * 100 / len(prompts)
-            df = measure(res, **target)
+            df = measure(res, **TARGET.get(name, {}))
             s = summarize(df)
-            if not target:  # sentiment: share of continuations the unsteered model rates positive
+            if name == "steer":  # share of continuations the unsteered model rates positive
+                from workbench.steering import SENTIMENT_TEMPLATE
+                from workbench.steering.behaviour import log_odds_classifier
+
+                classify = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative")
                 s["positive_observed"] = float((torch.tensor(classify(None, res.observed)) > 0).float().mean())
                 s["positive_after"] = float((torch.tensor(classify(None, res.texts)) > 0).float().mean())
-            if target:
-                s["new_in_observed"] = float(sum(target["new"] in o for o in res.observed) / len(prompts))
-            s.update(condition=name, noise=noise, seconds_per_100=secs)
-            rows.append(s)
-            print(s)
+            if name in TARGET:
+                s["new_in_observed"] = float(sum(TARGET[name]["new"] in o for o in res.observed) / len(prompts))
+                s["old_in_observed"] = float(sum(TARGET[name]["old"] in o for o in res.observed) / len(prompts))
+            # seconds per 100 (a resumed sweep counts only what it computed; see `computed_here`)
+            s.update(condition=NAMES[name], key=name, noise=noise, seconds_per_100=secs)
+            result["rows"] = [r for r in result["rows"] if (r.get("key"), r["noise"]) != (name, noise)] + [s]
+            print(json.dumps(s))
             if noise == "posterior":
-                result.setdefault("examples", {})[name] = df[["prompt", "observed", "counterfactual"]].head(4).to_dict("records")
-    result["rows"] = rows
-    write_result(result, "counterfactual", args.device, args.out)
+                result["examples"][name] = df[["prompt", "observed", "counterfactual"]].head(6).to_dict("records")
+            write_result(result, "counterfactual", args.device, args.out)
 
 
 if __name__ == "__main__":

@@ -389,6 +389,10 @@ API = [
                                          k=65), V, "k"),
     R("analysis-cross_model_patching-shapes", lambda c: wb.cross_model_patching(c.m, wb.tiny_model("llama", d_model=32), CLEAN,
                                                                                  " Mary", " John"), V, "shapes"),
+    # counterfactual strings: resumable runs, side-by-side view (issue 19)
+    R("counterfactual-counterfactual_sweep-chunk", lambda c: wb.counterfactual.counterfactual_sweep(c.d / "cf", c.m, ["Hello"],
+                                                                                             [" world"], chunk=0), V, "chunk"),
+    R("views-counterfactual_view-result", lambda c: wb.views.counterfactual_view({"ids": []}, c.m), V, "result", "Counterfactuals"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -523,6 +527,9 @@ CLI = [
                            "--candidates", " yes, no", "--out", "{d}/o"], V, "data"),
     R("cross-patch-shapes", ["cross-patch", "--model", "tiny-llama", "--tuned", "tiny-gpt2", "--prompt", CLEAN, "--answer", " Mary",
                              "--foil", " John", "--out", "{d}/o"], V, "shape"),
+    # counterfactual verb: resumable folder, html (issue 19)
+    R("counterfactual-out-is-file", ["counterfactual", "--model", "tiny-llama", "--prompts", "{inp}/prompts.txt",
+                                     "--out", "{d}/x", "--html"], V, "out", "is a file", setup=existing("x")),
 ]
 
 ROWS = API + CLI

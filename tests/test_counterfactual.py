@@ -288,3 +288,74 @@ def test_cli_counterfactual(tmp_path, capsys):
     assert main(["counterfactual", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(tmp_path / "x"),
                  "--replace-token", "two:dog"]) == 2
     assert "replace-token" in capsys.readouterr().err
+
+
+# -- resumable runs, the side-by-side view --------------------------------------------------------------
+
+def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, tiny):
+    from workbench.counterfactual import counterfactual_sweep
+
+    model = tiny("llama")
+    prompts = PROMPTS + ["Hello there", "A dog"]
+    obs = sample(model, prompts, max_new_tokens=6, seed=5)
+    push = [wb.Add("blocks.1.hook_resid_pre", vector=torch.randn(model.dims.d_model,
+                                                                 generator=torch.Generator().manual_seed(0)) * 3)]
+    ref = counterfactuals(model, None, obs, push)
+    assert any(d is not None for d in ref.diverged_at)  # the intervention changes something
+    full = counterfactual_sweep(tmp_path / "a", model, None, obs, push, chunk=2)
+    assert full.ids == ref.ids and full.texts == ref.texts and full.diverged_at == ref.diverged_at
+    assert sorted(p.name for p in (tmp_path / "a" / "chunks").iterdir()) == ["0.json", "1.json", "2.json"]
+    # differently chunked: row r keeps its noise seed whatever its chunk
+    assert counterfactual_sweep(tmp_path / "c3", model, None, obs, push, chunk=3).ids == ref.ids
+    # a run killed after its first chunk: the later chunks are missing; re-running computes only those
+    chunks = tmp_path / "a" / "chunks"
+    (chunks / "1.json").unlink(), (chunks / "2.json").unlink()
+    first = (chunks / "0.json").stat().st_mtime_ns
+    resumed = counterfactual_sweep(tmp_path / "a", model, None, obs, push, chunk=2)
+    assert resumed.ids == ref.ids and resumed.texts == ref.texts and resumed.prompts == ref.prompts
+    assert (chunks / "0.json").stat().st_mtime_ns == first and (chunks / "2.json").is_file()
+    # a folder of another intervention (or other observed strings) is refused, nothing written; force replaces
+    other = [wb.Add("blocks.1.hook_resid_pre", vector=torch.ones(model.dims.d_model))]
+    with pytest.raises(ValueError, match="intervention_hash"):
+        counterfactual_sweep(tmp_path / "a", model, None, obs, other, chunk=2)
+    with pytest.raises(ValueError, match="observed_hash"):
+        counterfactual_sweep(tmp_path / "a", model, None, sample(model, prompts, max_new_tokens=6, seed=6), push, chunk=2)
+    assert (chunks / "0.json").stat().st_mtime_ns == first
+    forced = counterfactual_sweep(tmp_path / "a", model, None, obs, other, chunk=2, force=True)
+    assert forced.ids == counterfactuals(model, None, obs, other).ids
+
+
+def test_counterfactual_view_marks_exactly_the_differing_tokens(tmp_path, tiny):
+    from workbench.views import counterfactual_view
+    from workbench.views.counterfactual import diff_marks
+
+    assert diff_marks([1, 2, 3, 4], [1, 9, 3, 4]) == ([False, True, False, False], [False, True, False, False])
+    assert diff_marks([1, 2], [1, 2, 5]) == ([False, False], [False, False, True])
+    model = tiny("llama")
+    obs = sample(model, PROMPTS, max_new_tokens=6, seed=5)
+    same = counterfactual_view(counterfactuals(model, None, obs), model)
+    assert "<mark" not in same.body and "3 identical (100.0%)" in same.body
+    res = counterfactuals(model, None, obs, replace=[(len(p) + 1, 7) for p in obs.prompt_ids])
+    view = counterfactual_view(res, model)
+    n_marked = sum(sum(a) + sum(b) for a, b in (diff_marks(x, y) for x, y in zip(res.observed_ids, res.ids)))
+    assert n_marked > 0 and view.body.count("<mark") == n_marked
+    path = wb.save_html(view, tmp_path / "cf.html")
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "http" not in text and 'data-kind="counterfactual"' in text
+
+
+def test_cli_counterfactual_resumes_and_writes_html(tmp_path):
+    from workbench.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The cat sat\nHello there\nOnce upon\n")
+    argv = ["counterfactual", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+            "--model-b", "tiny-gpt2", "--max-new-tokens", "5", "--batch-size", "2", "--html"]
+    assert main(argv) == 0
+    first = (tmp_path / "o" / "pairs.jsonl").read_text()
+    (tmp_path / "o" / "chunks" / "1.json").unlink()  # as if killed before the last chunk
+    assert main(argv) == 0
+    assert (tmp_path / "o" / "pairs.jsonl").read_text() == first
+    assert "<table>" in (tmp_path / "o" / "counterfactuals.html").read_text()
+    no_b = [a for a in argv if a not in ("--model-b", "tiny-gpt2")]
+    assert main(no_b) == 2  # another configuration (no second model) in the same folder: refused

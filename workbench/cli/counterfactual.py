@@ -23,7 +23,7 @@ def _replace_arg(text: str | None):
 def _cmd_counterfactual(args) -> int:
     from ..core.io import read_jsonl
     from ..core.loading import load_model
-    from ..counterfactual import counterfactuals, measure, sample, save
+    from ..counterfactual import counterfactual_sweep, measure, sample, save
     from ..steering.vectors import SteeringVector, load_lines
 
     model = load_model(args.model)
@@ -58,10 +58,11 @@ def _cmd_counterfactual(args) -> int:
         observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size, **settings)
         prompts = None
-    res = counterfactuals(model, prompts, observed, intervention, seed=args.seed, replace=replace, noise=args.noise,
-                          batch_size=args.batch_size, **settings)
-    df = measure(res, new=args.new, old=args.old)
     out = Path(args.out)
+    # resumable: finished chunks are kept in out/chunks/ and skipped when the same command runs again
+    res = counterfactual_sweep(out, model, prompts, observed, intervention, seed=args.seed, replace=replace,
+                               noise=args.noise, chunk=args.batch_size, force=args.force, **settings)
+    df = measure(res, new=args.new, old=args.old)
     meta = {**res.meta, "model": model.name, "observed_from": args.observed or f"sampled from {args.prompts}",
             "steer": args.steer, "multiplier": args.multiplier if args.steer else None, "edit": args.edit,
             "model_b": args.model_b}
@@ -69,7 +70,12 @@ def _cmd_counterfactual(args) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(df[["observed", "counterfactual", "identical", "prefix", "edit"]].to_string(index=False, max_colwidth=40))
     print(json.dumps({k: v for k, v in summary.items() if k != "meta"}))
-    print(f"wrote {out / 'pairs.csv'}, {out / 'pairs.jsonl'}, {out / 'summary.json'}")
+    written = [out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
+    if args.html:
+        from ..views import counterfactual_view, save_html
+
+        written.append(save_html(counterfactual_view(res, model), out / "counterfactuals.html"))
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
@@ -79,7 +85,11 @@ def register(sub) -> None:
     s.add_argument("--observed", default=None, help='JSONL of {"prompt": ..., "continuation": ...}')
     s.add_argument("--prompts", default=None, help="prompts, one per line: sample the observed strings here")
     s.add_argument("--limit", type=int, default=None, help="use the first N rows")
-    s.add_argument("--out", required=True, help="results folder (pairs.csv, pairs.jsonl, summary.json)")
+    s.add_argument("--out", required=True, help="results folder (pairs.csv, pairs.jsonl, summary.json; chunks/ "
+                                                "holds finished rows, so re-running the command resumes)")
+    s.add_argument("--force", action="store_true", help="replace the results of another configuration in --out")
+    s.add_argument("--html", action="store_true", help="also write counterfactuals.html (side by side, differing "
+                                                      "tokens marked)")
     s.add_argument("--steer", default=None, help="steering vector (.safetensors written by `workbench steer`)")
     s.add_argument("--multiplier", type=float, default=4.0)
     s.add_argument("--edit", default=None, help="weight-edit directory written by WeightEdit.save")

@@ -1,10 +1,12 @@
 """Interactive views of results: hoverable plotly heatmaps (patching grids, causal tracing), a steering
-slider, token-coloured text and attention patterns (circuitsvis). Every view is self-contained HTML: it
+slider, token-coloured text and attention patterns (circuitsvis), counterfactual strings side by side. Every view is self-contained HTML: it
 shows in JupyterLab (`_repr_html_`) and saves as one file that opens offline (`save_html`)."""
 from .base import View, as_view, concat, save_html, show
+from .counterfactual import counterfactual_view
 from .heatmaps import labelled_heatmap, trace_average_heatmaps, trace_folder_view, trace_heatmaps
 from .steering import steering_view, steering_widget
 from .text import attention_pattern, attention_view, token_view
 
 __all__ = ["View", "as_view", "concat", "save_html", "show", "labelled_heatmap", "trace_heatmaps",
-           "trace_average_heatmaps", "trace_folder_view", "steering_view", "steering_widget", "token_view", "attention_view", "attention_pattern"]
+           "trace_average_heatmaps", "trace_folder_view", "steering_view", "steering_widget", "token_view", "attention_view", "attention_pattern",
+           "counterfactual_view"]
