@@ -1,0 +1,163 @@
+"""Sweeps on a real local Ray cluster (2 workers, tiny model): same numbers as in-process, bit for bit; a
+SIGKILLed worker; a killed driver resumed; and models split over devices by an explicit device_map."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from workbench.distributed import InProcess, ModelSpec, RayExecutor, model_spec
+from workbench.tracing import load_traces, trace_facts
+
+# a test cluster of this machine: every socket on 127.0.0.1 (read when ray is imported), and patience with
+# a raylet that starts slowly on a busy machine
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+ray = pytest.importorskip("ray")
+
+FACTS = [
+    {"relation": "capital_of", "subject": "France", "prompt": "The capital city of France is", "object": "Paris"},
+    {"relation": "landmark_city", "subject": "Eiffel Tower", "prompt": "The Eiffel Tower is located in the city of", "object": "Paris"},
+    {"relation": "capital_of", "subject": "Italy", "prompt": "The capital city of Italy is", "object": "Rome"},
+    {"relation": "official_language", "subject": "Germany", "prompt": "The official language of Germany is", "object": "German"},
+]
+KW = dict(samples=3, window=2, trace_unknown=True, figures=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module (its start costs seconds); every socket on 127.0.0.1."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return wb.tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def executor(cluster, model):
+    ex = RayExecutor(model_spec(model), workers=2)
+    ex.start()
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("facts") / "facts.jsonl"
+    rows = [{**f, "id": i} for i, f in enumerate(FACTS * 3)]  # 12 facts
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(model, facts, tmp_path_factory):
+    """The in-process sweep every distributed run must equal."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    summary = trace_facts(model, facts, out, **KW)
+    return out, summary
+
+
+def assert_same_traces(a, b):
+    ta, tb = load_traces(a), load_traces(b)
+    assert [t.prompt for t in ta] == [t.prompt for t in tb] and len(ta) == 12
+    for x, y in zip(ta, tb):
+        assert x.p_clean == y.p_clean and x.p_corrupted == y.p_corrupted
+        for k in x.scores:
+            assert torch.equal(torch.from_numpy(x.scores[k]), torch.from_numpy(y.scores[k]))
+
+
+def runs(out):
+    return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_equal_in_process_bit_for_bit(executor, model, facts, reference, tmp_path):
+    ref_out, ref_summary = reference
+    summary = trace_facts(model, facts, tmp_path / "ray", executor=executor, **KW)
+    assert_same_traces(ref_out, tmp_path / "ray")
+    assert summary["indirect_effect"] == ref_summary["indirect_effect"]
+    log = runs(tmp_path / "ray")
+    assert sorted(r["id"] for r in log) == list(range(12))  # each item written once
+    pids = {w["pid"] for w in executor.start()}
+    assert {r["pid"] for r in log} <= pids and len({r["pid"] for r in log}) == 2  # both workers ran items, not the driver
+    item = json.loads((tmp_path / "ray" / "facts" / "0.json").read_text())
+    assert item["run"]["host"] and item["run"]["seconds"] > 0
+
+
+def test_sigkilled_worker_every_item_once_same_numbers(cluster, model, facts, reference, tmp_path):
+    ex = RayExecutor(model_spec(model), workers=2)
+    victim = ex.start()[0]["pid"]
+    out = tmp_path / "killed"
+    killed = threading.Event()
+
+    def kill_when_started():  # SIGKILL worker 0 once the sweep is under way (an item of it in flight)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list((out / "facts").glob("*.json"))) < 2:
+            time.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    t = threading.Thread(target=kill_when_started)
+    t.start()
+    try:
+        trace_facts(model, facts, out, executor=ex, **KW)
+    finally:
+        t.join()
+        ex.close()
+    assert killed.is_set()
+    assert_same_traces(reference[0], out)
+    log = runs(out)
+    assert sorted(r["id"] for r in log) == list(range(12))  # every item once: none lost, none twice
+    assert len({r["pid"] for r in log}) >= 2
+
+
+def test_killed_driver_resumes_with_identical_results(executor, model, facts, reference, tmp_path):
+    out = tmp_path / "resumed"
+    code = (f"import workbench as wb; from workbench.tracing import trace_facts; "
+            f"trace_facts(wb.tiny_model('llama'), {str(facts)!r}, {str(out)!r}, **{KW!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list((out / "facts").glob("*.json"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = len(list((out / "facts").glob("*.json")))
+    assert 3 <= first < 12, "the driver was killed mid-sweep"
+    trace_facts(model, facts, out, executor=executor, **KW)  # the re-run resumes, on the Ray workers
+    assert_same_traces(reference[0], out)
+    log = runs(out)
+    assert sorted(r["id"] for r in log) == list(range(12))
+    assert len(log) == 12 and sum(r["pid"] != os.getpid() and r["worker"] == 0 for r in log) >= 0
+
+
+def test_missing_ray_and_bad_flags_fail_before_writing(model, facts, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="workers"):
+        trace_facts(model, facts, tmp_path / "w", workers=0, **KW)
+    with pytest.raises(ValueError, match="ray_address"):
+        trace_facts(model, facts, tmp_path / "w", ray_address="", **KW)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as it does where the extra is not installed
+    with pytest.raises(ValueError, match=r"pip install workbench\[ray\]"):
+        trace_facts(model, facts, tmp_path / "w", workers=2, **KW)
+    from workbench.cli import main
+
+    assert main(["trace", "--model", "tiny-llama", "--facts", str(facts), "--out", str(tmp_path / "c"), "--workers", "2"]) == 2
+    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
+
+
+def test_worker_refuses_other_weights(cluster, model):
+    ex = RayExecutor(ModelSpec("tiny-llama", {"seed": 1}, model.fingerprint), workers=1)
+    try:
+        with pytest.raises(ValueError, match="fingerprint"):
+            ex.start()
+    finally:
+        ex.close()
