@@ -20,7 +20,10 @@ from workbench.tracing import load_traces, trace_facts
 # a raylet that starts slowly on a busy machine
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-ray = pytest.importorskip("ray")
+try:
+    import ray
+except ImportError:  # the Ray tests skip; the device-map tests below still run
+    ray = None
 
 FACTS = [
     {"relation": "capital_of", "subject": "France", "prompt": "The capital city of France is", "object": "Paris"},
@@ -33,10 +36,16 @@ KW = dict(samples=3, window=2, trace_unknown=True, figures=False, progress=False
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster for the module (its start costs seconds); every socket on 127.0.0.1."""
+    """One local Ray cluster for the module (its start costs seconds); every socket on 127.0.0.1. The driver
+    runs on one thread as each worker does: torch's CPU reductions (a softmax over the vocabulary) round
+    differently with another number of threads, and bit-for-bit equality is across equal thread counts."""
+    pytest.importorskip("ray")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +70,7 @@ def facts(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(model, facts, tmp_path_factory):
+def reference(cluster, model, facts, tmp_path_factory):
     """The in-process sweep every distributed run must equal."""
     out = tmp_path_factory.mktemp("ref") / "out"
     summary = trace_facts(model, facts, out, **KW)
@@ -123,7 +132,7 @@ def test_sigkilled_worker_every_item_once_same_numbers(cluster, model, facts, re
 
 def test_killed_driver_resumes_with_identical_results(executor, model, facts, reference, tmp_path):
     out = tmp_path / "resumed"
-    code = (f"import workbench as wb; from workbench.tracing import trace_facts; "
+    code = (f"import torch, workbench as wb; from workbench.tracing import trace_facts; torch.set_num_threads(1); "
             f"trace_facts(wb.tiny_model('llama'), {str(facts)!r}, {str(out)!r}, **{KW!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 120
@@ -140,7 +149,7 @@ def test_killed_driver_resumes_with_identical_results(executor, model, facts, re
     assert len(log) == 12 and sum(r["pid"] != os.getpid() and r["worker"] == 0 for r in log) >= 0
 
 
-def test_missing_ray_and_bad_flags_fail_before_writing(model, facts, tmp_path, monkeypatch):
+def test_missing_ray_and_bad_flags_fail_before_writing(cluster, model, facts, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="workers"):
         trace_facts(model, facts, tmp_path / "w", workers=0, **KW)
     with pytest.raises(ValueError, match="ray_address"):
@@ -161,3 +170,46 @@ def test_worker_refuses_other_weights(cluster, model):
             ex.start()
     finally:
         ex.close()
+
+
+# -- models split over devices (accelerate) ---------------------------------------------------------
+
+P = "The capital city of France is"
+PER_MODULE = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]
+
+
+def _same_everywhere(ref, split, exact=True):
+    close = torch.equal if exact else (lambda a, b: torch.allclose(a.cpu(), b.cpu(), atol=1e-4, rtol=1e-4))
+    ids = ref.to_tokens(P)
+    logits_r, cache_r = ref.run_with_cache(ids, ["blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"])
+    logits_s, cache_s = split.run_with_cache(ids, ["blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"])
+    assert close(logits_r, logits_s) and all(close(cache_r[k], cache_s[k]) for k in cache_r)
+    add = lambda: [wb.Add("blocks.1.hook_resid_pre", vector=torch.ones(ref.dims.d_model), multiplier=0.5)]
+    assert close(ref.run_with_interventions(ids, add()), split.run_with_interventions(ids, add()))
+    # causal tracing: clean / corrupted caches and the suffix engine's restorations
+    tr_r = wb.trace_fact(ref, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
+    tr_s = wb.trace_fact(split, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
+    for k in tr_r.scores:
+        assert close(torch.from_numpy(tr_r.scores[k]), torch.from_numpy(tr_s.scores[k]))
+
+
+def test_device_map_per_module_on_cpu_equals_the_unsplit_model():
+    ref = wb.tiny_model("llama")
+    split = wb.load_model("tiny-llama", device_map={m: "cpu" for m in PER_MODULE})
+    hooked = [n for n, m in split.hf.named_modules() if hasattr(m, "_hf_hook")]
+    assert "model.layers.0" in hooked and "lm_head" in hooked  # accelerate's AlignDevicesHooks are in place
+    _same_everywhere(ref, split)
+    with pytest.raises(ValueError, match="device_map"):
+        wb.load_model("tiny-llama", device_map={"model.layers.0": "cpu"})  # modules without a device
+    with pytest.raises(ValueError, match="device_map"):
+        wb.load_model("tiny-llama", device_map={"model": "nowhere:0"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a real split needs a GPU")
+def test_device_map_split_over_cuda_and_cpu_matches_the_unsplit_model():
+    ref = wb.tiny_model("llama")
+    devices = ["cuda:0", "cuda:0", "cpu", "cpu", "cpu"]
+    split = wb.load_model("tiny-llama", device_map=dict(zip(PER_MODULE, devices)))
+    assert split.module("block", 0).self_attn.q_proj.weight.device.type == "cuda"
+    assert split.module("block", 1).self_attn.q_proj.weight.device.type == "cpu"
+    _same_everywhere(ref, split, exact=False)  # GPU and CPU kernels round differently

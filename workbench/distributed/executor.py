@@ -104,11 +104,13 @@ class InProcess:
 class _Worker:
     """A Ray actor: loads the model once, then runs items on it."""
 
-    def __init__(self, spec: ModelSpec, index: int):
+    def __init__(self, spec: ModelSpec, index: int, threads: int | None):
         import torch
 
         self.index, self.error = index, None
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # Ray's share of CPUs for this actor
+        # CPU threads: Ray's share for this actor unless given (torch's CPU results depend on the thread
+        # count, so a run equals an in-process one bit for bit at the same count)
+        torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
         try:
             self.model = spec.load()
             self.fingerprint = self.model.fingerprint
@@ -135,7 +137,7 @@ class RayExecutor:
     actor is gone for good, the driver resubmits the item to another one, at most `retries` times)."""
 
     def __init__(self, spec: ModelSpec, workers: int | None = None, address: str | None = None, *,
-                 retries: int = 3, gpus_per_worker: float | None = None):
+                 retries: int = 3, gpus_per_worker: float | None = None, threads: int | None = None):
         if address is None and "ray" not in sys.modules:
             # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
             # time for a raylet that starts slowly on a busy machine
@@ -156,7 +158,7 @@ class RayExecutor:
         self.workers = workers or n_gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
         gpus = gpus_per_worker if gpus_per_worker is not None else (1 if n_gpus else 0)
         actor = ray.remote(_Worker).options(max_restarts=retries, max_task_retries=retries, num_gpus=gpus)
-        self.actors = [actor.remote(spec, i) for i in range(self.workers)]
+        self.actors = [actor.remote(spec, i, threads) for i in range(self.workers)]
         self.info = None
 
     def start(self) -> list[dict]:
