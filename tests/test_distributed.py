@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.distributed import InProcess, ModelSpec, RayExecutor, model_spec
+from workbench.distributed import ModelSpec, RayExecutor, model_spec, start_local_cluster
 from workbench.tracing import load_traces, trace_facts
 
 # a test cluster of this machine: every socket on 127.0.0.1 (read when ray is imported), and patience with
@@ -42,7 +42,7 @@ def cluster():
     pytest.importorskip("ray")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_cluster(ray)
     yield ray
     ray.shutdown()
     torch.set_num_threads(threads)
@@ -161,6 +161,24 @@ def test_missing_ray_and_bad_flags_fail_before_writing(cluster, model, facts, tm
 
     assert main(["trace", "--model", "tiny-llama", "--facts", str(facts), "--out", str(tmp_path / "c"), "--workers", "2"]) == 2
     assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
+
+
+def test_counterfact_on_two_workers_equals_in_process(executor, model, tmp_path):
+    from workbench.data.facts import load_facts
+    from workbench.editing.counterfact import build_requests, run_counterfact
+
+    reqs = build_requests(load_facts(wb.data_path("facts.jsonl"))[:40], None, n=4, n_neighbours=2)
+    kw = dict(hparams={"steps": 3}, gen_tokens=4, progress=False)
+    a = run_counterfact(model, reqs, tmp_path / "a", "ft-l", **kw)
+    b = run_counterfact(model, reqs, tmp_path / "b", "ft-l", executor=executor, **kw)
+    for r in reqs:
+        ra, rb = (json.loads((tmp_path / x / "results" / f"{r['id']}.json").read_text()) for x in "ab")
+        for key in ("rewrite", "paraphrase", "neighborhood", "generations", "relative_norm", "value_opt"):
+            assert ra[key] == rb[key], key
+    assert {k: v for k, v in a.items() if k != "seconds_per_edit"} == {k: v for k, v in b.items() if k != "seconds_per_edit"}
+    assert sorted(x["id"] for x in runs(tmp_path / "b")) == sorted(r["id"] for r in reqs)
+    with pytest.raises(ValueError, match="MEMIT"):
+        run_counterfact(model, reqs, tmp_path / "c", "memit", executor=executor, **kw)
 
 
 def test_worker_refuses_other_weights(cluster, model):

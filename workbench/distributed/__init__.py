@@ -3,7 +3,7 @@ cluster (`RayExecutor`, one model per worker, loaded once from a `ModelSpec`), a
 devices (`load_model(..., device_map=...)`). Ray is an optional extra: `pip install workbench[ray]`."""
 from .devices import check_device_map, module_device, split_model
 from .executor import (INSTALL, InProcess, ModelSpec, RayExecutor, check_executor_args, make_executor, model_spec,
-                       run_items)
+                       run_items, start_local_cluster)
 
 __all__ = ["InProcess", "RayExecutor", "ModelSpec", "model_spec", "make_executor", "run_items", "check_executor_args",
-           "INSTALL", "split_model", "check_device_map", "module_device"]
+           "INSTALL", "start_local_cluster", "split_model", "check_device_map", "module_device"]

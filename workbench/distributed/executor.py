@@ -48,6 +48,19 @@ def check_executor_args(workers, ray_address) -> None:
         import_ray()
 
 
+def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
+    """`ray.init` of a cluster of this machine, tried `attempts` times: on a busy machine Ray's dashboard agent
+    can take longer to start than the raylet waits for it (a fixed 15 s), and the node then fails to start."""
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How a worker loads the driver's model: `load_model(name, **options)`, or for "tiny-<family>"
@@ -151,7 +164,7 @@ class RayExecutor:
         if address is not None:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         elif not ray.is_initialized():
-            ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+            start_local_cluster(ray, max(workers or 1, os.cpu_count() or 1))
             self.started_ray = True
         res = ray.cluster_resources()
         n_gpus = int(res.get("GPU", 0))
