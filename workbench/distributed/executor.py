@@ -150,7 +150,8 @@ class RayExecutor:
     actor is gone for good, the driver resubmits the item to another one, at most `retries` times)."""
 
     def __init__(self, spec: ModelSpec, workers: int | None = None, address: str | None = None, *,
-                 retries: int = 3, gpus_per_worker: float | None = None, threads: int | None = None):
+                 retries: int = 3, gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
+                 threads: int | None = None):
         if address is None and "ray" not in sys.modules:
             # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
             # time for a raylet that starts slowly on a busy machine
@@ -170,7 +171,9 @@ class RayExecutor:
         n_gpus = int(res.get("GPU", 0))
         self.workers = workers or n_gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
         gpus = gpus_per_worker if gpus_per_worker is not None else (1 if n_gpus else 0)
-        actor = ray.remote(_Worker).options(max_restarts=retries, max_task_retries=retries, num_gpus=gpus)
+        # each worker holds its GPU (or its CPU) while it lives, so the scheduler spreads workers over free devices
+        actor = ray.remote(_Worker).options(max_restarts=retries, max_task_retries=retries, num_gpus=gpus,
+                                            num_cpus=cpus_per_worker)
         self.actors = [actor.remote(spec, i, threads) for i in range(self.workers)]
         self.info = None
 
@@ -243,7 +246,13 @@ def make_executor(model, workers: int | None = None, ray_address: str | None = N
     check_executor_args(workers, ray_address)
     if workers is None and ray_address is None:
         return InProcess(), True
-    return RayExecutor(spec or model_spec(model), workers, ray_address), True
+    ex = RayExecutor(spec or model_spec(model), workers, ray_address)
+    try:
+        ex.start()  # every worker's model loaded and checked before the sweep writes anything
+    except BaseException:
+        ex.close()
+        raise
+    return ex, True
 
 
 def run_items(sweep, items: Iterable[tuple], fn: Callable, model, executor, *, total: int | None = None,
