@@ -100,6 +100,13 @@ def main() -> None:
     result["speedup_2_workers_vs_in_process"] = round(seconds["in_process"] / seconds["ray_2"], 2)
     runs = [json.loads(x) for x in (tmp / "ray_2" / "runs.jsonl").read_text().splitlines()]
     result["ray_2_items_per_worker"] = {str(w): sum(r["worker"] == w for r in runs) for w in (0, 1)}
+    # the work per item in CPU seconds (what each item costs its process) next to wall-clock seconds (what the
+    # process waited, sharing the cores with other jobs): their ratio is the share of a core each worker got
+    for name in seconds:
+        log = [json.loads(x) for x in (tmp / name / "runs.jsonl").read_text().splitlines()]
+        cpu, wall = sum(r["cpu_seconds"] for r in log), sum(r["seconds"] for r in log)
+        result.setdefault("item_cpu_seconds_per_fact", {})[name] = round(cpu / len(log), 3)
+        result.setdefault("core_share_per_worker", {})[name] = round(cpu / wall, 2)
     # The full sweep of ROME's known facts (1,209, 10 samples, all kinds) on N GPUs: items are independent, so
     # time ~ facts x (per-fact time / N + Ray's per-item overhead / N) + one model load per worker.
     full_cpu_fact = 54.0  # benchmarks/results/tracing-cpu.json: one fact, 10 samples, window 10, 3 kinds, 2 threads
