@@ -107,6 +107,9 @@ def main() -> None:
         cpu, wall = sum(r["cpu_seconds"] for r in log), sum(r["seconds"] for r in log)
         result.setdefault("item_cpu_seconds_per_fact", {})[name] = round(cpu / len(log), 3)
         result.setdefault("core_share_per_worker", {})[name] = round(cpu / wall, 2)
+    # cores the sweep got in all: the speed-up N workers can give is capped by it on a shared machine
+    result["cores_used"] = {name: round(result["core_share_per_worker"][name] * (2 if name == "ray_2" else 1), 2)
+                            for name in seconds}
     # The full sweep of ROME's known facts (1,209, 10 samples, all kinds) on N GPUs: items are independent, so
     # time ~ facts x (per-fact time / N + Ray's per-item overhead / N) + one model load per worker.
     full_cpu_fact = 54.0  # benchmarks/results/tracing-cpu.json: one fact, 10 samples, window 10, 3 kinds, 2 threads
