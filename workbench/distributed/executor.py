@@ -44,6 +44,11 @@ def check_executor_args(workers, ray_address) -> None:
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ValueError(f"ray_address: expected a Ray cluster address ('auto', 'host:6379', 'ray://host:10001'), "
                          f"got {ray_address!r}")
+    if ray_address is None and workers is not None and "ray" not in sys.modules:
+        # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
+        # time for a raylet that starts slowly on a busy machine
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     if workers is not None or ray_address is not None:
         import_ray()
 
@@ -159,12 +164,7 @@ class RayExecutor:
     def __init__(self, spec: ModelSpec, workers: int | None = None, address: str | None = None, *,
                  retries: int = 3, gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
                  threads: int | None = None):
-        if address is None and "ray" not in sys.modules:
-            # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
-            # time for a raylet that starts slowly on a busy machine
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-        check_executor_args(workers, address)
+        check_executor_args(workers if address is not None else (workers or 1), address)
         ray = import_ray()
         if not isinstance(spec, ModelSpec):
             raise ValueError(f"spec: expected a ModelSpec (see model_spec), got {type(spec).__name__}")
