@@ -393,6 +393,17 @@ API = [
     R("counterfactual-counterfactual_sweep-chunk", lambda c: wb.counterfactual.counterfactual_sweep(c.d / "cf", c.m, ["Hello"],
                                                                                              [" world"], chunk=0), V, "chunk"),
     R("views-counterfactual_view-result", lambda c: wb.views.counterfactual_view({"ids": []}, c.m), V, "result", "Counterfactuals"),
+    # sweeps on Ray, models split over devices (issue 14)
+    R("distributed-trace_facts-workers", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", workers=0,
+                                                                  progress=False), V, "workers", ">= 1"),
+    R("distributed-trace_facts-ray_address", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", ray_address="",
+                                                                      progress=False), V, "ray_address"),
+    R("distributed-trace_facts-executor-and-workers", lambda c: wb.trace_facts(
+        c.m, c.inp / "facts.jsonl", c.d / "t", workers=2, executor=wb.distributed.InProcess(), progress=False), V, "executor"),
+    R("distributed-model_spec-type", lambda c: wb.distributed.model_spec("tiny-llama"), V, "model"),
+    R("distributed-load_model-device_map", lambda c: wb.load_model("tiny-llama", device_map="everywhere"), V, "device_map"),
+    R("distributed-load_model-device_map-and-device", lambda c: wb.load_model("tiny-llama", device="cpu", device_map="auto"),
+      V, "device_map", "not both"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -530,6 +541,12 @@ CLI = [
     # counterfactual verb: resumable folder, html (issue 19)
     R("counterfactual-out-is-file", ["counterfactual", "--model", "tiny-llama", "--prompts", "{inp}/prompts.txt",
                                      "--out", "{d}/x", "--html"], V, "out", "is a file", setup=existing("x")),
+    # --workers / --ray-address (issue 14)
+    R("trace-workers", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--workers", "0", "--out", "{d}/t"], V, "workers"),
+    R("trace-ray-address", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--ray-address", " ", "--out", "{d}/t"], V,
+      "ray_address"),
+    R("edit-workers-memit", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--method", "memit", "--workers", "2",
+                             "--out", "{d}/e"], V, "MEMIT"),
 ]
 
 ROWS = API + CLI

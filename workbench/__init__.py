@@ -22,6 +22,7 @@ from .steering import SteeringVector, build_steering_vector, steer  # noqa: E402
 from .steering import sweep as steering_sweep  # noqa: E402
 from .tracing import trace_fact, trace_facts  # noqa: E402
 from . import views  # noqa: E402
+from . import distributed  # noqa: E402
 from .views import save_html  # noqa: E402
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "analysis", "logit_lens", "direct_logit_attribution", "path_patching", "das", "cross_model_patching",
     "views", "save_html",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
+    "distributed",
 ]
 __version__ = "0.2.0"
 

@@ -269,26 +269,37 @@ def _round_robin(facts: list[dict]) -> list[dict]:
     return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
+def _trace_item(model: Model, p: dict) -> dict:
+    """One fact of a `trace_facts` sweep (an executor's item; runs on whichever worker holds a model)."""
+    tr = trace_fact(model, p["prompt"], p["subject"], p["answer"], noise_std=p["noise_std"], samples=p["samples"],
+                    window=p["window"], kinds=p["kinds"], seed=p["seed"])
+    return {"id": p["id"], "relation": p["relation"], "known": p["known"], **tr.to_json()}
+
+
 def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10,
                 noise_scale: float = 3.0, window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0,
                 trace_unknown: bool = False, order: str = "file", figures: bool = True, force: bool = False,
-                progress: bool = True) -> dict:
+                progress: bool = True, workers: int | None = None, ray_address: str | None = None,
+                executor=None) -> dict:
     """Trace the facts of a JSONL file into the sweep folder `out`, resumably; returns the summary (also
     `out/summary.json`).
 
     Each fact's result is written atomically to `out/facts/<id>.json` as soon as it is done, so a
-    killed sweep loses at most the fact in flight, and re-running the same command skips finished
+    killed sweep loses at most the facts in flight, and re-running the same command skips finished
     facts. The noise's standard deviation is `noise_scale` times that of the dataset's subject
     embeddings (the paper's 3). `limit` caps the number of facts traced (skipped facts do not count);
     with `order="relations"` the facts are taken round-robin over relations, so a limited sweep covers
     every relation instead of the file's first ones. An `out` holding results of another configuration
     is refused unless `force` (the order is not part of the configuration: a fact's result does not
     depend on it).
-    """
-    from tqdm.auto import tqdm
 
+    `workers` / `ray_address` run the facts on Ray workers (a local cluster of `workers`, or the cluster
+    at `ray_address`; see `workbench.distributed`), `executor` on one made beforehand; the results are
+    the same as in-process, bit for bit on the CPU (every fact uses `seed`).
+    """
     from .core.sweep import SweepFolder
     from .data.facts import answer_text, known_facts, load_facts
+    from .distributed import make_executor, run_items
 
     facts = load_facts(facts_path)
     if order == "relations":
@@ -303,41 +314,44 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     config = {"model": model.name, "fingerprint": model.fingerprint, "facts": Path(facts_path).name,
               "samples": samples, "noise_scale": noise_scale, "window": window, "kinds": kinds, "seed": seed,
               "trace_unknown": trace_unknown}
-    sweep = SweepFolder(out, config, items="facts", force=force).start()
-
-    subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
-    nu = noise_scale * embedding_noise_std(model, subjects)
-    records, n_traced, known = [], 0, {}
-    bar = tqdm(total=limit or len(facts), disable=not progress, desc="tracing facts", unit="fact")
-    for i, fact in enumerate(facts):
-        if limit is not None and n_traced >= limit:
-            break
-        if sweep.done(fact["id"]):
-            record = sweep.load(fact["id"])
-        else:
+    sweep = SweepFolder(out, config, items="facts", force=force)
+    ex, owned = make_executor(model, workers, ray_address, executor)
+    try:
+        sweep.start()
+        subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
+        nu = noise_scale * embedding_noise_std(model, subjects)
+        # plan on the driver: which facts are done, skipped (written at once) or to trace (the items)
+        plan, todo, n_traced, known = [], [], 0, {}
+        for i, fact in enumerate(facts):
+            if limit is not None and n_traced >= limit:
+                break
+            plan.append(fact["id"])
+            if sweep.done(fact["id"]):
+                n_traced += "skipped" not in sweep.load(fact["id"])
+                continue
             if i not in known:  # which facts the model knows, 64 at a time: a short sweep checks few
                 known.update(enumerate(known_facts(model, facts[i:i + 64]), start=i))
-            is_known, reason = known[i], None
-            if fact["subject"] not in fact["prompt"]:
-                reason = "subject not found"
-            elif not is_known and not trace_unknown:
-                reason = "not known"
+            reason = ("subject not found" if fact["subject"] not in fact["prompt"] else
+                      "not known" if not known[i] and not trace_unknown else None)
             if reason:
-                record = {"id": fact["id"], "skipped": reason}
-            else:
-                tr = trace_fact(model, fact["prompt"], fact["subject"], answer_text(fact), noise_std=nu,
-                                samples=samples, window=window, kinds=kinds, seed=seed)
-                record = {"id": fact["id"], "relation": fact.get("relation"), "known": is_known, **tr.to_json()}
-                if figures:
-                    tr.plot(sweep.path / "figures" / f"fact_{fact['id']}.png")
-            sweep.save(fact["id"], record)
-        records.append(record)
-        if "skipped" not in record:
+                sweep.save(fact["id"], {"id": fact["id"], "skipped": reason})
+                continue
+            todo.append((fact["id"], {"id": fact["id"], "relation": fact.get("relation"), "known": known[i],
+                                      "prompt": fact["prompt"], "subject": fact["subject"], "answer": answer_text(fact),
+                                      "noise_std": nu, "samples": samples, "window": window, "kinds": kinds,
+                                      "seed": seed}))
             n_traced += 1
-            bar.update(1)
-        elif limit is None:
-            bar.update(1)
-    bar.close()
+
+        def plot(item_id, record):
+            if figures:
+                Trace.from_json(record).plot(sweep.path / "figures" / f"fact_{item_id}.png")
+
+        run_items(sweep, todo, _trace_item, model, ex, done=n_traced - len(todo), progress=progress,
+                  desc="tracing facts", unit="fact", on_record=plot)
+    finally:
+        if owned:
+            ex.close()
+    records = [sweep.load(i) for i in plan]
     summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
     sweep.write_json("summary.json", summary)
     if figures and summary["n_traced"]:

@@ -109,3 +109,18 @@ def verb(sub, name: str, help: str):
     s.add_argument("--model", default="smollm2-135m", help="the embedded default, a Hugging Face directory or hub id, "
                                                             "or tiny-<family>")
     return s
+
+
+def add_workers(parser) -> None:
+    """`--workers N` / `--ray-address ADDR`: run the sweep's items on Ray (optional extra `workbench[ray]`)."""
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run the items on N Ray workers (a local cluster unless --ray-address); needs workbench[ray]")
+    parser.add_argument("--ray-address", default=None,
+                        help="join a running Ray cluster ('auto' on a node of it, or host:port) and run the items there")
+
+
+def check_workers(args) -> None:
+    """The --workers / --ray-address values (and that Ray is installed when they are given), before any work."""
+    from ..distributed import check_executor_args
+
+    check_executor_args(args.workers, args.ray_address)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file, parse_list, verb
+from .common import add_force, add_workers, check_float, check_int, check_workers, input_file, output_dir, output_file, parse_list, verb
 
 
 def _cmd_counterfact(args) -> int:
@@ -51,6 +51,9 @@ def _cmd_edit(args) -> int:
     check_int(args.stats_tokens, "stats_tokens")
     check_int(args.gen_tokens, "gen_tokens", 0)
     check_float(args.lam, "lam", positive=True)
+    check_workers(args)
+    if args.method == "memit" and (args.workers is not None or args.ray_address is not None):
+        raise ValueError("workers: MEMIT makes one edit of all requests together; run it without --workers / --ray-address")
     output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     if args.layer is not None:
@@ -61,7 +64,7 @@ def _cmd_edit(args) -> int:
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
                               stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
                               lam=args.lam, allow_abnormal=args.allow_abnormal, force=args.force,
-                              progress=True)
+                              progress=True, workers=args.workers, ray_address=args.ray_address)
     print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
     print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
     return 0
@@ -95,4 +98,5 @@ def register(sub) -> None:
     s.add_argument("--force", action="store_true",
                    help="replace the results of another configuration, or write into a non-empty --out that holds "
                         "no earlier run (a run of the same configuration resumes without it)")
+    add_workers(s)
     s.set_defaults(fn=_cmd_edit)

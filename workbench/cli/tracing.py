@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..data.facts import DEFAULT_FACTS
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file, verb
+from .common import add_force, add_workers, check_float, check_int, check_workers, input_file, output_dir, output_file, verb
 
 
 def _cmd_trace(args) -> int:
@@ -20,12 +20,13 @@ def _cmd_trace(args) -> int:
     if not check_float(args.noise_scale, "noise_scale") >= 0:
         raise ValueError(f"noise_scale: expected a number >= 0, got {args.noise_scale!r}")
     load_facts(input_file(args.facts, "facts"))
+    check_workers(args)
     output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise_scale=args.noise_scale,
                           window=args.window, kinds=kinds,
                           seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
-                          figures=not args.no_figures)
+                          figures=not args.no_figures, workers=args.workers, ray_address=args.ray_address)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
     if args.html and summary["n_traced"]:  # one self-contained page: average effects and each fact's Figure 1
         from ..tracing import load_traces
@@ -75,6 +76,7 @@ def register(sub) -> None:
     s.add_argument("--force", action="store_true",
                    help="write into a non-empty --out that holds no earlier trace (a same-configuration run resumes without it)")
     s.add_argument("--html", action="store_true", help="also write trace.html: interactive Figure 1 per fact and averages")
+    add_workers(s)
     s.set_defaults(fn=_cmd_trace)
     s = verb(sub, "known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--facts", default=str(DEFAULT_FACTS))

@@ -194,6 +194,7 @@ def float32_logits(hf_model: nn.Module, arch: Arch, resid: torch.Tensor) -> torc
     def run32(module, x):
         state = {k: v.float() if v.is_floating_point() else v
                  for k, v in [*module.named_parameters(), *module.named_buffers()]}
+        x = x.to(next(module.parameters(), x).device)  # a model split over devices: x follows the module
         return torch.func.functional_call(module, state, (x,))
 
     norm, unembed = get_module(hf_model, arch.final_norm), get_module(hf_model, arch.unembed)

@@ -195,7 +195,7 @@ def hooks(
             raise ValueError(f"interventions: expected workbench Intervention objects, got {type(iv).__name__}")
         site = parse_site(iv.site, dims.n_layers)
         if input_shape is not None:
-            iv.bind(site, site_shape(site, *input_shape, dims), model.device)
+            iv.bind(site, site_shape(site, *input_shape, dims), _site_device(model, site))
         else:
             iv.site = site
         by_site[site].append(iv)
@@ -235,3 +235,11 @@ def hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _site_device(model, site: Site):
+    """The device of the activation at `site`: its block's (a model split over devices keeps each layer's
+    tensors there), else the model's."""
+    block = model.module("block", site.layer) if site.layer is not None else None
+    params = next(block.parameters(), None) if block is not None else None
+    return params.device if params is not None else model.device

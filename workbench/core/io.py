@@ -62,3 +62,16 @@ def cache_dir() -> Path:
         return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "workbench"
+
+
+def append_jsonl(path: str | Path, obj) -> Path:
+    """Append one JSON line to a log with a single write on an O_APPEND descriptor (a line is whole or
+    absent; several appends never interleave within a line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(obj) + "\n").encode())
+    finally:
+        os.close(fd)
+    return path

@@ -22,7 +22,22 @@ def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implement
 
 
 def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> Model:
+               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", device_map=None) -> Model:
+    """Load a model for the workbench (see `_load`). `device_map` ("auto", or {module name: device}) splits
+    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`."""
+    if device_map is not None:
+        from ..distributed.devices import check_device_map, split_model
+
+        check_device_map(device_map)
+        if device is not None:
+            raise ValueError("device_map: give device or device_map, not both")
+        return split_model(_load(model, tokenizer, device=None, dtype=dtype, attn_implementation=attn_implementation),
+                           device_map)
+    return _load(model, tokenizer, device=device, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
+          dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> Model:
     """Load a model for the workbench.
 
     `model` is "smollm2-135m" (the embedded default; converted once into the cache), a local

@@ -298,12 +298,15 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
                     layers=None, limit: int | None = None, chunk: int = 8, gen_tokens: int = 40,
                     stats: dict | None = None, hparams: dict | None = None, value_prefixes: int | None = None,
                     lam: float = 3000.0, allow_abnormal: bool = False, force: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, workers: int | None = None, ray_address: str | None = None,
+                    executor=None) -> dict:
     """Edit and score each request (ROME, FT-L: one edit at a time on the unedited model; MEMIT: all requests
     in one edit; "none": the unedited model). `out` is a resumable sweep folder (`core.sweep`): results go
     to `out/results/<id>.json` as they finish and a re-run skips them; `out/metrics.json` holds the summary.
     `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
-    Returns the metrics."""
+    `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.distributed`; ROME,
+    FT-L and "none": each request is an item, ROME's value optimisation then runs per request as with
+    `chunk=1`); MEMIT's one edit of all requests runs in-process. Returns the metrics."""
     from tqdm.auto import tqdm
 
     from .ftl import ft_l
@@ -333,6 +336,26 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         sweep = SweepFolder(out, config, items="results", force=force, ignore=("request_ids",))
     except ValueError as e:
         raise EditError(str(e)) from None
+    from ..distributed import InProcess, make_executor, run_items
+
+    if method == "memit" and (workers is not None or ray_address is not None or executor is not None):
+        raise EditError("workers: MEMIT makes one edit of all requests together; run it without workers / ray_address")
+    try:
+        ex, owned = make_executor(model, workers, ray_address, executor)
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    if not isinstance(ex, InProcess):
+        try:
+            sweep.start()
+            todo = [r for r in requests if not sweep.done(r["id"])]
+            item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
+                    "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
+            run_items(sweep, [(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
+                      done=len(requests) - len(todo), progress=progress, desc=f"{method} edits", unit="edit")
+        finally:
+            if owned:
+                ex.close()
+        return _counterfact_metrics(sweep, requests, method, layer, config, out)
     sweep.start()
     todo = [r for r in requests if not sweep.done(r["id"])]
     bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
@@ -380,6 +403,10 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         for req in todo:
             record(req, score_request(model, req, gen_tokens=gen_tokens))
     bar.close()
+    return _counterfact_metrics(sweep, requests, method, layer, config, out)
+
+
+def _counterfact_metrics(sweep, requests, method, layer, config, out) -> dict:
     results = [sweep.load(r["id"]) for r in requests]
     batch = {r["prompt"] for r in requests} if method == "memit" else ()  # MEMIT's requests are edited together
     metrics = {**summarize(results, edited_prompts=batch), "method": method, "layer": layer, "layers": config["layers"],
@@ -419,3 +446,38 @@ def _score_edit(model, req, edit, record, seconds, gen_tokens, allow_abnormal, E
         handle.restore()
     record(req, res, seconds, check=report, relative_norm=report["relative_norm"], value_opt={
         k: edit.meta.get(k) for k in ("steps", "loss", "nll", "p_target", "delta_norm", "steps_run") if k in edit.meta})
+
+
+_WORKER_MEMO: dict = {}  # per process: a worker's context prefixes and key statistics, computed once
+
+
+def _counterfact_item(model, p: dict) -> dict:
+    """One request of a `run_counterfact` sweep on an executor's worker: edit alone (ROME as `rome_many`
+    of one request, FT-L) on the unedited model, score, restore; or score the unedited model ("none")."""
+    from .ftl import ft_l
+    from .rome import context_prefixes, rome_many
+    from .stats import second_moment
+    from .weights import EditRejected
+
+    req, method, out = p["request"], p["method"], {}
+
+    def record(req, res, seconds=None, **extra):
+        out.update({**res, **extra, "seconds_edit": seconds, "request": req})
+
+    if method == "none":
+        record(req, score_request(model, req, gen_tokens=p["gen_tokens"]))
+        return out
+    as_edit = {"prompt": req["prompt"], "subject": req["subject"], "target": req["target_new"]}
+    t0 = time.perf_counter()
+    if method == "rome":
+        key = (id(model), p["layer"], json.dumps(p["stats"] or {}, sort_keys=True))
+        if key not in _WORKER_MEMO:
+            _WORKER_MEMO[key] = (context_prefixes(model), second_moment(model, p["layer"], **(p["stats"] or {})))
+        prefixes, C = _WORKER_MEMO[key]
+        t0 = time.perf_counter()
+        edit = rome_many(model, [as_edit], p["layer"], prefixes=prefixes, C=C, value_prefixes=p["value_prefixes"],
+                         **p["hparams"])[0]
+    else:
+        edit = ft_l(model, as_edit, p["layer"], **p["hparams"])
+    _score_edit(model, req, edit, record, time.perf_counter() - t0, p["gen_tokens"], p["allow_abnormal"], EditRejected)
+    return out

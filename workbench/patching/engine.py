@@ -32,6 +32,7 @@ from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_
                          rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
+from ..distributed.devices import module_device
 
 # (last-token logits [n, d_vocab], pair index [n]) -> [n], or [n, m] for several numbers per patched run
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -175,7 +176,7 @@ def _stored(out: Tensor | None, rows, values: Tensor, n_patches: int) -> Tensor:
     """Write one chunk's metric values into the result, allocated at the first chunk with the metric's width."""
     if out is None:
         out = torch.empty(n_patches, *values.shape[1:], device=values.device)
-    out[rows] = values.to(out.dtype)
+    out[rows.to(out.device) if isinstance(rows, Tensor) else rows] = values.to(out.device, out.dtype)
     return out
 
 
@@ -341,14 +342,19 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                     members.append(k)
                     k += 1
                 nb, w, real = lay.active[l]
+                d = module_device(blocks[l])  # a model split over devices: the stream follows each block
+                h = h.to(d)
                 if members:  # rows whose patch is at this layer join from the target's resid_pre[l]
                     joining = torch.isin(slot_row, torch.tensor(members, device=dev)).nonzero(as_tuple=True)
-                    h[joining] = resid[l][pack_pair[joining[0]], slot_pos[joining]]
-                past = one_layer_cache(kv[l][0][pack_pair[:nb]], kv[l][1][pack_pair[:nb]], l)
-                kwargs = {"attention_mask": masks[windows[l]][:nb, :, :w, :T + w], "position_ids": positions[:nb, :w],
-                          "use_cache": True, cache_key: past}
+                    src = resid[l]
+                    h[tuple(j.to(d) for j in joining)] = src[pack_pair[joining[0]].to(src.device),
+                                                              slot_pos[joining].to(src.device)].to(d)
+                rows_kv = pack_pair[:nb].to(kv[l][0].device)
+                past = one_layer_cache(kv[l][0][rows_kv], kv[l][1][rows_kv], l)
+                kwargs = {"attention_mask": masks[windows[l]][:nb, :, :w, :T + w].to(d),
+                          "position_ids": positions[:nb, :w].to(d), "use_cache": True, cache_key: past}
                 if rope is not None:
-                    kwargs["position_embeddings"] = tuple(x[:nb, :w] for x in rope[l])
+                    kwargs["position_embeddings"] = tuple(x[:nb, :w].to(d) for x in rope[l])
                 with model.hooks(_overwrite_interventions(overwrites_at.get(l, [])), input_shape=(nb, w)):
                     y = blocks[l](h[:nb, :w], **kwargs)
                 h[:nb, :w] = y[0] if isinstance(y, tuple) else y
@@ -357,10 +363,10 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                 stats.padding += nb * w - real
             # each row's last token is its prompt's last position
             last = lay.start + (T - 1) - torch.tensor([patches[i].first_position for i in lay.rows])
-            logits = float32_logits(model.hf, arch, h[lay.pack.to(dev), last.to(dev)])
+            logits = float32_logits(model.hf, arch, h[lay.pack.to(h.device), last.to(h.device)])
             stats.unembedded += len(lay.rows)
             rows = torch.tensor(lay.rows, device=dev)
             # metrics in float32 whatever the model's dtype (half-precision logits lose the small differences)
-            out = _stored(out, rows, checked_metric(metric(logits.float(), pack_pair[lay.pack.to(dev)]), len(lay.rows), wide=True),
-                          len(patches))
+            value = metric(logits.float(), pack_pair[lay.pack.to(dev)].to(logits.device))
+            out = _stored(out, rows, checked_metric(value, len(lay.rows), wide=True), len(patches))
     return out, stats
