@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .use import read_latents, sae_site
+from .use import read_latents, latent_site
 
 RANK_BY = ("abs_delta", "score")
 
@@ -64,7 +64,7 @@ def diff_latents(base, finetuned, sae, prompts, *, site=None, read_at="all", ran
     _check_rank_by(rank_by)
     if base.dims != finetuned.dims:
         raise ValueError(f"finetuned: must have the same architecture and sizes as base ({base.dims} vs {finetuned.dims})")
-    s = sae_site(base, sae, site)
+    s = latent_site(base, sae, site)
     kw = dict(site=s.name, read_at=read_at, batch_size=batch_size)
     z_base, z_ft = read_latents(base, sae, prompts, **kw), read_latents(finetuned, sae, prompts, **kw)
     d = (z_ft - z_base).double()
@@ -81,7 +81,7 @@ def concept_latents(model, sae, texts_a, texts_b, *, site=None, read_at=-1, eps:
                     batch_size: int = 32) -> tuple[Tensor, list[int]]:
     """(d' per latent [d_sae], latents ordered by |d'|): d'_i = (mean_a z_i - mean_b z_i) / (pooled std_i + eps),
     the standardised difference of a latent's activation between two sets of texts (e.g. female vs male)."""
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     kw = dict(site=s.name, read_at=read_at, batch_size=batch_size)
     za, zb = read_latents(model, sae, texts_a, **kw).double(), read_latents(model, sae, texts_b, **kw).double()
     pooled = ((za.var(0, unbiased=False) + zb.var(0, unbiased=False)) / 2).sqrt()

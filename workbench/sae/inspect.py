@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..core.arch import weight_out_in
 from ..core.generation import check_prompts
-from .use import check_latents, read_latents, sae_site
+from .use import check_latents, read_latents, latent_site
 
 
 @torch.no_grad()
@@ -97,7 +97,7 @@ def inspect_latent(model, sae, latent: int, texts, *, site=None, top_k: int = 10
                    n_logits: int = 10, batch_size: int = 32) -> LatentReport:
     """Top-`top_k` activating tokens of `latent` over `texts` with `window` tokens of context before (and 3
     after), its logit effects and its density."""
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     (latent,) = check_latents(sae, [latent], "latent")
     texts = check_prompts(list(texts), "texts")
     for arg, v in (("top_k", top_k), ("window", window)):

@@ -33,7 +33,7 @@ def check_sae(sae) -> None:
         raise ValueError(f"sae: expected a SAELens SAE (encode, decode, W_dec, cfg.d_sae), got {type(sae).__name__}")
 
 
-def sae_site(model, sae, site=None) -> Site:
+def latent_site(model, sae, site=None) -> Site:
     """The site the SAE reads: `site` if given, else the SAE's own hook name (`cfg.metadata.hook_name`,
     a TransformerLens hook name, which is our site name); its width must be the model's d_model."""
     check_sae(sae)
@@ -80,7 +80,7 @@ def encode(sae, acts: Tensor, batch: int = 4096) -> Tensor:
 def read_latents(model, sae, texts, *, site=None, read_at="all", batch_size: int = 32, interventions=()) -> Tensor:
     """Latent activations on `texts` through the one activation reader: read_at "all" -> [n_tokens, d_sae]
     (every real token, texts in order), an int or "mean" -> [n_texts, d_sae]."""
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     acts = read_activations(model, texts, [s.layer], component=s.component, read_at=read_at, batch_size=batch_size,
                             interventions=interventions)[s.layer]
     return encode(sae, acts)
@@ -99,7 +99,7 @@ def latent_steering_vector(model, sae, latents, *, site=None, weights=None) -> S
     With the error term kept, adding m * W_dec[i] is raising latent i's activation by m before re-encoding,
     so multipliers are in the latent's activation units (compare with its top activations, see `inspect`).
     """
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     lat = check_latents(sae, latents)
     rows = decoder_rows(sae, lat)
     w = torch.ones(len(lat)) if weights is None else torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
@@ -115,7 +115,7 @@ def latent_subspaces(model, sae, latents, *, site=None) -> dict[int, Tensor]:
     `caft.ablations` / `caft.finetune` (decoder rows are not orthogonal; they are orthonormalised quietly)."""
     from ..caft import subspaces
 
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     if s.component not in ("resid_pre", "resid_mid", "resid_post"):
         raise ValueError(f"site: CAFT ablates residual-stream sites; the SAE reads {s.name}")
     with warnings.catch_warnings():  # the expected "not orthonormal" note
@@ -126,7 +126,7 @@ def latent_subspaces(model, sae, latents, *, site=None) -> dict[int, Tensor]:
 def save_latent_directions(path, model, sae, latents, *, site=None, meta: dict | None = None):
     """Write W_dec[latents] as `layer.<L>` [k, d_model] in the one direction file format, e.g. for
     `workbench caft --directions` (orthonormalised on loading) or `SteeringVector`s."""
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     lat = check_latents(sae, latents)
     info = {"kind": "sae_latents", "component": s.component, "site": s.name, "latents": lat,
             "d_sae": sae.cfg.d_sae, **(meta or {})}
@@ -153,7 +153,7 @@ def latent_attribution(model, sae, clean, corrupted, answer, foil=None, *, site=
     from ..patching.engine import Patch, run_patches
     from ..patching.grid import prepare
 
-    s = sae_site(model, sae, site)
+    s = latent_site(model, sae, site)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= sae.cfg.d_sae:
         raise ValueError(f"top_k: expected an int in 1..{sae.cfg.d_sae} (the SAE's latents), got {top_k!r}")
     setup = prepare(model, clean, corrupted, answer, foil, [s.component], metric, direction, align)
