@@ -388,6 +388,14 @@ API = [
                                          k=65), V, "k"),
     R("analysis-cross_model_patching-shapes", lambda c: wb.cross_model_patching(c.m, wb.tiny_model("llama", d_model=32), CLEAN,
                                                                                  " Mary", " John"), V, "shapes"),
+    # sparse autoencoders (issue 15)
+    R("sae-load_sae-width", lambda c: wb.load_sae(_random_sae(c.m, width=32), c.m), V, "d_in", "32", "64"),
+    R("sae-load_sae-truncated", lambda c: wb.load_sae(c.d / "sae", c.m), V, "truncated or corrupt", setup=lambda d: _broken_sae(d)),
+    R("sae-load_sae-other-model", lambda c: wb.load_sae(_random_sae(c.m, model_name="gemma-2-2b"), c.m), V,
+      "gemma-2-2b", "tiny-llama"),
+    R("sae-save_sae-not-sae", lambda c: wb.save_sae(object(), c.d / "s"), V, "sae"),
+    R("sae-SAEEdit-latents", lambda c: wb.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
+      "out of range"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -665,3 +673,18 @@ def test_cli_force_overwrites_and_known_writes(tmp_path, inp, capsys):
     assert main(["known", "--model", "tiny-llama", "--facts", str(inp / "facts.jsonl"), "--out", str(out), "--force"]) == 0
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1] and all("known" in r for r in rows)
+
+
+def _random_sae(model, width=None, model_name=None):
+    from test_sae import random_sae
+
+    sae = random_sae(model, width=width)
+    if model_name:
+        sae.cfg.metadata.model_name = model_name
+    return sae
+
+
+def _broken_sae(d: Path) -> None:
+    (d / "sae").mkdir()
+    (d / "sae" / "cfg.json").write_text(json.dumps({"d_in": 64, "d_sae": 8, "architecture": "topk"}))
+    (d / "sae" / "sae_weights.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"W_enc\"")
