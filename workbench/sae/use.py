@@ -12,8 +12,6 @@ patch of one latent an overwrite of the site by h + dz_i W_dec[i].
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
-
 import torch
 from torch import Tensor
 
@@ -38,7 +36,7 @@ def latent_site(model, sae, site=None) -> Site:
     a TransformerLens hook name, which is our site name); its width must be the model's d_model."""
     check_sae(sae)
     if site is None:
-        site = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
+        site = sae.cfg.metadata.get("hook_name")
         if not site:
             raise ValueError("site: the SAE names no hook (cfg.metadata.hook_name); pass site='blocks.L.hook_resid_pre'")
     s = parse_site(site, model.dims.n_layers)
@@ -144,41 +142,44 @@ def latent_attribution(model, sae, clean, corrupted, answer, foil=None, *, site=
 
         AtP_i = sum_p (z_src[p, i] - z_tgt[p, i]) * (W_dec[i] . d metric / d h_tgt[p])
 
-    Exact: the target run with latent i set to its source value at every aligned position and the error term
-    kept, i.e. the site overwritten by h_tgt + (z_src_i - z_tgt_i) W_dec[i], through the batched patching
-    engine. Returns {"attribution": [d_sae] estimated metric change, "target_metric": float, "clean_metric",
+    The gradient comes from one backward with the SAE spliced in (`SAEEdit(latent_leaf=True)`: z a leaf, error
+    kept). Exact: the target run with latent i set to its source value at every aligned position and the error
+    term kept (`SAEEdit(op="set")`), one forward per latent. Returns {"attribution": [d_sae] estimated metric change, "target_metric": float, "clean_metric",
     "corrupted_metric", "top": [{latent, attribution, exact}] sorted by |attribution|}.
     """
-    from ..patching.attribution import target_gradients
-    from ..patching.engine import Patch, run_patches
     from ..patching.grid import prepare
+    from .edit import SAEEdit
 
     s = latent_site(model, sae, site)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= sae.cfg.d_sae:
         raise ValueError(f"top_k: expected an int in 1..{sae.cfg.d_sae} (the SAE's latents), got {top_k!r}")
     setup = prepare(model, clean, corrupted, answer, foil, [s.component], metric, direction, align)
-    setup = replace(setup, sites=[s])  # gradients at the SAE's site only
-    grad = target_gradients(model, setup)[s.name].float().cpu()  # [n, T, d]
+    idx = torch.arange(setup.pairs.n, device=model.device)
     src_pos, tgt_pos = torch.tensor(setup.source_pos), torch.tensor(setup.target_pos)
-    h_src = setup.source[s.name][:, src_pos.to(setup.source[s.name].device)].float().cpu()  # [n, P, d]
-    h_tgt = setup.target[s.name][:, tgt_pos.to(setup.target[s.name].device)].float().cpu()
-    dz = encode(sae, h_src) - encode(sae, h_tgt)  # [n, P, d_sae]
-    W = sae.W_dec.detach().float().cpu()  # [d_sae, d]
-    g_z = grad[:, tgt_pos] @ W.T  # [n, P, d_sae]: d metric / d z
+    h_src = setup.source[s.name][:, src_pos.to(setup.source[s.name].device)]  # [n, P, d]
+    z_src = encode(sae, h_src)  # [n, P, d_sae]
+    # d metric / d z on the target run: the SAE spliced in with z as an autograd leaf and the error term kept
+    leaf = SAEEdit(s.name, sae=sae, latent_leaf=True)
+    with torch.enable_grad():
+        logits, _ = model.run_with_cache(setup.target_ids, [], interventions=[leaf], grad=True)
+        total = setup.fn(logits[:, -1].float(), idx).sum()
+        (g_z,) = torch.autograd.grad(total, [leaf.latents_out])  # [n, T, d_sae]
+    z_tgt = leaf.latents_out.detach()[:, tgt_pos].float().cpu()
+    g_z = g_z[:, tgt_pos].float().cpu()
+    dz = z_src - z_tgt
     atp = (dz * g_z).sum(1)  # [n, d_sae]
     mean_atp = atp.mean(0)
     top = mean_atp.abs().argsort(descending=True)[:top_k].tolist()
 
-    patches = []
-    for i in top:
-        for pair in range(setup.pairs.n):
-            value = h_tgt[pair] + dz[pair, :, i, None] * W[i]  # [P, d]
-            patches.append(Patch.at(pair, s, setup.target_pos, None, value.to(model.device, setup.target[s.name].dtype)))
-    vals, _ = run_patches(model, setup.target_ids, patches, setup.fn, memory_mb=memory_mb)
-    vals = vals.detach().float().cpu().view(len(top), setup.pairs.n)
     base = setup.target_metric.float().cpu()
-    exact = (vals - base).mean(1)
+    exact = []
+    with torch.no_grad():
+        for i in top:  # the latent set to its source value at every aligned position, error term kept
+            edit = SAEEdit(s.name, sae=sae, latents=[i], op="set", positions=setup.target_pos,
+                           value=z_src[:, :, i:i + 1].to(model.device, sae.dtype))
+            m = setup.fn(model.run_with_interventions(setup.target_ids, [edit])[:, -1].float(), idx).float().cpu()
+            exact.append(float((m - base).mean()))
     return {"site": s.name, "attribution": mean_atp, "target_metric": float(base.mean()),
             "clean_metric": float(setup.clean_metric.float().mean()),
             "corrupted_metric": float(setup.corrupted_metric.float().mean()),
-            "top": [{"latent": i, "attribution": float(mean_atp[i]), "exact": float(e)} for i, e in zip(top, exact)]}
+            "top": [{"latent": i, "attribution": float(mean_atp[i]), "exact": e} for i, e in zip(top, exact)]}
