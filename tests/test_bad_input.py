@@ -396,6 +396,22 @@ API = [
     R("sae-save_sae-not-sae", lambda c: wb.save_sae(object(), c.d / "s"), V, "sae"),
     R("sae-SAEEdit-latents", lambda c: wb.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
       "out of range"),
+    # using SAE latents (issue 15: inspect, steering, CAFT, attribution, diffing)
+    R("sae-latent_steering_vector-range", lambda c: wb.sae.latent_steering_vector(c.m, _random_sae(c.m), 96), V,
+      "latents", "latent 96 out of range", "0..95"),
+    R("sae-inspect_latent-range", lambda c: wb.sae.inspect_latent(c.m, _random_sae(c.m), -1, ["Hi there"]), V,
+      "latent", "out of range"),
+    R("sae-latent_subspaces-site", lambda c: wb.sae.latent_subspaces(c.m, _random_sae(c.m), [0], site="blocks.0.hook_mlp_out"),
+      V, "site", "residual"),
+    R("sae-latent_attribution-top_k", lambda c: wb.sae.latent_attribution(c.m, _random_sae(c.m), CLEAN, CORRUPT, " Mary",
+                                                                          " John", top_k=0), V, "top_k"),
+    R("sae-diff_latents-rank_by", lambda c: wb.sae.diff_latents(c.m, c.m, _random_sae(c.m), ["Hi there"], rank_by="max"),
+      V, "rank_by"),
+    R("sae-diff_latents-other-model", lambda c: wb.sae.diff_latents(c.m, wb.tiny_model("llama", d_model=32), _random_sae(c.m),
+                                                                    ["Hi there"]), V, "finetuned", "same architecture"),
+    R("sae-save_latent_directions-width", lambda c: wb.sae.save_latent_directions(c.d / "x.safetensors", c.m,
+                                                                                  _random_sae(c.m, width=32), [0]),
+      V, "d_in=32", "d_model=64"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
