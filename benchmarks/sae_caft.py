@@ -15,6 +15,10 @@ ablation at every position of `resid_pre`), at the committed SAE's site:
    test-time rows are benchmarks/results/caft-cpu.json's (same task, recipe and seeds), quoted beside them.
 
     python benchmarks/sae_caft.py [--seeds 0,1,2] [--n-latents 8] [--no-probe]
+
+The control rows (one-layer probe, random) need only the SAE's site and the number of latents; `--part controls
+--layer 15` runs them alone (to sae-caft-controls-<device>.json), and `--part sae` then runs the rest and takes
+the controls from that file when its settings match.
 """
 from __future__ import annotations
 
@@ -33,10 +37,42 @@ import torch
 import workbench as wb
 from common import device_meta, parser, write_result
 from workbench import caft
+from workbench.core.sites import Site
 from workbench.sae import concept_latents, diff_latents, latent_site, latent_subspaces, load_sae, overlap_at
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"plain": 0.083, "caft_pca": 0.637, "caft_sae": 0.760}  # Casademunt et al. 2025, Gemma-2-2B, OOD accuracy
+
+
+def run_condition(model, task, ablate, seeds, cfg, name) -> dict:
+    out = {"id_acc": [], "ood_acc": []}
+    for seed in seeds:
+        m = caft.finetune(model, task["train"], ablate=ablate, config=cfg, seed=seed)
+        out["id_acc"].append(caft.accuracy(m, task["id_test"]))
+        out["ood_acc"].append(caft.accuracy(m, task["ood_test"]))
+        print(f"seed {seed} {name}: ID {out['id_acc'][-1]:.3f} OOD {out['ood_acc'][-1]:.3f}")
+    return out
+
+
+def controls(model, task, site, k, seeds, cfg, probe_row: bool) -> dict:
+    """CAFT with k random orthonormal directions at `site` (seed 1000 + s), and with the gender difference of means
+    at `site` alone (the probe row at one layer)."""
+    out = {"random_k": {"id_acc": [], "ood_acc": []}}
+    for seed in seeds:
+        rand = caft.random_subspaces({site.layer: torch.zeros(k, model.dims.d_model)}, seed=1000 + seed)
+        r = run_condition(model, task, caft.ablations(rand, component=site.component), [seed], cfg, "random_k")
+        for key in r:
+            out["random_k"][key] += r[key]
+    if probe_row:
+        import probes
+
+        concept = task["concept"]
+        acts = wb.read_activations(model, [e["prompt"] for e in concept], [site.layer], component=site.component)
+        probe = probes.train_probes(acts, [e["gender"] for e in concept], method="diffmean")
+        subs = caft.subspaces({site.layer: probe.direction(site.layer)}, model.dims.d_model)
+        out["caft_probe_1layer"] = run_condition(model, task, caft.ablations(subs, component=site.component), seeds, cfg,
+                                                 "caft_probe_1layer")
+    return out
 
 
 def main(argv=None) -> dict:
@@ -46,17 +82,37 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--n-latents", type=int, default=8)
     ap.add_argument("--no-probe", action="store_true", help="skip the one-layer difference-of-means row")
+    ap.add_argument("--part", choices=["all", "controls", "sae"], default="all")
+    ap.add_argument("--layer", type=int, default=None, help="with --part controls: the SAE's layer (resid_pre)")
+    ap.add_argument("--plain", default=None, help="a Hugging Face folder of the plain fine-tune (seed 0) to diff, "
+                                                  "written there by --part controls, read by --part sae")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     model = wb.load_model(device=args.device)
+    task = caft.load_task(wb.data_path("caft_task.jsonl"))
+    concept = task["concept"]
+    cfg = caft.FinetuneConfig(steps=args.steps)
+    controls_path = ROOT / "benchmarks" / "results" / f"sae-caft-controls-{args.device}.json"
+    settings = {"seeds": seeds, "steps": args.steps, "n_latents": args.n_latents}
+    if args.part == "controls":
+        if args.layer is None:
+            raise ValueError("layer: --part controls needs the SAE's --layer")
+        site = Site(args.layer, "resid_pre")
+        res = {"site": site.name, **settings}
+        if args.plain:
+            plain = caft.finetune(model, task["train"], config=cfg, seed=seeds[0])
+            plain.hf.save_pretrained(args.plain)
+            plain.tokenizer.save_pretrained(args.plain)
+        res.update(controls(model, task, site, args.n_latents, seeds, cfg, not args.no_probe))
+        write_result(res, "sae-caft-controls", args.device, None)
+        return res
+
     from workbench.sae import DEFAULT_SAE
 
     sae = load_sae(args.sae or DEFAULT_SAE, model)
     site = latent_site(model, sae)
-    task = caft.load_task(wb.data_path("caft_task.jsonl"))
-    concept = task["concept"]
     female = [e["prompt"] for e in concept if e["gender"] == "female"]
     male = [e["prompt"] for e in concept if e["gender"] == "male"]
     pos = [e["prompt"] for e in concept if e["sentiment"] == "positive"]
@@ -70,8 +126,10 @@ def main(argv=None) -> dict:
     print("gender latents:", res["gender_latents"])
 
     # -- model diffing: what did plain fine-tuning move? ------------------------------------------------
-    cfg = caft.FinetuneConfig(steps=args.steps)
-    plain = caft.finetune(model, task["train"], config=cfg, seed=seeds[0])
+    if args.plain and Path(args.plain).is_dir():
+        plain = wb.load_model(args.plain, device=args.device)
+    else:
+        plain = caft.finetune(model, task["train"], config=cfg, seed=seeds[0])
     res["plain_seed0"] = {"id_acc": caft.accuracy(plain, task["id_test"]), "ood_acc": caft.accuracy(plain, task["ood_test"])}
     prompts = [e["prompt"] for e in task["train"][:128]]
     diff = diff_latents(model, plain, sae, prompts, read_at=-1)
@@ -86,25 +144,16 @@ def main(argv=None) -> dict:
     print("diff: gender latents' ranks", res["diff"]["gender_in_top"][20]["ranks"], "top 10:", res["diff"]["top"][:10])
     del plain
 
-    # -- CAFT with SAE latents, random, one-layer probe -------------------------------------------------
+    # -- CAFT with SAE latents (and the controls, unless already run with these settings) -----------------
     subs = latent_subspaces(model, sae, gender)
-    conds = {"caft_sae": caft.ablations(subs)}
-    if not args.no_probe:
-        import probes
-
-        acts = wb.read_activations(model, [e["prompt"] for e in concept], [site.layer], component=site.component)
-        probe = probes.train_probes(acts, [e["gender"] for e in concept], method="diffmean")
-        conds["caft_probe_1layer"] = caft.ablations(caft.subspaces({site.layer: probe.direction(site.layer)},
-                                                                    model.dims.d_model))
-    for name in list(conds) + ["random_k"]:
-        res[name] = {"id_acc": [], "ood_acc": []}
-    for seed in seeds:
-        runs = dict(conds, random_k=caft.ablations(caft.random_subspaces(subs, seed=1000 + seed)))
-        for name, ablate in runs.items():
-            m = caft.finetune(model, task["train"], ablate=ablate, config=cfg, seed=seed)
-            res[name]["id_acc"].append(caft.accuracy(m, task["id_test"]))
-            res[name]["ood_acc"].append(caft.accuracy(m, task["ood_test"]))
-            print(f"seed {seed} {name}: ID {res[name]['id_acc'][-1]:.3f} OOD {res[name]['ood_acc'][-1]:.3f}")
+    res["caft_sae"] = run_condition(model, task, caft.ablations(subs), seeds, cfg, "caft_sae")
+    done = json.loads(controls_path.read_text()) if controls_path.is_file() else {}
+    if args.part == "sae" and done.get("site") == site.name and len(subs[site.layer]) == args.n_latents and all(
+            done.get(k) == v for k, v in settings.items()):
+        res.update({k: done[k] for k in ("random_k", "caft_probe_1layer") if k in done})
+        res["controls_from"] = controls_path.name
+    else:
+        res.update(controls(model, task, site, len(subs[site.layer]), seeds, cfg, not args.no_probe))
     ref = json.loads((ROOT / "benchmarks" / "results" / "caft-cpu.json").read_text())
     res["reference_rows"] = {k: {"id_acc": ref[k]["id_acc"], "ood_acc": ref[k]["ood_acc"]}
                              for k in ("plain", "caft", "random", "test_time", "caft_pca", "caft_mean") if k in ref}
