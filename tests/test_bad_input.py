@@ -546,6 +546,10 @@ CLI = [
                            "--candidates", " yes, no", "--out", "{d}/o"], V, "data"),
     R("cross-patch-shapes", ["cross-patch", "--model", "tiny-llama", "--tuned", "tiny-gpt2", "--prompt", CLEAN, "--answer", " Mary",
                              "--foil", " John", "--out", "{d}/o"], V, "shape"),
+    # sparse autoencoders (issue 15)
+    R("sae-train-k", ["sae", "train", "--model", BAD, "--d-sae", "16", "--k", "32", "--out", "{d}/o"], V, "k", "d_sae"),
+    R("sae-train-texts", ["sae", "train", "--model", BAD, "--texts", "{inp}/nope.txt", "--out", "{d}/o"], V, "texts"),
+    R("sae-eval-missing", ["sae", "eval", "--model", BAD, "--sae", "{d}/nope"], V, "sae"),
 ]
 
 ROWS = API + CLI

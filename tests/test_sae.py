@@ -152,3 +152,84 @@ def test_bad_sae_input_is_refused_with_both_shapes_and_names(tiny, tmp_path):
         SAEEdit(sae=sae, latents=[1], op="set")
     with pytest.raises(ValueError, match="no such folder"):
         load_sae(tmp_path / "missing", m)
+
+
+def test_train_sae_reduces_error_and_resumes_exactly(tiny, tmp_path):
+    from workbench.sae.train import data_file_texts, train_sae
+
+    m = tiny("llama")
+    texts = data_file_texts()[:60]
+    kw = dict(site="blocks.1.hook_resid_pre", d_sae=128, k=8, steps=120, batch_size=128, lr=3e-3, checkpoint_every=40,
+              progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: more threads on a shared machine only thrash
+    try:
+        _train_and_resume(m, texts, kw, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_resume(m, texts, kw, tmp_path):
+    from workbench.sae.train import train_sae
+
+    whole = train_sae(m, texts, out=tmp_path / "whole", **kw)
+    hist = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert hist[-1]["mse"] < 0.5 * hist[0]["mse"]
+    assert hist[-1]["fve"] > 0.6
+    # killed after step 60 (a checkpoint), then run again: the same SAE, bit for bit
+    assert train_sae(m, texts, out=tmp_path / "resumed", stop_at=60, **kw) is None
+    resumed = train_sae(m, texts, out=tmp_path / "resumed", **kw)
+    for k_, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k_], v, atol=1e-6, rtol=1e-5)
+    # the result is a SAELens SAE bound to the site and this model
+    from sae_lens import SAE
+
+    theirs = SAE.load_from_disk(str(tmp_path / "whole" / "sae"))
+    assert type(theirs).__name__ == "TopKSAE" and theirs.cfg.metadata.hook_name == "blocks.1.hook_resid_pre"
+    assert torch.equal(m.run_with_interventions(TEXTS, [SAEEdit(sae=load_sae(tmp_path / "whole" / "sae", m))]),
+                       m.run_with_interventions(TEXTS, []))
+    with pytest.raises(ValueError, match="different configuration"):
+        train_sae(m, texts, out=tmp_path / "whole", **{**kw, "k": 4})
+
+
+def test_evaluate_sae_numbers_match_their_definitions(tiny):
+    from workbench.sae.evaluate import evaluate_sae
+
+    m = tiny("llama")
+    sae = load_sae(random_sae(m), m)
+    r = evaluate_sae(m, sae, TEXTS, skip_first=0)
+    x = wb.read_activations(m, TEXTS, [1], read_at="all")[1]
+    z = sae.encode(x)
+    assert r["l0"] == pytest.approx(float((z > 0).sum(-1).float().mean())) and r["l0"] <= 8
+    fve = 1 - (sae.decode(z) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert r["variance_explained"] == pytest.approx(float(fve), rel=1e-4)
+    assert r["dead_fraction"] == pytest.approx(float((z.sum(0) == 0).float().mean()))
+    # CE by hand for the clean run: mean next-token NLL over real tokens
+    nll = []
+    for t in TEXTS:
+        ids = m.to_tokens(t)
+        logp = torch.log_softmax(m(ids)[0, :-1].detach(), -1)
+        nll.append(-logp.gather(-1, ids[0, 1:, None])[:, 0])
+    assert r["ce_clean"] == pytest.approx(float(torch.cat(nll).mean()), rel=1e-5)
+    want = (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"])
+    assert r["ce_loss_recovered"] == pytest.approx(want) and r["ce_sae"] != r["ce_clean"]
+
+
+def test_cli_sae_train_then_eval(tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.sae.train import data_file_texts
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(data_file_texts()[:40]))
+    out = tmp_path / "run"
+    argv = ["sae", "train", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--texts", str(texts),
+            "--d-sae", "64", "--k", "4", "--steps", "30", "--batch-size", "64", "--lr", "3e-3", "--out", str(out)]
+    assert main(argv) == 0
+    assert (out / "sae" / "cfg.json").is_file() and (out / "checkpoint" / "state.safetensors").is_file()
+    assert main(["sae", "eval", "--model", "tiny-llama", "--sae", str(out / "sae"), "--texts", str(texts),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["l0"] <= 4 and 0 < report["variance_explained"] <= 1 and report["site"] == "blocks.1.hook_resid_pre"
+    # another model's SAE is refused by eval, naming both
+    assert main(["sae", "eval", "--model", "tiny-gpt2", "--sae", str(out / "sae"), "--texts", str(texts)]) == 2
+    assert "tiny-llama" in capsys.readouterr().err
