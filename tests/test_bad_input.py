@@ -550,6 +550,17 @@ CLI = [
     R("sae-train-k", ["sae", "train", "--model", BAD, "--d-sae", "16", "--k", "32", "--out", "{d}/o"], V, "k", "d_sae"),
     R("sae-train-texts", ["sae", "train", "--model", BAD, "--texts", "{inp}/nope.txt", "--out", "{d}/o"], V, "texts"),
     R("sae-eval-missing", ["sae", "eval", "--model", BAD, "--sae", "{d}/nope"], V, "sae"),
+    R("sae-inspect-latents", ["sae", "inspect", "--model", BAD, "--sae", "{d}/nope", "--latents", "a,b", "--out", "{d}/o"],
+      V, "latents", "integers"),
+    R("sae-inspect-missing", ["sae", "inspect", "--model", BAD, "--sae", "{d}/nope", "--latents", "1", "--out", "{d}/o"],
+      V, "sae", "cfg.json"),
+    R("sae-inspect-latent-range", ["sae", "inspect", "--model", "tiny-llama", "--sae", "{d}/sae", "--latents", "3,500",
+                                   "--texts", "{inp}/prompts.txt", "--out", "{d}/o"], V, "latent 500 out of range", "0..95",
+      setup=lambda d: _saved_sae(d)),
+    R("sae-diff-read-at", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--read-at", "last",
+                           "--out", "{d}/o.json"], V, "read_at"),
+    R("sae-diff-rank-by", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--rank-by", "max",
+                           "--out", "{d}/o.json"], V, "rank_by"),
 ]
 
 ROWS = API + CLI
@@ -708,3 +719,8 @@ def _broken_sae(d: Path) -> None:
     (d / "sae").mkdir()
     (d / "sae" / "cfg.json").write_text(json.dumps({"d_in": 64, "d_sae": 8, "architecture": "topk"}))
     (d / "sae" / "sae_weights.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"W_enc\"")
+
+
+def _saved_sae(d: Path) -> None:
+    """A random SAE for tiny-llama at blocks.1.hook_resid_pre, saved in SAELens's format at d/sae."""
+    wb.save_sae(_random_sae(wb.load_model("tiny-llama")), d / "sae")

@@ -208,3 +208,26 @@ def test_sae_of_another_width_is_refused(setup):
     other = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64))
     with pytest.raises(ValueError, match="d_in=32 for a model with d_model=64"):
         latent_steering_vector(model, other, 0, site=SITE)
+
+
+def test_cli_inspect_and_diff(setup, tmp_path):
+    import json
+
+    from workbench.cli import main
+
+    model, sae, texts = setup
+    wb.save_sae(wb.load_sae(sae, model), tmp_path / "sae")
+    lines = [t.split("\n")[0] for t in texts[:30]]  # one text a line
+    (tmp_path / "texts.txt").write_text("\n".join(lines))
+    assert main(["sae", "inspect", "--model", "tiny-llama", "--sae", str(tmp_path / "sae"), "--latents", "3,5",
+                 "--texts", str(tmp_path / "texts.txt"), "--top-k", "4", "--out", str(tmp_path / "pages")]) == 0
+    reports = json.loads((tmp_path / "pages" / "latents.json").read_text())
+    z = read_latents(model, sae, lines)
+    assert [r["latent"] for r in reports] == [3, 5]
+    assert reports[0]["density"] == pytest.approx(float((z[:, 3] > 0).float().mean()))
+    assert (tmp_path / "pages" / "latent-5.html").stat().st_size > 1e6
+    # the model against itself: every latent's change is zero
+    assert main(["sae", "diff", "--model", "tiny-llama", "--finetuned", "tiny-llama", "--sae", str(tmp_path / "sae"),
+                 "--texts", str(tmp_path / "texts.txt"), "--top", "5", "--out", str(tmp_path / "diff.json")]) == 0
+    top = json.loads((tmp_path / "diff.json").read_text())["top"]
+    assert len(top) == 5 and all(r["delta"] == 0.0 for r in top)

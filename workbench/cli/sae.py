@@ -115,11 +115,13 @@ def _register_eval(subs) -> None:
     s.set_defaults(fn=_cmd_eval)
 
 
-SUBVERBS = [_register_train, _register_eval]  # the `sae` sub-verbs; add a registrar here for a new one
+from .sae_use import register_use  # noqa: E402  (inspect, diff)
+
+SUBVERBS = [_register_train, _register_eval, register_use]  # the `sae` sub-verbs; add a registrar here for a new one
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sae", help="sparse autoencoders: train, eval (SAELens format)")
+    s = sub.add_parser("sae", help="sparse autoencoders: train, eval, inspect, diff (SAELens format)")
     subs = s.add_subparsers(dest="sae_command", required=True)
     for reg in SUBVERBS:
         reg(subs)
