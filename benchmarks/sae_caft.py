@@ -109,9 +109,7 @@ def main(argv=None) -> dict:
         write_result(res, "sae-caft-controls", args.device, None)
         return res
 
-    from workbench.sae import DEFAULT_SAE
-
-    sae = load_sae(args.sae or DEFAULT_SAE, model)
+    sae = load_sae(args.sae, model) if args.sae else wb.sae.default_sae(model)
     site = latent_site(model, sae)
     female = [e["prompt"] for e in concept if e["gender"] == "female"]
     male = [e["prompt"] for e in concept if e["gender"] == "male"]
@@ -161,7 +159,9 @@ def main(argv=None) -> dict:
     res["runtime_s"] = time.perf_counter() - t0
     res["paper_ood_acc"] = PAPER
     res["config"] = {**cfg.__dict__, "n_latents": args.n_latents}
-    res["meta"] = {**device_meta(args.device), "model": model.name, "sae": str(args.sae or DEFAULT_SAE)}
+    res["meta"] = {**device_meta(args.device), "model": model.name, "sae": str(args.sae or "the committed SAE"),
+                   "sae_metadata": {k: str(v) for k, v in dict(sae.cfg.metadata.items()).items()
+                                    if k in ("hook_name", "model_name", "workbench_fingerprint")}}
     for c in [k for k in res if isinstance(res[k], dict) and isinstance(res[k].get("ood_acc"), list)]:
         i, o = np.asarray(res[c]["id_acc"]), np.asarray(res[c]["ood_acc"])
         print(f"{c:<18} ID {100 * i.mean():5.1f} +- {100 * i.std():4.1f}   OOD {100 * o.mean():5.1f} +- {100 * o.std():4.1f}")

@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     model = wb.load_model(device=args.device)
-    sae = load_sae(args.sae or default_sae_path(), model)
+    sae = load_sae(args.sae, model) if args.sae else wb.sae.default_sae(model)
     site = latent_site(model, sae)
     pos, neg = load_pairs("data/steering/sentiment_pairs.jsonl")
     prompts = load_lines("data/steering/prompts.txt", "prompts")[: args.limit]
@@ -73,16 +73,10 @@ def main(argv=None) -> dict:
               f"ppl {[round(x, 2) for x in res[name]['perplexity']]}")
     res["runtime_s"] = time.perf_counter() - t0
     res["meta"] = {**device_meta(args.device), "model": model.name, "n_prompts": len(prompts), "n_pairs": len(pos),
-                   "sae": str(args.sae or default_sae_path())}
+                   "sae": str(args.sae or "the committed SAE")}
     print(f"unsteered {res['baseline']}  runtime {res['runtime_s']:.0f} s")
     write_result(res, "sae-steering", args.device, args.out)
     return res
-
-
-def default_sae_path():
-    from workbench.sae import DEFAULT_SAE
-
-    return DEFAULT_SAE
 
 
 if __name__ == "__main__":
