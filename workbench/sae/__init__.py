@@ -7,6 +7,20 @@ kept), `latent_activations` (edit.py), `train_sae` (train.py: SAELens's SAETrain
 sae_lens itself is imported only when an SAE is built or loaded.
 """
 from .edit import SAEEdit, latent_activations
+from .evaluate import evaluate_sae
 from .format import load_sae, map_hook_name, sae_site, save_sae
+from .train import default_corpus, train_sae
 
-__all__ = ["load_sae", "save_sae", "map_hook_name", "sae_site", "SAEEdit", "latent_activations"]
+DEFAULT_SAE = "sae/smollm2-135m-blocks.15.hook_resid_pre"  # shipped in workbench/data (see the README)
+
+
+def default_sae(model=None):
+    """The SAE shipped with the package for the default model (top-k, blocks.15.hook_resid_pre), loaded and bound."""
+    from ..core.loading import load_model
+    from ..data import data_path
+
+    return load_sae(data_path(DEFAULT_SAE), model if model is not None else load_model())
+
+
+__all__ = ["load_sae", "save_sae", "map_hook_name", "sae_site", "SAEEdit", "latent_activations", "default_sae",
+           "train_sae", "evaluate_sae", "default_corpus", "DEFAULT_SAE"]
