@@ -226,8 +226,12 @@ def _load_checkpoint(folder: SweepFolder, trainer) -> int:
     trainer.n_training_samples = state["n_training_samples"]
     trainer.n_training_steps = state["step"]
     trainer.n_frac_active_samples = state["n_frac_active_samples"]
-    for _ in range(state["lr_scheduler"] or 0):
-        trainer.lr_scheduler.step()
+    import warnings
+
+    with warnings.catch_warnings():  # replaying the schedule before any optimizer step is what we mean here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state["lr_scheduler"] or 0):
+            trainer.lr_scheduler.step()
     for k, s in trainer.coefficient_schedulers.items():
         s.load_state_dict(state["coefficient_schedulers"][k])
     trainer.activation_scaler.scaling_factor = state["scaling_factor"]
