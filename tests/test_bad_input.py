@@ -396,6 +396,8 @@ API = [
     R("sae-save_sae-not-sae", lambda c: wb.save_sae(object(), c.d / "s"), V, "sae"),
     R("sae-SAEEdit-latents", lambda c: wb.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
       "out of range"),
+    R("sae-train_sae-k", lambda c: wb.train_sae(c.m, ["Hello world"], "blocks.1.hook_resid_pre", d_sae=8, k=16), V, "k"),
+    R("sae-evaluate_sae-texts", lambda c: wb.evaluate_sae(c.m, wb.load_sae(_random_sae(c.m), c.m), []), V, "texts"),
     # using SAE latents (issue 15: inspect, steering, CAFT, attribution, diffing)
     R("sae-latent_steering_vector-range", lambda c: wb.sae.latent_steering_vector(c.m, _random_sae(c.m), 96), V,
       "latents", "latent 96 out of range", "0..95"),

@@ -233,3 +233,22 @@ def test_cli_sae_train_then_eval(tmp_path, capsys):
     # another model's SAE is refused by eval, naming both
     assert main(["sae", "eval", "--model", "tiny-gpt2", "--sae", str(out / "sae"), "--texts", str(texts)]) == 2
     assert "tiny-llama" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shipped_sae_on_the_default_model(default_model):
+    """The committed SAE: the unedited SAE leaves the logits exactly; spliced in on held-out text of its corpus it
+    explains >= 80% of the variance and recovers >= 80% of the CE loss at L0 <= 64."""
+    from workbench.data import data_path
+    from workbench.sae import DEFAULT_SAE, default_sae, evaluate_sae
+
+    m = default_model
+    sae = default_sae(m)
+    assert sae.cfg.metadata.hook_name == "blocks.15.hook_resid_pre" and sae.cfg.d_in == m.dims.d_model
+    ref = m.run_with_interventions(TEXTS, [])
+    assert torch.equal(m.run_with_interventions(TEXTS, [SAEEdit(sae=sae)]), ref)
+    held_out = [json.loads(l)["text"] for l in (data_path(DEFAULT_SAE) / "heldout.jsonl").read_text().splitlines()]
+    r = evaluate_sae(m, sae, held_out[:8])
+    assert r["l0"] <= 64
+    assert r["variance_explained"] >= 0.80, r
+    assert r["ce_loss_recovered"] >= 0.80, r

@@ -14,8 +14,16 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
 
         train, test = split_corpus(default_corpus(model, samples, seed=seed), seed=seed)
         return train if part == "train" else test
-    lines = [l for l in input_file(spec, "texts").read_text(encoding="utf-8").splitlines()
-             if l.strip() and not l.startswith("#")]
+    path = input_file(spec, "texts")
+    if path.suffix == ".jsonl":  # {"text": ...} records (the held-out texts shipped with the default SAE)
+        from ..core.io import read_jsonl
+
+        rows = read_jsonl(path, "texts")
+        bad = next((n for n, r in rows if not (isinstance(r, dict) and isinstance(r.get("text"), str))), None)
+        if bad is not None:
+            raise ValueError(f"texts: {path}:{bad}: expected a record with a \"text\" string")
+        return [r["text"] for _, r in rows]
+    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
     if not lines:
         raise ValueError(f"texts: {spec} holds no texts (one a line; '#' lines are comments)")
     return lines
@@ -106,7 +114,7 @@ def _register_eval(subs) -> None:
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
     s.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a "
-                                                       "text file, one text a line")
+                                                       "text file, one text a line, or a .jsonl of {\"text\": ...} records")
     s.add_argument("--samples", type=int, default=96)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=8)

@@ -38,6 +38,9 @@ class SAEEdit(Intervention):
     latent_leaf: make z a leaf of the autograd graph (`self.latents_out`, requires grad) with x' = x +
     decode(z') - decode(z).detach(): d x'/d z = W_dec and d x'/d x = I, the SAE-error-node formulation
     that attribution over latents uses (edits then do not pass gradients upstream).
+    max_norm: tokens whose activation norm exceeds it pass through unchanged (attention-sink tokens with
+    massive activations, which the SAE was not trained on; `load_sae` SAEs trained here record theirs in
+    metadata.max_norm, used when this is None). Set it to math.inf to edit every token.
     """
 
     site: Site | str | None = None
@@ -48,6 +51,7 @@ class SAEEdit(Intervention):
     splice: bool = False
     keep_latents: bool = False
     latent_leaf: bool = False
+    max_norm: float | None = None
 
     def __post_init__(self):
         from sae_lens import SAE
@@ -72,6 +76,10 @@ class SAEEdit(Intervention):
         if self._latents is not None and len(set(self._latents.tolist())) != len(self._latents):
             raise ValueError(f"latents: repeated indices in {self.latents!r}")
         self.latents_out: Tensor | None = None
+        if self.max_norm is None:
+            self.max_norm = self.sae.cfg.metadata.get("max_norm")
+        if self.max_norm is not None and not (isinstance(self.max_norm, (int, float)) and self.max_norm > 0):
+            raise ValueError(f"max_norm: expected a number > 0, got {self.max_norm!r}")
 
     def check(self, shape):
         if self.heads is not None:
@@ -120,6 +128,8 @@ class SAEEdit(Intervention):
         else:
             # decode(z') + (x - decode(z)), as x + (decode(z') - decode(z)): exactly x when z' = z
             out = xs + (sae.decode(z_edit) - sae.decode(z))
+        if self.max_norm is not None and math.isfinite(self.max_norm):
+            out = torch.where(xs.norm(dim=-1, keepdim=True) > self.max_norm, xs, out)
         out = out.to(x.dtype)
         return out.unflatten(-1, x.shape[-2:]) if self.site.has_heads else out
 

@@ -138,6 +138,34 @@ def site_activations(model, texts: Sequence[str], site, *, skip_first: int = 1, 
     return torch.cat(parts)
 
 
+class _NoLogits(torch.nn.Module):
+    """Stands in for the unembedding of a reader model: keeps its weight (the model's dims) but computes no logits."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return x[..., :1]
+
+
+def reader_model(model, site):
+    """A copy of `model` that runs only blocks 0..site.layer and computes no logits: the same activations at `site`
+    (every block before it is unchanged; nothing after it can affect it), at a fraction of the cost of a full
+    forward. Used only to read training activations; runs through the same hooks and reader."""
+    import copy
+
+    from ..core.arch import get_module
+    from ..core.model import Model
+
+    site = parse_site(site, model.dims.n_layers)
+    hf = copy.deepcopy(model.hf)
+    del get_module(hf, model.arch.blocks)[site.layer + 1:]
+    parent, _, leaf = model.arch.unembed.rpartition(".")
+    setattr(get_module(hf, parent) if parent else hf, leaf, _NoLogits(get_module(hf, model.arch.unembed).weight))
+    return Model(hf, model.tokenizer, name=f"{model.name} (blocks 0..{site.layer})")
+
+
 def _batches(acts: torch.Tensor, batch_size: int, seed: int, start_step: int):
     """An endless iterator of batches [batch_size, d_in]: one seeded permutation per epoch, resumable at a step."""
     per_epoch = len(acts) // batch_size
@@ -198,8 +226,12 @@ def _load_checkpoint(folder: SweepFolder, trainer) -> int:
     trainer.n_training_samples = state["n_training_samples"]
     trainer.n_training_steps = state["step"]
     trainer.n_frac_active_samples = state["n_frac_active_samples"]
-    for _ in range(state["lr_scheduler"] or 0):
-        trainer.lr_scheduler.step()
+    import warnings
+
+    with warnings.catch_warnings():  # replaying the schedule before any optimizer step is what we mean here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state["lr_scheduler"] or 0):
+            trainer.lr_scheduler.step()
     for k, s in trainer.coefficient_schedulers.items():
         s.load_state_dict(state["coefficient_schedulers"][k])
     trainer.activation_scaler.scaling_factor = state["scaling_factor"]
@@ -213,7 +245,7 @@ def _texts_hash(texts: Sequence[str]) -> str:
 def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d_sae: int = 2048, k: int = 32,
               steps: int = 2000, batch_size: int = 1024, lr: float = 4e-4, seed: int = 0, skip_first: int = 1,
               out: str | Path | None = None, checkpoint_every: int = 200, force: bool = False,
-              acts: torch.Tensor | None = None, stop_at: int | None = None, progress: bool = True):
+              acts: torch.Tensor | None = None, outlier_factor: float | None = 10.0, stop_at: int | None = None, progress: bool = True):
     """A top-k SAE (SAELens `TopKSAE`, inference class) trained on `model`'s activations at `site` over `texts`.
 
     `steps` Adam steps of `batch_size` token activations (SAELens's SAETrainer, AuxK loss on), drawn from
@@ -221,7 +253,8 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     and the scale folded back into the weights at the end (SAELens's "expected_average_only_in"). The
     decoder bias starts at the activations' mean. `out`: a resumable run folder (config.json, activations/,
     checkpoint/ every `checkpoint_every` steps, sae/ at the end). `acts` [n, d_in]: activations already read.
-    `stop_at`: stop after this step, checkpointed, and return None (the run continues when called again).
+    `outlier_factor`: tokens with norm above this times the median (attention sinks) are left out, and the SAE
+    records that norm as metadata.max_norm (SAEEdit leaves such tokens unchanged). `stop_at`: stop after this step, checkpointed, and return None (the run continues when called again).
     """
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -242,11 +275,19 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     if out is not None:
         config = {"model": model.name, "fingerprint": model.fingerprint, "site": site.name, "d_sae": d_sae, "k": k,
                   "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "skip_first": skip_first,
-                  "texts": _texts_hash(texts), "n_texts": len(texts)}
+                  "texts": _texts_hash(texts), "n_texts": len(texts), "outlier_factor": outlier_factor}
         folder = SweepFolder(out, config, items="checkpoint", force=force, ignore=("steps",)).start()
     if acts is None:
         cache = folder.path / "activations" if folder is not None else False
-        acts = site_activations(model, texts, site, skip_first=skip_first, cache=cache, progress=progress)
+        acts = site_activations(reader_model(model, site), texts, site, skip_first=skip_first, cache=cache,
+                                progress=progress)
+    # massive activations (attention sinks: norms tens of times the median) would hold most of the variance and
+    # decide the loss; the SAE is trained without them and leaves them alone (SAEEdit's max_norm)
+    max_norm = float(outlier_factor * acts.norm(dim=-1).median()) if outlier_factor else None
+    if max_norm is not None:
+        n_before = len(acts)
+        acts = acts[acts.norm(dim=-1) <= max_norm]
+        n_outliers = n_before - len(acts)
     if acts.ndim != 2 or acts.shape[1] != d_in:
         raise ValueError(f"acts: expected shape [n, {d_in}] for {site.name}, got {tuple(acts.shape)}")
     if len(acts) < batch_size:
@@ -303,6 +344,9 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     inf.cfg.metadata["train_history"] = history[-1:] if history else []
     inf.cfg.metadata["train_tokens"] = int(len(acts))
     inf.cfg.metadata["skip_first"] = skip_first
+    if max_norm is not None:
+        inf.cfg.metadata["max_norm"] = max_norm
+        inf.cfg.metadata["train_outliers"] = n_outliers
     if folder is not None:
         save_sae(inf, folder.path / "sae")
         folder.write_json("history.json", history)
