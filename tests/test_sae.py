@@ -44,6 +44,8 @@ def test_unedited_sae_with_error_term_keeps_logits_exactly(tiny, arch, site):
     # the SAE is not a no-op: spliced in without its error term, it changes the logits
     spliced = m.run_with_interventions(TEXTS, [SAEEdit(sae=sae, splice=True)])
     assert (spliced - ref).abs().max() > 1e-2
+    # tokens above max_norm (attention sinks) pass through unchanged, even spliced
+    assert torch.equal(m.run_with_interventions(TEXTS, [SAEEdit(sae=sae, splice=True, max_norm=1e-6)]), ref)
 
 
 def test_splice_and_edits_equal_the_equations_applied_by_hand(tiny):
