@@ -254,3 +254,18 @@ def test_shipped_sae_on_the_default_model(default_model):
     assert r["l0"] <= 64
     assert r["variance_explained"] >= 0.80, r
     assert r["ce_loss_recovered"] >= 0.80, r
+
+
+def test_latent_leaf_gradients_are_the_site_gradient_through_the_decoder(tiny):
+    """latent_leaf=True: d metric / d z = (d metric / d x') W_dec^T (attribution over latents), logits unchanged."""
+    m = tiny("llama")
+    site = "blocks.1.hook_resid_pre"
+    sae = load_sae(random_sae(m, site, arch="standard"), m)
+    ids = m.to_tokens(TEXTS[0])
+    iv = SAEEdit(sae=sae, latent_leaf=True)
+    logits, cache = m.run_with_cache(ids, [site], interventions=[iv], grad=True)
+    assert torch.equal(logits.detach(), m.run_with_interventions(ids, []).detach())
+    metric = logits[0, -1, 5] - logits[0, -1, 7]
+    g_x, g_z = torch.autograd.grad(metric, [cache[site], iv.latents_out])
+    torch.testing.assert_close(g_z, g_x @ sae.W_dec.T, atol=1e-5, rtol=1e-4)
+    assert g_z.abs().sum() > 0
