@@ -44,6 +44,8 @@ def test_unedited_sae_with_error_term_keeps_logits_exactly(tiny, arch, site):
     # the SAE is not a no-op: spliced in without its error term, it changes the logits
     spliced = m.run_with_interventions(TEXTS, [SAEEdit(sae=sae, splice=True)])
     assert (spliced - ref).abs().max() > 1e-2
+    # tokens above max_norm (attention sinks) pass through unchanged, even spliced
+    assert torch.equal(m.run_with_interventions(TEXTS, [SAEEdit(sae=sae, splice=True, max_norm=1e-6)]), ref)
 
 
 def test_splice_and_edits_equal_the_equations_applied_by_hand(tiny):
@@ -252,3 +254,18 @@ def test_shipped_sae_on_the_default_model(default_model):
     assert r["l0"] <= 64
     assert r["variance_explained"] >= 0.80, r
     assert r["ce_loss_recovered"] >= 0.80, r
+
+
+def test_latent_leaf_gradients_are_the_site_gradient_through_the_decoder(tiny):
+    """latent_leaf=True: d metric / d z = (d metric / d x') W_dec^T (attribution over latents), logits unchanged."""
+    m = tiny("llama")
+    site = "blocks.1.hook_resid_pre"
+    sae = load_sae(random_sae(m, site, arch="standard"), m)
+    ids = m.to_tokens(TEXTS[0])
+    iv = SAEEdit(sae=sae, latent_leaf=True)
+    logits, cache = m.run_with_cache(ids, [site], interventions=[iv], grad=True)
+    assert torch.equal(logits.detach(), m.run_with_interventions(ids, []).detach())
+    metric = logits[0, -1, 5] - logits[0, -1, 7]
+    g_x, g_z = torch.autograd.grad(metric, [cache[site], iv.latents_out])
+    torch.testing.assert_close(g_z, g_x @ sae.W_dec.T, atol=1e-5, rtol=1e-4)
+    assert g_z.abs().sum() > 0

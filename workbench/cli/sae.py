@@ -43,7 +43,7 @@ def _cmd_train(args) -> int:
     from ..sae.evaluate import evaluate_sae
     from ..sae.train import train_sae
 
-    for name in ("d_sae", "k", "steps", "batch_size", "samples", "threads", "checkpoint_every"):
+    for name in ("d_sae", "k", "steps", "batch_size", "samples", "threads", "checkpoint_every", "max_texts"):
         check_int(getattr(args, name), name)
     check_float(args.lr, "lr", positive=True)
     if args.k > args.d_sae:
@@ -53,7 +53,7 @@ def _cmd_train(args) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     site = parse_site(args.site, model.dims.n_layers)
-    texts = _texts(args.texts, model, "train", args.samples, args.seed)
+    texts = _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
     sae = train_sae(model, texts, site, d_sae=args.d_sae, k=args.k, steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, out=out, checkpoint_every=args.checkpoint_every, force=args.force)
     print(f"wrote {out / 'sae'}")
@@ -97,10 +97,11 @@ def _register_train(subs) -> None:
                                                        "files) or a text file, one text a line")
     s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
     s.add_argument("--d-sae", type=int, default=2048)
-    s.add_argument("--k", type=int, default=32, help="active latents per token (top-k)")
-    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--k", type=int, default=48, help="active latents per token (top-k)")
+    s.add_argument("--steps", type=int, default=500)
     s.add_argument("--batch-size", type=int, default=1024, help="token activations per step")
-    s.add_argument("--lr", type=float, default=4e-4)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--max-texts", type=int, default=800, help="use the first N training texts (CPU time)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint-every", type=int, default=200)
     s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")

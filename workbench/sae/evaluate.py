@@ -7,8 +7,9 @@
                           clean, with the SAE spliced in (decode(encode(x)), no error term), and with the site
                           zero-ablated; 1 = as good as the model, 0 = no better than removing the site.
 
-Positions before `skip_first` are left alone in all three runs (the SAE was not trained on them: see
-`train.site_activations`), and counted in none of the reconstruction numbers.
+Positions before `skip_first`, and tokens whose norm exceeds the SAE's `max_norm` (attention sinks), are left
+alone in all three runs (the SAE was not trained on them: see `train.train_sae`) and counted in none of the
+reconstruction numbers (`n_sink_tokens` says how many were left out).
 """
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ def evaluate_sae(model, sae, texts: Sequence[str], *, skip_first: int | None = N
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
 
     x = site_activations(model, texts, site, skip_first=skip, batch_size=batch_size, progress=False)
+    max_norm = sae.cfg.metadata.get("max_norm")
+    n_sinks = 0
+    if max_norm is not None:  # attention-sink tokens: SAEEdit leaves them alone, so they are no part of these numbers
+        keep = x.norm(dim=-1) <= max_norm
+        n_sinks, x = int((~keep).sum()), x[keep]
     xs = x.to(sae.dtype)
     z = torch.cat([sae.encode(c) for c in xs.split(4096)])
     x_hat = torch.cat([sae.decode(c) for c in z.split(4096)]).float()
@@ -70,7 +76,7 @@ def evaluate_sae(model, sae, texts: Sequence[str], *, skip_first: int | None = N
             sums[name][1] += n
     ce = {k: s / max(n, 1) for k, (s, n) in sums.items()}
     return {
-        "site": site.name, "n_texts": len(texts), "n_tokens": int(len(x)), "skip_first": skip,
+        "site": site.name, "n_texts": len(texts), "n_tokens": int(len(x)), "skip_first": skip, "n_sink_tokens": n_sinks,
         "l0": float(fired.sum(-1).float().mean()),
         "variance_explained": float(1 - resid / total),
         "mse": float(resid / len(x)),

@@ -242,8 +242,8 @@ def _texts_hash(texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()[:16]
 
 
-def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d_sae: int = 2048, k: int = 32,
-              steps: int = 2000, batch_size: int = 1024, lr: float = 4e-4, seed: int = 0, skip_first: int = 1,
+def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d_sae: int = 2048, k: int = 48,
+              steps: int = 500, batch_size: int = 1024, lr: float = 1e-3, seed: int = 0, skip_first: int = 1,
               out: str | Path | None = None, checkpoint_every: int = 200, force: bool = False,
               acts: torch.Tensor | None = None, outlier_factor: float | None = 10.0, stop_at: int | None = None, progress: bool = True):
     """A top-k SAE (SAELens `TopKSAE`, inference class) trained on `model`'s activations at `site` over `texts`.
