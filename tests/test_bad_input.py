@@ -404,6 +404,32 @@ API = [
     R("distributed-load_model-device_map", lambda c: wb.load_model("tiny-llama", device_map="everywhere"), V, "device_map"),
     R("distributed-load_model-device_map-and-device", lambda c: wb.load_model("tiny-llama", device="cpu", device_map="auto"),
       V, "device_map", "not both"),
+    # sparse autoencoders (issue 15)
+    R("sae-load_sae-width", lambda c: wb.load_sae(_random_sae(c.m, width=32), c.m), V, "d_in", "32", "64"),
+    R("sae-load_sae-truncated", lambda c: wb.load_sae(c.d / "sae", c.m), V, "truncated or corrupt", setup=lambda d: _broken_sae(d)),
+    R("sae-load_sae-other-model", lambda c: wb.load_sae(_random_sae(c.m, model_name="gemma-2-2b"), c.m), V,
+      "gemma-2-2b", "tiny-llama"),
+    R("sae-save_sae-not-sae", lambda c: wb.save_sae(object(), c.d / "s"), V, "sae"),
+    R("sae-SAEEdit-latents", lambda c: wb.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
+      "out of range"),
+    R("sae-train_sae-k", lambda c: wb.train_sae(c.m, ["Hello world"], "blocks.1.hook_resid_pre", d_sae=8, k=16), V, "k"),
+    R("sae-evaluate_sae-texts", lambda c: wb.evaluate_sae(c.m, wb.load_sae(_random_sae(c.m), c.m), []), V, "texts"),
+    # using SAE latents (issue 15: inspect, steering, CAFT, attribution, diffing)
+    R("sae-latent_steering_vector-range", lambda c: wb.sae.latent_steering_vector(c.m, _random_sae(c.m), 96), V,
+      "latents", "latent 96 out of range", "0..95"),
+    R("sae-inspect_latent-range", lambda c: wb.sae.inspect_latent(c.m, _random_sae(c.m), -1, ["Hi there"]), V,
+      "latent", "out of range"),
+    R("sae-latent_subspaces-site", lambda c: wb.sae.latent_subspaces(c.m, _random_sae(c.m), [0], site="blocks.0.hook_mlp_out"),
+      V, "site", "residual"),
+    R("sae-latent_attribution-top_k", lambda c: wb.sae.latent_attribution(c.m, _random_sae(c.m), CLEAN, CORRUPT, " Mary",
+                                                                          " John", top_k=0), V, "top_k"),
+    R("sae-diff_latents-rank_by", lambda c: wb.sae.diff_latents(c.m, c.m, _random_sae(c.m), ["Hi there"], rank_by="max"),
+      V, "rank_by"),
+    R("sae-diff_latents-other-model", lambda c: wb.sae.diff_latents(c.m, wb.tiny_model("llama", d_model=32), _random_sae(c.m),
+                                                                    ["Hi there"]), V, "finetuned", "same architecture"),
+    R("sae-save_latent_directions-width", lambda c: wb.sae.save_latent_directions(c.d / "x.safetensors", c.m,
+                                                                                  _random_sae(c.m, width=32), [0]),
+      V, "d_in=32", "d_model=64"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -547,6 +573,21 @@ CLI = [
       "ray_address"),
     R("edit-workers-memit", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--method", "memit", "--workers", "2",
                              "--out", "{d}/e"], V, "MEMIT"),
+    # sparse autoencoders (issue 15)
+    R("sae-train-k", ["sae", "train", "--model", BAD, "--d-sae", "16", "--k", "32", "--out", "{d}/o"], V, "k", "d_sae"),
+    R("sae-train-texts", ["sae", "train", "--model", BAD, "--texts", "{inp}/nope.txt", "--out", "{d}/o"], V, "texts"),
+    R("sae-eval-missing", ["sae", "eval", "--model", BAD, "--sae", "{d}/nope"], V, "sae"),
+    R("sae-inspect-latents", ["sae", "inspect", "--model", BAD, "--sae", "{d}/nope", "--latents", "a,b", "--out", "{d}/o"],
+      V, "latents", "integers"),
+    R("sae-inspect-missing", ["sae", "inspect", "--model", BAD, "--sae", "{d}/nope", "--latents", "1", "--out", "{d}/o"],
+      V, "sae", "cfg.json"),
+    R("sae-inspect-latent-range", ["sae", "inspect", "--model", "tiny-llama", "--sae", "{d}/sae", "--latents", "3,500",
+                                   "--texts", "{inp}/prompts.txt", "--out", "{d}/o"], V, "latent 500 out of range", "0..95",
+      setup=lambda d: _saved_sae(d)),
+    R("sae-diff-read-at", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--read-at", "last",
+                           "--out", "{d}/o.json"], V, "read_at"),
+    R("sae-diff-rank-by", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--rank-by", "max",
+                           "--out", "{d}/o.json"], V, "rank_by"),
 ]
 
 ROWS = API + CLI
@@ -690,3 +731,23 @@ def test_cli_force_overwrites_and_known_writes(tmp_path, inp, capsys):
     assert main(["known", "--model", "tiny-llama", "--facts", str(inp / "facts.jsonl"), "--out", str(out), "--force"]) == 0
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1] and all("known" in r for r in rows)
+
+
+def _random_sae(model, width=None, model_name=None):
+    from test_sae import random_sae
+
+    sae = random_sae(model, width=width)
+    if model_name:
+        sae.cfg.metadata.model_name = model_name
+    return sae
+
+
+def _broken_sae(d: Path) -> None:
+    (d / "sae").mkdir()
+    (d / "sae" / "cfg.json").write_text(json.dumps({"d_in": 64, "d_sae": 8, "architecture": "topk"}))
+    (d / "sae" / "sae_weights.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"W_enc\"")
+
+
+def _saved_sae(d: Path) -> None:
+    """A random SAE for tiny-llama at blocks.1.hook_resid_pre, saved in SAELens's format at d/sae."""
+    wb.save_sae(_random_sae(wb.load_model("tiny-llama")), d / "sae")

@@ -24,6 +24,8 @@ from .tracing import trace_fact, trace_facts  # noqa: E402
 from . import views  # noqa: E402
 from . import distributed  # noqa: E402
 from .views import save_html  # noqa: E402
+from . import sae  # noqa: E402
+from .sae import SAEEdit, evaluate_sae, load_sae, save_sae, train_sae  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path", "read_activations",
@@ -38,6 +40,7 @@ __all__ = [
     "views", "save_html",
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
     "distributed",
+    "sae", "load_sae", "save_sae", "SAEEdit", "train_sae", "evaluate_sae",
 ]
 __version__ = "0.2.0"
 

@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
+from . import sae
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,136 @@
+"""Sparse autoencoders: `workbench sae train|eval` (one `sae` verb; each sub-verb registers itself in SUBVERBS)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import add_force, check_float, check_int, input_file, output_dir, output_file
+
+
+def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
+    """'default': our corpus's training or held-out part (see workbench.sae.train); else a text file, one text a line."""
+    if spec == "default":
+        from ..sae.train import default_corpus, split_corpus
+
+        train, test = split_corpus(default_corpus(model, samples, seed=seed), seed=seed)
+        return train if part == "train" else test
+    path = input_file(spec, "texts")
+    if path.suffix == ".jsonl":  # {"text": ...} records (the held-out texts shipped with the default SAE)
+        from ..core.io import read_jsonl
+
+        rows = read_jsonl(path, "texts")
+        bad = next((n for n, r in rows if not (isinstance(r, dict) and isinstance(r.get("text"), str))), None)
+        if bad is not None:
+            raise ValueError(f"texts: {path}:{bad}: expected a record with a \"text\" string")
+        return [r["text"] for _, r in rows]
+    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
+    if not lines:
+        raise ValueError(f"texts: {spec} holds no texts (one a line; '#' lines are comments)")
+    return lines
+
+
+def _check_texts_arg(spec: str) -> None:
+    if spec != "default":
+        input_file(spec, "texts")
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from ..core.io import atomic_write_text
+    from ..core.loading import load_model
+    from ..core.sites import parse_site
+    from ..sae.evaluate import evaluate_sae
+    from ..sae.train import train_sae
+
+    for name in ("d_sae", "k", "steps", "batch_size", "samples", "threads", "checkpoint_every", "max_texts"):
+        check_int(getattr(args, name), name)
+    check_float(args.lr, "lr", positive=True)
+    if args.k > args.d_sae:
+        raise ValueError(f"k: expected k <= d_sae ({args.d_sae}), got {args.k}")
+    _check_texts_arg(args.texts)
+    out = output_dir(args.out, force=args.force, resumes="config.json")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    site = parse_site(args.site, model.dims.n_layers)
+    texts = _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
+    sae = train_sae(model, texts, site, d_sae=args.d_sae, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                    lr=args.lr, seed=args.seed, out=out, checkpoint_every=args.checkpoint_every, force=args.force)
+    print(f"wrote {out / 'sae'}")
+    if args.texts == "default":
+        report = evaluate_sae(model, sae, _texts("default", model, "test", args.samples, args.seed), progress=True)
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from ..core.io import atomic_write_text
+    from ..core.loading import load_model
+    from ..sae.evaluate import evaluate_sae
+    from ..sae.format import load_sae
+
+    check_int(args.batch_size, "batch_size")
+    check_int(args.samples, "samples")
+    sae_dir = Path(args.sae)
+    if not sae_dir.is_dir():
+        raise ValueError(f"sae: expected a folder with cfg.json and sae_weights.safetensors, got {args.sae}")
+    _check_texts_arg(args.texts)
+    out = output_file(args.out, force=args.force) if args.out else None
+    model = load_model(args.model)
+    sae = load_sae(sae_dir, model)
+    report = evaluate_sae(model, sae, _texts(args.texts, model, "test", args.samples, args.seed),
+                          batch_size=args.batch_size, progress=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out is not None:
+        atomic_write_text(out, text)
+        print(f"wrote {out}")
+    return 0
+
+
+def _register_train(subs) -> None:
+    s = subs.add_parser("train", help="train a top-k SAE on the model's activations (SAELens's trainer), resumable")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--site", default="blocks.15.hook_resid_pre", help="TransformerLens hook name of the site")
+    s.add_argument("--texts", default="default", help="'default' (model samples + stdlib docstrings + our data "
+                                                       "files) or a text file, one text a line")
+    s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
+    s.add_argument("--d-sae", type=int, default=2048)
+    s.add_argument("--k", type=int, default=48, help="active latents per token (top-k)")
+    s.add_argument("--steps", type=int, default=500)
+    s.add_argument("--batch-size", type=int, default=1024, help="token activations per step")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--max-texts", type=int, default=800, help="use the first N training texts (CPU time)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-every", type=int, default=200)
+    s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    s.add_argument("--out", required=True, help="run folder: config.json, activations/, checkpoint/, sae/, eval.json")
+    add_force(s)
+    s.set_defaults(fn=_cmd_train)
+
+
+def _register_eval(subs) -> None:
+    s = subs.add_parser("eval", help="L0, variance explained, CE loss recovered, dead latents of an SAE")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
+    s.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a "
+                                                       "text file, one text a line, or a .jsonl of {\"text\": ...} records")
+    s.add_argument("--samples", type=int, default=96)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
+    add_force(s)
+    s.set_defaults(fn=_cmd_eval)
+
+
+from .sae_use import register_use  # noqa: E402  (inspect, diff)
+
+SUBVERBS = [_register_train, _register_eval, register_use]  # the `sae` sub-verbs; add a registrar here for a new one
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sae", help="sparse autoencoders: train, eval, inspect, diff (SAELens format)")
+    subs = s.add_subparsers(dest="sae_command", required=True)
+    for reg in SUBVERBS:
+        reg(subs)

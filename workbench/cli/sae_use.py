@@ -1,0 +1,103 @@
+"""`workbench sae inspect` and `workbench sae diff`: the sub-verbs that use a trained SAE (hooked into the `sae`
+verb of cli/sae.py by `register_use(subs)`)."""
+from __future__ import annotations
+
+import json
+
+from .common import add_force, check_int, input_file, output_dir, output_file, parse_list, verb
+
+
+def _texts(path) -> list[str]:
+    """Lines of a text file, or the `prompt` / `text` field of each line of a JSONL file."""
+    from ..core.io import read_jsonl
+    from ..steering import load_lines
+
+    p = input_file(path, "texts")
+    if p.suffix != ".jsonl":
+        return load_lines(p, "texts")
+    out = []
+    for n, row in read_jsonl(p, "texts"):
+        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"texts: {p}:{n}: expected an object with a non-empty 'prompt' or 'text' field")
+        out.append(text)
+    return out
+
+
+def _cmd_inspect(args) -> int:
+    from ..core.loading import load_model
+    from ..sae import inspect_latent, load_sae
+    from ..sae.use import check_latents
+
+    latents = parse_list(args.latents, int, "latents")
+    check_int(args.top_k, "top_k")
+    texts = _texts(args.texts)[: args.limit]
+    input_file(args.sae + "/cfg.json", "sae")
+    out = output_dir(args.out, force=args.force, writes=[f"latent-{i}.html" for i in latents] + ["latents.json"])
+    model = load_model(args.model)
+    sae = load_sae(args.sae, model)
+    check_latents(sae, latents)
+    from ..core.io import atomic_write_text
+
+    reports = []
+    for i in latents:
+        rep = inspect_latent(model, sae, i, texts, top_k=args.top_k)
+        rep.save_html(out / f"latent-{i}.html")
+        reports.append(rep.to_json())
+        top = ", ".join(repr(t) for t, _ in rep.logits["top"][:5])
+        print(f"latent {i}: density {100 * rep.density:.2f}%, max {rep.contexts[0]['activation'] if rep.contexts else 0:.3g}, "
+              f"promotes {top}")
+    atomic_write_text(out / "latents.json", json.dumps(reports, indent=1))
+    print(f"wrote {len(latents)} pages and latents.json to {out}")
+    return 0
+
+
+def _cmd_diff(args) -> int:
+    from ..core.io import atomic_write_text
+    from ..core.loading import load_model
+    from ..sae import diff_latents, load_sae
+    from ..sae.diff import RANK_BY
+
+    if args.rank_by not in RANK_BY:
+        raise ValueError(f"rank_by: expected one of {RANK_BY}, got {args.rank_by!r}")
+    read_at = args.read_at if args.read_at in ("all", "mean") else int(args.read_at) if args.read_at.lstrip("-").isdigit() \
+        else None
+    if read_at is None:
+        raise ValueError(f"read_at: expected 'all', 'mean' or a token index, got {args.read_at!r}")
+    check_int(args.top, "top")
+    texts = _texts(args.texts)[: args.limit]
+    input_file(args.sae + "/cfg.json", "sae")
+    out = output_file(args.out, force=args.force)
+    base = load_model(args.model)
+    ft = load_model(args.finetuned)
+    sae = load_sae(args.sae, base)
+    d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by)
+    print(d.to_dataframe(args.top).to_string(index=False))
+    atomic_write_text(out, json.dumps(d.to_json(args.top), indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def register_use(subs) -> None:
+    """Add `inspect` and `diff` to the `sae` verb's sub-parsers."""
+    s = verb(subs, "inspect", help="an SAE latent's top contexts, logit effects and density, as HTML pages")
+    s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
+    s.add_argument("--latents", required=True, help="comma-separated latent indices")
+    s.add_argument("--texts", default="data/caft_task.jsonl", help="text file (one per line) or JSONL with 'prompt'")
+    s.add_argument("--limit", type=int, default=None, help="use the first N texts")
+    s.add_argument("--top-k", type=int, default=10, help="contexts per latent")
+    s.add_argument("--out", required=True, help="folder for latent-<i>.html and latents.json")
+    add_force(s)
+    s.set_defaults(fn=_cmd_inspect)
+
+    s = verb(subs, "diff", help="rank SAE latents by how a fine-tune (--finetuned) changed them vs the base (--model)")
+    s.add_argument("--finetuned", required=True, help="the fine-tuned model (Hugging Face directory, or a model name)")
+    s.add_argument("--sae", required=True, help="SAE folder, trained on the base model")
+    s.add_argument("--texts", default="data/caft_task.jsonl", help="prompts run through both models")
+    s.add_argument("--limit", type=int, default=None, help="use the first N texts")
+    s.add_argument("--read-at", default="all", help="'all' tokens, 'mean', or a token index (-1: last)")
+    s.add_argument("--rank-by", default="abs_delta", help="abs_delta (mean |change|) or score (standardised)")
+    s.add_argument("--top", type=int, default=20, help="latents to print and save")
+    s.add_argument("--out", required=True, help="JSON file for the ranking")
+    add_force(s)
+    s.set_defaults(fn=_cmd_diff)
