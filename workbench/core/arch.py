@@ -146,6 +146,17 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
 
 
+def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device:
+    """The device a module's weights live on (its layer's device in a model split over devices); `default`
+    for a module without parameters."""
+    param = next(module.parameters(), None)
+    if param is None:
+        if default is None:
+            raise ValueError(f"module: {type(module).__name__} has no parameters to place it on a device")
+        return default
+    return param.device
+
+
 # -- per-layer attention facts read from the config ------------------------------------------------------
 
 def attention_window(hf_model: nn.Module, layer: int) -> int | None:
@@ -194,7 +205,7 @@ def float32_logits(hf_model: nn.Module, arch: Arch, resid: torch.Tensor) -> torc
     def run32(module, x):
         state = {k: v.float() if v.is_floating_point() else v
                  for k, v in [*module.named_parameters(), *module.named_buffers()]}
-        x = x.to(next(module.parameters(), x).device)  # a model split over devices: x follows the module
+        x = x.to(module_device(module, x.device))  # a model split over devices: x follows the module
         return torch.func.functional_call(module, state, (x,))
 
     norm, unembed = get_module(hf_model, arch.final_norm), get_module(hf_model, arch.unembed)

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from .arch import eager_attention, forward_cache, pattern_unsupported
+from .arch import eager_attention, forward_cache, module_device, pattern_unsupported
 from .interventions import Intervention, PositionContext
 from .sites import COMPONENTS, Site, parse_site
 
@@ -240,6 +240,4 @@ def hooks(
 def _site_device(model, site: Site):
     """The device of the activation at `site`: its block's (a model split over devices keeps each layer's
     tensors there), else the model's."""
-    block = model.module("block", site.layer) if site.layer is not None else None
-    params = next(block.parameters(), None) if block is not None else None
-    return params.device if params is not None else model.device
+    return model.device if site.layer is None else module_device(model.module("block", site.layer), model.device)

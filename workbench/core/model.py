@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .arch import arch_for, dims_of, get_module
+from .arch import arch_for, dims_of, get_module, module_device
 from .hooks import hooks as _hooks
 from .interventions import Intervention
 from .sites import COMPONENTS, Site
@@ -46,7 +46,7 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        return module_device(self.hf)
 
     def to(self, device) -> "Model":
         self.hf.to(device)

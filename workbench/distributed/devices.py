@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.arch import module_device  # noqa: F401  (re-exported: where a split model's module lives)
+
 
 def check_device_map(device_map) -> None:
     """"auto", or a dict of module name -> device (str, int or torch.device)."""
@@ -44,8 +46,3 @@ def split_model(model, device_map):
                          "name a device for every module holding parameters")
     dispatch_model(hf, device_map=device_map, force_hooks=True)
     return model
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device a module's weights live on (its layer's device in a split model)."""
-    return next(module.parameters()).device

@@ -28,11 +28,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_cache, layer_kv, one_layer_cache, output_cache,
-                         rotary_tables, suffix_unsupported)
+from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_cache, layer_kv, module_device,
+                         one_layer_cache, output_cache, rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
-from ..distributed.devices import module_device
 
 # (last-token logits [n, d_vocab], pair index [n]) -> [n], or [n, m] for several numbers per patched run
 MetricFn = Callable[[Tensor, Tensor], Tensor]

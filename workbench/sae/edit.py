@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..core.arch import module_device
 from ..core.interventions import Index, Intervention, _as_index
 from ..core.sites import Site, parse_site
 
@@ -149,5 +150,5 @@ def latent_activations(model, sae, texts: Sequence[str], *, batch_size: int = 32
     acts = acts.flatten(1) if acts.ndim == 3 else acts
     if acts.shape[-1] != sae.cfg.d_in:
         raise ValueError(f"sae: d_in {sae.cfg.d_in} does not match {where.name}'s width {acts.shape[-1]}")
-    device = next(sae.parameters()).device
+    device = module_device(sae)
     return torch.cat([sae.encode(chunk.to(device, sae.dtype)).float().cpu() for chunk in acts.split(4096)])
