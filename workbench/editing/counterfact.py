@@ -344,27 +344,24 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         ex, owned = make_executor(model, workers, ray_address, executor)
     except ValueError as e:
         raise EditError(str(e)) from None
-    if not isinstance(ex, InProcess):
-        try:
-            sweep.start()
-            todo = [r for r in requests if not sweep.done(r["id"])]
+    try:
+        sweep.start()
+        todo = [r for r in requests if not sweep.done(r["id"])]
+        if not isinstance(ex, InProcess):  # each request alone on a worker; in-process, ROME batches `chunk` below
             item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
                     "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
             run_items(sweep, [(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
                       done=len(requests) - len(todo), progress=progress, desc=f"{method} edits", unit="edit")
-        finally:
-            if owned:
-                ex.close()
-        return _counterfact_metrics(sweep, requests, method, layer, config, out)
-    sweep.start()
-    todo = [r for r in requests if not sweep.done(r["id"])]
+            return _counterfact_metrics(sweep, requests, method, layer, config, out)
+    finally:
+        if owned:
+            ex.close()
     bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
 
     def record(req, res, seconds=None, **extra):
         sweep.save(req["id"], {**res, **extra, "seconds_edit": seconds, "request": req})
         bar.update(1)
 
-    as_edit = lambda r: {"prompt": r["prompt"], "subject": r["subject"], "target": r["target_new"]}
     if todo and method in ("rome", "ft-l"):
         prefixes = context_prefixes(model)
         C = second_moment(model, layer, **(stats or {})) if method == "rome" else None
@@ -372,13 +369,13 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
             part = todo[c:c + chunk]
             t0 = time.perf_counter()
             if method == "rome":
-                edits = rome_many(model, [as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
+                edits = rome_many(model, [_as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
                                   value_prefixes=value_prefixes, **hparams)
                 per = (time.perf_counter() - t0) / len(part)
             for k, req in enumerate(part):
                 if method == "ft-l":
                     t0 = time.perf_counter()
-                    edit = ft_l(model, as_edit(req), layer, **hparams)
+                    edit = ft_l(model, _as_edit(req), layer, **hparams)
                     per = time.perf_counter() - t0
                 else:
                     edit = edits[k]
@@ -391,7 +388,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         else:
             Cs = second_moments(model, layers if layers is not None else _memit_layers(model), **(stats or {}))
             t0 = time.perf_counter()
-            edit = memit(model, [as_edit(r) for r in requests], layers, lam=lam, Cs=Cs, value_prefixes=value_prefixes,
+            edit = memit(model, [_as_edit(r) for r in requests], layers, lam=lam, Cs=Cs, value_prefixes=value_prefixes,
                          progress=progress, **hparams)
             seconds = time.perf_counter() - t0
             edit.meta["seconds"] = seconds
@@ -448,6 +445,11 @@ def _score_edit(model, req, edit, record, seconds, gen_tokens, allow_abnormal, E
         k: edit.meta.get(k) for k in ("steps", "loss", "nll", "p_target", "delta_norm", "steps_run") if k in edit.meta})
 
 
+def _as_edit(req: dict) -> dict:
+    """A CounterFact request as the edit request ROME, MEMIT and FT-L take."""
+    return {"prompt": req["prompt"], "subject": req["subject"], "target": req["target_new"]}
+
+
 _WORKER_MEMO: dict = {}  # per process: a worker's context prefixes and key statistics, computed once
 
 
@@ -467,7 +469,6 @@ def _counterfact_item(model, p: dict) -> dict:
     if method == "none":
         record(req, score_request(model, req, gen_tokens=p["gen_tokens"]))
         return out
-    as_edit = {"prompt": req["prompt"], "subject": req["subject"], "target": req["target_new"]}
     t0 = time.perf_counter()
     if method == "rome":
         key = (id(model), p["layer"], json.dumps(p["stats"] or {}, sort_keys=True))
@@ -475,9 +476,9 @@ def _counterfact_item(model, p: dict) -> dict:
             _WORKER_MEMO[key] = (context_prefixes(model), second_moment(model, p["layer"], **(p["stats"] or {})))
         prefixes, C = _WORKER_MEMO[key]
         t0 = time.perf_counter()
-        edit = rome_many(model, [as_edit], p["layer"], prefixes=prefixes, C=C, value_prefixes=p["value_prefixes"],
+        edit = rome_many(model, [_as_edit(req)], p["layer"], prefixes=prefixes, C=C, value_prefixes=p["value_prefixes"],
                          **p["hparams"])[0]
     else:
-        edit = ft_l(model, as_edit, p["layer"], **p["hparams"])
+        edit = ft_l(model, _as_edit(req), p["layer"], **p["hparams"])
     _score_edit(model, req, edit, record, time.perf_counter() - t0, p["gen_tokens"], p["allow_abnormal"], EditRejected)
     return out
