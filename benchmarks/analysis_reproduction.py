@@ -28,7 +28,7 @@ from workbench.data.ioi import ioi_pairs
 
 
 def few_shot(model, n_queries: int, n_demos: int = 4, seed: int = 0) -> dict:
-    rows = [r for _, r in read_jsonl(wb.data_path("steering/sentiment_eval.jsonl"), "sentiment")]
+    rows = [r for _, r in read_jsonl(wb.data.data_path("steering/sentiment_eval.jsonl"), "sentiment")]
     rng = random.Random(seed)
     flip = {"positive": "negative", "negative": "positive"}
     out = {}
@@ -41,8 +41,8 @@ def few_shot(model, n_queries: int, n_demos: int = 4, seed: int = 0) -> dict:
                             for d in demos)
             prompts.append(shots + f"Review: {q['text']}\nSentiment:")
         truth = [" " + q["label"] for q in queries]
-        pos = wb.logit_lens(model, prompts, " positive")["logit"].values  # [query, layer]
-        neg = wb.logit_lens(model, prompts, " negative")["logit"].values
+        pos = wb.lenses.logit_lens(model, prompts, " positive")["logit"].values  # [query, layer]
+        neg = wb.lenses.logit_lens(model, prompts, " negative")["logit"].values
         says_pos = pos > neg
         correct = np.array([[s == (t == " positive") for s in row] for row, t in zip(says_pos, truth)])
         out[cond] = correct.mean(0).round(3).tolist()
@@ -56,7 +56,7 @@ def ioi(model, n_pairs: int, chunk: int = 45) -> dict:
     pairs = ioi_pairs(model, n_pairs)
     clean, corr = [p["clean"] for p in pairs], [p["corrupted"] for p in pairs]
     ans, foil = [p["answer"] for p in pairs], [p["foil"] for p in pairs]
-    dla = wb.direct_logit_attribution(model, clean, ans, foil)
+    dla = wb.lenses.direct_logit_attribution(model, clean, ans, foil)
     mean = dla.values.mean(0)
     order = np.argsort(-np.abs(mean))
     top_dla = [(dla.coords["component"][i], round(float(mean[i]), 3)) for i in order[:10]]
@@ -64,7 +64,7 @@ def ioi(model, n_pairs: int, chunk: int = 45) -> dict:
     heads = [f"L{l}H{h}" for l in range(L) for h in range(H)]
     direct = []
     for i in range(0, len(heads), chunk):
-        res = wb.path_patching(model, clean, corr, ans, foil, senders=heads[i:i + chunk], receivers="logits")
+        res = wb.patching.path_patching(model, clean, corr, ans, foil, senders=heads[i:i + chunk], receivers="logits")
         direct += res.values.tolist()
     base = res.meta["clean_metric"]
     effect = np.array(direct) - base  # < 0: patching the head's direct path lowers logit(IO) - logit(S)
@@ -73,7 +73,7 @@ def ioi(model, n_pairs: int, chunk: int = 45) -> dict:
     senders = [h for h in heads if int(h[1:].split("H")[0]) < lowest]
     via = []
     for i in range(0, len(senders), chunk):
-        res = wb.path_patching(model, clean, corr, ans, foil, senders=senders[i:i + chunk], receivers=movers,
+        res = wb.patching.path_patching(model, clean, corr, ans, foil, senders=senders[i:i + chunk], receivers=movers,
                                receiver_positions=[-1])
         via += res.values.tolist()
     via_effect = np.array(via) - base

@@ -34,7 +34,7 @@ import torch
 import probes
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench import caft
+from workbench.directions import caft
 
 ROOT = Path(__file__).resolve().parent.parent
 # The PCA components ablated with --pca, chosen once by inspecting their top-activating tokens (names)
@@ -61,10 +61,10 @@ def main(argv=None) -> dict:
     layers = [int(l) for l in args.layers.split(",")]
     t0 = time.perf_counter()
     model = wb.load_model(device=args.device)
-    task = caft.load_task(wb.data_path("caft_task.jsonl"))
+    task = caft.load_task(wb.data.data_path("caft_task.jsonl"))
 
     concept = task["concept"]
-    acts = wb.read_activations(model, [e["prompt"] for e in concept], layers)
+    acts = wb.directions.read_activations(model, [e["prompt"] for e in concept], layers)
     gender = [e["gender"] for e in concept]
     probe = probes.train_probes(acts, gender, method="diffmean")
     logreg = probes.train_probes(acts, gender, method="logreg")

@@ -62,25 +62,25 @@ def intervention(name: str, model, work: Path, stats_tokens: int):
             return WeightEdit.load(folder), {}
         t = time.perf_counter()
         if name == "rome":
-            edit = wb.rome(model, wb.EditRequest(*MEMIT_BATCH[0]), stats={"n_tokens": stats_tokens})
+            edit = wb.editing.rome(model, wb.editing.EditRequest(*MEMIT_BATCH[0]), stats={"n_tokens": stats_tokens})
         else:
-            edit = wb.memit(model, [wb.EditRequest(*r) for r in MEMIT_BATCH], stats={"n_tokens": stats_tokens})
+            edit = wb.editing.memit(model, [wb.editing.EditRequest(*r) for r in MEMIT_BATCH], stats={"n_tokens": stats_tokens})
         edit.save(folder)
         return edit, {"edit_seconds": time.perf_counter() - t}
     if name == "steer":
         from workbench.steering import build_steering_vector, load_pairs
 
-        pos, neg = load_pairs(wb.data_path("steering/sentiment_pairs.jsonl"))
+        pos, neg = load_pairs(wb.data.data_path("steering/sentiment_pairs.jsonl"))
         return build_steering_vector(model, pos, neg, layers=[12], method="mean_diff", read_at=-1).interventions(
             model, 4.0), {}
     if name == "caft":
         import probes
-        from workbench import caft
+        from workbench.directions import caft
 
         t = time.perf_counter()
         layers = [6, 10, 14, 18]
-        task = caft.load_task(wb.data_path("caft_task.jsonl"))
-        acts = wb.read_activations(model, [e["prompt"] for e in task["concept"]], layers)
+        task = caft.load_task(wb.data.data_path("caft_task.jsonl"))
+        acts = wb.directions.read_activations(model, [e["prompt"] for e in task["concept"]], layers)
         probe = probes.train_probes(acts, [e["gender"] for e in task["concept"]], method="diffmean")
         subs = caft.subspaces({l: probe.direction(l) for l in layers}, model.dims.d_model)
         tuned = caft.finetune(model, task["train"], ablate=caft.ablations(subs, fill="zero"),

@@ -1,7 +1,7 @@
 """Cross-model activation patching on a real base / LoRA-fine-tuned pair of the default model.
 
 The fine-tune: the CAFT task (data/caft_task.jsonl: "Mr John hated the movie.\\nLabel:" -> " A" / " B" by
-sentiment), LoRA on every linear layer of the blocks (workbench.caft.finetune, merged into a copy). Then the
+sentiment), LoRA on every linear layer of the blocks (workbench.directions.caft.finetune, merged into a copy). Then the
 fine-tuned model's activations are patched into the base model's run at each (layer, position) of
 resid_pre, attn_out and mlp_out, on held-out prompts; the metric is the normalised logit difference
 (answer - other label): 0 = the base model's, 1 = the fine-tuned model's.
@@ -21,7 +21,7 @@ import torch
 
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench.caft import FinetuneConfig, accuracy, finetune, load_task
+from workbench.directions.caft import FinetuneConfig, accuracy, finetune, load_task
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = wb.load_model(device=args.device)
-    task = load_task(wb.data_path("caft_task.jsonl"))
+    task = load_task(wb.data.data_path("caft_task.jsonl"))
     t0 = time.time()
     tuned = finetune(base, task["train"], config=FinetuneConfig(method="lora", steps=args.steps,
                                                                 batch_size=args.batch_size, lr=1e-3), seed=0)
@@ -47,7 +47,7 @@ def main():
     answers = [e["answer"] for e in ex]
     foils = [next(c for c in e["choices"] if c != e["answer"]) for e in ex]
     t0 = time.time()
-    grids = wb.cross_model_patching(base, tuned, prompts, answers, foils, components="resid_pre,attn_out,mlp_out",
+    grids = wb.patching.cross_model_patching(base, tuned, prompts, answers, foils, components="resid_pre,attn_out,mlp_out",
                                     metric="normalized", direction="tuned_into_base")
     t_patch = time.time() - t0
     out = {}

@@ -36,7 +36,7 @@ from patching import plain_throughput, run_nnsight, run_reference, run_transform
 from workbench.core.default_model import default_tokenizer
 from workbench.data.ioi import ioi_pairs
 from workbench.patching.reference import research_trace_loop
-from workbench.tracing import KINDS, embedding_noise_std, trace_fact
+from workbench.patching.tracing import KINDS, embedding_noise_std, trace_fact
 
 CONFIGS = Path(__file__).parent / "configs"
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
@@ -90,7 +90,7 @@ def patching_case(model, pairs, device, baselines, invokes_per_trace=64) -> dict
     res = {"n_pairs": len(pairs), "n_tokens": T, "n_patches": L * T * len(pairs), "runs": {}}
 
     def engine():
-        out = wb.activation_patching(model, **sweep, skip_identical=False)["resid_pre"]
+        out = wb.patching.activation_patching(model, **sweep, skip_identical=False)["resid_pre"]
         return torch.as_tensor(out.values), out.meta["engine"]
 
     makers = {

@@ -20,7 +20,7 @@ import workbench as wb
 from safetensors.torch import load_file
 from workbench.editing import EditRequest, context_prefixes, second_moments
 from workbench.editing.counterfact import load_requests, score_request, summarize
-from workbench.editing.memit import default_memit_layers, memit_spread, memit_targets
+from workbench.editing.mass import default_memit_layers, memit_spread, memit_targets
 from workbench.core.io import save_safetensors
 
 sys.path.insert(0, os.path.dirname(__file__))

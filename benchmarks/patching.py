@@ -179,7 +179,7 @@ def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False) -> dict
 
     def engine(skip):
         def go():
-            out = wb.activation_patching(model, **sweep, skip_identical=skip)["resid_pre"]
+            out = wb.patching.activation_patching(model, **sweep, skip_identical=skip)["resid_pre"]
             return torch.as_tensor(out.values), out.meta["engine"]
         return go
 

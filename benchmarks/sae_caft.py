@@ -36,7 +36,7 @@ import torch
 
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench import caft
+from workbench.directions import caft
 from workbench.core.sites import Site
 from workbench.sae import concept_latents, diff_latents, latent_site, latent_subspaces, load_sae, overlap_at
 
@@ -67,7 +67,7 @@ def controls(model, task, site, k, seeds, cfg, probe_row: bool) -> dict:
         import probes
 
         concept = task["concept"]
-        acts = wb.read_activations(model, [e["prompt"] for e in concept], [site.layer], component=site.component)
+        acts = wb.directions.read_activations(model, [e["prompt"] for e in concept], [site.layer], component=site.component)
         probe = probes.train_probes(acts, [e["gender"] for e in concept], method="diffmean")
         subs = caft.subspaces({site.layer: probe.direction(site.layer)}, model.dims.d_model)
         out["caft_probe_1layer"] = run_condition(model, task, caft.ablations(subs, component=site.component), seeds, cfg,
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     model = wb.load_model(device=args.device)
-    task = caft.load_task(wb.data_path("caft_task.jsonl"))
+    task = caft.load_task(wb.data.data_path("caft_task.jsonl"))
     concept = task["concept"]
     cfg = caft.FinetuneConfig(steps=args.steps)
     controls_path = ROOT / "benchmarks" / "results" / f"sae-caft-controls-{args.device}.json"

@@ -24,9 +24,9 @@ import torch
 
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench.core.sweep import SweepFolder
-from workbench.distributed import InProcess, RayExecutor, model_spec, run_items, start_local_cluster
-from workbench.tracing import load_traces, trace_facts
+from workbench.toolkit.sweep import SweepFolder
+from workbench.toolkit import InProcess, RayExecutor, model_spec, run_items, start_local_cluster
+from workbench.patching.tracing import load_traces, trace_facts
 
 
 def noop(model, payload) -> dict:
@@ -63,7 +63,7 @@ def main() -> None:
     import ray
 
     model = wb.load_model(args.model)
-    facts = wb.data_path("facts.jsonl")
+    facts = wb.data.data_path("facts.jsonl")
     kw = dict(limit=args.facts, samples=args.samples, window=args.window, kinds=args.kinds, trace_unknown=True,
               figures=False, progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="scaling-"))

@@ -18,7 +18,7 @@ import torch
 import workbench as wb
 from common import device_meta, parser, write_result
 from workbench.patching.reference import research_trace_loop
-from workbench.tracing import KINDS, embedding_noise_std, trace_fact
+from workbench.patching.tracing import KINDS, embedding_noise_std, trace_fact
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
 

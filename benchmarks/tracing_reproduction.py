@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import workbench as wb
 from common import device_meta, parser, write_result
 from workbench.data.facts import DEFAULT_FACTS
-from workbench.tracing import PAPER_GPT2_XL, compare_with_paper, reproduction, trace_facts
+from workbench.patching.tracing import PAPER_GPT2_XL, compare_with_paper, reproduction, trace_facts
 
 
 def main(argv=None) -> dict:

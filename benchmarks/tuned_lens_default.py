@@ -21,7 +21,7 @@ import torch
 
 import workbench as wb
 from common import device_meta, parser, write_result
-from workbench.analysis.tuned_lens import lens_kl, train_tuned_lens
+from workbench.lenses.tuned import lens_kl, train_tuned_lens
 from workbench.core.generation import generate
 from workbench.core.io import read_jsonl
 
@@ -29,15 +29,15 @@ from workbench.core.io import read_jsonl
 def shipped_lines() -> list[str]:
     lines = []
     for name in ("steering/neutral.txt", "steering/prompts.txt"):
-        lines += [l.strip() for l in open(wb.data_path(name)) if l.strip() and not l.startswith("#")]
-    lines += [r["text"] for _, r in read_jsonl(wb.data_path("steering/sentiment_eval.jsonl"), "sentiment")]
-    facts = [r for _, r in read_jsonl(wb.data_path("facts.jsonl"), "facts")]
+        lines += [l.strip() for l in open(wb.data.data_path(name)) if l.strip() and not l.startswith("#")]
+    lines += [r["text"] for _, r in read_jsonl(wb.data.data_path("steering/sentiment_eval.jsonl"), "sentiment")]
+    facts = [r for _, r in read_jsonl(wb.data.data_path("facts.jsonl"), "facts")]
     lines += [f"{r['prompt']} {r['object']}." for r in facts][::4]
     return lines
 
 
 def corpus(model, seed: int) -> tuple[list[str], list[str]]:
-    prompts = [l.strip() for l in open(wb.data_path("steering/prompts.txt")) if l.strip() and not l.startswith("#")]
+    prompts = [l.strip() for l in open(wb.data.data_path("steering/prompts.txt")) if l.strip() and not l.startswith("#")]
     train = [p + s for p, s in zip(prompts * 2, generate(model, prompts * 2, max_new_tokens=40, do_sample=True, seed=seed))]
     held = [p + s for p, s in zip(prompts[:8], generate(model, prompts[:8], max_new_tokens=24, do_sample=True,
                                                         seed=seed + 1000))]

@@ -81,7 +81,7 @@ class ProbeResult:
         ax.set_title(title or f"linear probe for {self.classes[0]} vs {self.classes[1]}")
         ax.legend(fontsize=8)
         if path is not None:
-            from workbench.plotting import save_figure
+            from workbench.views.figures import save_figure
 
             save_figure(ax.figure, path, close=own, dpi=120)
         return ax

@@ -34,14 +34,14 @@ def main() -> None:
     torch.set_num_threads(1)
     model = wb.load_model()
     pair = ioi_pairs(model, 1)[0]
-    grid = wb.activation_patching(model, pair["clean"], pair["corrupted"], pair["answer"], pair["foil"],
+    grid = wb.patching.activation_patching(model, pair["clean"], pair["corrupted"], pair["answer"], pair["foil"],
                                   metric="normalized")["resid_pre"]
-    trace = wb.trace_fact(model, "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris",
-                          noise_std=3 * wb.tracing.embedding_noise_std(model, ["Eiffel Tower"]), samples=3)
+    trace = wb.patching.trace_fact(model, "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris",
+                          noise_std=3 * wb.patching.tracing.embedding_noise_std(model, ["Eiffel Tower"]), samples=3)
     toks, pattern = wb.views.attention_pattern(model, pair["clean"], 20)
     tmp = Path(tempfile.mkdtemp(prefix="views-"))
-    files = {"grid": wb.save_html(grid, tmp / "grid.html"), "trace": wb.save_html(trace, tmp / "trace.html"),
-             "attention": wb.save_html(wb.views.attention_view(toks, pattern, "attention patterns, layer 20"),
+    files = {"grid": wb.views.save_html(grid, tmp / "grid.html"), "trace": wb.views.save_html(trace, tmp / "trace.html"),
+             "attention": wb.views.save_html(wb.views.attention_view(toks, pattern, "attention patterns, layer 20"),
                                        tmp / "attention.html")}
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:

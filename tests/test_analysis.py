@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis import decompose_resid, direct_logit_attribution, lens_logits, logit_lens
+from workbench.lenses import decompose_resid, direct_logit_attribution, lens_logits, logit_lens
 from workbench.core.sites import Site
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks
@@ -181,7 +181,7 @@ def reference_path_patching(model, clean, corrupt, answer, foil, sender, recv_la
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_path_patching_matches_three_forward_reference(tiny3, family):
-    from workbench.analysis import path_patching
+    from workbench.patching import path_patching
 
     model = tiny3(family)
     senders = ["L0H1", "mlp0", "L1H2", ["L0H0", "L1H3", "mlp1"]]
@@ -204,7 +204,7 @@ def test_path_patching_matches_three_forward_reference(tiny3, family):
 def test_query_key_value_receiver_paths_match_reference(tiny3, receiver_input):
     """Only the receiver heads' queries (keys, values) read the patched input: equal to a raw-hook reference
     patching that projection's output of Llama (grouped-query: 4 query heads share 2 key/value heads)."""
-    from workbench.analysis import path_patching
+    from workbench.patching import path_patching
 
     model = tiny3("llama")
     senders = ["L0H1", "mlp0", "L1H2", ["L0H0", "L1H3", "mlp1"]]
@@ -233,7 +233,7 @@ def test_query_key_value_receiver_paths_match_reference(tiny3, receiver_input):
 def test_path_patching_receivers_in_two_layers(tiny3):
     """Receivers at layers 1 and 2: the layer-2 heads that are not receivers keep the values they have in a
     run with only the layer-1 patches (a raw-hook reference of four forwards)."""
-    from workbench.analysis import path_patching
+    from workbench.patching import path_patching
 
     model = tiny3("llama")
     L, H, dh = 3, model.dims.n_heads, model.dims.d_head
@@ -297,7 +297,7 @@ def test_path_patching_receivers_in_two_layers(tiny3):
 
 
 def test_path_patching_bad_input(tiny3):
-    from workbench.analysis import path_patching
+    from workbench.patching import path_patching
 
     model = tiny3("llama")
     args = (model, IOI_CLEAN, IOI_CORRUPT, " John", " Mary")
@@ -375,8 +375,8 @@ SITE = "blocks.1.mlp.hook_post"
 
 
 def test_das_recovers_planted_variable(tokenizer):
-    from workbench.analysis import das, interchange_accuracy
-    from workbench.analysis.das import candidate_logits, prepare
+    from workbench.directions import das, interchange_accuracy
+    from workbench.directions.subspace import candidate_logits, prepare
 
     torch.manual_seed(0)
     model, plus, minus, P, Q, true = planted_model(tokenizer)
@@ -401,7 +401,7 @@ def test_das_recovers_planted_variable(tokenizer):
 
 
 def test_rowspace_split_and_subspace_checks(tiny):
-    from workbench.analysis import SubspaceReplace, rowspace_split
+    from workbench.directions import SubspaceReplace, rowspace_split
     from workbench.core.arch import weight_out_in
 
     model = tiny("llama")
@@ -442,7 +442,7 @@ def _one_thread():
 def test_cross_model_patching_matches_plain_loop(tiny, tokenizer, family):
     import copy
 
-    from workbench.analysis import cross_model_patching
+    from workbench.patching import cross_model_patching
 
     base = tiny(family)
     tuned = wb.tiny_model(family, seed=7, tokenizer=copy.deepcopy(tokenizer))
@@ -474,7 +474,7 @@ def test_cross_model_patching_matches_plain_loop(tiny, tokenizer, family):
 def test_cross_model_patching_refuses_other_shapes(tiny, tokenizer):
     import copy
 
-    from workbench.analysis import cross_model_patching
+    from workbench.patching import cross_model_patching
 
     other = wb.tiny_model("llama", d_model=32, tokenizer=copy.deepcopy(tokenizer))
     with pytest.raises(ValueError, match="tuned: models of different shapes.*d_model=64.*d_model=32"):
@@ -493,7 +493,7 @@ def _texts():
 
 
 def test_tuned_lens_trains_resumes_and_starts_as_logit_lens(tiny, tmp_path):
-    from workbench.analysis import TunedLens, lens_kl, load_tuned_lens, logit_lens, train_tuned_lens
+    from workbench.lenses import TunedLens, lens_kl, load_tuned_lens, logit_lens, train_tuned_lens
 
     model = tiny("llama")
     texts = _texts()
@@ -527,7 +527,7 @@ def test_tuned_lens_trains_resumes_and_starts_as_logit_lens(tiny, tmp_path):
 def test_attn_in_site_patches_on_both_engine_paths(tiny, family):
     """The new site `blocks.{l}.attn.hook_in` (attention input, the ln1 output) is a grid component like the others."""
     model = tiny(family)
-    grids = [wb.activation_patching(model, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="attn_in",
+    grids = [wb.patching.activation_patching(model, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="attn_in",
                                     path=p)["attn_in"] for p in ("suffix", "full")]
     assert abs(grids[0].values - grids[1].values).max() < 1e-4
     _, cache = model.run_with_cache(model.to_tokens(IOI_CLEAN), ["blocks.1.attn.hook_in"])
@@ -550,13 +550,13 @@ def test_cross_model_patching_on_a_lora_finetune_of_the_default_model(default_mo
     model. The fine-tuned model's final residual patched into the base run gives the fine-tuned output
     (normalised 1: final norm and unembedding are not LoRA-adapted), the embeddings are shared (0 at layer 0's
     resid_pre), and the grid equals a plain patched forward."""
-    from workbench.caft import FinetuneConfig, finetune, load_task
+    from workbench.directions.caft import FinetuneConfig, finetune, load_task
 
-    task = load_task(wb.data_path("caft_task.jsonl"))
+    task = load_task(wb.data.data_path("caft_task.jsonl"))
     tuned = finetune(default_model, task["train"], config=FinetuneConfig(steps=6, batch_size=4, lr=3e-3), seed=0)
     ex = task["id_test"][0]
     foil = next(c for c in ex["choices"] if c != ex["answer"])
-    res = wb.cross_model_patching(default_model, tuned, ex["prompt"], ex["answer"], foil,
+    res = wb.patching.cross_model_patching(default_model, tuned, ex["prompt"], ex["answer"], foil,
                                   components="resid_pre,resid_post", metric="logit_diff")
     post, pre = res["resid_post"], res["resid_pre"]
     src, tgt = post.meta["source_metric"], post.meta["target_metric"]

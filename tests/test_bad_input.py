@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import caft
+from workbench.directions import caft
 from workbench.cli import main
 from workbench.data.facts import load_facts
 from workbench.editing import EditError, load_requests
@@ -139,7 +139,7 @@ def nan_at(t: torch.Tensor, i=3):
 def out_of_order_restore(model):
     """Apply one edit twice, restore the first handle first: refused, and both undone in order afterwards."""
     d = model.dims
-    e = wb.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
+    e = wb.editing.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
     h1 = e.apply(model, check=False)
     h2 = e.apply(model, check=False)
     try:
@@ -150,11 +150,11 @@ def out_of_order_restore(model):
 
 
 def sv(model, layers=(0, 1), value=0.1):
-    return wb.SteeringVector({l: vec(model, value) for l in layers}, "resid_pre", {"n_layers": model.dims.n_layers})
+    return wb.steering.SteeringVector({l: vec(model, value) for l in layers}, "resid_pre", {"n_layers": model.dims.n_layers})
 
 
 def steered_forward(model, steering, **kw):
-    with wb.steer(model, steering, **kw):
+    with wb.steering.steer(model, steering, **kw):
         model("Hello world")
 
 
@@ -163,7 +163,7 @@ def task(ctx):
 
 
 def cf(ctx, requests, **kw):
-    return wb.run_counterfact(ctx.m, requests, ctx.d / "run", gen_tokens=0, progress=False, **kw)
+    return wb.editing.run_counterfact(ctx.m, requests, ctx.d / "run", gen_tokens=0, progress=False, **kw)
 
 
 def existing(name, text="old results\n"):
@@ -196,8 +196,8 @@ API = [
     # models, tokens, sites
     R("load_model-unknown-tiny", lambda c: wb.load_model("tiny-bert"), V, "family"),
     R("tiny_model-family", lambda c: wb.tiny_model("bert"), V, "family"),
-    R("data_path-empty", lambda c: wb.data_path(""), V, "name"),
-    R("data_path-missing", lambda c: wb.data_path("nope.jsonl"), FNF, "nope.jsonl", "shipped"),
+    R("data_path-empty", lambda c: wb.data.data_path(""), V, "name"),
+    R("data_path-missing", lambda c: wb.data.data_path("nope.jsonl"), FNF, "nope.jsonl", "shipped"),
     R("Model-not-hf", lambda c: wb.Model(object(), None), V, "model", "PreTrainedModel"),
     R("to_single_token-multi", lambda c: c.m.to_single_token(" Paris and Rome"), V, "answer", "exactly one token"),
     R("to_tokens-empty", lambda c: c.m.to_tokens(""), V, "prompt", "empty"),
@@ -206,13 +206,13 @@ API = [
     R("find_span-missing", lambda c: c.m.find_span(P, "Spain"), V, "substring", "not found"),
     R("run_with_cache-layer", lambda c: c.m.run_with_cache("Hi there", ["blocks.9.hook_resid_pre"]), V, "layer 9", "out of range"),
     R("generate-empty-prompts", lambda c: wb.generate(c.m, []), V, "prompts"),
-    R("read_activations-layers-string", lambda c: wb.read_activations(c.m, ["Hi there"], "1"), V, "layers"),
-    R("read_activations-layer-range", lambda c: wb.read_activations(c.m, ["Hi there"], [7]), V, "layer 7", "out of range"),
-    R("read_activations-empty-texts", lambda c: wb.read_activations(c.m, [], [0]), V, "texts"),
-    R("read_activations-read_at", lambda c: wb.read_activations(c.m, ["Hi there"], [0], read_at="max"), V, "read_at"),
-    R("read_activations-read_at-range", lambda c: wb.read_activations(c.m, ["Hi there"], [0], read_at=50), V, "read_at", "does not exist"),
-    R("read_activations-batch_size", lambda c: wb.read_activations(c.m, ["Hi there"], [0], batch_size=0), V, "batch_size"),
-    R("read_activations-component", lambda c: wb.read_activations(c.m, ["Hi there"], [0], component="resid_mid"), V, "site"),
+    R("read_activations-layers-string", lambda c: wb.directions.read_activations(c.m, ["Hi there"], "1"), V, "layers"),
+    R("read_activations-layer-range", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [7]), V, "layer 7", "out of range"),
+    R("read_activations-empty-texts", lambda c: wb.directions.read_activations(c.m, [], [0]), V, "texts"),
+    R("read_activations-read_at", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [0], read_at="max"), V, "read_at"),
+    R("read_activations-read_at-range", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [0], read_at=50), V, "read_at", "does not exist"),
+    R("read_activations-batch_size", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [0], batch_size=0), V, "batch_size"),
+    R("read_activations-component", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [0], component="resid_mid"), V, "site"),
     R("Site-unknown-component", lambda c: wb.Site(0, "resid_mid"), V, "site", "resid_mid"),
     R("Site-layer-range", lambda c: c.m.run_with_cache("Hi", [wb.Site(5, "mlp_out")]), V, "layer 5", "out of range"),
     R("parse_site-unknown", lambda c: wb.parse_site("blocks.0.hook_foo", 2), V, "site", "unknown site"),
@@ -247,101 +247,101 @@ API = [
     R("Generated-pointwise", lambda c: fwd(c.m, wb.Add("blocks.0.hook_resid_pre", rows=[0], positions=wb.Generated(),
                                                      pointwise=True, vector=vec(c.m))), V, "positions", "PositionSelector"),
     # patching: degenerate pairs, components, metrics, shapes
-    R("patching-answer-eq-foil", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " Mary"), V, "foil", "same token", "degenerate"),
-    R("patching-identical-normalized", lambda c: wb.activation_patching(c.m, CLEAN, CLEAN, " Mary", " John", metric="normalized"),
+    R("patching-answer-eq-foil", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " Mary"), V, "foil", "same token", "degenerate"),
+    R("patching-identical-normalized", lambda c: wb.patching.activation_patching(c.m, CLEAN, CLEAN, " Mary", " John", metric="normalized"),
       V, "corrupted", "identical", "degenerate"),
-    R("patching-identical-prob", lambda c: wb.activation_patching(c.m, CLEAN, CLEAN, " Mary", metric="prob"), V, "identical"),
-    R("patching-metric", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", metric="accuracy"), V, "metric"),
-    R("patching-component", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", components=["resid"]), V, "components", "'resid'"),
-    R("patching-components-empty", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", components=""), V, "components"),
-    R("patching-by-head-resid", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", by="head"), V, "by", "'z'"),
-    R("patching-direction", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", direction="back"), V, "direction"),
-    R("patching-method", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", method="fast"), V, "method"),
-    R("patching-top-k", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=-1), V, "top_k"),
-    R("patching-length-mismatch", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT + " her", " Mary", " John"), V, "corrupted", "align"),
-    R("patching-align-range", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", align={99: 0}), V, "align", "out of range"),
-    R("patching-no-foil", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary"), V, "foil", "needs a foil"),
-    R("patching-answer-multi", lambda c: wb.activation_patching(c.m, CLEAN, CORRUPT, " Mary Jane", " John"), V, "answer", "exactly one token"),
-    R("patching-answers-count", lambda c: wb.activation_patching(c.m, [CLEAN, CLEAN], [CORRUPT, CORRUPT], [" Mary"] * 3, " John"),
+    R("patching-identical-prob", lambda c: wb.patching.activation_patching(c.m, CLEAN, CLEAN, " Mary", metric="prob"), V, "identical"),
+    R("patching-metric", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", metric="accuracy"), V, "metric"),
+    R("patching-component", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", components=["resid"]), V, "components", "'resid'"),
+    R("patching-components-empty", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", components=""), V, "components"),
+    R("patching-by-head-resid", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", by="head"), V, "by", "'z'"),
+    R("patching-direction", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", direction="back"), V, "direction"),
+    R("patching-method", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", method="fast"), V, "method"),
+    R("patching-top-k", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=-1), V, "top_k"),
+    R("patching-length-mismatch", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT + " her", " Mary", " John"), V, "corrupted", "align"),
+    R("patching-align-range", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", align={99: 0}), V, "align", "out of range"),
+    R("patching-no-foil", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary"), V, "foil", "needs a foil"),
+    R("patching-answer-multi", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary Jane", " John"), V, "answer", "exactly one token"),
+    R("patching-answers-count", lambda c: wb.patching.activation_patching(c.m, [CLEAN, CLEAN], [CORRUPT, CORRUPT], [" Mary"] * 3, " John"),
       V, "answer", "one per prompt pair"),
-    R("patching-clean-empty", lambda c: wb.activation_patching(c.m, [], CORRUPT, " Mary", " John"), V, "clean"),
-    R("attribution-answer-eq-foil", lambda c: wb.attribution_patching(c.m, CLEAN, CORRUPT, " John", " John"), V, "degenerate"),
-    R("attribution-by", lambda c: wb.attribution_patching(c.m, CLEAN, CORRUPT, " Mary", " John", by="neuron"), V, "by"),
-    R("attribute_then_verify-top_k", lambda c: wb.attribute_then_verify(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=0), V, "top_k"),
-    R("attribute_then_verify-identical", lambda c: wb.attribute_then_verify(c.m, CLEAN, CLEAN, " Mary", " John"), V, "identical"),
-    R("LabelledArray-dims", lambda c: wb.LabelledArray(np.zeros((2, 3)), ("layer",), {"layer": [0, 1]}), V, "values", "axes"),
-    R("LabelledArray-coords", lambda c: wb.LabelledArray(np.zeros((2, 3)), ("layer", "pos"), {"layer": [0, 1], "pos": [0]}), V, "coords", "'pos'"),
+    R("patching-clean-empty", lambda c: wb.patching.activation_patching(c.m, [], CORRUPT, " Mary", " John"), V, "clean"),
+    R("attribution-answer-eq-foil", lambda c: wb.patching.attribution_patching(c.m, CLEAN, CORRUPT, " John", " John"), V, "degenerate"),
+    R("attribution-by", lambda c: wb.patching.attribution_patching(c.m, CLEAN, CORRUPT, " Mary", " John", by="neuron"), V, "by"),
+    R("attribute_then_verify-top_k", lambda c: wb.patching.attribute_then_verify(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=0), V, "top_k"),
+    R("attribute_then_verify-identical", lambda c: wb.patching.attribute_then_verify(c.m, CLEAN, CLEAN, " Mary", " John"), V, "identical"),
+    R("LabelledArray-dims", lambda c: wb.toolkit.LabelledArray(np.zeros((2, 3)), ("layer",), {"layer": [0, 1]}), V, "values", "axes"),
+    R("LabelledArray-coords", lambda c: wb.toolkit.LabelledArray(np.zeros((2, 3)), ("layer", "pos"), {"layer": [0, 1], "pos": [0]}), V, "coords", "'pos'"),
     # causal tracing
-    R("trace_fact-kinds-typo", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds="rsid"), V, "kinds", "'rsid'"),
-    R("trace_fact-kinds-empty", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds=[]), V, "kinds"),
-    R("trace_fact-kinds-repeated", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds=["mlp", "mlp"]), V, "kinds", "repeated"),
-    R("trace_fact-samples", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, samples=0), V, "samples"),
-    R("trace_fact-window", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, window=0), V, "window"),
-    R("trace_fact-noise-negative", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=-1.0), V, "noise"),
-    R("trace_fact-noise-nan", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std=NAN), V, "noise"),
-    R("trace_fact-noise-str", lambda c: wb.trace_fact(c.m, P, "France", " Paris", noise_std="3"), V, "noise"),
-    R("trace_fact-subject-missing", lambda c: wb.trace_fact(c.m, P, "Spain", " Paris", noise_std=0.1), V, "substring", "Spain"),
-    R("trace_fact-answer-empty", lambda c: wb.trace_fact(c.m, P, "France", "", noise_std=0.1), V, "answer"),
-    R("trace_facts-missing-file", lambda c: wb.trace_facts(c.m, c.inp / "nope.jsonl", c.d / "t", progress=False), V, "facts", "no such file"),
-    R("trace_facts-misspelt-key", lambda c: wb.trace_facts(c.m, c.inp / "facts_misspelt.jsonl", c.d / "t", progress=False),
+    R("trace_fact-kinds-typo", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds="rsid"), V, "kinds", "'rsid'"),
+    R("trace_fact-kinds-empty", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds=[]), V, "kinds"),
+    R("trace_fact-kinds-repeated", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, kinds=["mlp", "mlp"]), V, "kinds", "repeated"),
+    R("trace_fact-samples", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, samples=0), V, "samples"),
+    R("trace_fact-window", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, window=0), V, "window"),
+    R("trace_fact-noise-negative", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=-1.0), V, "noise"),
+    R("trace_fact-noise-nan", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=NAN), V, "noise"),
+    R("trace_fact-noise-str", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std="3"), V, "noise"),
+    R("trace_fact-subject-missing", lambda c: wb.patching.trace_fact(c.m, P, "Spain", " Paris", noise_std=0.1), V, "substring", "Spain"),
+    R("trace_fact-answer-empty", lambda c: wb.patching.trace_fact(c.m, P, "France", "", noise_std=0.1), V, "answer"),
+    R("trace_facts-missing-file", lambda c: wb.patching.trace_facts(c.m, c.inp / "nope.jsonl", c.d / "t", progress=False), V, "facts", "no such file"),
+    R("trace_facts-misspelt-key", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts_misspelt.jsonl", c.d / "t", progress=False),
       V, "facts", "subjct", "expected keys"),
-    R("trace_facts-bad-json", lambda c: wb.trace_facts(c.m, c.inp / "facts_badjson.jsonl", c.d / "t", progress=False), V, "facts", "not valid json"),
-    R("trace_facts-kinds", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", kinds="resid,mpl", progress=False), V, "kinds", "'mpl'"),
-    R("trace_facts-limit", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", limit=0, progress=False), V, "limit"),
-    R("trace_facts-order", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", order="random", progress=False), V, "order"),
+    R("trace_facts-bad-json", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts_badjson.jsonl", c.d / "t", progress=False), V, "facts", "not valid json"),
+    R("trace_facts-kinds", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", kinds="resid,mpl", progress=False), V, "kinds", "'mpl'"),
+    R("trace_facts-limit", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", limit=0, progress=False), V, "limit"),
+    R("trace_facts-order", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", order="random", progress=False), V, "order"),
     R("load_facts-known_1000-misspelt", lambda c: load_facts(c.inp / "known_misspelt.json"), V, "atribute", "known_id"),
     # steering
-    R("build-identical-texts", lambda c: wb.build_steering_vector(c.m, ["I love this."], ["I love this."], layers=[0, 1]), V, "norm 0", "identical"),
-    R("build-layer-range", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[5]), V, "layers", "out of range"),
-    R("build-layers-string", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers="1"), V, "layers"),
-    R("build-method", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="ica"), V, "method"),
-    R("build-count-mismatch", lambda c: wb.build_steering_vector(c.m, ["a b", "e f"], ["c d"], layers=[1]), V, "negatives", "one negative per positive"),
-    R("build-positives-string", lambda c: wb.build_steering_vector(c.m, "I love it", "I hate it", layers=[1]), V, "positives", "list of strings"),
-    R("build-read_at", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], read_at="last"), V, "read_at"),
-    R("build-read_at-range", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], read_at=-50), V, "read_at", "does not exist"),
-    R("build-component", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], component="z"), V, "component"),
-    R("build-probe-no-direction", lambda c: wb.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="probe"), V, "direction"),
-    R("build-probe-zero-direction", lambda c: wb.build_steering_vector(c.m, layers=[1], method="probe", direction=torch.zeros(64)), V, "direction", "non-zero"),
-    R("SteeringVector-empty", lambda c: wb.SteeringVector({}), V, "vectors"),
-    R("SteeringVector-width", lambda c: steered_forward(c.m, wb.SteeringVector({0: torch.ones(32)})), V, "model", "width 32"),
-    R("SteeringVector-nan", lambda c: steered_forward(c.m, wb.SteeringVector({0: nan_at(vec(c.m))})), V, "vector", "nan"),
+    R("build-identical-texts", lambda c: wb.steering.build_steering_vector(c.m, ["I love this."], ["I love this."], layers=[0, 1]), V, "norm 0", "identical"),
+    R("build-layer-range", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[5]), V, "layers", "out of range"),
+    R("build-layers-string", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers="1"), V, "layers"),
+    R("build-method", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="ica"), V, "method"),
+    R("build-count-mismatch", lambda c: wb.steering.build_steering_vector(c.m, ["a b", "e f"], ["c d"], layers=[1]), V, "negatives", "one negative per positive"),
+    R("build-positives-string", lambda c: wb.steering.build_steering_vector(c.m, "I love it", "I hate it", layers=[1]), V, "positives", "list of strings"),
+    R("build-read_at", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], read_at="last"), V, "read_at"),
+    R("build-read_at-range", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], read_at=-50), V, "read_at", "does not exist"),
+    R("build-component", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], component="z"), V, "component"),
+    R("build-probe-no-direction", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="probe"), V, "direction"),
+    R("build-probe-zero-direction", lambda c: wb.steering.build_steering_vector(c.m, layers=[1], method="probe", direction=torch.zeros(64)), V, "direction", "non-zero"),
+    R("SteeringVector-empty", lambda c: wb.steering.SteeringVector({}), V, "vectors"),
+    R("SteeringVector-width", lambda c: steered_forward(c.m, wb.steering.SteeringVector({0: torch.ones(32)})), V, "model", "width 32"),
+    R("SteeringVector-nan", lambda c: steered_forward(c.m, wb.steering.SteeringVector({0: nan_at(vec(c.m))})), V, "vector", "nan"),
     R("steer-multiplier-nan", lambda c: steered_forward(c.m, sv(c.m), multiplier=NAN), V, "multiplier", "finite"),
     R("steer-not-a-vector", lambda c: steered_forward(c.m, "love"), V, "steering"),
     R("steer-positions", lambda c: steered_forward(c.m, sv(c.m), positions=-2), V, "positions"),
     R("steer-layer-missing", lambda c: steered_forward(c.m, sv(c.m, layers=(0,)), layers=[1]), V, "layers", "no direction"),
-    R("sweep-multipliers-number", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=2.0, behaviour=len), V, "multipliers", "list"),
-    R("sweep-multipliers-inf", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=[1, INF], behaviour=len), V, "multipliers", "finite"),
-    R("sweep-prompts-empty", lambda c: wb.steering_sweep(c.m, sv(c.m), [], multipliers=[1], behaviour=len), V, "prompts"),
-    R("sweep-cost", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, cost="bleu"), V, "cost"),
-    R("sweep-kl-no-neutral", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, cost="kl"), V, "neutral_texts"),
-    R("sweep-behaviour", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour="sentiment"), V, "behaviour", "callable"),
-    R("sweep-max_new_tokens", lambda c: wb.steering_sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, max_new_tokens=0), V, "max_new_tokens"),
+    R("sweep-multipliers-number", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=2.0, behaviour=len), V, "multipliers", "list"),
+    R("sweep-multipliers-inf", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1, INF], behaviour=len), V, "multipliers", "finite"),
+    R("sweep-prompts-empty", lambda c: wb.steering.sweep(c.m, sv(c.m), [], multipliers=[1], behaviour=len), V, "prompts"),
+    R("sweep-cost", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, cost="bleu"), V, "cost"),
+    R("sweep-kl-no-neutral", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, cost="kl"), V, "neutral_texts"),
+    R("sweep-behaviour", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour="sentiment"), V, "behaviour", "callable"),
+    R("sweep-max_new_tokens", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1], behaviour=len, max_new_tokens=0), V, "max_new_tokens"),
     R("generate-top_p", lambda c: wb.generate(c.m, ["Hi"], max_new_tokens=2, do_sample=True, top_p=2.0), V, "top_p"),
     # weight edits
-    R("EditRequest-misspelt", lambda c: wb.rome(c.m, {"prompt": P, "subjct": "France", "target": " Rome"}, 1), E, "subjct", "expected prompt, subject"),
-    R("rome-subject-missing", lambda c: wb.rome(c.m, {**REQ, "subject": "Spain"}, 1, C=torch.eye(128), prefixes=PREFIXES), E, "subject", "does not occur"),
-    R("rome-layer", lambda c: wb.rome(c.m, REQ, 2, C=torch.eye(128), prefixes=PREFIXES), E, "layer", "out of range"),
-    R("rome-C-shape", lambda c: wb.rome(c.m, REQ, 1, C=torch.eye(64), prefixes=PREFIXES), E, "C", "[128, 128]"),
-    R("rome-request-string", lambda c: wb.rome(c.m, "France -> Rome", 1), E, "request", "got str"),
-    R("rome-hparams", lambda c: wb.rome(c.m, REQ, 1, C=torch.eye(128), prefixes=PREFIXES, step=3), E, "hparams", "step"),
-    R("memit-C-shape-up-front", lambda c: wb.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: torch.eye(64)}),
+    R("EditRequest-misspelt", lambda c: wb.editing.rome(c.m, {"prompt": P, "subjct": "France", "target": " Rome"}, 1), E, "subjct", "expected prompt, subject"),
+    R("rome-subject-missing", lambda c: wb.editing.rome(c.m, {**REQ, "subject": "Spain"}, 1, C=torch.eye(128), prefixes=PREFIXES), E, "subject", "does not occur"),
+    R("rome-layer", lambda c: wb.editing.rome(c.m, REQ, 2, C=torch.eye(128), prefixes=PREFIXES), E, "layer", "out of range"),
+    R("rome-C-shape", lambda c: wb.editing.rome(c.m, REQ, 1, C=torch.eye(64), prefixes=PREFIXES), E, "C", "[128, 128]"),
+    R("rome-request-string", lambda c: wb.editing.rome(c.m, "France -> Rome", 1), E, "request", "got str"),
+    R("rome-hparams", lambda c: wb.editing.rome(c.m, REQ, 1, C=torch.eye(128), prefixes=PREFIXES, step=3), E, "hparams", "step"),
+    R("memit-C-shape-up-front", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: torch.eye(64)}),
       E, "Cs", "layer 1", "[128, 128]", "(64, 64)"),
-    R("memit-C-missing", lambda c: wb.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128)}), E, "Cs", "[1]"),
-    R("memit-C-nan", lambda c: wb.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: nan_at(torch.eye(128))}), E, "Cs", "nan"),
-    R("memit-lam", lambda c: wb.memit(c.m, [REQ], [0, 1], lam=0.0, Cs={}), E, "lam"),
-    R("memit-lam-nan", lambda c: wb.memit(c.m, [REQ], [0, 1], lam=NAN, Cs={}), E, "lam"),
-    R("memit-layers", lambda c: wb.memit(c.m, [REQ], [1, 2, 3], Cs={}), E, "layers", "out of range"),
-    R("memit-layers-repeated", lambda c: wb.memit(c.m, [REQ], [1, 1], Cs={}), E, "layers", "repeated"),
-    R("memit-no-requests", lambda c: wb.memit(c.m, [], [1], Cs={}), E, "requests"),
-    R("ft_l-eps", lambda c: wb.ft_l(c.m, REQ, 1, eps=0.0), E, "eps"),
-    R("ft_l-layer", lambda c: wb.ft_l(c.m, REQ, -3), E, "layer", "out of range"),
-    R("WeightEdit-nan", lambda c: wb.WeightEdit({1: nan_at(torch.zeros(64, 128))}).apply(c.m, check=False), E, "deltas", "nan"),
-    R("WeightEdit-inf", lambda c: wb.WeightEdit({0: torch.zeros(64, 128), 1: torch.full((64, 128), INF)}).apply(c.m, check=False), E, "deltas", "inf"),
-    R("WeightEdit-shape", lambda c: wb.WeightEdit({1: torch.zeros(128, 64)}).apply(c.m, check=False), E, "deltas", "(64, 128)"),
-    R("WeightEdit-layer", lambda c: wb.WeightEdit({4: torch.zeros(64, 128)}).apply(c.m, check=False), E, "deltas", "out of range"),
+    R("memit-C-missing", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128)}), E, "Cs", "[1]"),
+    R("memit-C-nan", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: nan_at(torch.eye(128))}), E, "Cs", "nan"),
+    R("memit-lam", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], lam=0.0, Cs={}), E, "lam"),
+    R("memit-lam-nan", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], lam=NAN, Cs={}), E, "lam"),
+    R("memit-layers", lambda c: wb.editing.memit(c.m, [REQ], [1, 2, 3], Cs={}), E, "layers", "out of range"),
+    R("memit-layers-repeated", lambda c: wb.editing.memit(c.m, [REQ], [1, 1], Cs={}), E, "layers", "repeated"),
+    R("memit-no-requests", lambda c: wb.editing.memit(c.m, [], [1], Cs={}), E, "requests"),
+    R("ft_l-eps", lambda c: wb.editing.ft_l(c.m, REQ, 1, eps=0.0), E, "eps"),
+    R("ft_l-layer", lambda c: wb.editing.ft_l(c.m, REQ, -3), E, "layer", "out of range"),
+    R("WeightEdit-nan", lambda c: wb.editing.WeightEdit({1: nan_at(torch.zeros(64, 128))}).apply(c.m, check=False), E, "deltas", "nan"),
+    R("WeightEdit-inf", lambda c: wb.editing.WeightEdit({0: torch.zeros(64, 128), 1: torch.full((64, 128), INF)}).apply(c.m, check=False), E, "deltas", "inf"),
+    R("WeightEdit-shape", lambda c: wb.editing.WeightEdit({1: torch.zeros(128, 64)}).apply(c.m, check=False), E, "deltas", "(64, 128)"),
+    R("WeightEdit-layer", lambda c: wb.editing.WeightEdit({4: torch.zeros(64, 128)}).apply(c.m, check=False), E, "deltas", "out of range"),
     R("WeightEdit-restore-order", lambda c: out_of_order_restore(c.m), E, "restore", "reverse order"),
-    R("WeightEdit-load-missing", lambda c: wb.WeightEdit.load(c.d / "nothing"), E, "directory", "deltas.safetensors"),
-    R("WeightEdit-fingerprint", lambda c: wb.WeightEdit({1: torch.zeros(64, 128)}, {"fingerprint": "0" * 16}).apply(c.m, check=False),
+    R("WeightEdit-load-missing", lambda c: wb.editing.WeightEdit.load(c.d / "nothing"), E, "directory", "deltas.safetensors"),
+    R("WeightEdit-fingerprint", lambda c: wb.editing.WeightEdit({1: torch.zeros(64, 128)}, {"fingerprint": "0" * 16}).apply(c.m, check=False),
       E, "fingerprint"),
     # CounterFact runs: every argument checked before the folder is made
     R("run_counterfact-path-not-list", lambda c: cf(c, str(c.inp / "requests.jsonl")), E, "requests", "load_requests"),
@@ -370,7 +370,7 @@ API = [
     R("caft-compare-fill", lambda c: caft.compare(c.m, task(c), {0: torch.eye(64)[:1]}, fill="median"), V, "fill"),
     R("caft-ablations-component", lambda c: caft.ablations({0: torch.eye(64)[:1]}, component="z"), V, "component"),
     # views (issue 17)
-    R("views-save_html-suffix", lambda c: wb.save_html(wb.LabelledArray([[0.0, 1.0]], ("layer", "position"),
+    R("views-save_html-suffix", lambda c: wb.views.save_html(wb.toolkit.LabelledArray([[0.0, 1.0]], ("layer", "position"),
                                                                         {"layer": [0], "position": ["a", "b"]}), c.d / "x.png"),
       V, "path", ".html"),
     # counterfactual strings (issue 19)
@@ -379,41 +379,41 @@ API = [
       "intervention"),
     R("counterfactual-sample-temperature", lambda c: wb.counterfactual.sample(c.m, ["Hello"], temperature=-1.0), V, "temperature"),
     # analysis (issue 16)
-    R("analysis-logit_lens-layer", lambda c: wb.logit_lens(c.m, "Hi there", " Paris", layers=[7]), V, "layer"),
-    R("analysis-logit_lens-answer-multi", lambda c: wb.logit_lens(c.m, "Hi there", " Paris and Rome"), V, "answer"),
-    R("analysis-direct_logit_attribution-answer", lambda c: wb.direct_logit_attribution(c.m, "Hi there", " Paris and"), V, "answer"),
-    R("analysis-path_patching-sender", lambda c: wb.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H9"]), V, "senders"),
-    R("analysis-path_patching-receiver-before", lambda c: wb.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H1"],
+    R("analysis-logit_lens-layer", lambda c: wb.lenses.logit_lens(c.m, "Hi there", " Paris", layers=[7]), V, "layer"),
+    R("analysis-logit_lens-answer-multi", lambda c: wb.lenses.logit_lens(c.m, "Hi there", " Paris and Rome"), V, "answer"),
+    R("analysis-direct_logit_attribution-answer", lambda c: wb.lenses.direct_logit_attribution(c.m, "Hi there", " Paris and"), V, "answer"),
+    R("analysis-path_patching-sender", lambda c: wb.patching.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H9"]), V, "senders"),
+    R("analysis-path_patching-receiver-before", lambda c: wb.patching.path_patching(c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L1H1"],
                                                                            receivers=["L0H0"]), V, "receivers"),
-    R("analysis-das-k", lambda c: wb.das(c.m, "blocks.1.hook_resid_pre", ["Hi there"], ["Hi you"], [" yes"], [" yes", " no"],
+    R("analysis-das-k", lambda c: wb.directions.das(c.m, "blocks.1.hook_resid_pre", ["Hi there"], ["Hi you"], [" yes"], [" yes", " no"],
                                          k=65), V, "k"),
-    R("analysis-cross_model_patching-shapes", lambda c: wb.cross_model_patching(c.m, wb.tiny_model("llama", d_model=32), CLEAN,
+    R("analysis-cross_model_patching-shapes", lambda c: wb.patching.cross_model_patching(c.m, wb.tiny_model("llama", d_model=32), CLEAN,
                                                                                  " Mary", " John"), V, "shapes"),
     # counterfactual strings: resumable runs, side-by-side view (issue 19)
     R("counterfactual-counterfactual_sweep-chunk", lambda c: wb.counterfactual.counterfactual_sweep(c.d / "cf", c.m, ["Hello"],
                                                                                              [" world"], chunk=0), V, "chunk"),
     R("views-counterfactual_view-result", lambda c: wb.views.counterfactual_view({"ids": []}, c.m), V, "result", "Counterfactuals"),
     # sweeps on Ray, models split over devices (issue 14)
-    R("distributed-trace_facts-workers", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", workers=0,
+    R("distributed-trace_facts-workers", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", workers=0,
                                                                   progress=False), V, "workers", ">= 1"),
-    R("distributed-trace_facts-ray_address", lambda c: wb.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", ray_address="",
+    R("distributed-trace_facts-ray_address", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", ray_address="",
                                                                       progress=False), V, "ray_address"),
-    R("distributed-trace_facts-executor-and-workers", lambda c: wb.trace_facts(
-        c.m, c.inp / "facts.jsonl", c.d / "t", workers=2, executor=wb.distributed.InProcess(), progress=False), V, "executor"),
-    R("distributed-model_spec-type", lambda c: wb.distributed.model_spec("tiny-llama"), V, "model"),
+    R("distributed-trace_facts-executor-and-workers", lambda c: wb.patching.trace_facts(
+        c.m, c.inp / "facts.jsonl", c.d / "t", workers=2, executor=wb.toolkit.InProcess(), progress=False), V, "executor"),
+    R("distributed-model_spec-type", lambda c: wb.toolkit.model_spec("tiny-llama"), V, "model"),
     R("distributed-load_model-device_map", lambda c: wb.load_model("tiny-llama", device_map="everywhere"), V, "device_map"),
     R("distributed-load_model-device_map-and-device", lambda c: wb.load_model("tiny-llama", device="cpu", device_map="auto"),
       V, "device_map", "not both"),
     # sparse autoencoders (issue 15)
-    R("sae-load_sae-width", lambda c: wb.load_sae(_random_sae(c.m, width=32), c.m), V, "d_in", "32", "64"),
-    R("sae-load_sae-truncated", lambda c: wb.load_sae(c.d / "sae", c.m), V, "truncated or corrupt", setup=lambda d: _broken_sae(d)),
-    R("sae-load_sae-other-model", lambda c: wb.load_sae(_random_sae(c.m, model_name="gemma-2-2b"), c.m), V,
+    R("sae-load_sae-width", lambda c: wb.sae.load_sae(_random_sae(c.m, width=32), c.m), V, "d_in", "32", "64"),
+    R("sae-load_sae-truncated", lambda c: wb.sae.load_sae(c.d / "sae", c.m), V, "truncated or corrupt", setup=lambda d: _broken_sae(d)),
+    R("sae-load_sae-other-model", lambda c: wb.sae.load_sae(_random_sae(c.m, model_name="gemma-2-2b"), c.m), V,
       "gemma-2-2b", "tiny-llama"),
-    R("sae-save_sae-not-sae", lambda c: wb.save_sae(object(), c.d / "s"), V, "sae"),
-    R("sae-SAEEdit-latents", lambda c: wb.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
+    R("sae-save_sae-not-sae", lambda c: wb.sae.save_sae(object(), c.d / "s"), V, "sae"),
+    R("sae-SAEEdit-latents", lambda c: wb.sae.SAEEdit(sae=_random_sae(c.m), latents=[96], op="zero"), V, "latents",
       "out of range"),
-    R("sae-train_sae-k", lambda c: wb.train_sae(c.m, ["Hello world"], "blocks.1.hook_resid_pre", d_sae=8, k=16), V, "k"),
-    R("sae-evaluate_sae-texts", lambda c: wb.evaluate_sae(c.m, wb.load_sae(_random_sae(c.m), c.m), []), V, "texts"),
+    R("sae-train_sae-k", lambda c: wb.sae.train_sae(c.m, ["Hello world"], "blocks.1.hook_resid_pre", d_sae=8, k=16), V, "k"),
+    R("sae-evaluate_sae-texts", lambda c: wb.sae.evaluate_sae(c.m, wb.sae.load_sae(_random_sae(c.m), c.m), []), V, "texts"),
     # using SAE latents (issue 15: inspect, steering, CAFT, attribution, diffing)
     R("sae-latent_steering_vector-range", lambda c: wb.sae.latent_steering_vector(c.m, _random_sae(c.m), 96), V,
       "latents", "latent 96 out of range", "0..95"),
@@ -652,7 +652,7 @@ def test_table_covers_every_public_name_and_verb():
 def test_weight_edit_handles_restore_bit_exactly_in_reverse_order_and_refuse_otherwise(m):
     d = m.dims
     before = weights_hash(m)
-    e = wb.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
+    e = wb.editing.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
     h1 = e.apply(m, check=False)
     h2 = e.apply(m, check=False)
     after_two = weights_hash(m)
@@ -663,7 +663,7 @@ def test_weight_edit_handles_restore_bit_exactly_in_reverse_order_and_refuse_oth
     h1.restore()
     assert weights_hash(m) == before
     # edits on different layers may be restored in any order
-    a, b = wb.WeightEdit({0: torch.full((d.d_model, d.d_mlp), 1e-3)}), wb.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
+    a, b = wb.editing.WeightEdit({0: torch.full((d.d_model, d.d_mlp), 1e-3)}), wb.editing.WeightEdit({1: torch.full((d.d_model, d.d_mlp), 1e-3)})
     ha, hb = a.apply(m, check=False), b.apply(m, check=False)
     ha.restore()
     hb.restore()
@@ -675,22 +675,22 @@ def test_weight_edit_handles_restore_bit_exactly_in_reverse_order_and_refuse_oth
 
 
 def test_kinds_as_a_string_traces_those_kinds(m):
-    one = wb.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds="resid")
-    listed = wb.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds=["resid"])
+    one = wb.patching.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds="resid")
+    listed = wb.patching.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds=["resid"])
     assert list(one.scores) == ["resid"] and np.array_equal(one.scores["resid"], listed.scores["resid"])
-    two = wb.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds="resid,mlp")
+    two = wb.patching.trace_fact(m, P, "France", " Paris", noise_std=0.1, samples=2, kinds="resid,mlp")
     assert list(two.scores) == ["resid", "mlp"]
 
 
 def test_unspaced_answer_warns_with_the_hint(m):
     with pytest.warns(UserWarning, match="' Mary'"):
-        wb.activation_patching(m, CLEAN, CORRUPT, "Mary", " John")
+        wb.patching.activation_patching(m, CLEAN, CORRUPT, "Mary", " John")
 
 
 def test_steering_vector_zero_at_some_layers_warns(m):
     # texts ending in the same token: resid_pre at layer 0 (the embedding of that token) is identical
     with pytest.warns(UserWarning, match="norm 0 at layers \\[0\\]"):
-        vec = wb.build_steering_vector(m, ["I love it."], ["I hate it."], layers=[0, 1])
+        vec = wb.steering.build_steering_vector(m, ["I love it."], ["I hate it."], layers=[0, 1])
     assert vec.vectors[1].norm() > 0
 
 
@@ -750,4 +750,4 @@ def _broken_sae(d: Path) -> None:
 
 def _saved_sae(d: Path) -> None:
     """A random SAE for tiny-llama at blocks.1.hook_resid_pre, saved in SAELens's format at d/sae."""
-    wb.save_sae(_random_sae(wb.load_model("tiny-llama")), d / "sae")
+    wb.sae.save_sae(_random_sae(wb.load_model("tiny-llama")), d / "sae")

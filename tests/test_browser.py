@@ -82,8 +82,8 @@ def results(tmp_path_factory, tiny):
 
     d = tmp_path_factory.mktemp("views")
     m = tiny("llama")
-    grid = wb.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome", top_k=3)["resid_pre"]
-    trace = wb.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2)
+    grid = wb.patching.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome", top_k=3)["resid_pre"]
+    trace = wb.patching.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2)
     vec = build_steering_vector(m, ["I love this", "Wonderful day"], ["I hate this", "Terrible day"], layers=[1])
     sw = sweep(m, vec, ["The film was", "My neighbour is"], multipliers=[0.0, 8.0, 32.0],
                behaviour=lambda p, c: [len(t.split()) for t in c], behaviour_name="words", max_new_tokens=6)
@@ -91,10 +91,10 @@ def results(tmp_path_factory, tiny):
     assert texts[0.0] != texts[8.0] != texts[32.0], "the multipliers should change the text the views show"
     sw.save(d / "sweep.json")
     toks, pattern = wb.views.attention_pattern(m, CLEAN, 1)
-    files = {"grid": wb.save_html(grid, d / "grid.html"), "trace": wb.save_html(trace, d / "trace.html"),
-             "steering": wb.save_html(SteeringSweep.load(d / "sweep.json"), d / "steering.html"),
-             "attention": wb.save_html(wb.views.attention_view(toks, pattern), d / "attention.html"),
-             "tokens": wb.save_html(wb.views.token_view(toks, grid.values[0], "resid_pre effect at layer 0"),
+    files = {"grid": wb.views.save_html(grid, d / "grid.html"), "trace": wb.views.save_html(trace, d / "trace.html"),
+             "steering": wb.views.save_html(SteeringSweep.load(d / "sweep.json"), d / "steering.html"),
+             "attention": wb.views.save_html(wb.views.attention_view(toks, pattern), d / "attention.html"),
+             "tokens": wb.views.save_html(wb.views.token_view(toks, grid.values[0], "resid_pre effect at layer 0"),
                                     d / "tokens.html")}
     return {"dir": d, "grid": grid, "trace": trace, "sweep": sw, "files": files}
 
@@ -173,7 +173,7 @@ def test_standalone_html_files(results, browser):
 NOTEBOOK_CELLS = [
     "import torch\ntorch.set_num_threads(1)\nimport workbench as wb\nfrom workbench.steering import SteeringSweep\n"
     f"m = wb.tiny_model('llama')\n"
-    f"grid = wb.activation_patching(m, {CLEAN!r}, {CORRUPT!r}, ' Paris', ' Rome', progress=True)['resid_pre']",
+    f"grid = wb.patching.activation_patching(m, {CLEAN!r}, {CORRUPT!r}, ' Paris', ' Rome', progress=True)['resid_pre']",
     "grid.show()",
     "SteeringSweep.load('sweep.json').show()",
 ]

@@ -7,7 +7,7 @@ import torch
 
 import probes
 import workbench as wb
-from workbench import caft
+from workbench.directions import caft
 from workbench.cli import main
 
 from conftest import assert_no_hooks

@@ -176,11 +176,11 @@ def test_steering_weight_edit_and_second_model(tiny):
 
     before = {k: v.clone() for k, v in model.hf.state_dict().items()}
     d = model.dims
-    edit = wb.WeightEdit({1: torch.randn(d.d_model, d.d_mlp, generator=torch.Generator().manual_seed(2)) * 0.05})
+    edit = wb.editing.WeightEdit({1: torch.randn(d.d_model, d.d_mlp, generator=torch.Generator().manual_seed(2)) * 0.05})
     res_e = counterfactuals(model, None, obs, edit, batch_size=2)
     assert all(torch.equal(v, model.hf.state_dict()[k]) for k, v in before.items())  # restored bit-exactly
     assert all(len(c) == len(o) for o, c in zip(obs.ids, res_e.ids)) and res_e.meta["intervention"].startswith("weight")
-    assert counterfactuals(model, None, obs, wb.WeightEdit({1: torch.zeros(d.d_model, d.d_mlp)})).ids == obs.ids
+    assert counterfactuals(model, None, obs, wb.editing.WeightEdit({1: torch.zeros(d.d_model, d.d_mlp)})).ids == obs.ids
 
     twin = wb.Model(copy.deepcopy(model.hf), model.tokenizer, name="twin")
     assert counterfactuals(model, None, obs, twin).ids == obs.ids
@@ -279,7 +279,7 @@ def test_cli_counterfactual(tmp_path, capsys):
     assert main(["counterfactual", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(tmp_path / "b"),
                  "--model-b", "tiny-gpt2", "--replace-token", "2: dog", "--max-new-tokens", "4"]) == 0
     d = model.dims
-    wb.WeightEdit({1: torch.randn(d.d_model, d.d_mlp, generator=torch.Generator().manual_seed(2)) * 0.05},
+    wb.editing.WeightEdit({1: torch.randn(d.d_model, d.d_mlp, generator=torch.Generator().manual_seed(2)) * 0.05},
                   meta={"method": "test"}).save(tmp_path / "edit")
     assert main(["counterfactual", "--model", "tiny-llama", "--observed", str(observed), "--out", str(tmp_path / "e"),
                  "--edit", str(tmp_path / "edit"), "--new", "the", "--old", "zzz"]) == 0
@@ -339,7 +339,7 @@ def test_counterfactual_view_marks_exactly_the_differing_tokens(tmp_path, tiny):
     view = counterfactual_view(res, model)
     n_marked = sum(sum(a) + sum(b) for a, b in (diff_marks(x, y) for x, y in zip(res.observed_ids, res.ids)))
     assert n_marked > 0 and view.body.count("<mark") == n_marked
-    path = wb.save_html(view, tmp_path / "cf.html")
+    path = wb.views.save_html(view, tmp_path / "cf.html")
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "http" not in text and 'data-kind="counterfactual"' in text
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.distributed import ModelSpec, RayExecutor, model_spec, start_local_cluster
-from workbench.tracing import load_traces, trace_facts
+from workbench.toolkit import ModelSpec, RayExecutor, model_spec, start_local_cluster
+from workbench.patching.tracing import load_traces, trace_facts
 
 # a test cluster of this machine: every socket on 127.0.0.1 (read when ray is imported), and patience with
 # a raylet that starts slowly on a busy machine
@@ -130,7 +130,7 @@ def test_sigkilled_worker_every_item_once_same_numbers(executor, model, facts, r
 
 def test_killed_driver_resumes_with_identical_results(executor, model, facts, reference, tmp_path):
     out = tmp_path / "resumed"
-    code = (f"import torch, workbench as wb; from workbench.tracing import trace_facts; torch.set_num_threads(1); "
+    code = (f"import torch, workbench as wb; from workbench.patching.tracing import trace_facts; torch.set_num_threads(1); "
             f"trace_facts(wb.tiny_model('llama'), {str(facts)!r}, {str(out)!r}, **{KW!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 120
@@ -165,7 +165,7 @@ def test_counterfact_on_two_workers_equals_in_process(executor, model, tmp_path)
     from workbench.data.facts import load_facts
     from workbench.editing.counterfact import build_requests, run_counterfact
 
-    reqs = build_requests(load_facts(wb.data_path("facts.jsonl"))[:40], None, n=4, n_neighbours=2)
+    reqs = build_requests(load_facts(wb.data.data_path("facts.jsonl"))[:40], None, n=4, n_neighbours=2)
     kw = dict(hparams={"steps": 3}, gen_tokens=4, progress=False)
     a = run_counterfact(model, reqs, tmp_path / "a", "ft-l", **kw)
     b = run_counterfact(model, reqs, tmp_path / "b", "ft-l", executor=executor, **kw)
@@ -203,8 +203,8 @@ def _same_everywhere(ref, split, exact=True):
     add = lambda: [wb.Add("blocks.1.hook_resid_pre", vector=torch.ones(ref.dims.d_model), multiplier=0.5)]
     assert close(ref.run_with_interventions(ids, add()), split.run_with_interventions(ids, add()))
     # causal tracing: clean / corrupted caches and the suffix engine's restorations
-    tr_r = wb.trace_fact(ref, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
-    tr_s = wb.trace_fact(split, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
+    tr_r = wb.patching.trace_fact(ref, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
+    tr_s = wb.patching.trace_fact(split, P, "France", " Paris", noise_std=0.3, samples=2, window=2)
     for k in tr_r.scores:
         assert close(torch.from_numpy(tr_r.scores[k]), torch.from_numpy(tr_s.scores[k]))
 

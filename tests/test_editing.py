@@ -107,7 +107,7 @@ def test_rome_update_orientation_on_gpt2_conv1d(tiny, cache, corpus):
     req = EditRequest("The capital of France is the city of", "France", " Rome")
     C = second_moment(model, 0, corpus=corpus, n_tokens=1024, progress=False)
     edit = rome(model, req, 0, prefixes=PREFIXES, C=C, steps=3)
-    from workbench.editing.rome import compute_keys
+    from workbench.editing.rank_one import compute_keys
 
     k = compute_keys(model, [req], 0, PREFIXES)[0]
     # rank one, its rows along C^-1 k*

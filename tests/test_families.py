@@ -15,7 +15,7 @@ from workbench.core.arch import attention_window
 from workbench.core.tiny import TINY_FAMILIES
 from workbench.patching import activation_patching
 from workbench.patching.reference import research_trace_loop
-from workbench.tracing import KINDS, trace_fact
+from workbench.patching.tracing import KINDS, trace_fact
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, reference_patch
 

@@ -51,7 +51,7 @@ def test_cache_and_resid_grid_match_transformer_lens_bridge(tiny, family):
             assert cache[key].shape == tl_cache[theirs].shape, key
             assert (cache[key] - tl_cache[theirs]).abs().max() < 1e-4, key
     a, f = m.to_single_token(" Mary"), m.to_single_token(" John")
-    ours = wb.activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John")["resid_pre"]
+    ours = wb.patching.activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John")["resid_pre"]
     tl = patching.get_act_patch_resid_pre(bridge, corrupt, tl_cache, lambda lg: (lg[:, -1, a] - lg[:, -1, f]).mean())
     assert (torch.as_tensor(ours.values) - tl).abs().max() < 1e-4
     assert_no_hooks(m)
@@ -83,12 +83,12 @@ def test_steering_moves_one_prompt_onto_its_pair(tiny, family):
             emb[m.to_single_token(b)] = emb[m.to_single_token(a)] - u + 1e-3 * torch.randn(m.dims.d_model, generator=g)
     pos = [PREFIXES[i % len(PREFIXES)] + w for i, w in enumerate(WORDS)]
     neg = [PREFIXES[i % len(PREFIXES)] + w for i, w in enumerate(OTHERS)]
-    sv = wb.build_steering_vector(m, pos, neg, layers=[0])
+    sv = wb.steering.build_steering_vector(m, pos, neg, layers=[0])
     assert torch.nn.functional.cosine_similarity(sv.vectors[0], u, dim=0) > 0.999
     last = m.to_tokens(neg[0]).shape[1] - 1
     with torch.no_grad():
         want, plain = m.hf(input_ids=m.to_tokens(pos[0])).logits[0, -1], m.hf(input_ids=m.to_tokens(neg[0])).logits[0, -1]
-        with wb.steer(m, sv, 1.0, positions=[last]):
+        with wb.steering.steer(m, sv, 1.0, positions=[last]):
             steered = m.hf(input_ids=m.to_tokens(neg[0])).logits[0, -1]
     assert (steered - want).abs().max() < 0.1 * (plain - want).abs().max()
     assert_no_hooks(m)
@@ -106,7 +106,7 @@ def test_probe_reads_the_last_word(tiny, family):
         for animal in (" cat", " dog"):
             texts.append(f"{'Once upon a time ' * (i % 3)}The {fill} thing is a{animal}")
             labels.append(animal.strip())
-    acts = wb.read_activations(m, texts, [1])
+    acts = wb.directions.read_activations(m, texts, [1])
     assert probes.train_probes(acts, labels).accuracy(1) == 1.0
     shuffled = random.Random(0).sample(labels, len(labels))
     assert probes.train_probes(acts, shuffled).accuracy(1) < 0.8
@@ -117,7 +117,7 @@ def test_caft_ablation_stops_the_gradient_and_lora_trains(tiny, family):
     """CAFT's guarantee on this family: with a subspace projected out of resid_pre[1], the loss gradient at
     resid_post[0] has no component along it (it has one without the ablation); and LoRA fine-tuning through
     the ablation hook runs on the family's linear layers and changes the model."""
-    from workbench import caft
+    from workbench.directions import caft
 
     m = tiny(family)
     basis = wb.orthonormalize(torch.randn(2, m.dims.d_model, generator=torch.Generator().manual_seed(0)))

@@ -132,7 +132,7 @@ def test_result_saves_loads_and_plots(tiny, tmp_path):
     m = tiny("llama")
     res = activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John")["resid_pre"]
     res.save(tmp_path / "r.json")
-    back = wb.LabelledArray.load(tmp_path / "r.json")
+    back = wb.toolkit.LabelledArray.load(tmp_path / "r.json")
     assert (back.values == res.values).all() and back.coords == res.coords
     df = res.to_dataframe()
     assert len(df) == res.values.size and set(df.columns) == {"layer", "position", "value"}

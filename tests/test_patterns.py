@@ -124,7 +124,7 @@ def test_pattern_bad_input(tiny):
 def test_grid_refuses_pattern_component(tiny):
     m = tiny("llama")
     with pytest.raises(ValueError, match="'pattern' is not a grid component"):
-        wb.activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="pattern")
+        wb.patching.activation_patching(m, IOI_CLEAN, IOI_CORRUPT, " Mary", " John", components="pattern")
 
 
 def test_attention_view_of_a_patched_pattern_is_self_contained(tiny, tmp_path):
@@ -140,7 +140,7 @@ def test_attention_view_of_a_patched_pattern_is_self_contained(tiny, tmp_path):
     uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
     toks, patched = wb.views.attention_pattern(m, IOI_CLEAN, 1, [wb.Replace(PAT, heads=[0], value=uniform)])
     assert torch.allclose(patched[0], uniform) and torch.equal(patched[1:], plain[1:])
-    path = wb.save_html(wb.views.attention_view(toks, patched, title="layer 1, head 0 uniform"), tmp_path / "a.html")
+    path = wb.views.save_html(wb.views.attention_view(toks, patched, title="layer 1, head 0 uniform"), tmp_path / "a.html")
     text = open(path).read()
     assert not re.search(r"<(script|link)[^>]+(src|href)=", text)  # no file loaded from anywhere
     assert "unpkg.com" not in text and "CircuitsVis.render(" in text

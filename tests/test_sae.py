@@ -117,7 +117,7 @@ def test_saelens_saved_sae_with_tl_or_module_hook_name_maps_to_our_site(tiny, tm
 def test_latent_activations_are_the_encoded_reader_activations(tiny):
     m = tiny("llama")
     sae = load_sae(random_sae(m), m)
-    acts = wb.read_activations(m, TEXTS, [1], read_at="all")[1]
+    acts = wb.directions.read_activations(m, TEXTS, [1], read_at="all")[1]
     got = latent_activations(m, sae, TEXTS)
     assert got.shape == (sum(len(m.to_tokens(t)[0]) for t in TEXTS), sae.cfg.d_sae)
     torch.testing.assert_close(got, sae.encode(acts))
@@ -200,7 +200,7 @@ def test_evaluate_sae_numbers_match_their_definitions(tiny):
     m = tiny("llama")
     sae = load_sae(random_sae(m), m)
     r = evaluate_sae(m, sae, TEXTS, skip_first=0)
-    x = wb.read_activations(m, TEXTS, [1], read_at="all")[1]
+    x = wb.directions.read_activations(m, TEXTS, [1], read_at="all")[1]
     z = sae.encode(x)
     assert r["l0"] == pytest.approx(float((z > 0).sum(-1).float().mean())) and r["l0"] <= 8
     fve = 1 - (sae.decode(z) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()

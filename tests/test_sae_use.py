@@ -17,7 +17,7 @@ SITE = "blocks.1.hook_resid_pre"
 
 
 def _texts(n=300):
-    return [r["prompt"] for _, r in read_jsonl(wb.data_path("caft_task.jsonl"), "task")][:n]
+    return [r["prompt"] for _, r in read_jsonl(wb.data.data_path("caft_task.jsonl"), "task")][:n]
 
 
 def _trained_topk_sae(model, site, texts, d_sae=256, k=8, steps=300, seed=0):
@@ -27,7 +27,7 @@ def _trained_topk_sae(model, site, texts, d_sae=256, k=8, steps=300, seed=0):
 
     torch.manual_seed(seed)
     layer = int(site.split(".")[1])
-    acts = wb.read_activations(model, texts, [layer], read_at="all")[layer]
+    acts = wb.directions.read_activations(model, texts, [layer], read_at="all")[layer]
     sae = TopKSAE(TopKSAEConfig(d_in=model.dims.d_model, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=site)))
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
@@ -59,8 +59,8 @@ def test_steering_with_a_decoder_direction_moves_that_latent(setup):
     vec = latent_steering_vector(model, sae, latent)
     assert vec.layers == [1] and torch.equal(vec.vectors[1], sae.W_dec[latent])
     # the site's activation is exactly h + m W_dec[i] (read after the intervention)
-    h0 = wb.read_activations(model, texts, [1], read_at="all")[1]
-    h1 = wb.read_activations(model, texts, [1], read_at="all", interventions=vec.interventions(model, 4.0))[1]
+    h0 = wb.directions.read_activations(model, texts, [1], read_at="all")[1]
+    h1 = wb.directions.read_activations(model, texts, [1], read_at="all", interventions=vec.interventions(model, 4.0))[1]
     torch.testing.assert_close(h1 - h0, 4.0 * sae.W_dec[latent].expand_as(h0), atol=1e-5, rtol=0)
     z1 = read_latents(model, sae, texts, interventions=vec.interventions(model, 4.0))
     moved = (z1 - z0).mean(0)
@@ -79,11 +79,11 @@ def test_latent_subspace_removes_the_decoder_directions(setup, tmp_path):
     subs = latent_subspaces(model, sae, latents)
     basis = subs[1]
     torch.testing.assert_close(basis @ basis.T, torch.eye(3), atol=1e-5, rtol=0)
-    h = wb.read_activations(model, texts[:8], [1], read_at="all",
+    h = wb.directions.read_activations(model, texts[:8], [1], read_at="all",
                             interventions=[ProjectOut(SITE, basis=basis)])[1]
     assert (h @ sae.W_dec[latents].T).abs().max() < 1e-4  # nothing left along any of the latents' directions
     # the one direction file format: CAFT reads it back as the same subspace
-    from workbench import caft
+    from workbench.directions import caft
 
     path = save_latent_directions(tmp_path / "lat.safetensors", model, sae, latents)
     with pytest.warns(UserWarning, match="orthonormal"):
@@ -216,7 +216,7 @@ def test_cli_inspect_and_diff(setup, tmp_path):
     from workbench.cli import main
 
     model, sae, texts = setup
-    wb.save_sae(wb.load_sae(sae, model), tmp_path / "sae")
+    wb.sae.save_sae(wb.sae.load_sae(sae, model), tmp_path / "sae")
     lines = [t.split("\n")[0] for t in texts[:30]]  # one text a line
     (tmp_path / "texts.txt").write_text("\n".join(lines))
     assert main(["sae", "inspect", "--model", "tiny-llama", "--sae", str(tmp_path / "sae"), "--latents", "3,5",

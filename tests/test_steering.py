@@ -15,7 +15,7 @@ from workbench.steering import (SteeringVector, build_steering_vector, generate,
 
 from conftest import assert_no_hooks
 
-DATA = wb.data_path("steering")
+DATA = wb.data.data_path("steering")
 PROMPTS = ["When Mary and John went to the store, John gave", "The Eiffel Tower is in", "Hi there"]
 
 

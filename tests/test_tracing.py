@@ -4,7 +4,7 @@ import torch
 
 import workbench as wb
 from workbench.patching.reference import research_trace_loop
-from workbench.tracing import KINDS, embedding_noise_std, trace_fact
+from workbench.patching.tracing import KINDS, embedding_noise_std, trace_fact
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is located in the city of", "Eiffel Tower", " Paris"
 
@@ -39,7 +39,7 @@ def test_trace_identities(tiny4):
     assert all(np.array_equal(again.scores[k], tr.scores[k]) for k in KINDS)
     other = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=0.5, samples=4, window=3, seed=1)
     assert other.p_corrupted != tr.p_corrupted
-    back = wb.tracing.Trace.from_json(tr.to_json())
+    back = wb.patching.tracing.Trace.from_json(tr.to_json())
     assert np.array_equal(back.scores["mlp"], tr.scores["mlp"]) and back.subject_span == tr.subject_span
 
 
@@ -67,7 +67,7 @@ import sys
 import time
 
 from workbench.data.facts import known_facts, load_facts
-from workbench.tracing import token_groups, trace_facts
+from workbench.patching.tracing import token_groups, trace_facts
 
 FACTS = [
     {"id": 0, "relation": "capital_of", "subject": "France", "prompt": "The capital city of France is", "object": "Paris"},
@@ -142,12 +142,12 @@ def test_reproduction_reads_the_peaks_off_a_summary():
         return {"by_layer": [height if l == peak_layer else 0.01 * l for l in range(L)]}
     ie = {k: {"last subject token": group(p, h), "last token": group(q, g)}
           for k, p, h, q, g in [("resid", 2, 0.5, 5, 0.9), ("mlp", 1, 0.3, 0, 0.02), ("attn", 4, 0.2, 4, 0.4)]}
-    r = wb.tracing.reproduction({"n_traced": 7, "average_total_effect": 0.6, "indirect_effect": ie})
+    r = wb.patching.tracing.reproduction({"n_traced": 7, "average_total_effect": 0.6, "indirect_effect": ie})
     assert (r["resid_peak_layer"], r["resid_peak"], r["mlp_peak_layer"], r["mlp_at_last_subject"]) == (2, 0.5, 1, 0.3)
     assert r["attn_at_last_subject"] == 0.01 and r["attn_peak_layer_at_last_token"] == 4
     assert abs(r["late_attn_at_last_token"] - (0.03 + 0.4 + 0.05) / 3) < 1e-12
     with pytest.raises(ValueError, match="attn"):
-        wb.tracing.reproduction({"n_traced": 1, "average_total_effect": 0.1,
+        wb.patching.tracing.reproduction({"n_traced": 1, "average_total_effect": 0.1,
                                  "indirect_effect": {k: ie[k] for k in ("resid", "mlp")}})
 
 

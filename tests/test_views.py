@@ -14,7 +14,7 @@ import workbench as wb
 from workbench.cli import main
 from workbench.steering import SteeringSweep, build_steering_vector, sweep
 
-DATA = wb.data_path("steering")
+DATA = wb.data.data_path("steering")
 CLEAN, CORRUPT = "The Eiffel Tower is in the city of", "The Colosseum is in the city of"
 
 
@@ -33,20 +33,20 @@ def small_sweep(tiny):
 
 
 def test_heatmap_view_holds_the_grid(tiny, tmp_path):
-    res = wb.activation_patching(tiny("llama"), CLEAN, CORRUPT, " Paris", " Rome", components=["resid_pre", "z"],
+    res = wb.patching.activation_patching(tiny("llama"), CLEAN, CORRUPT, " Paris", " Rome", components=["resid_pre", "z"],
                                  by="position")
     grid = res["resid_pre"]
     view = grid.view()
     (trace,) = view.figure.data
     np.testing.assert_array_equal(np.asarray(trace.z), grid.values)
     assert list(trace.customdata[1, 3]) == ["1", grid.coords["position"][3]]  # hover labels: layer, "pos:token"
-    path = wb.save_html(grid, tmp_path / "grid.html")
+    path = wb.views.save_html(grid, tmp_path / "grid.html")
     html = path.read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert_offline(html)
     assert 'class="plotly-graph-div"' in grid._repr_html_()  # what JupyterLab shows for a bare `grid`
     # a (layer, position, head) grid: one heatmap per head under a slider, the head named in the hover
-    heads = wb.activation_patching(tiny("llama"), CLEAN, CORRUPT, " Paris", " Rome", components="z",
+    heads = wb.patching.activation_patching(tiny("llama"), CLEAN, CORRUPT, " Paris", " Rome", components="z",
                                    by="position_head")["z"]
     fig = heads.view().figure
     assert len(fig.data) == heads.shape[2] and [t.visible for t in fig.data] == [True] + [False] * (heads.shape[2] - 1)
@@ -56,18 +56,18 @@ def test_heatmap_view_holds_the_grid(tiny, tmp_path):
 
 def test_page_of_views_inlines_plotly_once(tiny, tmp_path):
     m = tiny("llama")
-    traces = [wb.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2, seed=s)
+    traces = [wb.patching.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2, seed=s)
               for s in (0, 1)]
     page = wb.views.concat([t.view() for t in traces], "two traces")
     one = traces[0].view().body
     assert len(page.body) < 1.2 * len(one)  # the 4.7 MB of plotly.js once, not twice
     assert page.body.count('class="plotly-graph-div"') == 2
-    assert_offline(wb.save_html(page, tmp_path / "page.html").read_text())
+    assert_offline(wb.views.save_html(page, tmp_path / "page.html").read_text())
 
 
 def test_steering_views(small_sweep, tmp_path):
     sw = small_sweep
-    page = wb.save_html(sw, tmp_path / "sweep.html").read_text()
+    page = wb.views.save_html(sw, tmp_path / "sweep.html").read_text()
     assert_offline(page)
     for s in sw.samples:  # every continuation is in the page's data, escaped for a script element
         assert json.dumps(s["continuation"]).replace("</", "<\\/") in page
@@ -95,18 +95,18 @@ def test_text_views_are_offline(tiny):
 
 
 def test_views_bad_input(tiny, tmp_path):
-    grid = wb.LabelledArray(np.zeros(3), ("position",), {"position": ["a", "b", "c"]})
+    grid = wb.toolkit.LabelledArray(np.zeros(3), ("position",), {"position": ["a", "b", "c"]})
     with pytest.raises(ValueError, match="arr: a heatmap view needs a 2-D or 3-D array"):
         grid.view()
     assert grid._repr_html_() is None  # a 1-D array falls back to its text repr
     with pytest.raises(ValueError, match="path: expected a file name ending in .html"):
-        wb.save_html(wb.views.token_view(["a"], [1.0]), tmp_path / "x.png")
+        wb.views.save_html(wb.views.token_view(["a"], [1.0]), tmp_path / "x.png")
     with pytest.raises(ValueError, match="values: expected one value per token"):
         wb.views.token_view(["a", "b"], [1.0])
     with pytest.raises(ValueError, match="pattern: expected"):
         wb.views.attention_view(["a", "b"], np.ones((2, 3, 3)))
     with pytest.raises(ValueError, match="view: expected a workbench View"):
-        wb.save_html("not a view", tmp_path / "x.html")
+        wb.views.save_html("not a view", tmp_path / "x.html")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.html").exists()
 
 

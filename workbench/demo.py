@@ -9,7 +9,7 @@ from .data.facts import DEFAULT_FACTS
 from .core.loading import load_model
 from .patching import activation_patching
 from .core.io import atomic_write_text
-from .tracing import trace_facts
+from .patching.tracing import trace_facts
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"

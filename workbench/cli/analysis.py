@@ -18,13 +18,13 @@ def _write(out: Path, result: dict, arrays: dict) -> None:
 
 
 def _cmd_lens(args) -> int:
-    from ..analysis import logit_lens
+    from ..lenses import logit_lens
     from ..core.loading import load_model
 
     model = load_model(args.model)
     tuned = None
     if args.tuned is not None:
-        from ..analysis import load_tuned_lens
+        from ..lenses import load_tuned_lens
 
         tuned = load_tuned_lens(args.tuned, model)[0]
     res = logit_lens(model, args.prompt, args.answer if len(args.answer) > 1 else args.answer[0], tuned=tuned)
@@ -38,7 +38,7 @@ def _cmd_lens(args) -> int:
 
 
 def _cmd_tuned_lens(args) -> int:
-    from ..analysis import lens_kl, train_tuned_lens
+    from ..lenses import lens_kl, train_tuned_lens
     from ..core.io import atomic_write_text
     from ..core.loading import load_model
 
@@ -65,7 +65,7 @@ def _cmd_tuned_lens(args) -> int:
 
 
 def _cmd_dla(args) -> int:
-    from ..analysis import direct_logit_attribution
+    from ..lenses import direct_logit_attribution
     from ..core.loading import load_model
 
     model = load_model(args.model)
@@ -82,7 +82,7 @@ def _cmd_dla(args) -> int:
 
 
 def _cmd_path_patch(args) -> int:
-    from ..analysis import path_patching
+    from ..patching import path_patching
     from ..core.loading import load_model
 
     senders = [s.split("+") if "+" in s else s for s in parse_list(args.senders, str, "senders")]
@@ -106,7 +106,7 @@ def _cmd_path_patch(args) -> int:
 def _cmd_das(args) -> int:
     import torch
 
-    from ..analysis import das
+    from ..directions import das
     from ..core.io import atomic_write_text, read_jsonl, save_safetensors
     from ..core.loading import load_model
 
@@ -133,7 +133,7 @@ def _cmd_das(args) -> int:
 
 
 def _cmd_cross_patch(args) -> int:
-    from ..analysis import cross_model_patching
+    from ..patching import cross_model_patching
     from ..core.loading import load_model
 
     base, tuned = load_model(args.model), load_model(args.tuned)

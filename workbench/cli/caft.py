@@ -8,7 +8,7 @@ from .common import add_force, input_file, output_dir, parse_list, verb
 
 
 def _cmd_caft(args) -> int:
-    from .. import caft
+    from ..directions import caft
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
     from ..core.sites import COMPONENTS
@@ -38,7 +38,7 @@ def _cmd_caft(args) -> int:
 
 def register(sub) -> None:
     s = verb(sub, "caft", help="concept ablation fine-tuning: plain vs CAFT vs random directions vs test-time ablation")
-    s.add_argument("--task", required=True, help="task JSONL (splits train, id_test, ood_test; see workbench.caft)")
+    s.add_argument("--task", required=True, help="task JSONL (splits train, id_test, ood_test; see workbench.directions.caft)")
     s.add_argument("--directions", required=True,
                    help="safetensors: `layer.<n>` tensors [k, d_model], or one probe `direction` used at every --layers")
     s.add_argument("--layers", default=None, help="comma-separated layers to ablate at (default: those in the file)")

@@ -121,6 +121,6 @@ def add_workers(parser) -> None:
 
 def check_workers(args) -> None:
     """The --workers / --ray-address values (and that Ray is installed when they are given), before any work."""
-    from ..distributed import check_executor_args
+    from ..toolkit.executors import check_executor_args
 
     check_executor_args(args.workers, args.ray_address)

@@ -11,7 +11,7 @@ from .common import add_force, add_workers, check_float, check_int, check_worker
 def _cmd_trace(args) -> int:
     from ..core.loading import load_model
     from ..data.facts import load_facts
-    from ..tracing import check_kinds, trace_facts
+    from ..patching.tracing import check_kinds, trace_facts
 
     kinds = check_kinds(args.kinds)
     check_int(args.limit, "limit", none_ok=True)
@@ -29,7 +29,7 @@ def _cmd_trace(args) -> int:
                           figures=not args.no_figures, workers=args.workers, ray_address=args.ray_address)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
     if args.html and summary["n_traced"]:  # one self-contained page: average effects and each fact's Figure 1
-        from ..tracing import load_traces
+        from ..patching.tracing import load_traces
         from ..views import save_html, trace_folder_view
 
         print(f"wrote {save_html(trace_folder_view(load_traces(args.out), summary), Path(args.out) / 'trace.html')}")

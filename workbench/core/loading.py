@@ -24,9 +24,9 @@ def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implement
 def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
                dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", device_map=None) -> Model:
     """Load a model for the workbench (see `_load`). `device_map` ("auto", or {module name: device}) splits
-    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`."""
+    it over devices with accelerate (`workbench.toolkit.split_model`); not together with `device`."""
     if device_map is not None:
-        from ..distributed.devices import check_device_map, split_model
+        from .devices import check_device_map, split_model
 
         check_device_map(device_map)
         if device is not None:

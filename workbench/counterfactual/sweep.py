@@ -17,7 +17,7 @@ import json
 import torch
 
 from ..core.model import Model
-from ..core.sweep import SweepFolder
+from ..toolkit.sweep import SweepFolder
 from .decode import Counterfactuals, _check_intervention, _settings, counterfactuals, describe
 from .gumbel import Samples, token_rows
 

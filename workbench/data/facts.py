@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..core.io import read_jsonl
-from ..core.sweep import check_item_id
+from ..toolkit.sweep import check_item_id
 from . import resolve
 
 REQUIRED = ("id", "subject", "prompt", "object")

@@ -1,7 +1,12 @@
-"""Directions and the activations they come from: the one activation reader (`activations`) and the one
-direction file format (`store`), shared by probes, steering, CAFT and SAEs."""
+"""Directions in activation space and the activations they come from: the one activation reader
+(`activations`), the one direction file format (`store`), concept ablation fine-tuning (`caft`), subspace
+interchange and distributed alignment search (`subspace`). Probes (`probes/`), steering (`workbench.steering`)
+and SAEs build on these."""
+from . import caft
 from .activations import collect_activations, read_activations
 from .store import DirectionFileError, load_direction, load_directions, save_direction, save_directions
+from .subspace import DASResult, SubspaceReplace, das, interchange_accuracy, rowspace_split
 
 __all__ = ["read_activations", "collect_activations", "save_directions", "load_directions", "save_direction",
-           "load_direction", "DirectionFileError"]
+           "load_direction", "DirectionFileError", "caft", "das", "DASResult", "SubspaceReplace",
+           "interchange_accuracy", "rowspace_split"]

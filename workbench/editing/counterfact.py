@@ -31,7 +31,7 @@ import torch
 from ..data.facts import answer_text
 from ..data import resolve
 from ..core.generation import generate
-from ..core.sweep import SweepFolder, check_item_id
+from ..toolkit.sweep import SweepFolder, check_item_id
 from ..core.io import atomic_write_text, read_jsonl
 from .requests import EditError, target_logprobs
 
@@ -264,7 +264,7 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
     import math
 
     from .requests import EditRequest, edit_layers
-    from .rome import HPARAMS
+    from .rank_one import HPARAMS
 
     if isinstance(requests, (str, bytes, dict, Path)) or not isinstance(requests, (list, tuple)) or not requests:
         raise EditError("requests: expected a non-empty list of request dicts (`load_requests(path)` reads a file), "
@@ -304,14 +304,14 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
     in one edit; "none": the unedited model). `out` is a resumable sweep folder (`core.sweep`): results go
     to `out/results/<id>.json` as they finish and a re-run skips them; `out/metrics.json` holds the summary.
     `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
-    `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.distributed`; ROME,
+    `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.toolkit`; ROME,
     FT-L and "none": each request is an item, ROME's value optimisation then runs per request as with
     `chunk=1`); MEMIT's one edit of all requests runs in-process. Returns the metrics."""
     from tqdm.auto import tqdm
 
     from .ftl import ft_l
-    from .memit import memit
-    from .rome import context_prefixes, default_layer, rome_many
+    from .mass import memit
+    from .rank_one import context_prefixes, default_layer, rome_many
     from .stats import second_moment, second_moments
     from .weights import EditRejected, WeightEdit
 
@@ -336,7 +336,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         sweep = SweepFolder(out, config, items="results", force=force, ignore=("request_ids",))
     except ValueError as e:
         raise EditError(str(e)) from None
-    from ..distributed import InProcess, make_executor, run_items
+    from ..toolkit.executors import InProcess, make_executor, run_items
 
     if method == "memit" and (workers is not None or ray_address is not None or executor is not None):
         raise EditError("workers: MEMIT makes one edit of all requests together; run it without workers / ray_address")
@@ -415,7 +415,7 @@ def _counterfact_metrics(sweep, requests, method, layer, config, out) -> dict:
 
 
 def _memit_layers(model):
-    from .memit import default_memit_layers
+    from .mass import default_memit_layers
 
     return default_memit_layers(model)
 
@@ -457,7 +457,7 @@ def _counterfact_item(model, p: dict) -> dict:
     """One request of a `run_counterfact` sweep on an executor's worker: edit alone (ROME as `rome_many`
     of one request, FT-L) on the unedited model, score, restore; or score the unedited model ("none")."""
     from .ftl import ft_l
-    from .rome import context_prefixes, rome_many
+    from .rank_one import context_prefixes, rome_many
     from .stats import second_moment
     from .weights import EditRejected
 

@@ -7,7 +7,7 @@ import torch
 from ..core.arch import weight_out_in
 from ..core.generation import pad_right
 from .requests import EditError, EditRequest, already_predicted, edit_layers
-from .rome import default_layer
+from .rank_one import default_layer
 from .weights import WeightEdit, frozen
 
 

@@ -1,7 +1,7 @@
 """Weight edits as data: additive updates to MLP down-projections, applied and restored bit-exactly,
 checked before they are applied, saved as safetensors deltas with JSON metadata.
 
-    edit = wb.rome(model, request)          # computes, changes nothing
+    edit = wb.editing.rome(model, request)          # computes, changes nothing
     with edit.applied(model):               # applied for the body, restored bit-exactly after
         ...
     handle = edit.apply(model); handle.restore()

@@ -16,7 +16,7 @@ import torch
 
 from .engine import run_patches
 from .grid import check_grid, grid_cells, labelled_grid, patches_for, prepare
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.sites import Site
 
 

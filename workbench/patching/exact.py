@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.model import Model
 from .engine import MetricFn
 from .grid import check_grid, grid_cells, labelled_grid, prepare, run_grid

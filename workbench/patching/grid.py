@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .engine import EngineStats, MetricFn, Patch, checked_metric, last_logits, run_patches
 from ..core.model import Model
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.sites import Site, parse_components
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..tracing import window_layers
+from .tracing import window_layers
 
 _TRACE_ROLES = {"resid": "block", "mlp": "mlp", "attn": "attn"}
 

@@ -27,7 +27,7 @@ import torch
 
 from ..core.io import atomic_write_text, save_safetensors
 from ..core.sites import parse_site
-from ..core.sweep import SweepFolder
+from ..toolkit.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width
 
 STDLIB_MODULES = ["argparse", "collections", "json", "os", "pathlib", "re", "string", "textwrap", "itertools",

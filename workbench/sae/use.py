@@ -111,7 +111,7 @@ def latent_steering_vector(model, sae, latents, *, site=None, weights=None) -> S
 def latent_subspaces(model, sae, latents, *, site=None) -> dict[int, Tensor]:
     """CAFT's concept subspace from SAE latents: {layer: orthonormal basis of span(W_dec[latents])} for
     `caft.ablations` / `caft.finetune` (decoder rows are not orthogonal; they are orthonormalised quietly)."""
-    from ..caft import subspaces
+    from ..directions.caft import subspaces
 
     s = latent_site(model, sae, site)
     if s.component not in ("resid_pre", "resid_mid", "resid_post"):

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..core.generation import check_generation, check_prompts, generate as core_generate
 from ..core.interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..data import resolve
 from ..core.io import atomic_write_text, read_jsonl, save_safetensors
 from ..core.sites import check_layers, check_residual_component, parse_site

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.arch import module_device  # noqa: F401  (re-exported: where a split model's module lives)
+from .arch import module_device  # noqa: F401  (re-exported: where a split model's module lives)
 
 
 def check_device_map(device_map) -> None:

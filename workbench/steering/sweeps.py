@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..core.generation import check_generation, check_prompts, generate_ids
 from ..core.interventions import Add
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.io import atomic_write_text
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
@@ -118,7 +118,7 @@ class SteeringSweep:
         """Success rate (or behaviour) and fluency cost against the multiplier, one line per layer."""
         import matplotlib.pyplot as plt
 
-        from ..plotting import save_figure
+        from ..views.figures import save_figure
 
         top = self.success if self.success is not None else self.behaviour
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

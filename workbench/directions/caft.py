@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core.interventions import ProjectOut, orthonormalize
-from .core.model import Model
-from .data import resolve
-from .core.io import read_jsonl
-from .directions import store
-from .directions.activations import read_activations
-from .core.sites import Site, check_layers, check_residual_component, parse_site
+from ..core.interventions import ProjectOut, orthonormalize
+from ..core.model import Model
+from ..data import resolve
+from ..core.io import read_jsonl
+from . import store
+from .activations import read_activations
+from ..core.sites import Site, check_layers, check_residual_component, parse_site
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -447,7 +447,7 @@ def plot_comparison(results: dict, path: str | Path | None = None, title: str | 
     `results` with `id_acc` / `ood_acc`), mean +- std over seeds, seeds as dots. Returns the Axes."""
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
+    from ..views.figures import save_figure
 
     conds = [c for c in CONDITIONS if c in results]
     conds += [c for c, v in results.items()  # variants (per-seed lists), not the base model's single numbers

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..core.io import save_safetensors
 from ..core.sites import Site
 from ._common import as_prompts
-from .lens import lens_logits
+from .logit import lens_logits
 
 
 class TunedLens(nn.Module):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
+from ..core.io import atomic_write_text
 
 
 @dataclass
@@ -58,7 +58,7 @@ class LabelledArray:
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""
-        from ..plotting import heatmap
+        from ..views.figures import heatmap
 
         return heatmap(self, path=path, ax=ax, title=title, cmap=cmap)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.sites import Site, check_layers
 from ._common import answer_ids, as_prompts
 

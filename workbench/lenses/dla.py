@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core.arch import norm_kind, weight_out_in
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.sites import Site
 from ._common import answer_ids, as_prompts
 

@@ -17,7 +17,7 @@ import torch
 
 from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, as_requests, edit_layers, subject_last
-from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
+from .rank_one import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
 

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from ..core.interventions import Replace
-from ..core.labelled import LabelledArray
+from ..toolkit.results import LabelledArray
 from ..core.sites import Site
-from ..patching.grid import make_pairs, metric_fn
+from .grid import make_pairs, metric_fn
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _MLP = re.compile(r"^mlp(\d+)$")

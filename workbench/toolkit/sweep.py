@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..core.io import atomic_write_text
 
 
 def check_item_id(item_id, seen: set, where: str, what: str, error=ValueError) -> None:

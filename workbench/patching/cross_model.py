@@ -9,9 +9,9 @@ from typing import Sequence
 
 import torch
 
-from ..core.labelled import LabelledArray
-from ..patching.engine import checked_metric, last_logits
-from ..patching.grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
+from ..toolkit.results import LabelledArray
+from .engine import checked_metric, last_logits
+from .grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .patching.engine import Overwrite, Patch, run_patches
-from .core.model import Model
-from .core.sites import Site, check_choices
+from .engine import Overwrite, Patch, run_patches
+from ..core.model import Model
+from ..core.sites import Site, check_choices
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -79,18 +79,18 @@ class Trace:
 
     def plot(self, path: str | Path | None = None):
         """The paper's Figure 1: one heatmap per kind, tokens down, layers across; subject tokens starred."""
-        from .plotting import trace_figure
+        from ..views.figures import trace_figure
 
         return trace_figure(self, path)
 
     # Interactive views (workbench.views): Figure 1 as hoverable heatmaps.
     def view(self):
-        from .views import trace_heatmaps
+        from ..views import trace_heatmaps
 
         return trace_heatmaps(self)
 
     def show(self) -> None:
-        from .views import show
+        from ..views import show
 
         show(self.view())
 
@@ -294,12 +294,12 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     depend on it).
 
     `workers` / `ray_address` run the facts on Ray workers (a local cluster of `workers`, or the cluster
-    at `ray_address`; see `workbench.distributed`), `executor` on one made beforehand; the results are
+    at `ray_address`; see `workbench.toolkit`), `executor` on one made beforehand; the results are
     the same as in-process, bit for bit on the CPU (every fact uses `seed`).
     """
-    from .core.sweep import SweepFolder
-    from .data.facts import answer_text, known_facts, load_facts
-    from .distributed import make_executor, run_items
+    from ..toolkit.sweep import SweepFolder
+    from ..data.facts import answer_text, known_facts, load_facts
+    from ..toolkit.executors import make_executor, run_items
 
     facts = load_facts(facts_path)
     if order == "relations":
@@ -355,7 +355,7 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
     sweep.write_json("summary.json", summary)
     if figures and summary["n_traced"]:
-        from .plotting import average_effect_figures
+        from ..views.figures import average_effect_figures
 
         average_effect_figures(summary, sweep.path)
     return summary

@@ -1,0 +1,11 @@
+"""What the method packages share above the model kernel: the resumable sweep folder (`sweep`), who runs a
+sweep's items (`executors`: in-process or a Ray cluster of workers that load the model once), results with
+named axes (`results`), JSONL datasets with named, checked keys (`records`), prompt lists (`prompts`) and
+text corpora (`corpora`). Ray is an optional extra: `pip install workbench[ray]`."""
+from .executors import (INSTALL, InProcess, ModelSpec, RayExecutor, check_executor_args, make_executor, model_spec,
+                        run_items, start_local_cluster)
+from .results import LabelledArray
+from .sweep import SweepFolder, check_item_id
+
+__all__ = ["InProcess", "RayExecutor", "ModelSpec", "model_spec", "make_executor", "run_items", "check_executor_args",
+           "INSTALL", "start_local_cluster", "LabelledArray", "SweepFolder", "check_item_id"]
