@@ -51,7 +51,7 @@ def main(argv=None):
         os.symlink(wb.core.cache_dir() / "models", os.path.join(tmp, "models"))
         os.environ["WORKBENCH_CACHE"] = tmp
         try:
-            from workbench.editing.stats import corpus_tokens
+            from workbench.toolkit.corpora import corpus_tokens
 
             t0 = time.perf_counter()
             corpus_tokens(model, "samples", args.fresh_tokens, fingerprint=model.fingerprint, progress=False)

@@ -164,12 +164,12 @@ def test_bad_input(tiny, tmp_path, capsys):
     torch.testing.assert_close(dirs @ basis.T @ basis, dirs, atol=1e-4, rtol=1e-4)  # same span
     caft.save_subspaces(tmp_path / "d.safetensors", {0: torch.eye(d)[:1], 5: torch.eye(d)[:1]})
     with pytest.raises(ValueError, match="layer 5 out of range"):
-        caft.load_directions(tmp_path / "d.safetensors", model)
+        caft.subspaces(wb.directions.load(tmp_path / "d.safetensors", model), model.dims.d_model)
     with pytest.raises(ValueError, match="layer 7 out of range"):
-        caft.load_directions(tmp_path / "d.safetensors", model, layers=[7])
+        caft.subspaces(wb.directions.load(tmp_path / "d.safetensors", model, layers=[7]), model.dims.d_model)
     probes.save_direction(tmp_path / "p.safetensors", torch.randn(d))
     with pytest.warns(UserWarning, match="not orthonormal"):  # a probe direction of another length is normalised
-        assert set(caft.load_directions(tmp_path / "p.safetensors", model, layers=[0, 1])) == {0, 1}
+        assert set(caft.subspaces(wb.directions.load(tmp_path / "p.safetensors", model, layers=[0, 1]), model.dims.d_model)) == {0, 1}
     caft.save_subspaces(tmp_path / "w.safetensors", {0: torch.randn(1, d + 1)})
     task = write_jsonl(tmp_path / "t.jsonl", good)
     assert main(["caft", "--model", "tiny-llama", "--task", str(task), "--directions", str(tmp_path / "w.safetensors"),

@@ -87,7 +87,7 @@ def test_latent_subspace_removes_the_decoder_directions(setup, tmp_path):
 
     path = save_latent_directions(tmp_path / "lat.safetensors", model, sae, latents)
     with pytest.warns(UserWarning, match="orthonormal"):
-        back = caft.load_directions(path, model)
+        back = caft.subspaces(wb.directions.load(path, model), model.dims.d_model)
     torch.testing.assert_close(back[1] @ back[1].T, torch.eye(3), atol=1e-5, rtol=0)
     proj = back[1].T @ back[1]
     torch.testing.assert_close(sae.W_dec[latents] @ proj, sae.W_dec[latents], atol=1e-5, rtol=0)  # same span

@@ -10,7 +10,7 @@ import torch
 import workbench as wb
 from workbench.steering.behaviour import log_odds_classifier, word_share
 from workbench.core.interventions import AtPositions, FromPosition, Generated
-from workbench.steering import (SteeringVector, build_steering_vector, generate, load_lines,
+from workbench.steering import (SteeringVector, build_steering_vector, generate_steered, load_lines,
                                 load_pairs, read_activations, steer, sweep)
 
 from conftest import assert_no_hooks
@@ -75,7 +75,7 @@ def test_multiplier_zero_changes_nothing_bit_for_bit(tiny):
             with sv.apply(m, 5.0, positions=positions):
                 moved = m(ids, mask)
             assert positions == "generated" or not torch.equal(moved, plain)  # "generated": no new tokens here
-    assert generate(m, PROMPTS, sv, 0.0, max_new_tokens=6) == generate(m, PROMPTS, None, max_new_tokens=6)
+    assert generate_steered(m, PROMPTS, sv, 0.0, max_new_tokens=6) == generate_steered(m, PROMPTS, None, max_new_tokens=6)
     assert_no_hooks(m)
 
 
@@ -100,10 +100,10 @@ def test_cached_batched_generation_equals_uncached_loop(tiny, positions):
     g = torch.Generator().manual_seed(1)
     v = 4 * torch.randn(m.dims.d_model, generator=g)
     sv = SteeringVector({1: v}, "resid_pre", {"n_layers": m.dims.n_layers})
-    got = generate(m, PROMPTS, sv, 1.5, positions=positions, max_new_tokens=8)
+    got = generate_steered(m, PROMPTS, sv, 1.5, positions=positions, max_new_tokens=8)
     want = [_greedy_reference(m, p, v, 1, 1.5, positions, 8) for p in PROMPTS]
     assert got == want
-    assert got != generate(m, PROMPTS, None, max_new_tokens=8)
+    assert got != generate_steered(m, PROMPTS, None, max_new_tokens=8)
 
 
 def test_position_selectors_in_the_hook_layer(tiny):
@@ -205,7 +205,7 @@ def test_sweep_table_matches_separate_runs(tiny):
     for i, layer in enumerate([0, 1]):
         # multiplier 0 is the unsteered model, bit for bit
         assert res.behaviour.values[i, 0] == res.baseline["behaviour"] and res.cost.values[i, 0] == res.baseline["cost"]
-        texts = generate(m, prompts, sv, 8.0, layers=[layer], max_new_tokens=5)
+        texts = generate_steered(m, prompts, sv, 8.0, layers=[layer], max_new_tokens=5)
         assert [s["continuation"] for s in res.samples if s["layer"] == layer and s["multiplier"] == 8.0] == texts
         assert math.isclose(res.behaviour.values[i, 1], float(np.mean(words(prompts, texts))), rel_tol=1e-9)
         # cost: perplexity of the continuations under the unsteered model, from a plain per-prompt loop
@@ -256,7 +256,7 @@ def test_bad_input_is_a_clear_error(tiny):
         (lambda: sweep(m, sv, ["Hi"], multipliers=[], behaviour=len), "multipliers: expected a non-empty"),
         (lambda: sweep(m, sv, ["Hi"], multipliers=[1.0], behaviour=len, cost="kl"), "neutral_texts"),
         (lambda: sweep(m, sv, [], multipliers=[1.0], behaviour=len), "prompts"),
-        (lambda: generate(m, ["Hi"], sv, 1.0, max_new_tokens=0), "max_new_tokens"),
+        (lambda: generate_steered(m, ["Hi"], sv, 1.0, max_new_tokens=0), "max_new_tokens"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -107,13 +107,11 @@ def _cmd_das(args) -> int:
     import torch
 
     from ..directions import das
-    from ..core.io import atomic_write_text, read_jsonl, save_safetensors
+    from ..core.io import atomic_write_text, save_safetensors
+    from ..toolkit.records import read_records
     from ..core.loading import load_model
 
-    rows = read_jsonl(args.data, "data")
-    for n, r in rows:
-        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("base", "source", "label")):
-            raise ValueError(f"data: line {n} of {args.data}: expected an object with string fields base, source, label")
+    rows = read_records(args.data, "data", {"base": str, "source": str, "label": str})
     if len(rows) < 2:
         raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
     candidates = parse_list(args.candidates, str, "candidates")

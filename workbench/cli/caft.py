@@ -9,6 +9,7 @@ from .common import add_force, input_file, output_dir, parse_list, verb
 
 def _cmd_caft(args) -> int:
     from ..directions import caft
+    from ..directions import load as load_directions
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
     from ..core.sites import COMPONENTS
@@ -24,7 +25,7 @@ def _cmd_caft(args) -> int:
         raise ValueError(f"component: expected one of {sorted(COMPONENTS)}, got {args.component!r}")
     out = output_dir(args.out, force=args.force, writes=["results.json", "caft.png"])
     model = load_model(args.model)
-    subs = caft.load_directions(args.directions, model, layers)
+    subs = caft.subspaces(load_directions(args.directions, model, layers), model.dims.d_model)
     res = caft.compare(model, task, subs, seeds=seeds, fill=args.fill, component=args.component, config=cfg,
                        progress=True)
     res.update(model=model.name, task=str(args.task), directions=str(args.directions))

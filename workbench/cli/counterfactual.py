@@ -21,7 +21,7 @@ def _replace_arg(text: str | None):
 
 
 def _cmd_counterfactual(args) -> int:
-    from ..core.io import read_jsonl
+    from ..toolkit.records import read_records
     from ..core.loading import load_model
     from ..counterfactual import counterfactual_sweep, measure, sample, save
     from ..steering.vectors import SteeringVector, load_lines
@@ -47,10 +47,7 @@ def _cmd_counterfactual(args) -> int:
     if (args.observed is None) == (args.prompts is None):
         raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     if args.observed:
-        rows = read_jsonl(args.observed, "observed")
-        for n, r in rows:
-            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("continuation"), str)):
-                raise ValueError(f"observed: {args.observed}:{n}: expected {{\"prompt\": str, \"continuation\": str}}")
+        rows = read_records(args.observed, "observed", {"prompt": str, "continuation": str})
         rows = [r for _, r in rows][: args.limit]
         observed, prompts = [r["continuation"] for r in rows], [r["prompt"] for r in rows]
     else:

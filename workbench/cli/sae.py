@@ -14,19 +14,11 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
 
         train, test = split_corpus(default_corpus(model, samples, seed=seed), seed=seed)
         return train if part == "train" else test
-    path = input_file(spec, "texts")
-    if path.suffix == ".jsonl":  # {"text": ...} records (the held-out texts shipped with the default SAE)
-        from ..core.io import read_jsonl
+    from ..toolkit.prompts import read_prompts
 
-        rows = read_jsonl(path, "texts")
-        bad = next((n for n, r in rows if not (isinstance(r, dict) and isinstance(r.get("text"), str))), None)
-        if bad is not None:
-            raise ValueError(f"texts: {path}:{bad}: expected a record with a \"text\" string")
-        return [r["text"] for _, r in rows]
-    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
-    if not lines:
-        raise ValueError(f"texts: {spec} holds no texts (one a line; '#' lines are comments)")
-    return lines
+    # a text file, one text a line ('#' lines are comments), or {"text": ...} records (the held-out texts shipped
+    # with the default SAE)
+    return read_prompts(input_file(spec, "texts"), "texts", field=("text",))
 
 
 def _check_texts_arg(spec: str) -> None:

@@ -9,19 +9,9 @@ from .common import add_force, check_int, input_file, output_dir, output_file, p
 
 def _texts(path) -> list[str]:
     """Lines of a text file, or the `prompt` / `text` field of each line of a JSONL file."""
-    from ..core.io import read_jsonl
-    from ..steering import load_lines
+    from ..toolkit.prompts import read_prompts
 
-    p = input_file(path, "texts")
-    if p.suffix != ".jsonl":
-        return load_lines(p, "texts")
-    out = []
-    for n, row in read_jsonl(p, "texts"):
-        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"texts: {p}:{n}: expected an object with a non-empty 'prompt' or 'text' field")
-        out.append(text)
-    return out
+    return read_prompts(input_file(path, "texts"), "texts")
 
 
 def _cmd_inspect(args) -> int:

@@ -31,7 +31,7 @@ from .sites import Site
 Index = int | slice | list[int] | tuple[int, ...] | range | Tensor | None
 
 
-def _as_index(sel: Index, size: int, arg: str) -> Tensor | None:
+def as_index(sel: Index, size: int, arg: str) -> Tensor | None:
     """A checked LongTensor of indices into a dimension of `size`, or None for all of it."""
     if sel is None:
         return None
@@ -164,7 +164,7 @@ class Intervention:
             raise ValueError(f"positions: a PositionSelector cannot select the queries of {self.site.name}; "
                              "give query indices")
         sel = {"rows": self.rows, "positions": None if by_id else self.positions, "heads": self.heads}
-        idx = [_as_index(sel[a], n, a) for a, n in zip(axes, sizes)]
+        idx = [as_index(sel[a], n, a) for a, n in zip(axes, sizes)]
         if self.pointwise:
             given = [i for i in idx if i is not None]
             by_name = dict(zip(axes, idx))
@@ -238,7 +238,7 @@ class Intervention:
         raise NotImplementedError
 
 
-def _check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
+def check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
     if not isinstance(value, Tensor):
         raise ValueError(f"{arg}: expected a tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -261,7 +261,7 @@ class Replace(Intervention):
     value: Tensor | None = None
 
     def check(self, shape):
-        _check_value(self.value, shape, "value", self.site)
+        check_value(self.value, shape, "value", self.site)
 
     def update(self, x):
         return self.value.to(x.device, x.dtype).expand_as(x)
@@ -275,7 +275,7 @@ class Add(Intervention):
     multiplier: float = 1.0
 
     def check(self, shape):
-        _check_value(self.vector, shape, "vector", self.site)
+        check_value(self.vector, shape, "vector", self.site)
         if not math.isfinite(float(self.multiplier)):
             raise ValueError(f"multiplier: expected a finite number, got {self.multiplier}")
 

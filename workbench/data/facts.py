@@ -1,12 +1,11 @@
 """Facts datasets (JSONL: id, relation, subject, template, prompt, object, paraphrases) and which ones a model knows."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..core.io import read_jsonl
+from ..toolkit.records import read_records
 from ..toolkit.sweep import check_item_id
 from . import resolve
 
@@ -16,22 +15,6 @@ OPTIONAL = ("relation", "template", "paraphrases", "known")
 KNOWN_1000_KEYS = ("known_id", "subject", "attribute", "template", "prediction", "prompt", "relation_id")
 # The dataset written for this project, shipped inside the package.
 DEFAULT_FACTS = Path(__file__).resolve().parent / "facts.jsonl"
-
-
-def _read_records(path: Path, what: str) -> list[tuple[int, object]]:
-    """(record number, record): a JSON list (ROME's published files, `.json`) or JSONL (one object a line)."""
-    if not path.is_file():
-        raise ValueError(f"{what}: no such file {path}")
-    text = path.read_text()
-    if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{what}: {path}: expected a JSON list of records, got {type(data).__name__}")
-        return list(enumerate(data, 1))
-    return read_jsonl(path, what)
 
 
 def _from_known_1000(r: dict) -> dict:
@@ -49,9 +32,7 @@ def load_facts(path: str | Path) -> list[dict]:
     A malformed record, or one with unknown (e.g. misspelt) keys, is an error naming the file, the record
     and the expected keys."""
     facts, ids = [], set()
-    for n, fact in _read_records(resolve(path), "facts"):
-        if not isinstance(fact, dict):
-            raise ValueError(f"facts: {path}:{n}: expected a JSON object, got {type(fact).__name__}")
+    for n, fact in read_records(resolve(path), "facts", json_list=True):
         if "known_id" in fact or "attribute" in fact:
             unknown = sorted(set(fact) - set(KNOWN_1000_KEYS))
             missing = [k for k in KNOWN_1000_KEYS if k not in fact and k != "prediction"]

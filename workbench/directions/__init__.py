@@ -4,9 +4,9 @@ interchange and distributed alignment search (`subspace`). Probes (`probes/`), s
 and SAEs build on these."""
 from . import caft
 from .activations import collect_activations, read_activations
-from .store import DirectionFileError, load_direction, load_directions, save_direction, save_directions
+from .store import DirectionFileError, load, load_direction, load_directions, save_direction, save_directions
 from .subspace import DASResult, SubspaceReplace, das, interchange_accuracy, rowspace_split
 
-__all__ = ["read_activations", "collect_activations", "save_directions", "load_directions", "save_direction",
+__all__ = ["load", "read_activations", "collect_activations", "save_directions", "load_directions", "save_direction",
            "load_direction", "DirectionFileError", "caft", "das", "DASResult", "SubspaceReplace",
            "interchange_accuracy", "rowspace_split"]

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..core.interventions import ProjectOut, orthonormalize
 from ..core.model import Model
 from ..data import resolve
-from ..core.io import read_jsonl
+from ..toolkit.records import read_records
 from . import store
 from .activations import read_activations
 from ..core.sites import Site, check_layers, check_residual_component, parse_site
@@ -50,12 +50,7 @@ CONDITIONS = ("plain", "caft", "random", "test_time")
 def load_task(path: str | Path) -> dict[str, list[dict]]:
     """Read a task JSONL file -> {split: [example, ...]}; a malformed line is an error naming its line number."""
     task: dict[str, list[dict]] = {s: [] for s in SPLITS + OPTIONAL_SPLITS}
-    for n, ex in read_jsonl(resolve(path), "task"):
-        if not isinstance(ex, dict):
-            raise ValueError(f"task: {path}:{n}: expected a JSON object, got {type(ex).__name__}")
-        for key, kind in (("split", str), ("prompt", str), ("answer", str), ("choices", list)):
-            if not isinstance(ex.get(key), kind):
-                raise ValueError(f"task: {path}:{n}: expected key {key!r} of type {kind.__name__}")
+    for n, ex in read_records(resolve(path), "task", {"split": str, "prompt": str, "answer": str, "choices": list}):
         if ex["split"] not in task:
             raise ValueError(f"task: {path}:{n}: split {ex['split']!r}; expected one of {list(task)}")
         if not ex["prompt"]:
@@ -121,33 +116,6 @@ def random_subspaces(like: dict[int, Tensor], seed: int = 0) -> dict[int, Tensor
 def save_subspaces(path: str | Path, subs: dict[int, Tensor], meta: dict | None = None) -> Path:
     """Write {layer: basis [k, d]} in the one direction file format (`workbench.directions.store`)."""
     return store.save_directions(path, {l: b.float() for l, b in subs.items()}, {"kind": "subspace", **(meta or {})})
-
-
-def load_directions(path: str | Path, model: Model, layers: list[int] | None = None) -> dict[int, Tensor]:
-    """Concept directions from a direction file: per-layer tensors ([k, d] each; see `save_subspaces`),
-    or one layer-free `direction` ([d] or [k, d], a probe export) used at every layer in `layers`.
-
-    Checks widths against the model, layers against its depth, and orthonormalises (with a warning).
-    """
-    n_layers = model.dims.n_layers
-    if layers is not None:
-        layers = check_layers(layers, n_layers, "layers")
-    tensors, _ = store.load_directions(path)
-    if None in tensors:
-        if layers is None:
-            raise ValueError("layers: a file with one `direction` needs the layers to ablate it at")
-        found = {l: tensors[None] for l in layers}
-    else:
-        found = tensors
-        if layers is not None:
-            missing = [l for l in layers if l not in found]
-            if missing:
-                raise ValueError(f"layers: {path} has no directions for layers {missing}; it has {sorted(found)}")
-            found = {l: found[l] for l in layers}
-    for l in found:
-        if not 0 <= l < n_layers:
-            raise ValueError(f"directions: layer {l} out of range; the model has layers 0..{n_layers - 1}")
-    return subspaces(found, model.dims.d_model)
 
 
 def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: str = "zero",

@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..core.io import atomic_write_text, save_safetensors
+from ..core.sites import check_layers
 
 FORMAT_KEY = "workbench"
 
@@ -136,3 +137,60 @@ def load_direction(path: str | Path, model=None) -> tuple[Tensor, dict]:
         raise DirectionFileError(f"path: {path} holds {sorted(k for k in out if k is not None) or 'a subspace'}, "
                                  "expected one layer-free `direction` [d_model]")
     return out[None], meta
+
+
+def load(source, model, layers=None, *, arg: str = "directions") -> dict[int, Tensor]:
+    """The one direction reader: {layer: direction [d_model] or subspace [k, d_model]} (float32, on the CPU) for
+    `model`, from any of
+
+        a path        a direction file (`save_directions`): its per-layer tensors, or its one layer-free
+                      `direction` used at every layer of `layers`;
+        a tensor      [d_model], used at every layer of `layers`; or [n_layers, d_model], row L for layer L;
+        a dict        {layer: tensor}.
+
+    With `layers` only those layers are returned (each must be there); every layer must be one of the model's and
+    every tensor a finite float tensor of width d_model."""
+    n_layers, d_model = model.dims.n_layers, model.dims.d_model
+    if layers is not None:
+        layers = check_layers(layers, n_layers, "layers")
+    where = arg
+    if isinstance(source, (str, Path)):
+        found, _ = load_directions(source)
+        where = str(source)
+        if None in found:
+            if layers is None:
+                raise ValueError(f"layers: {source} holds one layer-free `direction`; give the layers to use it at")
+            found = {l: found[None] for l in layers}
+    elif isinstance(source, dict):
+        found = {}
+        for l, t in source.items():
+            if isinstance(l, bool) or not isinstance(l, (int, str)) or not str(l).lstrip("-").isdigit():
+                raise ValueError(f"{arg}: expected a dict {{layer: tensor}}, got key {l!r}")
+            found[int(l)] = t
+    elif isinstance(source, Tensor) and source.ndim == 1:
+        if layers is None:
+            raise ValueError(f"layers: one direction [d_model] needs the layers to use it at")
+        found = {l: source for l in layers}
+    elif isinstance(source, Tensor) and source.ndim == 2:
+        if source.shape[0] != n_layers and (layers is None or max(layers) >= source.shape[0]):
+            raise ValueError(f"{arg}: [{source.shape[0]}, d] has no row for layer "
+                             f"{n_layers - 1 if layers is None else max(layers)}; expected [n_layers, d_model]")
+        found = {l: source[l] for l in (range(n_layers) if layers is None else layers)}
+    else:
+        raise ValueError(f"{arg}: expected a direction file, a tensor [d_model] or [n_layers, d_model], or a dict "
+                         f"{{layer: tensor}}; got {type(source).__name__}")
+    if layers is not None:
+        missing = [l for l in layers if l not in found]
+        if missing:
+            raise ValueError(f"layers: {where} has no directions for layers {missing}; it has {sorted(found)}")
+        found = {l: found[l] for l in layers}
+    for l, t in found.items():
+        if not 0 <= l < n_layers:
+            raise ValueError(f"{arg}: layer {l} out of range; the model has layers 0..{n_layers - 1}")
+        if not isinstance(t, Tensor) or t.ndim not in (1, 2) or not t.is_floating_point() or t.shape[-1] != d_model:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{arg}: layer {l}: expected a float tensor [{d_model}] or [k, {d_model}] (d_model of "
+                             f"{model.name}), got {got}")
+        if not t.isfinite().all():
+            raise ValueError(f"{arg}: layer {l}: holds non-finite values")
+    return {l: t.detach().float().cpu() for l, t in found.items()}

@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..core.arch import weight_out_in
-from ..core.interventions import Intervention, _check_value
+from ..core.interventions import Intervention, check_value
 from ..core.sites import Site, parse_site
 
 
@@ -41,7 +41,7 @@ class SubspaceReplace(Intervention):
 
     def check(self, shape):
         check_basis(self.basis, shape[-1], self.site)
-        _check_value(self.source, shape, "source", self.site)
+        check_value(self.source, shape, "source", self.site)
 
     def update(self, x):
         basis = self.basis.to(x.device, x.dtype)

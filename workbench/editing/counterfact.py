@@ -33,6 +33,7 @@ from ..data import resolve
 from ..core.generation import generate
 from ..toolkit.sweep import SweepFolder, check_item_id
 from ..core.io import atomic_write_text, read_jsonl
+from ..toolkit.records import read_records
 from .requests import EditError, target_logprobs
 
 METRIC_KEYS = ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")
@@ -169,17 +170,10 @@ def load_requests(path) -> list[dict]:
     """Edit requests from this project's JSONL (see `build_requests`) or CounterFact's own `counterfact.json`
     (a JSON list of records with `requested_rewrite`), told apart by their keys. Unknown or misspelt keys are
     refused naming the expected ones; targets get ROME's leading space where they lack one."""
-    from ..data.facts import _read_records
-
-    try:
-        rows = _read_records(resolve(path), "requests")
-    except ValueError as e:
-        raise EditError(str(e)) from None
+    rows = read_records(resolve(path), "requests", json_list=True, error=EditError)
     out, ids = [], set()
     for i, r in rows:
         where = f"{path}:{i}"
-        if not isinstance(r, dict):
-            raise EditError(f"requests: {where}: expected a JSON object, got {type(r).__name__}")
         req = _from_counterfact(r, where) if ("requested_rewrite" in r or "case_id" in r) else _from_flat(r, where)
         check_item_id(req["id"], ids, where, "requests", EditError)
         out.append(req)

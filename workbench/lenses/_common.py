@@ -1,15 +1,8 @@
-"""What the analysis methods share: prompt lists, answer tokens, the last real position of each prompt."""
+"""What the lenses share: answer tokens."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def as_prompts(prompts, arg: str = "prompts") -> list[str]:
-    items = [prompts] if isinstance(prompts, str) else list(prompts) if isinstance(prompts, (list, tuple)) else None
-    if not items or not all(isinstance(t, str) and t for t in items):
-        raise ValueError(f"{arg}: expected a non-empty string or a non-empty list of non-empty strings, got {prompts!r}")
-    return items
 
 
 def answer_ids(model, answer, n: int, arg: str = "answer") -> Tensor:

@@ -22,7 +22,8 @@ from torch import Tensor
 from ..core.arch import norm_kind, weight_out_in
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site
-from ._common import answer_ids, as_prompts
+from ..core.generation import check_prompts
+from ._common import answer_ids
 
 
 def decompose_resid(model, prompts, *, by_head: bool = True) -> tuple[Tensor, list[str], Tensor]:
@@ -32,7 +33,7 @@ def decompose_resid(model, prompts, *, by_head: bool = True) -> tuple[Tensor, li
     Labels: 'embed', 'pos_embed' (learned positions only), per layer 'L{l}H{h}' for each head and
     '{l}_attn_bias' (if the out projection has a bias) when by_head, else '{l}_attn_out'; then '{l}_mlp_out'.
     """
-    prompts = as_prompts(prompts)
+    prompts = check_prompts(prompts)
     L, H, dh = model.dims.n_layers, model.dims.n_heads, model.dims.d_head
     ids, mask = model.encode(prompts)
     last = model.last_positions(ids, mask)
@@ -105,7 +106,7 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
     Components as in `decompose_resid`, plus 'bias' (the constant terms). `meta` holds the model's own
     logit difference per prompt and the largest |sum of attributions - logit difference| (the identity's error).
     """
-    prompts = as_prompts(prompts)
+    prompts = check_prompts(prompts)
     ans = answer_ids(model, answer, len(prompts))
     fo = None if foil is None else answer_ids(model, foil, len(prompts), "foil")
     with torch.no_grad():

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site, check_layers
-from ._common import answer_ids, as_prompts
+from ..core.generation import check_prompts
+from ._common import answer_ids
 
 
 def lens_logits(model, resid: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
     Returns {"prob": LabelledArray(prompt, layer), "rank": ..., "logit": ...}; `meta["top"]` holds the lens's
     top token per (prompt, layer) and `meta["model_prob"]` the model's own probability of the answer.
     """
-    prompts = as_prompts(prompts)
+    prompts = check_prompts(prompts)
     L = model.dims.n_layers
     layers = list(range(L)) if layers is None else check_layers(layers, L)
     ans = answer_ids(model, answer, len(prompts))

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..core.io import save_safetensors
 from ..core.sites import Site
-from ._common import as_prompts
+from ..core.generation import check_prompts
 from .logit import lens_logits
 
 
@@ -84,7 +84,7 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
     `tokens_per_step`: read the lens at only that many real tokens of each batch, drawn from (seed, step)
     (the full-vocabulary unembedding per layer and token is the cost: this keeps a CPU run small).
     """
-    texts = as_prompts(texts, "texts")
+    texts = check_prompts(texts, "texts")
     for name, val in (("steps", steps), ("batch_size", batch_size), ("max_len", max_len), ("save_every", save_every)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
@@ -154,7 +154,7 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
 
 def lens_kl(model, texts, lens: TunedLens | None = None, max_len: int = 64) -> list[float]:
     """Per layer, mean KL(model || lens) over the tokens of `texts` (the logit lens when `lens` is None)."""
-    texts = as_prompts(texts, "texts")
+    texts = check_prompts(texts, "texts")
     L = model.dims.n_layers
     ids, mask = model.encode(texts)
     ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..core.arch import module_device
-from ..core.interventions import Index, Intervention, _as_index
+from ..core.interventions import Index, Intervention, as_index
 from ..core.sites import Site, parse_site
 
 OPS = (None, "set", "scale", "add", "zero")
@@ -73,7 +73,7 @@ class SAEEdit(Intervention):
             if isinstance(self.value, (int, float)) and not math.isfinite(float(self.value)):
                 raise ValueError(f"value: expected a finite number, got {self.value}")
         d_sae = self.sae.cfg.d_sae
-        self._latents = _as_index(self.latents, d_sae, "latents")
+        self._latents = as_index(self.latents, d_sae, "latents")
         if self._latents is not None and len(set(self._latents.tolist())) != len(self._latents):
             raise ValueError(f"latents: repeated indices in {self.latents!r}")
         self.latents_out: Tensor | None = None

@@ -1,6 +1,6 @@
 """Training an SAE on our activations, offline, with SAELens's own trainer.
 
-Corpus (`default_corpus`, no download): text the model itself samples (`editing.stats.corpus_tokens`:
+Corpus (`default_corpus`, no download): text the model itself samples (`toolkit.corpora.corpus_tokens`:
 top-k 50, temperature 1, seeded, 128-token sequences, cached), the docstrings of Python's standard library
 (English prose shipped with every Python), and the prompts of our own data files (facts, CounterFact,
 steering). The mixture decides what the latents learn and where the SAE is good: numbers measured on
@@ -72,13 +72,13 @@ def stdlib_docs(modules: Sequence[str] = STDLIB_MODULES, max_chars: int = 500) -
 def data_file_texts() -> list[str]:
     """Prompts and sentences from our shipped data files (facts and their paraphrases, CounterFact, steering)."""
     from ..data import data_path
-    from ..core.io import read_jsonl
+    from ..toolkit.records import read_records
 
     texts = []
-    for _, r in read_jsonl(data_path("facts.jsonl"), "facts"):
+    for _, r in read_records(data_path("facts.jsonl"), "facts", {"prompt": str, "object": str}):
         texts.append(f"{r['prompt']} {r['object']}.")
         texts += r.get("paraphrases", [])
-    for _, r in read_jsonl(data_path("counterfact.jsonl"), "requests"):
+    for _, r in read_records(data_path("counterfact.jsonl"), "requests", {"prompt": str}):
         texts.append(r["prompt"])
     for name in ("steering/prompts.txt", "steering/neutral.txt"):
         texts += [l for l in data_path(name).read_text().splitlines() if l.strip() and not l.startswith("#")]
@@ -87,8 +87,8 @@ def data_file_texts() -> list[str]:
 
 
 def sampled_texts(model, n_seqs: int, *, seed: int = 0, seq_len: int = 128, progress: bool = True) -> list[str]:
-    """`n_seqs` sequences the model samples itself (cached token ids; see editing.stats.corpus_tokens)."""
-    from ..editing.stats import corpus_tokens
+    """`n_seqs` sequences the model samples itself (cached token ids; see toolkit.corpora.corpus_tokens)."""
+    from ..toolkit.corpora import corpus_tokens
 
     ids = corpus_tokens(model, "samples", n_seqs * seq_len, seed=seed, seq_len=seq_len, progress=progress)
     return [model.tokenizer.decode(row, skip_special_tokens=True) for row in ids.tolist()]

@@ -32,11 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.generation import check_generation, check_prompts, generate as core_generate
+from ..core.generation import check_generation, check_prompts, generate
 from ..core.interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
 from ..toolkit.results import LabelledArray
 from ..data import resolve
-from ..core.io import atomic_write_text, read_jsonl, save_safetensors
+from ..core.io import atomic_write_text, save_safetensors
+from ..toolkit.prompts import read_lines
+from ..toolkit.records import read_records
 from ..core.sites import check_layers, check_residual_component, parse_site
 from ..directions import store
 from ..directions.activations import read_activations
@@ -52,9 +54,7 @@ SENTIMENT_TEMPLATE = 'Review: "{text}"\nSentiment (positive or negative):'
 def load_pairs(path: str | Path) -> tuple[list[str], list[str]]:
     """A JSONL file of {"positive": str, "negative": str} lines -> (positives, negatives)."""
     pos, neg = [], []
-    for n, row in read_jsonl(resolve(path), "pairs"):
-        if not isinstance(row, dict) or not isinstance(row.get("positive"), str) or not isinstance(row.get("negative"), str):
-            raise ValueError(f"pairs: {path}:{n}: expected an object with string fields 'positive' and 'negative'")
+    for n, row in read_records(resolve(path), "pairs", {"positive": str, "negative": str}):
         pos.append(row["positive"])
         neg.append(row["negative"])
     return _check_pairs(pos, neg)
@@ -62,14 +62,7 @@ def load_pairs(path: str | Path) -> tuple[list[str], list[str]]:
 
 def load_lines(path: str | Path, arg: str = "file") -> list[str]:
     """Non-empty lines of a text file, `#` comment lines dropped (prompts, word lists, neutral text)."""
-    path = resolve(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{arg}: no file {path}")
-    lines = [l.rstrip("\n") for l in path.read_text().splitlines()]
-    lines = [l for l in lines if l.strip() and not l.lstrip().startswith("#")]
-    if not lines:
-        raise ValueError(f"{arg}: {path} has no lines")
-    return lines
+    return read_lines(resolve(path), arg)
 
 
 def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
@@ -210,33 +203,16 @@ class SteeringVector:
         return sv
 
 
-def load_direction(direction, d_model: int, layers: Sequence[int]) -> dict[int, Tensor]:
-    """A probe direction as {layer: [d_model]}: a tensor [d_model] (every layer), [n_layers, d_model]
-    (row L for layer L), a dict {layer: [d_model]}, or a safetensors file with a `direction` tensor."""
-    if isinstance(direction, (str, Path)):
-        direction = store.load_direction(direction)[0]
-    if isinstance(direction, dict):
-        got = {int(l): d for l, d in direction.items()}
-        missing = [l for l in layers if l not in got]
-        if missing:
-            raise ValueError(f"direction: no direction for layers {missing}")
-        out = {l: got[l] for l in layers}
-    elif isinstance(direction, Tensor) and direction.ndim == 1:
-        out = {l: direction for l in layers}
-    elif isinstance(direction, Tensor) and direction.ndim == 2:
-        if max(layers) >= direction.shape[0]:
-            raise ValueError(f"direction: [{direction.shape[0]}, d] has no row for layer {max(layers)}")
-        out = {l: direction[l] for l in layers}
-    else:
-        raise ValueError("direction: expected a tensor [d_model] or [n_layers, d_model], a dict {layer: tensor}, "
-                         f"or a safetensors file with a 'direction' tensor; got {type(direction).__name__}")
+def probe_directions(model, direction, layers: Sequence[int]) -> dict[int, Tensor]:
+    """A probe direction as {layer: [d_model]} through the one direction reader (`directions.load`: a tensor
+    [d_model] for every layer, [n_layers, d_model] row L for layer L, a dict {layer: [d_model]}, or a direction
+    file); each must be one non-zero direction."""
+    out = store.load(direction, model, layers, arg="direction")
     for l, d in out.items():
-        if not isinstance(d, Tensor) or d.shape != (d_model,) or not d.is_floating_point():
-            raise ValueError(f"direction: layer {l}: expected a float tensor of shape [{d_model}], got "
-                             f"{tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__}")
-        if not torch.isfinite(d).all() or d.norm() == 0:
-            raise ValueError(f"direction: layer {l}: expected a finite, non-zero direction")
-    return {l: d.detach().float().cpu() for l, d in out.items()}
+        if d.ndim != 1 or d.norm() == 0:
+            raise ValueError(f"direction: layer {l}: expected a finite, non-zero direction [{model.dims.d_model}], "
+                             f"got {tuple(d.shape)}")
+    return out
 
 
 def build_steering_vector(model, positives=None, negatives=None, *, layers, method: str = "mean_diff",
@@ -246,14 +222,14 @@ def build_steering_vector(model, positives=None, negatives=None, *, layers, meth
 
     `positives` / `negatives`: equal-length lists of texts (pair i = positives[i], negatives[i]), or
     `positives` alone as a list of (positive, negative) tuples or {"positive", "negative"} dicts.
-    `method="probe"` takes `direction` (see `load_direction`); with pairs its sign and length are fixed
+    `method="probe"` takes `direction` (see `probe_directions`); with pairs its sign and length are fixed
     from them, without pairs it is used as given.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     check_residual_component(component)
     layers = check_layers(layers, model.dims.n_layers)
-    probe = load_direction(direction, model.dims.d_model, layers) if method == "probe" else None
+    probe = probe_directions(model, direction, layers) if method == "probe" else None
     if method == "probe" and direction is None:
         raise ValueError("direction: method='probe' needs a direction")
     if method != "probe" and direction is not None:
@@ -328,11 +304,12 @@ def steer(model, steering: SteeringSpec, multiplier: float = 1.0, *, positions="
         yield
 
 
-def generate(model, prompts, steering: SteeringSpec | None = None, multiplier: float = 1.0, *, positions="all",
+def generate_steered(model, prompts, steering: SteeringSpec | None = None, multiplier: float = 1.0, *, positions="all",
              layers=None, max_new_tokens: int = 20, do_sample: bool = False, seed: int = 0,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16) -> list[str]:
     """Continuations of `prompts` (greedy by default; seeded sampling with `do_sample=True`), steered
-    by `steering` (a vector, or a list of (vector, multiplier) pairs) or unsteered with None.
+    by `steering` (a vector, or a list of (vector, multiplier) pairs) or unsteered with None: the one `generate`
+    (`workbench.generate`) run with the vectors' `steering_interventions`.
 
     Prompts are batched with left padding; `positions` are position ids (see `steer`), so
     "generated" means each row's own new tokens.
@@ -340,5 +317,5 @@ def generate(model, prompts, steering: SteeringSpec | None = None, multiplier: f
     prompts = check_prompts(prompts)
     check_generation(max_new_tokens, batch_size, temperature, top_p)
     ivs = [] if steering is None else steering_interventions(model, steering, multiplier, positions=positions, layers=layers)
-    return core_generate(model, prompts, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                         temperature=temperature, top_p=top_p, batch_size=batch_size)
+    return generate(model, prompts, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                    temperature=temperature, top_p=top_p, batch_size=batch_size)

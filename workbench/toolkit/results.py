@@ -9,6 +9,25 @@ import numpy as np
 
 from ..core.io import atomic_write_text
 
+# Results sit below the views in the stack, so they never import them: `workbench.views` registers its renderers
+# here when it is imported (the `workbench` package imports it first thing), and `plot` / `view` / `show` look
+# them up by name: "heatmap_figure" (matplotlib), "labelled_heatmap" (plotly), "show" (display a view).
+RENDERERS: dict = {}
+
+
+def register_renderer(name: str, fn) -> None:
+    """Make `fn` the renderer called `name` (what `workbench.views` does on import)."""
+    if not isinstance(name, str) or not name or not callable(fn):
+        raise ValueError(f"register_renderer: expected a name and a callable, got {name!r}, {fn!r}")
+    RENDERERS[name] = fn
+
+
+def renderer(name: str):
+    """The renderer registered as `name`."""
+    if name not in RENDERERS:
+        raise LookupError(f"no renderer {name!r} registered (have {sorted(RENDERERS)}); import workbench.views")
+    return RENDERERS[name]
+
 
 @dataclass
 class LabelledArray:
@@ -58,20 +77,14 @@ class LabelledArray:
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""
-        from ..views.figures import heatmap
-
-        return heatmap(self, path=path, ax=ax, title=title, cmap=cmap)
+        return renderer("heatmap_figure")(self, path=path, ax=ax, title=title, cmap=cmap)
 
     # Interactive views (workbench.views): a hoverable plotly heatmap, in a notebook or saved as one HTML file.
     def view(self, title: str | None = None):
-        from ..views import labelled_heatmap
-
-        return labelled_heatmap(self, title)
+        return renderer("labelled_heatmap")(self, title)
 
     def show(self, title: str | None = None) -> None:
-        from ..views import show
-
-        show(self.view(title))
+        renderer("show")(self.view(title))
 
     def _repr_html_(self):
         return self.view()._repr_html_() if self.values.ndim in (2, 3) else None

@@ -6,6 +6,13 @@ from .counterfactual import counterfactual_view
 from .heatmaps import labelled_heatmap, trace_average_heatmaps, trace_folder_view, trace_heatmaps
 from .steering import steering_view, steering_widget
 from .text import attention_pattern, attention_view, token_view
+from .figures import heatmap
+from ..toolkit.results import register_renderer
+
+# the renderers results look up by name (results sit below the views and never import them)
+register_renderer("heatmap_figure", heatmap)
+register_renderer("labelled_heatmap", labelled_heatmap)
+register_renderer("show", show)
 
 __all__ = ["View", "as_view", "concat", "save_html", "show", "labelled_heatmap", "trace_heatmaps",
            "trace_average_heatmaps", "trace_folder_view", "steering_view", "steering_widget", "token_view", "attention_view", "attention_pattern",

@@ -1,0 +1,76 @@
+"""Text corpora that several methods read, available offline: text the model samples itself (a fixed seed, common
+start words, cached token ids) or a UTF-8 text file cut into `seq_len`-token pieces (`corpus_tokens`). ROME/MEMIT's
+key statistics and SAE training read the same samples.
+
+Sampled ids are cached at $WORKBENCH_CACHE/stats/<model fingerprint>/samples-seed<seed>-len<seq_len>.safetensors
+with their metadata inside; a file whose metadata does not match what was asked for is refused, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..core.generation import generate_ids
+from ..core.io import cache_dir, save_safetensors
+
+START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
+
+
+def save_with_meta(tensors: dict, meta: dict, path: Path) -> None:
+    save_safetensors(path, tensors, {"workbench": json.dumps(meta, sort_keys=True)})
+
+
+def read_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("workbench", "{}"))
+
+
+def corpus_id(corpus: str | Path, seed: int, seq_len: int) -> str:
+    if str(corpus) == "samples":
+        return f"samples-seed{seed}-len{seq_len}"
+    path = Path(corpus)
+    if not path.is_file():
+        raise ValueError(f"corpus: expected 'samples' or a text file, got {str(corpus)!r} (no such file)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"file-{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem)}-{digest}-len{seq_len}"
+
+
+def corpus_tokens(model, corpus: str | Path = "samples", n_tokens: int = 32768, *, seed: int = 0,
+                  seq_len: int = 128, fingerprint: str | None = None, progress: bool = True) -> torch.Tensor:
+    """Token ids [n_seqs, seq_len] holding at least `n_tokens` tokens of the corpus (sampled text is cached)."""
+    n_seqs = -(-n_tokens // seq_len)
+    if str(corpus) != "samples":
+        ids = model.tokenizer(Path(corpus).read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+        if len(ids) < n_seqs * seq_len:
+            raise ValueError(f"n_tokens: the corpus {corpus} has {len(ids)} tokens, fewer than the {n_seqs * seq_len} asked for")
+        return torch.tensor(ids[: n_seqs * seq_len]).reshape(n_seqs, seq_len)
+    fp = fingerprint or model.fingerprint
+    path = cache_dir() / "stats" / fp / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
+    if path.is_file():
+        meta, ids = read_meta(path), load_file(str(path))["ids"]
+        if meta.get("fingerprint") != fp or meta.get("seed") != seed or ids.shape[1] != seq_len:
+            raise ValueError(f"corpus: cached samples {path} do not match this model/seed ({meta}); delete the file")
+        if len(ids) >= n_seqs:
+            return ids[:n_seqs]
+    from tqdm.auto import tqdm
+
+    ids, batch = [], 32
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for b in tqdm(range(0, n_seqs, batch), disable=not progress, desc="sampling corpus", unit="batch"):
+            k = min(batch, n_seqs - b)
+            starts = [START_WORDS[(b + i) % len(START_WORDS)] for i in range(k)]
+            first = [model.tokenizer(s).input_ids[:1] for s in starts]
+            new = generate_ids(model, first, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=seq_len - 1,
+                               min_new_tokens=seq_len - 1, seed=None, batch_size=k, cut_at_stop=False)
+            ids.append(torch.tensor([a + b for a, b in zip(first, new)])[:, :seq_len])
+    ids = torch.cat(ids)
+    save_with_meta({"ids": ids.contiguous()}, {"fingerprint": fp, "seed": seed, "seq_len": seq_len}, path)
+    return ids
