@@ -301,6 +301,16 @@ API = [
     R("build-read_at-range", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], read_at=-50), V, "read_at", "does not exist"),
     R("build-component", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], component="z"), V, "component"),
     R("build-probe-no-direction", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="probe"), V, "direction"),
+    R("directions-load-type", lambda c: wb.directions.load(3, c.m, [0]), V, "directions", "a direction file"),
+    R("directions-load-width", lambda c: wb.directions.load(torch.ones(3), c.m, [0]), V, "directions", "[64]"),
+    R("directions-load-layer", lambda c: wb.directions.load({99: torch.ones(64)}, c.m), V, "directions", "layer 99 out of range"),
+    R("directions-load-no-layers", lambda c: wb.directions.load(torch.ones(64), c.m), V, "layers", "layers to use it at"),
+    R("directions-load-missing-layer", lambda c: wb.directions.load({0: torch.ones(64)}, c.m, [1]), V, "layers", "[1]"),
+    R("records-missing-key", lambda c: wb.toolkit.read_records(c.inp / "facts_misspelt.jsonl", "facts", {"subject": str}),
+      V, "facts", ":1: expected key 'subject'"),
+    R("records-not-a-list", lambda c: wb.toolkit.read_records(c.inp / "cf_notlist.json", "requests", json_list=True),
+      V, "requests", "expected a json list"),
+    R("prompts-read-no-file", lambda c: wb.toolkit.read_prompts(c.inp / "nope.txt", "prompts"), FNF, "prompts", "no file"),
     R("build-probe-zero-direction", lambda c: wb.steering.build_steering_vector(c.m, layers=[1], method="probe", direction=torch.zeros(64)), V, "direction", "non-zero"),
     R("SteeringVector-empty", lambda c: wb.steering.SteeringVector({}), V, "vectors"),
     R("SteeringVector-width", lambda c: steered_forward(c.m, wb.steering.SteeringVector({0: torch.ones(32)})), V, "model", "width 32"),
@@ -625,7 +635,8 @@ def test_bad_input(row: Row, m, inp, tmp_path, capsys):
 
 
 def test_table_covers_every_public_name_and_verb():
-    """Each name in workbench.__all__ (bar the constant and the plain data types) and each CLI verb has rows."""
+    """Each name in workbench.__all__ and each capability's entry point (bar the constant and the plain data types)
+    and each CLI verb has rows."""
     import inspect
     import argparse
 
@@ -633,8 +644,14 @@ def test_table_covers_every_public_name_and_verb():
 
     ids = " ".join(r.id for r in ROWS).lower()
     sources = " ".join(inspect.getsource(r.call) if callable(r.call) else " ".join(r.call) for r in ROWS)
-    for name in wb.__all__:
-        if name in ("DEFAULT_MODEL", "__version__"):
+    # the top level (kernel + capability subpackages) and each capability's entry points (0.2's top-level names)
+    entry_points = ["activation_patching", "attribution_patching", "attribute_then_verify", "trace_fact", "trace_facts",
+                    "SteeringVector", "build_steering_vector", "steer", "logit_lens", "direct_logit_attribution",
+                    "path_patching", "das", "cross_model_patching", "save_html", "EditRequest", "WeightEdit", "rome",
+                    "memit", "ft_l", "run_counterfact", "load_sae", "save_sae", "SAEEdit", "train_sae", "evaluate_sae",
+                    "read_activations", "data_path", "LabelledArray", "read_records", "read_prompts"]
+    for name in wb.__all__ + entry_points:
+        if name in ("DEFAULT_MODEL", "__version__", "core"):  # core: its names are the kernel names at the top level
             continue
         assert f"wb.{name}" in sources or name.lower() in ids or f"{name}" in sources, f"no bad-input row for {name}"
     p = argparse.ArgumentParser()

@@ -7,6 +7,8 @@ import sys
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 from . import sae
 
+__all__ = ["main", "VERB_MODULES"]
+
 VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae]
 
 

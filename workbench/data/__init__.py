@@ -13,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
+__all__ = ["data_path", "resolve", "ROOT"]
+
 
 def data_path(name: str | Path) -> Path:
     """The path of a shipped data file or folder (`"facts.jsonl"`, `"steering/prompts.txt"`, `"steering"`), or `name` itself where it

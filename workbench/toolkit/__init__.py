@@ -4,8 +4,11 @@ named axes (`results`), JSONL datasets with named, checked keys (`records`), pro
 text corpora (`corpora`). Ray is an optional extra: `pip install workbench[ray]`."""
 from .executors import (INSTALL, InProcess, ModelSpec, RayExecutor, check_executor_args, make_executor, model_spec,
                         run_items, start_local_cluster)
-from .results import LabelledArray
+from .prompts import check_prompts, read_lines, read_prompts
+from .records import read_records
+from .results import LabelledArray, register_renderer
 from .sweep import SweepFolder, check_item_id
 
 __all__ = ["InProcess", "RayExecutor", "ModelSpec", "model_spec", "make_executor", "run_items", "check_executor_args",
-           "INSTALL", "start_local_cluster", "LabelledArray", "SweepFolder", "check_item_id"]
+           "INSTALL", "start_local_cluster", "LabelledArray", "register_renderer", "SweepFolder", "check_item_id",
+           "read_records", "check_prompts", "read_lines", "read_prompts"]
