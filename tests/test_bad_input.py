@@ -302,7 +302,7 @@ API = [
     R("build-component", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], component="z"), V, "component"),
     R("build-probe-no-direction", lambda c: wb.steering.build_steering_vector(c.m, ["a b"], ["c d"], layers=[1], method="probe"), V, "direction"),
     R("directions-load-type", lambda c: wb.directions.load(3, c.m, [0]), V, "directions", "a direction file"),
-    R("directions-load-width", lambda c: wb.directions.load(torch.ones(3), c.m, [0]), V, "directions", "[64]"),
+    R("directions-load-width", lambda c: wb.directions.load(torch.ones(3), c.m, [0]), V, "directions", "expected d_model = 64"),
     R("directions-load-layer", lambda c: wb.directions.load({99: torch.ones(64)}, c.m), V, "directions", "layer 99 out of range"),
     R("directions-load-no-layers", lambda c: wb.directions.load(torch.ones(64), c.m), V, "layers", "layers to use it at"),
     R("directions-load-missing-layer", lambda c: wb.directions.load({0: torch.ones(64)}, c.m, [1]), V, "layers", "[1]"),

@@ -187,10 +187,12 @@ def load(source, model, layers=None, *, arg: str = "directions") -> dict[int, Te
     for l, t in found.items():
         if not 0 <= l < n_layers:
             raise ValueError(f"{arg}: layer {l} out of range; the model has layers 0..{n_layers - 1}")
-        if not isinstance(t, Tensor) or t.ndim not in (1, 2) or not t.is_floating_point() or t.shape[-1] != d_model:
+        if not isinstance(t, Tensor) or t.ndim not in (1, 2) or not t.is_floating_point():
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{arg}: layer {l}: expected a float tensor [{d_model}] or [k, {d_model}] (d_model of "
-                             f"{model.name}), got {got}")
+            raise ValueError(f"{arg}: layer {l}: expected a float tensor [d_model] or [k, d_model], got {got}")
+        if t.shape[-1] != d_model:
+            raise ValueError(f"{arg}: layer {l}: width {t.shape[-1]} ({tuple(t.shape)}), expected d_model = {d_model} "
+                             f"of {model.name}")
         if not t.isfinite().all():
             raise ValueError(f"{arg}: layer {l}: holds non-finite values")
     return {l: t.detach().float().cpu() for l, t in found.items()}
