@@ -1,4 +1,4 @@
-"""Resumable counterfactual runs over many observed strings, in THE sweep folder (`core.sweep.SweepFolder`):
+"""Resumable counterfactual runs over many observed strings, in THE sweep folder (`toolkit.sweep.SweepFolder`):
 
     <out>/config.json          model fingerprint, intervention (described and hashed), the observed strings'
                                hash, sampling settings, seed, noise, chunk size

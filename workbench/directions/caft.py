@@ -38,7 +38,7 @@ from ..data import resolve
 from ..toolkit.records import read_records
 from . import store
 from .activations import read_activations
-from ..core.sites import Site, check_layers, check_residual_component, parse_site
+from ..core.sites import Site, check_residual_component
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions

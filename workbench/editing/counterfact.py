@@ -32,7 +32,7 @@ from ..data.facts import answer_text
 from ..data import resolve
 from ..core.generation import generate
 from ..toolkit.sweep import SweepFolder, check_item_id
-from ..core.io import atomic_write_text, read_jsonl
+from ..core.io import atomic_write_text
 from ..toolkit.records import read_records
 from .requests import EditError, target_logprobs
 
@@ -295,7 +295,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
                     progress: bool = True, workers: int | None = None, ray_address: str | None = None,
                     executor=None) -> dict:
     """Edit and score each request (ROME, FT-L: one edit at a time on the unedited model; MEMIT: all requests
-    in one edit; "none": the unedited model). `out` is a resumable sweep folder (`core.sweep`): results go
+    in one edit; "none": the unedited model). `out` is a resumable sweep folder (`toolkit.sweep`): results go
     to `out/results/<id>.json` as they finish and a re-run skips them; `out/metrics.json` holds the summary.
     `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
     `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.toolkit`; ROME,

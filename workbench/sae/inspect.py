@@ -3,7 +3,7 @@ decoder direction through the final norm's gain and the unembedding), and its ac
 
     logit effect of latent i = W_U (gamma * W_dec[i])        [d_vocab]
 
-(direct logit attribution of the direction with the final norm's scale frozen, as in `analysis.dla`; gamma is the
+(direct logit attribution of the direction with the final norm's scale frozen, as in `lenses.dla`; gamma is the
 final norm's weight). The report is a `workbench.views.View`: shown in a notebook, saved as one HTML file that
 opens offline (plotly.js inlined, no external script).
 """

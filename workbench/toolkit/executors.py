@@ -3,7 +3,7 @@
 A sweep (`trace_facts`, `run_counterfact`) describes its work as independent items, (id, payload)
 pairs, and a module-level function `fn(model, payload) -> record` (a dict of JSON values). The executor
 runs `fn` on each payload, on the one model in this process or on Ray actors that each load the model
-ONCE from a picklable `ModelSpec`. Only the driver writes the sweep folder (`core.sweep.SweepFolder`):
+ONCE from a picklable `ModelSpec`. Only the driver writes the sweep folder (`toolkit.sweep.SweepFolder`):
 
     * an item's file is written atomically by the driver when its first result arrives, and a result
       for an item already on disk is dropped, so an item is done exactly once even when Ray retries a
