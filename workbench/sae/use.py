@@ -147,7 +147,7 @@ def latent_attribution(model, sae, clean, corrupted, answer, foil=None, *, site=
     term kept (`SAEEdit(op="set")`), one forward per latent. Returns {"attribution": [d_sae] estimated metric change, "target_metric": float, "clean_metric",
     "corrupted_metric", "top": [{latent, attribution, exact}] sorted by |attribution|}.
     """
-    from ..patching.grid import prepare
+    from ..patching import prepare
     from .edit import SAEEdit
 
     s = latent_site(model, sae, site)

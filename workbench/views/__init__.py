@@ -6,11 +6,17 @@ from .counterfactual import counterfactual_view
 from .heatmaps import labelled_heatmap, trace_average_heatmaps, trace_folder_view, trace_heatmaps
 from .steering import steering_view, steering_widget
 from .text import attention_pattern, attention_view, token_view
-from .figures import heatmap
 from ..toolkit.results import register_renderer
 
+
+def _heatmap_figure(*args, **kw):
+    from .figures import heatmap  # matplotlib, imported when a figure is drawn
+
+    return heatmap(*args, **kw)
+
+
 # the renderers results look up by name (results sit below the views and never import them)
-register_renderer("heatmap_figure", heatmap)
+register_renderer("heatmap_figure", _heatmap_figure)
 register_renderer("labelled_heatmap", labelled_heatmap)
 register_renderer("show", show)
 
