@@ -2,6 +2,7 @@
 sweep's items (`executors`: in-process or a Ray cluster of workers that load the model once), results with
 named axes (`results`), JSONL datasets with named, checked keys (`records`), prompt lists (`prompts`) and
 text corpora (`corpora`). Ray is an optional extra: `pip install workbench[ray]`."""
+from .corpora import corpus_tokens
 from .executors import (INSTALL, InProcess, ModelSpec, RayExecutor, check_executor_args, make_executor, model_spec,
                         run_items, start_local_cluster)
 from .prompts import check_prompts, read_lines, read_prompts
@@ -11,4 +12,4 @@ from .sweep import SweepFolder, check_item_id
 
 __all__ = ["InProcess", "RayExecutor", "ModelSpec", "model_spec", "make_executor", "run_items", "check_executor_args",
            "INSTALL", "start_local_cluster", "LabelledArray", "register_renderer", "SweepFolder", "check_item_id",
-           "read_records", "check_prompts", "read_lines", "read_prompts"]
+           "read_records", "check_prompts", "read_lines", "read_prompts", "corpus_tokens"]
