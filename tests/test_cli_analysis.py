@@ -67,7 +67,7 @@ def test_das_and_cross_patch(tmp_path, capsys):
     data.write_text('{"base": "I saw a cat"}\n')
     assert main(["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", str(data),
                  "--candidates", " yes, no", "--out", str(out)]) == 2
-    assert "data: line 1" in capsys.readouterr().err
+    assert f"data: {data}:1: expected key 'source' of type str" in capsys.readouterr().err  # the records reader's message
 
     out = tmp_path / "cross"
     assert main(["cross-patch", "--model", "tiny-llama", "--tuned", "tiny-llama", "--prompt", IOI_CLEAN,
