@@ -17,12 +17,15 @@ def tiny4(tokenizer):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_trace_equals_the_research_loop(tiny4, family):
     m = tiny4[family]
-    samples, window, nu, seed = 3, 2, 0.5, 11
-    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window, seed=seed)
-    eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
-    for kind in KINDS:
-        ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
-        assert np.abs(tr.scores[kind] - ref).max() < 1e-5, kind
+    samples, nu, seed = 3, 0.5, 11
+    for window in (2, 3):  # an even and an odd window: the reference spells out its own window
+        tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window, seed=seed)
+        eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
+        for kind in KINDS:
+            ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
+            assert np.abs(tr.scores[kind] - ref).max() < 1e-5, (kind, window)
+            # a tiny random model's p(answer) is ~1/vocab (~2e-5), so 1e-5 alone would pass nearly anything
+            assert np.abs(tr.scores[kind] - ref).max() < 1e-4 * np.abs(ref).max(), (kind, window)
     assert tr.subject_span == (1, 4)
 
 
