@@ -25,5 +25,11 @@ def test_gpu_script_smoke_runs_and_agrees(tmp_path):
         assert {"workbench", "transformer_lens", "nnsight", "reference_loop"} <= set(runs), name
         assert all("seconds" in r for r in runs.values()), name  # every baseline could be built offline
         assert entry["one_pair"]["agree"] and entry["2_pairs"]["agree"] and entry["tracing"]["agree"], name
+        # "agree" is over the runs that could be built: each case must hold a real baseline compared with workbench
+        # (the 2-pair case has nnsight alone; were it unavailable, workbench would be compared with itself)
+        for case, baselines in (("one_pair", ("transformer_lens", "nnsight", "reference_loop")), ("2_pairs", ("nnsight",))):
+            for b in baselines:
+                run = entry[case]["runs"].get(b, {})
+                assert "unavailable" not in run and run.get("max_abs_diff_vs_workbench", 1.0) < 1e-4, (name, case, b, run)
         assert entry["plain_forward_tokens_per_s"] > 0
     assert result["all_agree"]

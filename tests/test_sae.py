@@ -215,6 +215,23 @@ def test_evaluate_sae_numbers_match_their_definitions(tiny):
     assert r["ce_clean"] == pytest.approx(float(torch.cat(nll).mean()), rel=1e-5)
     want = (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"])
     assert r["ce_loss_recovered"] == pytest.approx(want) and r["ce_sae"] != r["ce_clean"]
+    # CE recovered by hand, independent of the code under test: one text at a time (no padding), a raw torch
+    # pre-hook on block 1 puts decode(encode(x)) (the SAE spliced in) or 0 (the site ablated) in place of
+    # resid_pre, then (L_zero - L_sae) / (L_zero - L_clean) over every predicted token of every text
+    from conftest import reference_patch
+
+    def ce(fn):
+        nll = []
+        for t in TEXTS:
+            ids = m.to_tokens(t)
+            logits = reference_patch(m, ids, "block", 1, "input", fn) if fn else m(ids).detach()
+            nll.append(-torch.log_softmax(logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0])
+        return float(torch.cat(nll).mean())
+
+    l_clean, l_sae, l_zero = ce(None), ce(lambda h: sae.decode(sae.encode(h)).to(h.dtype)), ce(torch.zeros_like)
+    assert l_sae != pytest.approx(l_clean) and l_zero != pytest.approx(l_clean)  # both interventions matter here
+    assert (r["ce_clean"], r["ce_sae"], r["ce_zero"]) == pytest.approx((l_clean, l_sae, l_zero), rel=1e-4)
+    assert r["ce_loss_recovered"] == pytest.approx((l_zero - l_sae) / (l_zero - l_clean), rel=1e-4)
 
 
 def test_cli_sae_train_then_eval(tmp_path, capsys):

@@ -165,6 +165,21 @@ def test_concept_latents_find_a_planted_difference(setup):
     i = order[0]
     assert torch.sign(dprime[i]) == torch.sign(z_a[:, i].mean() - z_b[:, i].mean())
     assert dprime.abs()[i] == dprime.abs().max()
+    # now plant one: a copy of the model whose embedding of " she" is that of " he" plus 4 * latent 77's decoder
+    # direction (scaled to the embedding's norm). The two sets differ only in that last token, and the residual
+    # stream carries the embedding to the SAE's site, so latent 77 must come first, firing more in set a
+    target, she, he = 77, model.to_single_token(" she"), model.to_single_token(" he")
+    hf = copy.deepcopy(model.hf)
+    emb = hf.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[she] = emb[he] + 4 * emb[he].norm() * sae.W_dec[target].to(emb.dtype)
+    planted = wb.Model(hf, model.tokenizer, name="tiny+planted")
+    contexts = [t.rsplit(" ", 1)[0] for t in _texts(40)]
+    a, b = [c + " she" for c in contexts], [c + " he" for c in contexts]
+    dprime, order = concept_latents(planted, sae, a, b)
+    assert order[0] == target and dprime[target] > 0, (order[:5], dprime[order[:5]])
+    _, order_unplanted = concept_latents(model, sae, a, b)
+    assert order_unplanted[0] != target  # the untouched model does not single it out: the plant did
 
 
 def test_inspect_page_is_self_contained(setup, tmp_path):

@@ -17,12 +17,15 @@ def tiny4(tokenizer):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_trace_equals_the_research_loop(tiny4, family):
     m = tiny4[family]
-    samples, window, nu, seed = 3, 2, 0.5, 11
-    tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window, seed=seed)
-    eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
-    for kind in KINDS:
-        ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
-        assert np.abs(tr.scores[kind] - ref).max() < 1e-5, kind
+    samples, nu, seed = 3, 0.5, 11
+    for window in (2, 3):  # an even and an odd window: the reference spells out its own window
+        tr = trace_fact(m, PROMPT, SUBJECT, ANSWER, noise_std=nu, samples=samples, window=window, seed=seed)
+        eps = nu * torch.randn(samples, len(range(*tr.subject_span)), m.dims.d_model, generator=torch.Generator().manual_seed(seed))
+        for kind in KINDS:
+            ref = research_trace_loop(m, PROMPT, SUBJECT, ANSWER, eps, window, kind)
+            assert np.abs(tr.scores[kind] - ref).max() < 1e-5, (kind, window)
+            # a tiny random model's p(answer) is ~1/vocab (~2e-5), so 1e-5 alone would pass nearly anything
+            assert np.abs(tr.scores[kind] - ref).max() < 1e-4 * np.abs(ref).max(), (kind, window)
     assert tr.subject_span == (1, 4)
 
 
@@ -163,16 +166,21 @@ def test_sweep_survives_sigkill(tmp_path):
            "--out", str(out), "--samples", "4", "--window", "2", "--trace-unknown", "--no-figures"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # patience with a busy machine; the asserts below check where the kill landed
     while time.time() < deadline and proc.poll() is None and len(list((out / "facts").glob("*.json"))) < 3 \
             if (out / "facts").exists() else time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # the kill landed on a running sweep, not on one that had ended
     done = list((out / "facts").glob("*.json"))
+    assert 3 <= len(done) < 32, len(done)  # ... and mid-sweep: some facts written, not all
+    assert not (out / "summary.json").exists()
     for f in done:
         json.loads(f.read_text())  # every file there is whole
+    written = {f.name: f.stat().st_ino for f in done}
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert {f: (out / "facts" / f).stat().st_ino for f in written} == written  # resumed: kept, not recomputed
     assert len(list((out / "facts").glob("*.json"))) == 32
     assert not [p for p in (out / "facts").iterdir() if not p.name.endswith(".json")]  # no temp files left
     summary = json.loads((out / "summary.json").read_text())

@@ -6,8 +6,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tracing import window_layers
-
 _TRACE_ROLES = {"resid": "block", "mlp": "mlp", "attn": "attn"}
 
 
@@ -32,7 +30,10 @@ def research_trace_loop(model, prompt: str, subject: str, answer: str, eps: Tens
     scores = np.zeros((T, L))
     for t in range(T):
         for layer in range(L):
-            layers = [layer] if kind == "resid" else list(window_layers(layer, window, L))
+            # the research code's window, spelled out here (not the tracer's helper): `window` layers starting
+            # window // 2 below `layer`, clipped to the model
+            start = layer - window // 2
+            layers = [layer] if kind == "resid" else [x for x in range(start, start + window) if 0 <= x < L]
             handles = [embed.register_forward_hook(noised)]
             for x in layers:
                 def restore(mod, args, o, t=t):
