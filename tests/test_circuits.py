@@ -156,3 +156,49 @@ def test_transcoders_train_resume_save_load(tmp_path):
     (out / "transcoders" / "layer_0" / "sae_weights.safetensors").write_bytes(b"\x80\x04not safetensors")
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_transcoders(out / "transcoders", model)
+
+
+def test_feature_edit_in_the_real_model():
+    from workbench.circuits import FeatureEdit, feature_edit_hooks, run_with_feature_edits
+
+    model = wb.tiny_model("llama")
+    tcs = random_transcoders(model)
+    ids = model.to_tokens(PROMPT)
+    layer, pos = 1, 5
+    with torch.no_grad():
+        rep = Replacement(model, tcs, ids)
+        a = tcs[layer].encode(rep.mlp_in[layer][0, pos])
+    feats = a.nonzero()[:2, 0].tolist()
+    assert len(feats) == 2
+    site = f"blocks.{layer}.hook_mlp_out"
+    with torch.no_grad():
+        clean = model.hf(input_ids=ids).logits
+        # factor 1 changes nothing, bit for bit
+        same = run_with_feature_edits(model, ids, [FeatureEdit(site, transcoder=tcs[layer], features=feats, factor=1.0)])
+        assert torch.equal(same, clean)
+        # factor 0: the MLP output at `pos` loses exactly sum_f a_f W_dec[f]; other positions are untouched
+        _, base = model.run_with_cache(ids, [site])
+        edit = FeatureEdit(site, positions=[pos], transcoder=tcs[layer], features=feats, factor=0.0)
+    with torch.no_grad(), feature_edit_hooks(model, [edit], cache_sites=[site]) as cache:
+        model.hf(input_ids=ids)
+    delta = cache[site][0] - base[site][0]
+    expected = -(a[feats, None] * tcs[layer].W_dec[feats]).sum(0)
+    assert (delta[pos] - expected).abs().max() < 1e-5
+    assert delta[:pos].abs().max() == 0 and delta[pos + 1:].abs().max() == 0
+    with pytest.raises(ValueError, match="hook_mlp_out"):
+        FeatureEdit("blocks.1.hook_resid_post", transcoder=tcs[1], features=[0])
+    with pytest.raises(ValueError, match="features"):
+        FeatureEdit(site, transcoder=tcs[1], features=[10 ** 6])
+
+
+def test_planted_circuit_intervention():
+    from workbench.circuits import intervene
+
+    model, tcs, target, prompt = planted_gpt2()
+    g = attribute(model, prompt, tcs)
+    last = g.n_pos - 1
+    a = g.feature_index(0, last, 0)
+    r = intervene(model, g, tcs, [a], 0.0)  # switch off A: B loses its input and the target logit falls
+    assert r["predicted"][0] < -2 and r["measured"][0] < -2
+    same = intervene(model, g, tcs, [a], 1.0)
+    assert same["measured"][0] == 0 and same["predicted"][0] == 0
