@@ -202,3 +202,26 @@ def test_planted_circuit_intervention():
     assert r["predicted"][0] < -2 and r["measured"][0] < -2
     same = intervene(model, g, tcs, [a], 1.0)
     assert same["measured"][0] == 0 and same["predicted"][0] == 0
+
+
+def test_graph_files_and_circuit_tracer_json(tmp_path):
+    from workbench.circuits import load_graph, node_ids, save_graph, to_circuit_tracer_json
+
+    model, tcs, target, prompt = planted_gpt2()
+    g = attribute(model, prompt, tcs)
+    back = load_graph(save_graph(g, tmp_path / "g"))
+    assert torch.equal(back.adjacency, g.adjacency) and back.str_tokens == g.str_tokens
+    data = to_circuit_tracer_json(g, tmp_path / "g.json")
+    assert json.loads((tmp_path / "g.json").read_text()) == data
+    ids = node_ids(g)
+    assert len(set(ids)) == len(ids)
+    by_id = {n["node_id"]: n for n in data["nodes"]}
+    last = g.n_pos - 1
+    assert by_id[f"1_0_{last}"]["feature_type"] == "cross layer transcoder"
+    logit = by_id[f"{g.n_layers + 1}_{target}_{last}"]
+    assert logit["is_target_logit"] and logit["feature_type"] == "logit"
+    index = {n: i for i, n in enumerate(ids)}
+    for link in data["links"]:  # every link is an adjacency entry, source -> target
+        assert link["weight"] == pytest.approx(float(g.adjacency[index[link["target"]], index[link["source"]]]))
+    assert {"source": f"0_0_{last}", "target": f"1_0_{last}"} in [{k: l[k] for k in ("source", "target")} for l in data["links"]]
+    assert len(data["metadata"]["prompt_tokens"]) == g.n_pos
