@@ -225,3 +225,29 @@ def test_graph_files_and_circuit_tracer_json(tmp_path):
         assert link["weight"] == pytest.approx(float(g.adjacency[index[link["target"]], index[link["source"]]]))
     assert {"source": f"0_0_{last}", "target": f"1_0_{last}"} in [{k: l[k] for k in ("source", "target")} for l in data["links"]]
     assert len(data["metadata"]["prompt_tokens"]) == g.n_pos
+
+
+def test_cli_transcoders_and_graph(tmp_path, capsys):
+    from workbench.cli import main
+
+    texts = tmp_path / "texts.txt"
+    from workbench.sae.train import data_file_texts
+
+    texts.write_text("\n".join(data_file_texts()[:24]))
+    run = tmp_path / "run"
+    assert main(["transcoders", "train", "--model", "tiny-llama", "--texts", str(texts), "--d-sae", "32", "--k", "4",
+                 "--steps", "4", "--texts-per-step", "4", "--out", str(run)]) == 0
+    assert (run / "transcoders" / "transcoders.json").is_file()
+    out = tmp_path / "graph"
+    assert main(["graph", PROMPT, "--model", "tiny-llama", "--transcoders", str(run / "transcoders"),
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kept_nodes"] > 0 and 0 <= summary["replacement"] <= 1
+    assert json.loads((out / "circuit_tracer.json").read_text())["metadata"]["prompt"] == PROMPT
+    assert (out / "graph.html").stat().st_size > 1e6  # plotly.js inlined
+    # refused before any work: the folder holds a graph, another model's transcoders
+    assert main(["graph", PROMPT, "--model", "tiny-llama", "--transcoders", str(run / "transcoders"),
+                 "--out", str(out)]) == 2
+    assert main(["graph", PROMPT, "--model", "tiny-gpt2", "--transcoders", str(run / "transcoders"),
+                 "--out", str(tmp_path / "g2")]) == 2
+    assert "fingerprint" in capsys.readouterr().err

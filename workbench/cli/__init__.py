@@ -6,8 +6,9 @@ import sys
 
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 from . import sae
+from . import circuits
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae, circuits]
 
 
 def main(argv: list[str] | None = None) -> int:
