@@ -120,6 +120,10 @@ def test_planted_two_step_circuit():
     assert int(g.adjacency[a].abs().argmax()) == g.embedding_index(last)
     kept = prune_graph(g)
     assert kept.node_mask[[a, b, logit]].all()
+    # with room for two feature rows, the influence-ordered search computes exactly A's and B's
+    g2 = attribute(model, prompt, tcs, max_feature_nodes=2, batch_size=1)
+    assert g2.meta["rows"] == sorted([a, b] + list(range(g.logit_index(0), g.n_nodes)))
+    assert torch.allclose(g2.adjacency[[a, b, logit]], g.adjacency[[a, b, logit]], atol=1e-6)
     assert kept.edge_mask[b, a] and kept.edge_mask[logit, b]
     # no distractor feature survives pruning
     assert set(kept.node_mask[:g.n_features].nonzero()[:, 0].tolist()) <= {a, b}

@@ -222,12 +222,16 @@ class Replacement:
 # -- the graph -------------------------------------------------------------------------------------------
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
-              batch_size: int = 32, max_features: int | None = None) -> Graph:
+              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None) -> Graph:
     """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
-    `logit_probability`, at most `max_logits`. batch_size: targets per backward pass. max_features: refuse
-    prompts with more active features (the adjacency matrix is dense, n_nodes^2 floats).
+    `logit_probability`, at most `max_logits`. batch_size: targets per backward pass. max_feature_nodes: compute
+    the incoming edges of at most this many features, chosen as circuit-tracer does: the logits' rows first, then,
+    batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
+    others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
+    the computed rows only; `graph.meta["rows"]` lists them). max_features: refuse prompts with more active
+    features (the adjacency matrix is dense, n_nodes^2 floats).
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
@@ -256,8 +260,28 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     def all_targets(pre, logits):
         return torch.cat(pre + [logits], -1)  # [B, n_features + n_logits], in node order
 
-    for start in range(0, len(targets), batch_size):
-        chunk = targets[start:start + batch_size]
+    def chunks():
+        if max_feature_nodes is None or max_feature_nodes >= nf:
+            yield from (targets[s:s + batch_size] for s in range(0, len(targets), batch_size))
+            return
+        yield list(range(first_logit, N))
+        done = torch.zeros(N, dtype=torch.bool)
+        w = torch.zeros(N)
+        w[first_logit:] = logit_p.cpu()
+        budget = max_feature_nodes
+        while budget > 0:
+            inf = influence(normalize_matrix(A), w)[:nf].masked_fill(done[:nf], -1.0)
+            pick = inf.topk(min(batch_size, budget)).indices
+            pick = pick[inf[pick] > 0]
+            if len(pick) == 0:
+                return
+            done[pick] = True
+            budget -= len(pick)
+            yield pick.tolist()
+
+    computed = []
+    for chunk in chunks():
+        computed += chunk
         leaves = rep.leaves(len(chunk))
         pre, logits = rep.run(leaves, logit_tokens)
         col = torch.tensor([t if t < nf else nf + (t - first_logit) for t in chunk])
@@ -274,6 +298,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens)
         bias = torch.zeros(N)
         bias[targets] = all_targets(pre0, logits0)[0].cpu()
+        done = set(computed)
+        bias[[t for t in targets if t not in done]] = 0.0  # rows not computed: no identity to keep
         values = torch.zeros(N)
         values[:nf] = torch.cat(rep.pre).cpu()
         values[first_logit:] = rep.logits[logit_tokens].cpu()
@@ -282,7 +308,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
                  active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
-                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae})
+                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae,
+                       "rows": sorted(computed)})
 
 
 # -- influence, pruning, scores (circuit-tracer's definitions) ---------------------------------------------
