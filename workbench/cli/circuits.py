@@ -60,6 +60,8 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_graph(args) -> int:
+    import time
+
     from ..circuits import (attribute, feature_labels, graph_scores, graph_view, intervene, load_transcoders,
                             prune_graph, save_graph, to_circuit_tracer_json)
     from ..core.io import atomic_write_text
@@ -70,6 +72,7 @@ def _cmd_graph(args) -> int:
         raise ValueError("prompt: expected a non-empty string")
     check_int(args.max_logits, "max_logits")
     check_int(args.batch_size, "batch_size")
+    check_int(args.max_feature_nodes, "max_feature_nodes", none_ok=True)
     for name in ("node_threshold", "edge_threshold"):
         v = check_float(getattr(args, name), name)
         if not 0 <= v <= 1:
@@ -80,7 +83,10 @@ def _cmd_graph(args) -> int:
     out = output_dir(args.out, force=args.force, writes=writes)
     model = load_model(args.model)
     tcs = load_transcoders(args.transcoders, model)
-    g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size,
+                  max_feature_nodes=args.max_feature_nodes)
+    seconds = time.perf_counter() - t0
     kept = prune_graph(g, args.node_threshold, args.edge_threshold)
     save_graph(g, out)
     labels = feature_labels(model, tcs, g, texts=[args.prompt], nodes=kept.subgraph_nodes())
@@ -91,6 +97,7 @@ def _cmd_graph(args) -> int:
     row = g.adjacency[g.logit_index(0), :g.n_features] * kept.node_mask[:g.n_features]
     summary = {"prompt": args.prompt, "n_features": g.n_features, "n_nodes": g.n_nodes,
                "kept_nodes": int(kept.node_mask.sum()), "kept_edges": int(kept.edge_mask.sum()),
+               "feature_rows": len(g.meta["rows"]) - len(g.logit_tokens), "attribution_seconds": round(seconds, 2),
                "top_logits": g.meta["logit_str"], "probabilities": g.logit_probabilities.tolist(), **graph_scores(g)}
     if g.n_features and row.abs().max() > 0:
         top = int(row.abs().argmax())
@@ -139,6 +146,8 @@ def register(sub) -> None:
     g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
     g.add_argument("--max-logits", type=int, default=5)
     g.add_argument("--batch-size", type=int, default=32, help="target nodes per backward pass")
+    g.add_argument("--max-feature-nodes", type=int, default=None,
+                   help="compute the incoming edges of at most N features, the most influential first")
     g.add_argument("--node-threshold", type=float, default=0.8)
     g.add_argument("--edge-threshold", type=float, default=0.98)
     g.add_argument("--out", required=True, help="folder: graph.safetensors/.json, graph.html, circuit_tracer.json, "
