@@ -43,8 +43,6 @@ SET_FILE = "transcoders.json"
 def on_mlps(model, fn: Callable[[int, Tensor, Tensor], Tensor | None], layers: Sequence[int] | None = None):
     """While in the body, `fn(layer, x, y)` sees every listed layer's MLP input x and output y [batch, pos,
     d_model]; a tensor it returns replaces the MLP's output."""
-    if model.arch.ln2 is None and model.arch.family == "gptj":
-        raise ValueError(f"model: {model.arch.family} reads its MLP from ln1 (parallel block); not supported here")
     handles = []
 
     def hook_for(layer):
