@@ -5,26 +5,15 @@ import json
 from pathlib import Path
 
 from .common import add_force, check_float, check_int, output_dir, output_file
-from .sae import _check_texts_arg, _texts
+from .sae import _check_texts_arg, _texts, prepare_training
 
 
 def _cmd_train(args) -> int:
-    import torch
-
     from ..circuits import evaluate_transcoders, train_transcoders
     from ..core.io import atomic_write_text
-    from ..core.loading import load_model
 
-    for name in ("d_sae", "k", "steps", "texts_per_step", "samples", "threads", "checkpoint_every", "max_texts"):
-        check_int(getattr(args, name), name)
-    check_float(args.lr, "lr", positive=True)
-    if args.k > args.d_sae:
-        raise ValueError(f"k: expected k <= d_sae ({args.d_sae}), got {args.k}")
-    _check_texts_arg(args.texts)
-    out = output_dir(args.out, force=args.force, resumes="config.json")
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    texts = _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
+    out, model, texts = prepare_training(args, ("d_sae", "k", "steps", "texts_per_step", "samples", "threads",
+                                                "checkpoint_every", "max_texts"))
     tcs = train_transcoders(model, texts, d_sae=args.d_sae, k=args.k, steps=args.steps,
                             texts_per_step=args.texts_per_step, lr=args.lr, skip=args.skip, seed=args.seed, out=out,
                             checkpoint_every=args.checkpoint_every, force=args.force)
