@@ -4,7 +4,8 @@ Trains one JumpReLU transcoder per layer (30 layers, d_sae 768, k 24; every laye
 resumable: a run folder that already holds the last checkpoint only converts and evaluates), evaluates it on
 held-out text (per-layer FVE / L0 / dead features, CE with every MLP replaced vs clean and zero-ablated), then
 builds the graphs of a fact prompt and an IOI prompt (the 128 most influential feature rows), and switches off,
-in the real model, the kept feature with the largest direct edge into the top logit: predicted vs measured.
+in the real model, the kept feature with the largest direct edge into the top logit (in size, and the largest
+positive one): predicted vs measured.
 
 Corpus: the docstrings of Python's standard library and our data files (`workbench.sae.train`), 5 % held out.
 
@@ -55,13 +56,16 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - t0
         kept = prune_graph(g)
         row = g.adjacency[g.logit_index(0), :g.n_features] * kept.node_mask[:g.n_features]
-        top = int(row.abs().argmax())
+        top, up = int(row.abs().argmax()), int(row.argmax())
         graphs[name] = {"prompt": prompt, "top_logits": g.meta["logit_str"], "probabilities": g.logit_probabilities.tolist(),
                         "n_features_active": g.n_features, "feature_rows": args.max_feature_nodes,
                         "kept_nodes": int(kept.node_mask.sum()), "kept_edges": int(kept.edge_mask.sum()),
                         "seconds": round(seconds, 1), **graph_scores(g), "top_feature": g.node(top)["label"],
                         "top_feature_direct_edge": float(g.adjacency[g.logit_index(0), top]),
-                        "top_feature_off": intervene(model, g, tcs, [top], 0.0)}
+                        "top_feature_off": intervene(model, g, tcs, [top], 0.0),
+                        "top_positive_feature": g.node(up)["label"],
+                        "top_positive_direct_edge": float(g.adjacency[g.logit_index(0), up]),
+                        "top_positive_off": intervene(model, g, tcs, [up], 0.0)}
         print(name, graphs[name])
     result = {**device_meta(args.device), "model": model.name, "n_layers": model.dims.n_layers, "d_sae": args.d_sae,
               "k": args.k, "steps": args.steps, "texts_per_step": 6,

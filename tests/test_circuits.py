@@ -255,3 +255,21 @@ def test_cli_transcoders_and_graph(tmp_path, capsys):
     assert main(["graph", PROMPT, "--model", "tiny-gpt2", "--transcoders", str(run / "transcoders"),
                  "--out", str(tmp_path / "g2")]) == 2
     assert "fingerprint" in capsys.readouterr().err
+
+
+def test_graph_refusals():
+    model = wb.tiny_model("llama")
+    tcs = random_transcoders(model)
+    with pytest.raises(ValueError, match="one per layer"):
+        attribute(model, PROMPT, tcs[:1])
+    with pytest.raises(ValueError, match="prompt"):
+        attribute(model, "", tcs)
+    with pytest.raises(ValueError, match="batch_size"):
+        attribute(model, PROMPT, tcs, batch_size=0)
+    with pytest.raises(ValueError, match="max_features"):
+        attribute(model, PROMPT, tcs, max_features=3)
+    gemma2 = wb.tiny_model("gemma2")  # tanh soft-capped logits are not linear in the residual stream
+    with pytest.raises(ValueError, match="soft-caps"):
+        attribute(gemma2, PROMPT, random_transcoders(gemma2))
+    with pytest.raises(ValueError, match="node_threshold"):
+        prune_graph(attribute(model, "one two", tcs), node_threshold=1.5)
