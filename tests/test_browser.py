@@ -298,7 +298,12 @@ def test_attribution_graph_view(browser, tmp_path):
                           ".map(t => t.textContent).join('\\n')")
     assert g.node(b_node)["label"] in hover and f"activation: {float(g.activation_values[b_node]):.3f}" in hover
     assert "raises:" in hover
-    page.mouse.click(*node_xy(g.logit_index(0)))
+    page.mouse.move(0, 0)
+    page.mouse.move(*node_xy(g.logit_index(0)))  # hover first: plotly clicks the point it hovers
+    page.wait_for_function("() => [...document.querySelectorAll('.hoverlayer .hovertext text tspan.line')]"
+                           ".some(t => t.textContent.startsWith('logit'))", timeout=10_000)
+    page.mouse.down()
+    page.mouse.up()
     page.wait_for_function("() => document.querySelector('.js-plotly-plot').dataset.kept")
     shown = json.loads(page.evaluate("() => document.querySelector('.js-plotly-plot').dataset.kept"))
     assert shown == ancestors(kept, g.logit_index(0))
