@@ -440,6 +440,11 @@ API = [
     R("sae-save_latent_directions-width", lambda c: wb.sae.save_latent_directions(c.d / "x.safetensors", c.m,
                                                                                   _random_sae(c.m, width=32), [0]),
       V, "d_in=32", "d_model=64"),
+    # attribution graphs over transcoders (workbench.circuits)
+    R("circuits-load_transcoders-missing", lambda c: wb.circuits.load_transcoders(c.d / "nope", c.m), V, "transcoders",
+      "transcoders.json"),
+    R("circuits-attribute-batch_size", lambda c: wb.circuits.attribute(c.m, "one two", [], batch_size=0), V,
+      "batch_size", "got 0"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -598,6 +603,10 @@ CLI = [
                            "--out", "{d}/o.json"], V, "read_at"),
     R("sae-diff-rank-by", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--rank-by", "max",
                            "--out", "{d}/o.json"], V, "rank_by"),
+    R("graph-transcoders-missing", ["graph", "one two", "--model", BAD, "--transcoders", "{d}/nope", "--out", "{d}/g"],
+      V, "transcoders", "expected a folder"),
+    R("transcoders-train-steps", ["transcoders", "train", "--model", BAD, "--steps", "0", "--out", "{d}/t"], V,
+      "steps", "got 0"),
 ]
 
 ROWS = API + CLI

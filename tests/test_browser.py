@@ -265,3 +265,46 @@ def test_jupyterlab_notebook(results, browser, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_attribution_graph_view(browser, tmp_path):
+    """The graph view of the planted two-step circuit (tests/test_circuits.py): offline, the hover on a feature
+    shows its label and activation, and a click on the target logit keeps exactly the ancestors Python computes."""
+    from test_circuits import planted_gpt2
+
+    from workbench.circuits import ancestors, attribute, feature_labels, graph_view, prune_graph
+
+    model, tcs, target, prompt = planted_gpt2()
+    g = attribute(model, prompt, tcs)
+    kept = prune_graph(g)
+    labels = feature_labels(model, tcs, g, texts=[prompt], nodes=kept.subgraph_nodes())
+    path = wb.views.save_html(graph_view(g, kept, labels), tmp_path / "graph.html")
+    page, offsite = browser.new_page(viewport={"width": 1200, "height": 700}), []
+    guard(page, offsite)
+    page.goto(path.as_uri())
+    page.wait_for_selector(".js-plotly-plot .scatterlayer .point", timeout=30_000)
+    nodes = kept.subgraph_nodes()
+
+    def node_xy(i):
+        k = nodes.index(i)
+        return page.evaluate("""(k) => { const gd = document.querySelector('.js-plotly-plot'); gd.scrollIntoView();
+            const b = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, t = gd.data[2];
+            return [b.left + xa._offset + xa.l2p(t.x[k]), b.top + ya._offset + ya.l2p(t.y[k])]; }""", k)
+
+    b_node = g.feature_index(1, g.n_pos - 1, 0)
+    page.mouse.move(*node_xy(b_node))
+    page.wait_for_selector(".hoverlayer .hovertext", timeout=10_000)
+    hover = page.evaluate("() => [...document.querySelectorAll('.hoverlayer .hovertext text tspan.line')]"
+                          ".map(t => t.textContent).join('\\n')")
+    assert g.node(b_node)["label"] in hover and f"activation: {float(g.activation_values[b_node]):.3f}" in hover
+    assert "raises:" in hover
+    page.mouse.move(0, 0)
+    page.mouse.move(*node_xy(g.logit_index(0)))  # hover first: plotly clicks the point it hovers
+    page.wait_for_function("() => [...document.querySelectorAll('.hoverlayer .hovertext text tspan.line')]"
+                           ".some(t => t.textContent.startsWith('logit'))", timeout=10_000)
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot').dataset.kept")
+    shown = json.loads(page.evaluate("() => document.querySelector('.js-plotly-plot').dataset.kept"))
+    assert shown == ancestors(kept, g.logit_index(0))
+    assert offsite == []

@@ -6,10 +6,11 @@ import sys
 
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 from . import sae
+from . import circuits
 
 __all__ = ["main", "VERB_MODULES"]
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae, circuits]
 
 
 def main(argv: list[str] | None = None) -> int:

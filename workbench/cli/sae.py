@@ -26,16 +26,15 @@ def _check_texts_arg(spec: str) -> None:
         input_file(spec, "texts")
 
 
-def _cmd_train(args) -> int:
+def prepare_training(args, int_args: tuple[str, ...]):
+    """What a training verb (`sae train`, `transcoders train`) checks and loads first: its int arguments, lr,
+    k <= d_sae, the texts and the resumable output folder (all before any work), then the threads, the model and
+    the training texts. Returns (out, model, texts)."""
     import torch
 
-    from ..core.io import atomic_write_text
     from ..core.loading import load_model
-    from ..core.sites import parse_site
-    from ..sae.evaluate import evaluate_sae
-    from ..sae.train import train_sae
 
-    for name in ("d_sae", "k", "steps", "batch_size", "samples", "threads", "checkpoint_every", "max_texts"):
+    for name in int_args:
         check_int(getattr(args, name), name)
     check_float(args.lr, "lr", positive=True)
     if args.k > args.d_sae:
@@ -44,8 +43,18 @@ def _cmd_train(args) -> int:
     out = output_dir(args.out, force=args.force, resumes="config.json")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    return out, model, _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
+
+
+def _cmd_train(args) -> int:
+    from ..core.io import atomic_write_text
+    from ..core.sites import parse_site
+    from ..sae.evaluate import evaluate_sae
+    from ..sae.train import train_sae
+
+    out, model, texts = prepare_training(args, ("d_sae", "k", "steps", "batch_size", "samples", "threads",
+                                                "checkpoint_every", "max_texts"))
     site = parse_site(args.site, model.dims.n_layers)
-    texts = _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
     sae = train_sae(model, texts, site, d_sae=args.d_sae, k=args.k, steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, out=out, checkpoint_every=args.checkpoint_every, force=args.force)
     print(f"wrote {out / 'sae'}")
