@@ -114,3 +114,83 @@ def test_tuco_bad_input():
         tuning_contribution(base, tuned, [])
     with pytest.raises(ValueError, match="scaled: TuCo is measured"):
         tuning_contribution(base, tuned, PROMPTS, scaled=scaled_model(base, tuned, 0.5))
+
+
+# -- weight space ---------------------------------------------------------------------------------------------
+
+def _structured(out_dim, in_dim, seed=0):
+    """A matrix with a decaying spectrum (like trained weights): W = U diag(s) V^T, s_i = 10 * 0.85^i."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(out_dim, out_dim, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(in_dim, in_dim, generator=g, dtype=torch.float64))
+    n = min(out_dim, in_dim)
+    s = 10 * 0.85 ** torch.arange(n, dtype=torch.float64)
+    return u[:, :n] @ torch.diag(s) @ v[:, :n].T, u, s
+
+
+def test_intruder_dimensions_planted():
+    """A rank-1 update along a new direction (spread evenly over 16 of the base's lower singular vectors, so its
+    best |cos| is 0.25, orthogonal to the top 10) with a large singular value is one intruder, at rank 0; a small
+    full-rank perturbation moves no top singular vector away from its own (no intruder), at a full effective rank."""
+    from workbench.diffing import effective_rank, intruder_dimensions
+
+    w0, u, s = _structured(64, 96)
+    new = u[:, 12:28].sum(1) / 4.0  # unit norm; |cos| 0.25 with each of those 16, 0 with the rest
+    g = torch.Generator().manual_seed(1)
+    w_lora = w0 + 2 * s[0] * torch.outer(new, torch.randn(96, generator=g, dtype=torch.float64).div(96 ** 0.5))
+    got = intruder_dimensions(w0, w_lora)
+    assert got["intruders"] == 1 and got["intruder_ranks"] == [0]
+    assert got["max_cos"][0] == pytest.approx(0.25, abs=0.02)
+    w_full = w0 + 0.02 * torch.randn(64, 96, generator=g, dtype=torch.float64)
+    got = intruder_dimensions(w0, w_full)
+    assert got["intruders"] == 0 and min(got["max_cos"]) > 0.9
+    assert effective_rank(torch.linalg.svdvals(w_lora - w0)) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(torch.linalg.svdvals(w_full - w0)) > 40
+
+
+def test_weight_diff_on_a_model_and_a_peft_adapter(tmp_path):
+    """Per-matrix rows over the blocks: a planted rank-1 update of one matrix is its only intruder; a LoRA adapter
+    (saved by peft, read back from its folder) merges to W0 + (alpha / r) B A, computed here by hand."""
+    from peft import LoraConfig, get_peft_model
+
+    from workbench.core.arch import weight_out_in
+    from workbench.diffing import weight_diff
+
+    base = wb.tiny_model("llama")
+    o_proj = base.module("attn_out_proj", 1)
+    w0, u, s = _structured(*weight_out_in(o_proj).shape)
+    with torch.no_grad():
+        weight_out_in(o_proj).copy_(w0)
+    tuned = perturbed_copy(base, 0.0)
+    new = u[:, 12:28].sum(1) / 4.0
+    with torch.no_grad():
+        weight_out_in(tuned.module("attn_out_proj", 1)).add_(
+            (2 * s[0] * torch.outer(new, torch.ones(w0.shape[1], dtype=torch.float64) / w0.shape[1] ** 0.5)).float())
+    d = weight_diff(base, tuned)
+    hits = [(r["layer"], r["matrix"]) for r in d.rows if r["intruders"]]
+    assert hits == [(1, "self_attn.o_proj")] and d.total_intruders == 1
+    assert d.by_layer()["intruders"] == [0, 1]
+    moved = [r for r in d.rows if r["update_norm"] > 0]
+    assert [(r["layer"], r["matrix"]) for r in moved] == [(1, "self_attn.o_proj")]
+    assert moved[0]["effective_rank"] == pytest.approx(1.0, abs=1e-3)
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(perturbed_copy(base, 0.0).hf, LoraConfig(r=2, lora_alpha=4, target_modules=["down_proj"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    lora = peft_model.base_model.model.model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        want = base.module("mlp_down", 0).weight + 2.0 * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
+    d_folder = weight_diff(base, tmp_path / "adapter", matrices="down_proj")
+    d_peft = weight_diff(base, peft_model, matrices="down_proj")
+    assert [r["matrix"] for r in d_folder.rows] == ["mlp.down_proj", "mlp.down_proj"]
+    assert d_folder.rows[0]["update_norm"] == pytest.approx(float((want - base.module("mlp_down", 0).weight).detach().norm()), rel=1e-4)
+    assert d_folder.rows[0]["effective_rank"] <= 2.0 + 1e-6
+    assert d_folder.rows == d_peft.rows
+    with pytest.raises(ValueError, match="tuned: .* is not a peft adapter folder"):
+        weight_diff(base, tmp_path)
+    with pytest.raises(ValueError, match="matrices: 'nothing' matches no matrix"):
+        weight_diff(base, tuned, matrices="nothing")
