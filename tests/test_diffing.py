@@ -194,3 +194,69 @@ def test_weight_diff_on_a_model_and_a_peft_adapter(tmp_path):
         weight_diff(base, tmp_path)
     with pytest.raises(ValueError, match="matrices: 'nothing' matches no matrix"):
         weight_diff(base, tuned, matrices="nothing")
+
+
+# -- activation space -----------------------------------------------------------------------------------------
+
+def _caft_texts(n):
+    from workbench.core.io import read_jsonl
+
+    return [r["prompt"] for _, r in read_jsonl(wb.data_path("caft_task.jsonl"), "task")][:n]
+
+
+def test_crosscoder_finds_a_planted_feature(tmp_path):
+    """A fine-tune built to have one new feature: MLP neuron 5 of layer 0 rewired to fire on a direction u of its
+    input (about half the tokens) and write a new direction v. The latent leaning furthest toward the fine-tuned
+    model is that feature: its fine-tuned decoder points along v, it fires where the activations changed, and
+    the Latent Scaling check finds v absent from the base model's activations (nu_error small); most latents are
+    shared. The crosscoder saves and loads (safetensors + JSON) to the same codes."""
+    from workbench.diffing import CrossCoder, diff_crosscoder, paired_activations, train_crosscoder
+
+    base = wb.tiny_model("llama")
+    tuned = perturbed_copy(base, 0.0)
+    g = torch.Generator().manual_seed(3)
+    u, v = (x / x.norm() for x in torch.randn(2, 64, generator=g))
+    mlp = tuned.module("mlp", 0)
+    with torch.no_grad():
+        mlp.gate_proj.weight[5], mlp.up_proj.weight[5], mlp.down_proj.weight[:, 5] = 2 * u, 2 * u, 0.6 * v
+    acts = paired_activations(base, tuned, _caft_texts(200), 1)
+    changed = (acts[:, 1] - acts[:, 0]).norm(dim=-1) > 0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few small matmuls per step: threads only contend on a shared machine
+    try:
+        cc = train_crosscoder(acts, n_latents=128, k=4, steps=800, batch_size=256)
+    finally:
+        torch.set_num_threads(threads)
+    r = diff_crosscoder(cc, acts)
+    j = r.most_moved(1, "tuned")[0]
+    fires = cc.encode(cc.normalize(acts))[:, j] > 0
+    with torch.no_grad():
+        assert torch.cosine_similarity(cc.W_dec[j, 1], v, 0) > 0.9
+    assert r.rel_norm[j] > 0.8 and changed[fires].float().mean() > 0.9
+    assert r.nu_error[j] < 0.3
+    assert r.counts()["shared"] > 0.8 * cc.n_latents and r.fvu < 0.3
+    cc.save(tmp_path / "cc")
+    again = CrossCoder.load(tmp_path / "cc")
+    x = cc.normalize(acts[:50])
+    assert torch.equal(again.encode(x), cc.encode(x))
+
+
+def test_activation_difference_lens_reads_and_steers_a_planted_shift():
+    """GPT-2 fine-tuned by adding u to layer 0's MLP output bias: the fine-tuned stream at layer 1 is the base
+    stream + u at every token. The lens recovers u exactly, reads the token u was built from (its unembedding row)
+    at the top, and steering the base model by it reproduces the fine-tuned logits."""
+    from workbench.diffing import activation_difference
+
+    base = wb.tiny_model("gpt2")
+    tuned = perturbed_copy(base, 0.0)
+    target = base.to_single_token(" Paris")
+    w_u = base.module("unembed").weight.detach()
+    u = 3.0 * (w_u[target] - w_u[target].mean()) / w_u[target].norm()
+    with torch.no_grad():
+        tuned.module("mlp", 0).c_proj.bias += u
+    diff = activation_difference(base, tuned, PROMPTS, 1, first_tokens=3)
+    torch.testing.assert_close(diff.vector, u, atol=1e-5, rtol=0)
+    assert diff.top_tokens[0][0] == " Paris"
+    with torch.no_grad(), wb.steer(base, diff.steering_vector(), 1.0):
+        steered = base(PROMPTS)
+        torch.testing.assert_close(steered, tuned(PROMPTS), atol=1e-4, rtol=0)

@@ -5,6 +5,9 @@ as a Model), ...
 """
 from .build import perturbed_copy
 from .weights import WeightDiff, as_merged, effective_rank, intruder_dimensions, weight_diff
+from .crosscoder import (ActivationDifference, CrossCoder, CrosscoderDiff, activation_difference, diff_crosscoder,
+                         paired_activations, train_crosscoder)
 from .tuco import ScaledFineTune, TuCo, check_pair, scaled_model, tuning_contribution
 
-__all__ = ["perturbed_copy", "WeightDiff", "as_merged", "effective_rank", "intruder_dimensions", "weight_diff", "ScaledFineTune", "TuCo", "check_pair", "scaled_model", "tuning_contribution"]
+__all__ = ["perturbed_copy", "ActivationDifference", "CrossCoder", "CrosscoderDiff", "activation_difference",
+           "diff_crosscoder", "paired_activations", "train_crosscoder", "WeightDiff", "as_merged", "effective_rank", "intruder_dimensions", "weight_diff", "ScaledFineTune", "TuCo", "check_pair", "scaled_model", "tuning_contribution"]
