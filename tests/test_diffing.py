@@ -1,4 +1,5 @@
 """Model diffing (workbench.diffing) on tiny seeded models and fine-tunes built here with a known change."""
+import numpy as np
 import pytest
 import torch
 
@@ -260,3 +261,51 @@ def test_activation_difference_lens_reads_and_steers_a_planted_shift():
     with torch.no_grad(), wb.steer(base, diff.steering_vector(), 1.0):
         steered = base(PROMPTS)
         torch.testing.assert_close(steered, tuned(PROMPTS), atol=1e-4, rtol=0)
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+
+def test_exact_first_token_agreement():
+    """The sorted prefix-sum form equals the O(V^2) sum of DESIGN.md round 3; averaging P(keep | x) over x ~ p gives
+    it again (an identity); and shared Gumbel noise drawn here agrees at that rate."""
+    from workbench.diffing import agreement_probability, keep_probability
+
+    g = torch.Generator().manual_seed(0)
+    p = (2 * torch.randn(50, generator=g)).softmax(-1).double()
+    q = (0.5 * p + 0.5 * (2 * torch.randn(50, generator=g)).softmax(-1)).double()
+    q[3] = 0.0
+    q = q / q.sum()
+    brute = sum(1.0 / float(torch.maximum(p / p[x], q / q[x]).sum()) for x in range(50) if q[x] > 0)
+    assert agreement_probability(p, q) == pytest.approx(brute, rel=1e-10)
+    assert sum(float(p[x]) * keep_probability(p, q, x) for x in range(50)) == pytest.approx(brute, rel=1e-10)
+    gumbel = -torch.log(-torch.log(torch.rand(40000, 50, generator=g, dtype=torch.float64)))
+    same = ((p.log() + gumbel).argmax(-1) == (q.log() + gumbel).argmax(-1)).double().mean()
+    assert float(same) == pytest.approx(brute, abs=0.015)
+    assert agreement_probability(p, p) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_workbench_diff_writes_the_report(tmp_path, capsys):
+    """`workbench diff BASE FINETUNED --out DIR` on two models saved here: report.json holds every section, with
+    the measured first-token agreement beside the exact one; an existing report needs --force."""
+    import json
+
+    from workbench.cli import main
+
+    base = wb.tiny_model("llama")
+    tuned = perturbed_copy(base, 0.1, seed=1)
+    for name, m in (("base", base), ("tuned", tuned)):
+        m.hf.save_pretrained(tmp_path / name)
+        m.tokenizer.save_pretrained(tmp_path / name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat sat on the mat\nA dog ran in the park\nOne two three four\n")
+    args = ["diff", str(tmp_path / "base"), str(tmp_path / "tuned"), "--prompts", str(prompts), "--steps", "100",
+            "--samples", "4", "--max-new-tokens", "4", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(rep) >= {"tuco", "weights", "patching", "crosscoder", "lens", "counterfactuals", "agreement"}
+    assert len(rep["tuco"]["by_layer"]) == 2 and len(rep["tuco"]["tuco"]) == 3
+    a = rep["agreement"]
+    assert a["n"] == 12 and 0 <= a["exact"] <= 1 and a["measured"] == np.mean(a["per_row_measured"])
+    assert (tmp_path / "out" / "report.html").stat().st_size > 1e6  # plotly.js inlined
+    assert main(args) == 2 and "report.json exists" in capsys.readouterr().err
+    assert main(["diff", "tiny-llama", "tiny-gpt2", "--out", str(tmp_path / "x")]) == 2

@@ -26,6 +26,8 @@ from . import distributed  # noqa: E402
 from .views import save_html  # noqa: E402
 from . import sae  # noqa: E402
 from .sae import SAEEdit, evaluate_sae, load_sae, save_sae, train_sae  # noqa: E402
+from . import diffing  # noqa: E402
+from .diffing import model_diff  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL", "Model", "load_model", "tiny_model", "generate", "data_path", "read_activations",
@@ -41,6 +43,7 @@ __all__ = [
     "EditRequest", "WeightEdit", "rome", "memit", "ft_l", "run_counterfact",
     "distributed",
     "sae", "load_sae", "save_sae", "SAEEdit", "train_sae", "evaluate_sae",
+    "diffing", "model_diff",
 ]
 __version__ = "0.2.0"
 

@@ -6,8 +6,9 @@ import sys
 
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 from . import sae
+from . import diffing
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae, diffing]
 
 
 def main(argv: list[str] | None = None) -> int:
