@@ -94,7 +94,7 @@ class ModelDiff:
         parts = []
         layers = list(range(len(self.weights.by_layer()["layer"])))
         share = self.tuco.by_layer().values[0]
-        fig = go.Figure(go.Bar(x=layers, y=share, name="FTC share"))
+        fig = go.Figure(go.Bar(x=layers, y=[float(v) for v in share], name="FTC share"))
         fig.update_layout(xaxis_title="layer", yaxis_title="||FTC_l|| / (||PTC_l|| + ||FTC_l||)", height=320)
         parts.append(plotly_view(fig, "TuCo by layer (mean over prompts and tokens)"))
         fig = go.Figure(go.Bar(x=[p[:40] for p in self.prompts], y=self.tuco.tuco.tolist()))
@@ -109,6 +109,9 @@ class ModelDiff:
         parts.append(plotly_view(fig, f"Weight space: {self.weights.total_intruders} intruder dimensions"))
         if self.patching is not None:
             parts.append(views.labelled_heatmap(self.patching, self.patching.name))
+        else:
+            parts.append(views.View("Cross-model patching", "<p>no grid: on the prompts of the most common length the "
+                                    "two models' top next tokens agree (or patching was switched off)</p>"))
         if self.crosscoder is not None:
             rows = "".join(
                 f"<tr><td>{j}</td><td>{self.crosscoder.kind[j]}</td><td>{float(self.crosscoder.rel_norm[j]):.3f}</td>"
