@@ -95,7 +95,7 @@ class ModelDiff:
         layers = list(range(len(self.weights.by_layer()["layer"])))
         share = self.tuco.by_layer().values[0]
         fig = go.Figure(go.Bar(x=layers, y=[float(v) for v in share], name="FTC share"))
-        fig.update_layout(xaxis_title="layer", yaxis_title="||FTC_l|| / (||PTC_l|| + ||FTC_l||)", height=320)
+        fig.update_layout(xaxis_title="layer", xaxis_dtick=1, yaxis_title="||FTC_l|| / (||PTC_l|| + ||FTC_l||)", height=320)
         parts.append(plotly_view(fig, "TuCo by layer (mean over prompts and tokens)"))
         fig = go.Figure(go.Bar(x=[p[:40] for p in self.prompts], y=self.tuco.tuco.tolist()))
         fig.update_layout(yaxis_title="TuCo (last token)", height=320)
@@ -103,7 +103,7 @@ class ModelDiff:
         w = self.weights.by_layer()
         fig = go.Figure([go.Bar(x=w["layer"], y=w["intruders"], name="intruder dimensions"),
                          go.Scatter(x=w["layer"], y=w["effective_rank"], name="effective rank of the update", yaxis="y2")])
-        fig.update_layout(xaxis_title="layer", yaxis_title=f"intruders (top {self.weights.meta['k']}, "
+        fig.update_layout(xaxis_title="layer", xaxis_dtick=1, yaxis_title=f"intruders (top {self.weights.meta['k']}, "
                           f"epsilon {self.weights.meta['epsilon']})", height=340,
                           yaxis2=dict(overlaying="y", side="right", title="effective rank"))
         parts.append(plotly_view(fig, f"Weight space: {self.weights.total_intruders} intruder dimensions"))
