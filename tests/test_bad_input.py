@@ -445,6 +445,15 @@ API = [
       "transcoders.json"),
     R("circuits-attribute-batch_size", lambda c: wb.circuits.attribute(c.m, "one two", [], batch_size=0), V,
       "batch_size", "got 0"),
+    # model diffing (issue 28)
+    R("diffing-model_diff-shapes", lambda c: wb.diffing.model_diff(c.m, wb.tiny_model("llama", d_model=32), ["Hi there"]), V,
+      "tuned", "different shapes"),
+    R("diffing-model_diff-layer", lambda c: wb.diffing.model_diff(c.m, c.m, ["Hi there"], layer=99), V, "layer"),
+    R("diffing-scaled_model-alpha", lambda c: wb.diffing.scaled_model(c.m, c.m, [1.0]), V, "alpha"),
+    R("diffing-weight_diff-tuned", lambda c: wb.diffing.weight_diff(c.m, 3), V, "tuned", "peft"),
+    R("diffing-intruder_dimensions-epsilon", lambda c: wb.diffing.intruder_dimensions(torch.eye(4), torch.eye(4), epsilon=2),
+      V, "epsilon"),
+    R("diffing-train_crosscoder-acts", lambda c: wb.diffing.train_crosscoder(torch.ones(3, 64)), V, "acts", "[n_tokens, 2"),
 ]
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
@@ -601,6 +610,9 @@ CLI = [
       setup=lambda d: _saved_sae(d)),
     R("sae-diff-read-at", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--read-at", "last",
                            "--out", "{d}/o.json"], V, "read_at"),
+    R("diff-steps", ["diff", BAD, BAD, "--prompts", "{inp}/prompts.txt", "--steps", "0", "--out", "{d}/o"], V, "steps"),
+    R("diff-out-has-results", ["diff", BAD, BAD, "--prompts", "{inp}/prompts.txt", "--out", "{d}"], V, "report.json",
+      "--force", setup=existing("report.json")),
     R("sae-diff-rank-by", ["sae", "diff", "--model", BAD, "--finetuned", BAD, "--sae", "{d}/nope", "--rank-by", "max",
                            "--out", "{d}/o.json"], V, "rank_by"),
     R("graph-transcoders-missing", ["graph", "one two", "--model", BAD, "--transcoders", "{d}/nope", "--out", "{d}/g"],

@@ -308,3 +308,29 @@ def test_attribution_graph_view(browser, tmp_path):
     shown = json.loads(page.evaluate("() => document.querySelector('.js-plotly-plot').dataset.kept"))
     assert shown == ancestors(kept, g.logit_index(0))
     assert offsite == []
+def test_model_diff_report_opens_offline(tmp_path, browser):
+    """The model-diff report (workbench.diffing) through file://: every plotly figure drew, the TuCo bars carry the
+    values Python computed, the agreement line and the latent / counterfactual tables are there."""
+    from workbench.diffing import model_diff, perturbed_copy
+
+    base = wb.tiny_model("gpt2")
+    r = model_diff(base, perturbed_copy(base, 0.1, seed=1), ["The cat sat on the mat", "A dog ran in the park"],
+                   steps=50, n_samples=2, max_new_tokens=4)
+    folder = r.save(tmp_path / "report")
+    page, offsite = browser.new_page(viewport={"width": 1200, "height": 800}), []
+    guard(page, offsite)
+    page.goto((folder / "report.html").as_uri())
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    plots = "[...document.querySelectorAll('.js-plotly-plot')]"
+    n_plots = page.evaluate(f"() => {plots}.length")
+    drawn = page.evaluate(f"() => {plots}.filter(g => g.querySelector('.main-svg')).length")
+    bars = page.evaluate(f"() => Array.from({plots}[0]._fullData[0].y)")
+    agreement = page.inner_text(".agreement")
+    tables = page.evaluate("() => document.querySelectorAll('table').length")
+    page.screenshot(path=str(SHOTS / "model_diff.png"), full_page=False)
+    page.close()
+    assert n_plots == 3 + (r.patching is not None) and drawn == n_plots  # TuCo by layer, per prompt, weights, grid
+    assert bars == pytest.approx(r.tuco.by_layer().values[0].tolist(), rel=1e-6)
+    assert f"measured {r.agreement['measured']:.3f}" in agreement and f"exact {r.agreement['exact']:.3f}" in agreement
+    assert tables >= 2  # the crosscoder's latents and the counterfactual strings
+    assert not offsite

@@ -6,11 +6,11 @@ import sys
 
 from . import analysis, caft, counterfactual, editing, models, patching, steering, tracing
 from . import sae
-from . import circuits
+from . import circuits, diffing
 
 __all__ = ["main", "VERB_MODULES"]
 
-VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae, circuits]
+VERB_MODULES = [models, patching, tracing, editing, steering, caft, analysis, counterfactual, sae, circuits, diffing]
 
 
 def main(argv: list[str] | None = None) -> int:
