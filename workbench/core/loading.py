@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .default_model import DEFAULT_MODEL, prepare_default_model
+from .default_model import DEFAULT_MODEL, EMBEDDED, prepare_model
 from .model import Model
 from .tiny import tiny_model
 
@@ -40,7 +40,8 @@ def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | N
           dtype: torch.dtype = torch.float32, attn_implementation: str = "eager") -> Model:
     """Load a model for the workbench.
 
-    `model` is "smollm2-135m" (the embedded default; converted once into the cache), a local
+    `model` is "smollm2-135m" (the embedded default) or "gemma-3-270m" (embedded models, converted once into
+    the cache; see `core.default_model`), a local
     Hugging Face directory, a hub id (needs network access), an already-built `PreTrainedModel`
     (then give `tokenizer`; its attention implementation is left as it is), or a `Model`.
 
@@ -52,9 +53,11 @@ def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | N
     if not isinstance(model, str):
         m = Model(model, tokenizer)
         return m.to(device) if device is not None else m
-    if model in (DEFAULT_MODEL, "default"):
-        hf, tok = _load_dir(prepare_default_model(), device, dtype, attn_implementation)
-        return Model(hf, tokenizer or tok, name=DEFAULT_MODEL)
+    if model == "default":
+        model = DEFAULT_MODEL
+    if model in EMBEDDED:
+        hf, tok = _load_dir(prepare_model(model), device, dtype, attn_implementation)
+        return Model(hf, tokenizer or tok, name=model)
     if model.startswith("tiny-"):
         return tiny_model(model.removeprefix("tiny-")).to(device or "cpu")
     if not model:
