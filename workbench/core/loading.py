@@ -9,6 +9,7 @@ import torch
 from .default_model import DEFAULT_MODEL, EMBEDDED, prepare_model
 from .model import Model
 from .tiny import tiny_model
+from .validate import validate_model
 
 
 def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implementation="eager"):
@@ -22,9 +23,26 @@ def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implement
 
 
 def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", device_map=None) -> Model:
+               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", device_map=None,
+               validate: bool = True) -> Model:
     """Load a model for the workbench (see `_load`). `device_map` ("auto", or {module name: device}) splits
-    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`."""
+    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`.
+
+    `validate` (default on) runs `core.validate.validate_model` on a 6-token prompt: the architecture table's
+    modules must give Hugging Face's hidden states and logits, the residual-stream identity (post-norms
+    included), attention probabilities that sum to one, and hooks that change the output; a failed check raises
+    `ValidationError` naming the check, the layer and the module. `validate=False` skips it. An already-built
+    `Model` is returned as it is."""
+    if isinstance(model, Model):
+        return model
+    m = _load_split(model, tokenizer, device=device, dtype=dtype, attn_implementation=attn_implementation,
+                    device_map=device_map)
+    if validate:
+        validate_model(m)
+    return m
+
+
+def _load_split(model, tokenizer, *, device, dtype, attn_implementation, device_map) -> Model:
     if device_map is not None:
         from ..distributed.devices import check_device_map, split_model
 
