@@ -19,3 +19,10 @@ def test_dla_and_lens_identities_on_gemma(gemma):
     lens = logit_lens(gemma, ["The Eiffel Tower is located in the city of"], " Paris")
     assert abs(lens["prob"].values[0, -1] - lens["prob"].meta["model_prob"][0]) < 1e-5
     assert lens["prob"].values[0, 0] < 0.01 < 0.5 < lens["prob"].values[0, -1]
+
+
+def test_validation_at_load_passes_on_gemma(gemma):
+    from workbench.core.validate import validate_model
+
+    errors = validate_model(gemma)
+    assert max(errors.values()) < 1e-5, errors

@@ -48,13 +48,14 @@ class Arch:
         return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
 
     def check_closed_form_mlp_edit(self, method: str) -> None:
-        """ROME / MEMIT solve for the down projection's update from values the block adds to the residual
-        as they are; a post-norm after the MLP (Gemma 2/3, OLMo 2) rescales that output, so the solved
-        update would not produce the optimised value. Raise a ValueError saying so (FT-L trains instead)."""
+        """MEMIT spreads one residual target over several layers' down projections, assuming each layer adds
+        its down projection's output to the residual as it is; a post-norm after the MLP (Gemma 2/3, OLMo 2)
+        normalises it first, so the shares would not add up. Raise a ValueError saying so (ROME optimises its
+        value before the post-norm and FT-L trains the weights: both run on these families)."""
         if self.mlp_out is not None:
             raise ValueError(f"model: {method} is unsupported on the {self.family} architecture: its MLP output passes "
-                             f"a post-norm ({self.mlp_out}) before the residual add, so the closed-form update of the "
-                             "down projection does not give the optimised value (use FT-L, which trains the weights)")
+                             f"a post-norm ({self.mlp_out}) before the residual add, so the layers' shares of the "
+                             "residual target do not add up (use ROME or FT-L, which support post-norm families)")
 
     def path(self, role: str) -> str:
         """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
