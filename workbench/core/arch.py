@@ -377,10 +377,10 @@ def norm_gain(norm: nn.Module) -> torch.Tensor:
     kind, eps = norm_kind(norm)
     w = norm.weight
     if kind == "layernorm":
-        return w if w is not None else torch.ones(norm.normalized_shape, device=module_device(norm, None))
-    with torch.no_grad():
-        ones = torch.ones(1, w.shape[-1], device=w.device, dtype=torch.float32)
-        return (norm(ones.to(w.dtype)).float()[0] * (1 + eps) ** 0.5).to(w.dtype)
+        return w if w is not None else torch.ones(norm.normalized_shape)
+    with torch.no_grad():  # .forward: no hooks of the module's own (a post-norm is a site's module)
+        ones = torch.ones(1, w.shape[-1], device=w.device, dtype=w.dtype)
+        return (norm.forward(ones).float()[0] * (1 + eps) ** 0.5).to(w.dtype)
 
 
 def frozen_norm(norm: nn.Module, x: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
