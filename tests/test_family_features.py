@@ -170,3 +170,23 @@ def test_rome_raises_the_target_or_refuses(tiny, family):
     assert (after > before + 0.3).all(), (float(before), float(after))
     assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())
     assert_no_hooks(m)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "olmo2"])
+def test_ft_l_on_post_norm_families(tiny, family):
+    """FT-L trains the down projection through the post-norm: the target's log-prob rises, restore is bit-exact."""
+    from workbench.editing import EditRequest
+    from workbench.editing.ftl import ft_l
+    from workbench.editing.requests import target_logprobs
+
+    m = tiny(family)
+    req = EditRequest("The capital of France is the city of", "France", " Rome")
+    weights = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    edit = ft_l(m, req, 0, steps=10, lr=1e-2, eps=5e-2)
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())  # ft_l restores before returning
+    before = target_logprobs(m, [req.prompt], [" Rome"])
+    with edit.applied(m, check=False):
+        after = target_logprobs(m, [req.prompt], [" Rome"])
+    assert (after > before + 0.3).all(), (float(before), float(after))
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())
+    assert_no_hooks(m)
