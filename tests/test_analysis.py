@@ -5,14 +5,16 @@ import torch
 import workbench as wb
 from workbench.lenses import decompose_resid, direct_logit_attribution, lens_logits, logit_lens
 from workbench.core.sites import Site
+from workbench.core.tiny import TINY_FAMILIES
 
 from conftest import IOI_CLEAN, IOI_CORRUPT, assert_no_hooks
 
 PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_logit_lens_last_layer_is_the_model(tiny, family):
+    """On every family, soft-capped final logits (tiny Gemma 2 / 3) included."""
     model = tiny(family)
     res = logit_lens(model, PROMPTS, [" Paris", " Mary"])
     ids, mask = model.encode(PROMPTS)
@@ -46,25 +48,46 @@ def test_logit_lens_bad_input(tiny):
         logit_lens(model, [], " Paris")
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def _uncapped_logits(model, ids):
+    """The model's logits before any final soft-capping: lm_head's output in its own forward (a raw hook)."""
+    seen = {}
+    handle = model.module("unembed").register_forward_hook(lambda mod, args, out: seen.setdefault("x", out.detach()))
+    try:
+        with torch.no_grad():
+            capped = model.hf(input_ids=ids, use_cache=False).logits
+    finally:
+        handle.remove()
+    return seen["x"], capped
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("by_head", [True, False])
 def test_dla_sums_to_logit_diff(tiny, family, by_head):
+    """The identity on every family: post-norm heads (Gemma 2/3, OLMo 2) and Gemma's 1 + weight gains included;
+    soft-capped families decompose the logits before the cap (read here from lm_head's own output)."""
     model = tiny(family)
-    res = direct_logit_attribution(model, [IOI_CLEAN, IOI_CORRUPT, "The capital of France is"],
-                                   [" Mary", " John", " Paris"], [" John", " Mary", " London"], by_head=by_head)
+    prompts, answers, foils = [IOI_CLEAN, IOI_CORRUPT, "The capital of France is"], [" Mary", " John", " Paris"], [" John", " Mary", " London"]
+    res = direct_logit_attribution(model, prompts, answers, foils, by_head=by_head)
     actual = torch.tensor(res.meta["logit_diff"])
     total = torch.tensor(res.values.sum(1))
     assert torch.allclose(total, actual, atol=1e-4), (total, actual)
     assert actual.abs().max() > 1e-2  # a non-trivial difference
+    for i, (p, a, f) in enumerate(zip(prompts, answers, foils)):
+        uncapped, capped = _uncapped_logits(model, model.to_tokens(p))
+        a, f = model.to_single_token(a), model.to_single_token(f)
+        assert abs(uncapped[0, -1, a] - uncapped[0, -1, f] - actual[i]) < 1e-4
+        assert abs(capped[0, -1, a] - capped[0, -1, f] - res.meta["model_logit_diff"][i]) < 1e-4
+    # no single component carries it all (tiny Gemma's attributions used to sum to 0 with a zero gain)
+    assert (abs(res.values[:, :-1]) > 1e-3).sum() > 3
     labels = res.coords["component"]
     L, H = model.dims.n_layers, model.dims.n_heads
     assert ("pos_embed" in labels) == (family == "gpt2")
     if by_head:
         assert sum(lab.startswith("L") for lab in labels) == L * H
-        assert ("0_attn_bias" in labels) == (family == "gpt2")
+        assert ("0_attn_bias" in labels) == (getattr(model.module("attn_out_proj", 0), "bias", None) is not None)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_decompose_resid_heads_sum_to_attn_out(tiny, family):
     model = tiny(family)
     stack, labels, final = decompose_resid(model, PROMPTS)
@@ -179,7 +202,7 @@ def reference_path_patching(model, clean, corrupt, answer, foil, sender, recv_la
     return final.item(), logits_direct.item()
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_path_patching_matches_three_forward_reference(tiny3, family):
     from workbench.patching import path_patching
 

@@ -9,9 +9,15 @@ def test_models_and_info(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "tiny-llama" in out
+    assert "gemma-3-270m" in out and "Gemma Terms of Use" in out and "google/gemma-3-270m" in out
     assert main(["info", "--model", "tiny-gpt2"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["family"] == "gpt2" and info["n_layers"] == 2
+
+
+def test_prepare_names_the_embedded_models(capsys):
+    assert main(["prepare", "gemma-2b"]) == 2
+    assert "expected one of ['gemma-3-270m', 'smollm2-135m']" in capsys.readouterr().err
 
 
 def test_bad_model_is_a_clean_error(capsys):

@@ -144,25 +144,49 @@ def test_caft_ablation_stops_the_gradient_and_lora_trains(tiny, family):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_rome_raises_the_target_or_refuses(tiny, family):
     """ROME at layer 0 (C = identity: the rank-one update still maps k* to v*) raises the target's log-prob on
-    the prompt (on random 2-layer weights by 0.4 to 2.6 nats in 10 steps, not enough to make it the argmax).
-    Families with a post-norm after the MLP refuse ROME and MEMIT (the closed form assumes the down
-    projection's output is added as is); Mixtral refuses them (no single down projection)."""
+    the prompt (on random 2-layer weights by 0.4 to 2.6 nats in 10 steps, not enough to make it the argmax), on
+    post-norm families too (the value is optimised before the post-norm), and applying then removing the edit
+    restores the weights bit-exactly. MEMIT refuses post-norm families (its layers' shares of the residual target
+    would pass a norm each); Mixtral refuses both (no single down projection)."""
     from workbench.editing import EditRequest, memit, rome
     from workbench.editing.requests import target_logprobs
 
     m = tiny(family)
     req = EditRequest("The capital of France is the city of", "France", " Rome")
-    why = ("post-norm" if m.arch.mlp_out else "a mixture-of-experts MLP has no single down projection" if m.arch.moe
-           else None)
-    if why:
-        with pytest.raises(ValueError, match=why):
-            rome(m, req, 0, prefixes=[""], C=torch.eye(m.dims.d_mlp), steps=2)
-        with pytest.raises(ValueError, match=why):
-            memit(m, [req], [0], prefixes=[""], Cs={0: torch.eye(m.dims.d_mlp)}, steps=2)
+    if m.arch.moe:
+        for edit in (lambda: rome(m, req, 0, prefixes=[""], C=torch.eye(m.dims.d_mlp), steps=2),
+                     lambda: memit(m, [req], [0], prefixes=[""], Cs={0: torch.eye(m.dims.d_mlp)}, steps=2)):
+            with pytest.raises(ValueError, match="a mixture-of-experts MLP has no single down projection"):
+                edit()
         return
+    if m.arch.mlp_out:
+        with pytest.raises(ValueError, match="post-norm"):
+            memit(m, [req], [0], prefixes=[""], Cs={0: torch.eye(m.dims.d_mlp)}, steps=2)
+    weights = {k: v.clone() for k, v in m.hf.state_dict().items()}
     edit = rome(m, req, 0, prefixes=[""], C=torch.eye(m.dims.d_mlp), steps=10)
     before = target_logprobs(m, [req.prompt], [" Rome"])
     with edit.applied(m, check=False):
         after = target_logprobs(m, [req.prompt], [" Rome"])
     assert (after > before + 0.3).all(), (float(before), float(after))
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())
+    assert_no_hooks(m)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "olmo2"])
+def test_ft_l_on_post_norm_families(tiny, family):
+    """FT-L trains the down projection through the post-norm: the target's log-prob rises, restore is bit-exact."""
+    from workbench.editing import EditRequest
+    from workbench.editing.ftl import ft_l
+    from workbench.editing.requests import target_logprobs
+
+    m = tiny(family)
+    req = EditRequest("The capital of France is the city of", "France", " Rome")
+    weights = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    edit = ft_l(m, req, 0, steps=10, lr=1e-2, eps=5e-2)
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())  # ft_l restores before returning
+    before = target_logprobs(m, [req.prompt], [" Rome"])
+    with edit.applied(m, check=False):
+        after = target_logprobs(m, [req.prompt], [" Rome"])
+    assert (after > before + 0.3).all(), (float(before), float(after))
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf.state_dict().items())
     assert_no_hooks(m)

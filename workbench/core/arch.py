@@ -48,13 +48,14 @@ class Arch:
         return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
 
     def check_closed_form_mlp_edit(self, method: str) -> None:
-        """ROME / MEMIT solve for the down projection's update from values the block adds to the residual
-        as they are; a post-norm after the MLP (Gemma 2/3, OLMo 2) rescales that output, so the solved
-        update would not produce the optimised value. Raise a ValueError saying so (FT-L trains instead)."""
+        """MEMIT spreads one residual target over several layers' down projections, assuming each layer adds
+        its down projection's output to the residual as it is; a post-norm after the MLP (Gemma 2/3, OLMo 2)
+        normalises it first, so the shares would not add up. Raise a ValueError saying so (ROME optimises its
+        value before the post-norm and FT-L trains the weights: both run on these families)."""
         if self.mlp_out is not None:
             raise ValueError(f"model: {method} is unsupported on the {self.family} architecture: its MLP output passes "
-                             f"a post-norm ({self.mlp_out}) before the residual add, so the closed-form update of the "
-                             "down projection does not give the optimised value (use FT-L, which trains the weights)")
+                             f"a post-norm ({self.mlp_out}) before the residual add, so the layers' shares of the "
+                             "residual target do not add up (use ROME or FT-L, which support post-norm families)")
 
     def path(self, role: str) -> str:
         """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
@@ -188,9 +189,14 @@ def rotary_tables(hf_model: nn.Module, arch: Arch, x, positions) -> list | None:
     return [tables[cfg.layer_types[l]] for l in range(n_layers)]
 
 
+def final_softcap(hf_model: nn.Module, arch: Arch) -> float | None:
+    """The c of the final logit soft-capping c * tanh(logits / c) this model's config sets, or None."""
+    return getattr(hf_model.config.get_text_config(), arch.final_softcap, None) if arch.final_softcap else None
+
+
 def final_logits(hf_model: nn.Module, arch: Arch, logits):
     """Logits after the family's final soft-capping, c * tanh(logits / c) (Gemma 2/3), as the model's forward."""
-    cap = getattr(hf_model.config.get_text_config(), arch.final_softcap, None) if arch.final_softcap else None
+    cap = final_softcap(hf_model, arch)
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
@@ -362,3 +368,33 @@ def norm_kind(norm: nn.Module) -> tuple[str, float]:
         raise ValueError(f"model: unknown norm module {type(norm).__name__}; expected nn.LayerNorm or an RMSNorm "
                          "with `weight` and `variance_epsilon`")
     return "rmsnorm", float(eps)
+
+
+def norm_gain(norm: nn.Module) -> torch.Tensor:
+    """The per-channel gain g [d] a norm multiplies by after dividing by its scale: LayerNorm's `weight`; for an
+    RMSNorm read off the module itself, g = norm(1) * sqrt(1 + eps), so that every parametrisation is covered
+    (Llama's g = weight, Gemma's g = 1 + weight)."""
+    kind, eps = norm_kind(norm)
+    w = norm.weight
+    if kind == "layernorm":
+        return w if w is not None else torch.ones(norm.normalized_shape)
+    with torch.no_grad():  # .forward: no hooks of the module's own (a post-norm is a site's module)
+        ones = torch.ones(1, w.shape[-1], device=w.device, dtype=w.dtype)
+        return (norm.forward(ones).float()[0] * (1 + eps) ** 0.5).to(w.dtype)
+
+
+def frozen_norm(norm: nn.Module, x: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """`parts` [..., batch, d] of a norm's input x = sum(parts) [batch, d] as the norm maps them with its scale
+    frozen at its value on x (no bias):
+
+        part -> g * centre(part) / s(x),   s(x) = sqrt(mean(centre(x)^2) + eps)
+
+    (centre() subtracts the mean over d for LayerNorm; the identity for RMSNorm). The parts then add up to
+    norm(x) - bias exactly: the linearisation direct logit attribution and the post-norm families' head
+    attributions use."""
+    kind, eps = norm_kind(norm)
+    if kind == "layernorm":
+        parts = parts - parts.mean(-1, keepdim=True)
+        x = x - x.mean(-1, keepdim=True)
+    scale = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [batch, 1]
+    return (parts.float() / scale * norm_gain(norm).float()).to(parts.dtype)

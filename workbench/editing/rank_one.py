@@ -14,6 +14,16 @@ value v*, ROME solves  min |W_hat K - V|  s.t.  W_hat k* = v*,  whose solution i
 The same averaged k* is used in the numerator (W k*) and the denominator; the research code uses the
 bare prompt's key in one place and the average in the other, the cause of the "disabling edits" fixed
 in r-ROME (Gupta et al. 2024). With v* = W k* + delta, Lambda = delta / ((C^-1 k*)^T k*).
+
+Post-norm families (Gemma 2/3, OLMo 2) add N(W k) to the residual, N(y) = g * y / sqrt(mean(y^2) + eps) the
+post-feedforward norm, not W k itself. The closed form only constrains what W maps k* to, W_hat k* = v*; it
+does not care what follows W, provided v* is the down projection's output that makes the prompts predict the
+target. So delta is added at the down projection's output (the MLP module's output, before N) and optimised
+through N and everything after it (eq. 4 with the site moved before the norm): then W_hat k* = v* = W k* + delta
+gives N(W_hat k*) = N(v*), exactly the contribution the optimisation found. Optimising after N and inverting it
+does not work: N's outputs satisfy mean((N(y) / g)^2) < 1, so a delta added after N has in general no preimage.
+The clamp and weight decay then compare |delta| with |W k*| before the norm (N is scale-invariant, so only the
+direction of v* matters once |v*| >> sqrt(eps)).
 """
 from __future__ import annotations
 
@@ -150,6 +160,21 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     return delta.detach(), infos
 
 
+def value_site(model, layer: int):
+    """(model, site) at which ROME optimises its value delta: blocks.{layer}.hook_mlp_out where the block adds the
+    down projection's output as is; on a post-norm family the same site on a view of the model whose table reads
+    the MLP module's own output (the down projection's, before the post-norm that still runs after it)."""
+    import copy
+    import dataclasses
+
+    site = f"blocks.{layer}.hook_mlp_out"
+    if model.arch.mlp_out is None:
+        return model, site
+    view = copy.copy(model)  # the same weights and tokenizer; only the table entry differs
+    view.arch = dataclasses.replace(model.arch, mlp_out=None)
+    return view, site
+
+
 def rank_one_update(W: Tensor, C: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Eq. (2): the update W_hat - W = Lambda (C^-1 k)^T with Lambda = (v - W k) / ((C^-1 k)^T k), [d_out, d_in].
 
@@ -169,7 +194,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     from ..core.arch import weight_out_in
     from .stats import second_moment
 
-    model.arch.check_closed_form_mlp_edit("ROME")
+    model.module("mlp_down", 0)  # a mixture of experts has no single down projection: refused here, naming why
     requests = as_requests(requests)
     targets = [r.check(model) for r in requests]
     layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
@@ -199,7 +224,8 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     with torch.no_grad():
         K = compute_keys(model, todo_req, layer, prefixes).double()                # k*  [n, d_mlp]
     v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
-    deltas, infos = optimise_deltas(model, todo_req, f"blocks.{layer}.hook_mlp_out", v_prefixes, **hparams)
+    view, site = value_site(model, layer)
+    deltas, infos = optimise_deltas(view, todo_req, site, v_prefixes, **hparams)
     C = C.double().to(K.device)
     for (i, meta), k, delta, info in zip(todo, K, deltas.double(), infos):
         v = W @ k + delta                                                          # v* = W k* + delta

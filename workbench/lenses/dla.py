@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.arch import norm_kind, weight_out_in
+from ..core.arch import final_softcap, frozen_norm, weight_out_in
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site
 from ..core.generation import check_prompts
@@ -55,12 +55,15 @@ def decompose_resid(model, prompts, *, by_head: bool = True) -> tuple[Tensor, li
                 out_proj = model.module("attn_out_proj", l)
                 W_O = weight_out_in(out_proj)  # [d_model, n_heads * d_head]
                 z = at(l, "z")  # [n_prompts, n_heads, d_head]
-                for h in range(H):
-                    parts.append(z[:, h] @ W_O[:, h * dh:(h + 1) * dh].T)
-                    labels.append(f"L{l}H{h}")
+                heads = [z[:, h] @ W_O[:, h * dh:(h + 1) * dh].T for h in range(H)]
+                labels += [f"L{l}H{h}" for h in range(H)]
                 if getattr(out_proj, "bias", None) is not None:
-                    parts.append(out_proj.bias.expand(len(prompts), -1))
+                    heads.append(out_proj.bias.expand(len(prompts), -1))
                     labels.append(f"{l}_attn_bias")
+                heads = torch.stack(heads)
+                if model.arch.attn_out is not None:  # a post-norm: each head through its scale frozen at s'(o)
+                    heads = frozen_norm(model.module("attn_out", l), heads.sum(0), heads)
+                parts += list(heads)
             else:
                 parts.append(at(l, "attn_out"))
                 labels.append(f"{l}_attn_out")
@@ -72,14 +75,8 @@ def decompose_resid(model, prompts, *, by_head: bool = True) -> tuple[Tensor, li
 
 def apply_final_norm_to_stack(model, stack: Tensor, final: Tensor) -> Tensor:
     """Each component as the final norm sees it with the scale frozen at s(final): [n, batch, d_model]
-    (centred for LayerNorm, divided by the scale, times the norm's weight; the bias is left out)."""
-    norm = model.module("final_norm")
-    kind, eps = norm_kind(norm)
-    if kind == "layernorm":
-        stack = stack - stack.mean(-1, keepdim=True)
-        final = final - final.mean(-1, keepdim=True)
-    scale = (final.pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [batch, 1]: sqrt(var + eps) once centred
-    return stack / scale * norm.weight
+    (centred for LayerNorm, divided by the scale, times the norm's gain; the bias is left out)."""
+    return frozen_norm(model.module("final_norm"), final, stack)
 
 
 def logit_attrs(model, stack: Tensor, final: Tensor, answer: Tensor, foil: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -115,10 +112,16 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
         ids, mask = model.encode(prompts)
         rows = torch.arange(len(prompts), device=ids.device)
         logits = model.forward(ids, mask)[rows, model.last_positions(ids, mask)]
-        actual = logits[rows, ans] - (logits[rows, fo] if fo is not None else 0)
+        diff = lambda lg: lg[rows, ans] - (lg[rows, fo] if fo is not None else 0)  # noqa: E731
+        model_diff = diff(logits)
+        # what is decomposed: the logits before any final soft-capping (the model's own where there is none)
+        actual = model_diff
+        if final_softcap(model.hf, model.arch) is not None:
+            actual = diff(model.module("unembed")(model.module("final_norm")(final)))
     values = torch.cat([attrs, const[None]]).T  # [prompt, component]
     err = (values.sum(1) - actual).abs().max().item()
-    meta = {"prompts": prompts, "logit_diff": actual.tolist(), "identity_error": err,
+    meta = {"prompts": prompts, "logit_diff": actual.tolist(), "model_logit_diff": model_diff.tolist(),
+            "identity_error": err,
             "answer": [model.tokenizer.decode([a]) for a in ans.tolist()],
             "foil": None if fo is None else [model.tokenizer.decode([f]) for f in fo.tolist()]}
     return LabelledArray(values.cpu().numpy(), ("prompt", "component"),

@@ -3,6 +3,8 @@ residual stream through the model's own final norm and unembedding,
 
     lens_l(x) = W_U · final_norm(resid_post_l)          (eq. 1 of Halawi et al.)
 
+(then the family's final logit soft-capping, c tanh(logits / c), where its config sets one: Gemma 2/3),
+
 and report, layer by layer, the answer's probability and rank at each prompt's last real token.
 At the last layer the lens is the model's own output (tested as an identity).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.arch import final_logits
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site, check_layers
 from ..core.generation import check_prompts
@@ -18,8 +21,9 @@ from ._common import answer_ids
 
 
 def lens_logits(model, resid: Tensor) -> Tensor:
-    """[..., d_model] residual -> [..., d_vocab] logits through the final norm and the unembedding."""
-    return model.module("unembed")(model.module("final_norm")(resid))
+    """[..., d_model] residual -> [..., d_vocab] logits through the final norm, the unembedding and the final
+    soft-capping (where the config has one), as the model's own forward."""
+    return final_logits(model.hf, model.arch, model.module("unembed")(model.module("final_norm")(resid)))
 
 
 def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, LabelledArray]:
