@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import verb
+from .common import input_file, output_dir, verb
 
 
 def _replace_arg(text: str | None):
@@ -26,11 +26,17 @@ def _cmd_counterfactual(args) -> int:
     from ..counterfactual import counterfactual_sweep, measure, sample, save
     from ..steering.vectors import SteeringVector, load_lines
 
-    model = load_model(args.model)
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
     if len(chosen) > 1:
         raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
     replace = _replace_arg(args.replace_token)
+    if (args.observed is None) == (args.prompts is None):
+        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
+    input_file(args.observed or args.prompts, "observed" if args.observed else "prompts")
+    if args.steer:
+        input_file(args.steer, "steer")
+    out = output_dir(args.out, force=args.force, resumes="config.json")  # a rerun resumes its chunks
+    model = load_model(args.model)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
@@ -44,8 +50,6 @@ def _cmd_counterfactual(args) -> int:
     if not chosen and replace is None and args.noise == "posterior":
         print("no intervention and no --replace-token: every counterfactual should equal its observed string")
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if (args.observed is None) == (args.prompts is None):
-        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     if args.observed:
         rows = read_jsonl(args.observed, "observed")
         for n, r in rows:
@@ -58,7 +62,6 @@ def _cmd_counterfactual(args) -> int:
         observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size, **settings)
         prompts = None
-    out = Path(args.out)
     # resumable: finished chunks are kept in out/chunks/ and skipped when the same command runs again
     res = counterfactual_sweep(out, model, prompts, observed, intervention, seed=args.seed, replace=replace,
                                noise=args.noise, chunk=args.batch_size, force=args.force, **settings)
