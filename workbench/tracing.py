@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .patching.engine import Overwrite, Patch, run_patches
+from .core.labelled import Result
 from .core.model import Model
 from .core.sites import Site, check_choices
 
@@ -46,8 +47,9 @@ def embedding_noise_std(model: Model, subjects: list[str]) -> float:
 
 
 @dataclass
-class Trace:
-    """Causal-tracing result for one fact. `scores[kind]` is p(answer) after restoration, [tokens, layers]."""
+class Trace(Result):
+    """Causal-tracing result for one fact. `scores[kind]` is p(answer) after restoration, [tokens, layers].
+    `save(path)` / `Trace.load(path)`: one JSON file (the `Result` protocol)."""
 
     prompt: str
     subject: str

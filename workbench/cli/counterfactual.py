@@ -23,7 +23,7 @@ def _replace_arg(text: str | None):
 def _cmd_counterfactual(args) -> int:
     from ..core.io import read_jsonl
     from ..core.loading import load_model
-    from ..counterfactual import counterfactual_sweep, measure, sample, save
+    from ..counterfactual import counterfactual_sweep, measure, sample
     from ..steering.vectors import SteeringVector, load_lines
 
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
@@ -69,11 +69,11 @@ def _cmd_counterfactual(args) -> int:
     meta = {**res.meta, "model": model.name, "observed_from": args.observed or f"sampled from {args.prompts}",
             "steer": args.steer, "multiplier": args.multiplier if args.steer else None, "edit": args.edit,
             "model_b": args.model_b}
-    save(out, df, meta)
+    res.save(out, new=args.new, old=args.old, meta=meta)
     summary = json.loads((out / "summary.json").read_text())
     print(df[["observed", "counterfactual", "identical", "prefix", "edit"]].to_string(index=False, max_colwidth=40))
     print(json.dumps({k: v for k, v in summary.items() if k != "meta"}))
-    written = [out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
+    written = [out / "counterfactuals.json", out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
     if args.html:
         from ..views import counterfactual_view, save_html
 

@@ -56,6 +56,8 @@ def check_executor_args(workers, ray_address) -> None:
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     if workers is not None or ray_address is not None:
         import_ray()
+    if ray_address is not None:
+        probe_address(ray_address.strip())
 
 
 def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
@@ -71,9 +73,9 @@ def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
                 raise
 
 
-def connect(ray, address: str, timeout: float = 10.0) -> None:
-    """Join the Ray cluster at `address` ("auto", "host:port", "ray://host:port"), failing within `timeout`
-    seconds with a message naming the address when nothing answers there (ray.init alone waits minutes)."""
+def probe_address(address: str, timeout: float = 10.0) -> None:
+    """Refuse, within `timeout` seconds and naming it, a cluster address where nothing answers ("auto" is
+    looked up by Ray itself): `ray.init` alone waits minutes there."""
     if address != "auto":
         hostport = address.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
@@ -84,6 +86,12 @@ def connect(ray, address: str, timeout: float = 10.0) -> None:
         except OSError as e:
             raise ValueError(f"ray_address: no Ray cluster answers at {address!r} "
                              f"({e.strerror or type(e).__name__}, within {timeout:g} s)") from None
+
+
+def connect(ray, address: str, timeout: float = 10.0) -> None:
+    """Join the Ray cluster at `address` ("auto", "host:port", "ray://host:port"), failing within `timeout`
+    seconds with a message naming the address when nothing answers there."""
+    probe_address(address, timeout)
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, bare Exception
