@@ -89,7 +89,12 @@ def check_out_dir(path, *, force: bool, arg: str = "out", writes: list[str] | No
         raise ValueError(f"{arg}: {p} is a file; expected a folder to write results into (an existing file is "
                          "never replaced by a folder)")
     _check_parents(p, arg, f"the folder {p}")
-    if not p.is_dir() or force:
+    if not p.is_dir():
+        return p
+    holder = _holder(p / SweepFolder.LOCK)
+    if holder is not None and _alive(holder):  # refused before any model loads, --force or not
+        raise ValueError(_in_use(p, holder))
+    if force:
         return p
     if resumes:
         entries = sorted(x.name for x in p.iterdir())
@@ -121,9 +126,31 @@ def check_out_file(path, *, force: bool, arg: str = "out") -> Path:
 
 # -- the lock: one writer per folder ------------------------------------------------------------------
 
+def _holder(lock: Path) -> dict | None:
+    """Who holds a lock file ({"pid", "host", "started"}; pid None while it is being written), or None."""
+    try:
+        return json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        try:
+            return {"pid": None, "host": "?", "started": lock.stat().st_mtime}
+        except FileNotFoundError:
+            return None
+
+
+def _in_use(path: Path, h: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("started") or 0))
+    return (f"out: {path} is in use by another run (pid {h.get('pid')} on host {h.get('host')}, since {since}); "
+            f"wait for it to finish or use another folder (if that run is gone, delete {path / SweepFolder.LOCK})")
+
+
 def _alive(holder: dict) -> bool:
-    """Whether the run named in a lock file may still be running (another host's run cannot be checked)."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    """Whether the run named in a lock file may still be running (another host's run cannot be checked; a lock
+    being written has no pid yet for a moment, and an unreadable one older than 10 s is stale)."""
+    if not isinstance(holder.get("pid"), int):
+        return time.time() - (holder.get("started") or 0) < 10
+    if holder.get("host") != socket.gethostname():
         return True
     try:
         os.kill(holder["pid"], 0)
@@ -170,12 +197,7 @@ class SweepFolder:
     # the lock ------------------------------------------------------------------------------------------
     def holder(self) -> dict | None:
         """Who holds the folder's lock ({"pid", "host", "started"}), or None."""
-        try:
-            return json.loads((self.path / self.LOCK).read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return {"pid": None, "host": "?", "started": (self.path / self.LOCK).stat().st_mtime}
+        return _holder(self.path / self.LOCK)
 
     def _lock(self) -> None:
         lock = self.path / self.LOCK
@@ -187,12 +209,8 @@ class SweepFolder:
                 h = self.holder()
                 if h is None:
                     continue  # released meanwhile
-                half_written = h.get("pid") is None and time.time() - h.get("started", 0) < 10
-                if _alive(h) or half_written:
-                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("started", 0)))
-                    raise ValueError(f"out: {self.path} is in use by another run (pid {h.get('pid')} on host "
-                                     f"{h.get('host')}, since {since}); wait for it to finish or use another folder "
-                                     f"(if that run is gone, delete {lock})")
+                if _alive(h):
+                    raise ValueError(_in_use(self.path, h))
                 print(f"out: taking over {lock} from a run that is gone (pid {h.get('pid')} on {h.get('host')})",
                       file=sys.stderr)
                 lock.unlink(missing_ok=True)
