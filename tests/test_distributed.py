@@ -247,6 +247,14 @@ def test_counterfactual_sweep_killed_resumes_and_equals_two_workers(executor, mo
     assert not (out / ".lock").exists()
 
 
+def test_caft_seeds_on_two_workers_equal_in_process(executor):
+    from test_sweep_folder import CAFT_KW, caft_inputs
+
+    m, task, subs = caft_inputs()
+    ref = wb.caft.compare(m, task, subs, seeds=[0, 1], **CAFT_KW)
+    assert wb.caft.compare(m, task, subs, seeds=[0, 1], executor=executor, **CAFT_KW) == ref
+
+
 def test_workers_beyond_the_cluster_and_unreachable_address_fail_fast(cluster, model):
     with pytest.raises(ValueError, match=r"workers: 3 workers need 3 CPUs.*has 2 CPUs"):
         RayExecutor(model_spec(model), workers=3)  # the module's 2-CPU cluster

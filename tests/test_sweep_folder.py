@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import workbench as wb
 from workbench.cli import VERB_MODULES, main
@@ -171,3 +172,62 @@ def _help(verb):
     for word in verb.split()[1:]:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
     return [a.option_strings for a in parser._actions]
+
+
+# -- sweeps on the one driver resume after SIGKILL with identical results ------------------------------
+
+def kill_mid_sweep(code: str, items, n: int, at_least: int = 1) -> tuple[int, set]:
+    """Run `code` in a subprocess (one torch thread), SIGKILL it once `at_least` items are in `items`; return its pid
+    and the finished item ids, checking that the kill landed mid-sweep (some items done, not all)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import torch; torch.set_num_threads(1); " + code],
+                            cwd=os.path.dirname(__file__),
+                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(items.glob("*.json"))) < at_least:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {int(p.stem) for p in items.glob("*.json")}
+    assert at_least <= len(done) < n, f"the kill did not land mid-sweep ({len(done)} of {n} done)"
+    return proc.pid, done
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CAFT_KW = dict(config=wb.caft.FinetuneConfig(steps=4, lr=1e-2, batch_size=8))
+
+
+def caft_inputs():
+    from test_caft import toy_task
+
+    model = wb.tiny_model("llama")
+    rows = toy_task()
+    task = {s: [r for r in rows if r["split"] == s] for s in ("train", "id_test", "ood_test")}
+    v = torch.randn(1, model.dims.d_model, generator=torch.Generator().manual_seed(0))
+    subs = wb.caft.subspaces({0: v / v.norm()}, model.dims.d_model)
+    return model, task, subs
+
+
+def test_caft_seeds_resume_after_sigkill_with_identical_results(tmp_path, one_thread):
+    model, task, subs = caft_inputs()
+    seeds = [0, 1, 2]
+    ref = wb.caft.compare(model, task, subs, seeds=seeds, **CAFT_KW)
+    out = tmp_path / "caft"
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; m, task, subs = t.caft_inputs(); "
+        f"wb.caft.compare(m, task, subs, seeds={seeds}, out={str(out)!r}, **t.CAFT_KW)", out / "seeds", 3, tmp_path)
+    res = wb.caft.compare(model, task, subs, seeds=seeds, out=out, **CAFT_KW)
+    assert res == ref
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(seeds) - first)  # only the missing seeds
+    with pytest.raises(ValueError, match="task_sha256"):  # another task into the same folder: refused
+        wb.caft.compare(model, {**task, "train": task["train"][:-1]}, subs, seeds=seeds, out=out, **CAFT_KW)

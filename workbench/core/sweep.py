@@ -54,6 +54,43 @@ def content_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def content_digest(obj) -> str:
+    """sha256 (16 hex digits) of an object's content: tensors by their values, models by their fingerprint,
+    dataclasses, dicts, lists and tuples by their parts, anything else by its repr. Sweeps key their inputs by it
+    (an intervention, a task, subspaces), so a folder of other inputs is refused."""
+    return _digest(obj).hexdigest()[:16]
+
+
+def _digest(obj, h=None):
+    import dataclasses
+
+    import torch
+
+    from .model import Model
+
+    h = h or hashlib.sha256()
+    if isinstance(obj, Model):
+        h.update(obj.fingerprint.encode())
+    elif isinstance(obj, torch.Tensor):
+        h.update(str(tuple(obj.shape)).encode() + obj.detach().float().cpu().contiguous().numpy().tobytes())
+    elif dataclasses.is_dataclass(obj):
+        h.update(type(obj).__name__.encode())
+        for f in dataclasses.fields(obj):
+            if not f.name.startswith("_") and f.name != "meta":
+                h.update(f.name.encode())
+                _digest(getattr(obj, f.name), h)
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            _digest(x, h)
+    else:
+        h.update(repr(obj).encode())
+    return h
+
+
 # -- the output-folder rule (every verb, every sweep) ---------------------------------------------------
 
 def check_not_in_package(path: str | Path, arg: str = "out") -> Path:

@@ -11,41 +11,10 @@ so a resumed (or differently chunked) run gives exactly the rows of one uninterr
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-
-import torch
-
 from ..core.model import Model
-from ..core.sweep import SweepFolder
+from ..core.sweep import SweepFolder, content_digest
 from .decode import Counterfactuals, _check_intervention, _settings, counterfactuals, describe
 from .gumbel import Samples, token_rows
-
-
-def _digest(obj, h=None):
-    """A hash of an intervention's content (tensors included), so a folder of another intervention is refused."""
-    h = h or hashlib.sha256()
-    if isinstance(obj, Model):
-        h.update(obj.fingerprint.encode())
-    elif isinstance(obj, torch.Tensor):
-        h.update(str(tuple(obj.shape)).encode() + obj.detach().float().cpu().contiguous().numpy().tobytes())
-    elif dataclasses.is_dataclass(obj):
-        h.update(type(obj).__name__.encode())
-        for f in dataclasses.fields(obj):
-            if not f.name.startswith("_") and f.name != "meta":
-                h.update(f.name.encode())
-                _digest(getattr(obj, f.name), h)
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(str(k).encode())
-            _digest(obj[k], h)
-    elif isinstance(obj, (list, tuple)):
-        for x in obj:
-            _digest(x, h)
-    else:
-        h.update(repr(obj).encode())
-    return h
 
 
 def counterfactual_sweep(out, model: Model, prompts, continuations, intervention=None, *, chunk: int = 16,
@@ -87,9 +56,9 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
     counterfactuals(model, p_rows[:1], [c_rows[0][:1]], None, seed=seed,
                     **{**kw, "max_new_tokens": 1, "noise": noise})
     config = {"what": "counterfactual strings", "model": model.name, "fingerprint": model.fingerprint,
-              "intervention": describe(checked), "intervention_hash": _digest(checked).hexdigest()[:16],
-              "observed_hash": _digest([p_rows, c_rows]).hexdigest()[:16], "n": n, "chunk": chunk, "seed": seed,
-              "replace": _digest(replace).hexdigest()[:16] if replace is not None else None,
+              "intervention": describe(checked), "intervention_hash": content_digest(checked),
+              "observed_hash": content_digest([p_rows, c_rows]), "n": n, "chunk": chunk, "seed": seed,
+              "replace": content_digest(replace) if replace is not None else None,
               **{k: v for k, v in kw.items()}}
     if run.distributed and isinstance(checked, Model):
         raise ValueError("intervention: a second model runs in-process only (workers hold one model each); "
