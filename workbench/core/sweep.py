@@ -198,10 +198,65 @@ def _alive(holder: dict) -> bool:
     return True
 
 
+class FolderLock:
+    """One writer per folder: `<folder>/.lock` made exclusively (O_EXCL) with {"pid", "host", "started"}. A live
+    holder refuses a second run, naming it; the lock of a run that is gone (its pid dead on this host) is taken
+    over with a message on stderr. Used by every sweep folder and by resumable training runs (tuned lens)."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path):
+        self.folder, self.held = Path(folder), False
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.NAME
+
+    def holder(self) -> dict | None:
+        return _holder(self.path)
+
+    def acquire(self) -> "FolderLock":
+        if self.held:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                h = self.holder()
+                if h is None:
+                    continue  # released meanwhile
+                if _alive(h):
+                    raise ValueError(_in_use(self.folder, h))
+                print(f"out: taking over {self.path} from a run that is gone (pid {h.get('pid')} on {h.get('host')})",
+                      file=sys.stderr)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return self
+        raise ValueError(f"out: could not take the lock {self.path} (another run keeps taking it)")
+
+    def release(self) -> None:
+        if self.held:
+            h = self.holder()
+            if h is not None and h.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class SweepFolder:
     """A results folder for `config`, with finished items under `items/` (the name is the caller's)."""
 
-    LOCK = ".lock"
+    LOCK = FolderLock.NAME
 
     def __init__(self, out: str | Path, config: dict, *, items: str = "items", force: bool = False,
                  ignore: tuple[str, ...] = ()):
@@ -211,7 +266,7 @@ class SweepFolder:
             raise ValueError(f"out: expected a folder path, got {out!r}")
         check_out_dir(out, force=True)  # a folder, not a file, not inside the package
         self.path, self.config, self.items_dir, self.force, self.ignore = Path(out), dict(config), items, force, ignore
-        self.locked = False
+        self.lock = FolderLock(self.path)
         self.stale = self._compare()
 
     def _compare(self) -> bool:
@@ -232,39 +287,17 @@ class SweepFolder:
         return bool(why)
 
     # the lock ------------------------------------------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self.lock.held
+
     def holder(self) -> dict | None:
         """Who holds the folder's lock ({"pid", "host", "started"}), or None."""
-        return _holder(self.path / self.LOCK)
-
-    def _lock(self) -> None:
-        lock = self.path / self.LOCK
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileExistsError:
-                h = self.holder()
-                if h is None:
-                    continue  # released meanwhile
-                if _alive(h):
-                    raise ValueError(_in_use(self.path, h))
-                print(f"out: taking over {lock} from a run that is gone (pid {h.get('pid')} on {h.get('host')})",
-                      file=sys.stderr)
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            self.locked = True
-            return
-        raise ValueError(f"out: could not take the lock {lock} (another run keeps taking it)")
+        return self.lock.holder()
 
     def release(self) -> None:
         """Give the folder's lock back (idempotent; a run that dies without it leaves a stale lock, taken over later)."""
-        if self.locked:
-            h = self.holder()
-            if h is not None and h.get("pid") == os.getpid():
-                (self.path / self.LOCK).unlink(missing_ok=True)
-            self.locked = False
+        self.lock.release()
 
     def __enter__(self) -> "SweepFolder":
         return self.start()
@@ -278,8 +311,7 @@ class SweepFolder:
         that wrote the folder after this one's check is seen."""
         if self.locked:
             return self
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self.lock.acquire()
         try:
             self.stale = self._compare()
             if self.stale:
