@@ -224,7 +224,7 @@ def test_caft_seeds_resume_after_sigkill_with_identical_results(tmp_path, one_th
     out = tmp_path / "caft"
     pid, first = kill_mid_sweep(
         f"import test_sweep_folder as t, workbench as wb; m, task, subs = t.caft_inputs(); "
-        f"wb.caft.compare(m, task, subs, seeds={seeds}, out={str(out)!r}, **t.CAFT_KW)", out / "seeds", 3, tmp_path)
+        f"wb.caft.compare(m, task, subs, seeds={seeds}, out={str(out)!r}, **t.CAFT_KW)", out / "seeds", 3)
     res = wb.caft.compare(model, task, subs, seeds=seeds, out=out, **CAFT_KW)
     assert res == ref
     rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
