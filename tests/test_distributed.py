@@ -224,25 +224,19 @@ def test_counterfactual_sweep_killed_resumes_and_equals_two_workers(executor, mo
     assert sum(d is not None for d in ref.diverged_at) >= 5  # the intervention changes strings: a comparison of substance
     assert {r["pid"] for r in runs(tmp_path / "ray")} <= {w["pid"] for w in executor.start()}
 
+    from test_sweep_folder import kill_mid_sweep
+
     out = tmp_path / "killed"
-    code = (f"import json, torch, workbench as wb; torch.set_num_threads(1); import test_distributed as t; "
-            f"from workbench.counterfactual import counterfactual_sweep; m = wb.tiny_model('llama'); "
-            f"o = json.load(open({str(tmp_path / 'observed.json')!r})); "
-            f"counterfactual_sweep({str(out)!r}, m, o['prompts'], o['continuations'], t._cf_intervention(m), **{kw!r})")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(__file__),
-                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list((out / "chunks").glob("*.json"))) < 3:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = {int(p.stem) for p in (out / "chunks").glob("*.json")}
-    assert 3 <= len(first) < 40, "the run was killed mid-sweep"
-    assert json.loads((out / ".lock").read_text())["pid"] == proc.pid  # its lock is left behind, stale
+    pid, first = kill_mid_sweep(
+        f"import json, workbench as wb, test_distributed as t; from workbench.counterfactual import counterfactual_sweep; "
+        f"m = wb.tiny_model('llama'); o = json.load(open({str(tmp_path / 'observed.json')!r})); "
+        f"counterfactual_sweep({str(out)!r}, m, o['prompts'], o['continuations'], t._cf_intervention(m), **{kw!r})",
+        out / "chunks", 40, at_least=3)
+    assert json.loads((out / ".lock").read_text())["pid"] == pid  # its lock is left behind, stale
     resumed = counterfactual_sweep(out, model, obs["prompts"], obs["continuations"], _cf_intervention(model),
                                    executor=executor, **kw)  # takes the stale lock over, runs the missing chunks
     assert resumed.ids == ref.ids and resumed.texts == ref.texts
-    rerun = [r for r in runs(out) if r["pid"] != proc.pid]
+    rerun = [r for r in runs(out) if r["pid"] != pid]
     assert sorted(r["id"] for r in rerun) == sorted(set(range(40)) - first)
     assert not (out / ".lock").exists()
 
