@@ -270,7 +270,7 @@ def test_interrupted_run_leaves_no_ray_process(cluster, facts, tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "trace", "--model", "tiny-llama", "--facts", str(facts),
                              "--out", str(out), "--workers", "1", "--samples", "200", "--trace-unknown", "--no-figures"],
                             env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a loaded machine starts Ray slowly
     while time.time() < deadline and proc.poll() is None and not (out / "config.json").exists():
         time.sleep(0.05)  # config.json is written once the workers hold their models
     time.sleep(1)
