@@ -134,13 +134,13 @@ def check_out_dir(path, *, force: bool, arg: str = "out", writes: list[str] | No
     if force:
         return p
     if resumes:
-        entries = sorted(x.name for x in p.iterdir())
+        entries = sorted(x.name for x in p.iterdir() if x.name != FolderLock.NAME)  # a dead run's lock is no result
         if entries and resumes not in entries:
             raise ValueError(f"{arg}: {p} is not empty ({entries[0]} exists) and holds no earlier run of this verb; "
                              "pass --force to write into it anyway, or choose another folder")
         return p
     existing = [name for name in (writes or []) if (p / name).exists()] if writes is not None else \
-        sorted(x.name for x in p.iterdir())
+        sorted(x.name for x in p.iterdir() if x.name != FolderLock.NAME)
     if existing:
         raise ValueError(f"{arg}: {p / existing[0]} exists (results of an earlier run); pass --force to overwrite, "
                          "or choose another folder")

@@ -45,10 +45,12 @@ def check_executor_args(workers, ray_address) -> None:
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ValueError(f"ray_address: expected a Ray cluster address ('auto', 'host:6379', 'ray://host:10001'), "
                          f"got {ray_address!r}")
-    if ray_address is None and workers is not None and workers > (os.cpu_count() or 1):
-        # a local cluster has this machine's cores: more workers than that would never all start
+    joined = "ray" in sys.modules and sys.modules["ray"] is not None and sys.modules["ray"].is_initialized()
+    if ray_address is None and workers is not None and not joined and workers > (os.cpu_count() or 1):
+        # a local cluster has this machine's cores: more workers than that would never all start (a cluster this
+        # process already joined is checked against its own resources by RayExecutor)
         raise ValueError(f"workers: {workers} workers need {workers} CPUs; a local cluster on this machine has "
-                         f"{os.cpu_count() or 1} (use at most that many, or --ray-address of a larger cluster)")
+                         f"{os.cpu_count() or 1} CPUs (use at most that many, or --ray-address of a larger cluster)")
     if ray_address is None and workers is not None and "ray" not in sys.modules:
         # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
         # time for a raylet that starts slowly on a busy machine
