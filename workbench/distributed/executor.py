@@ -65,13 +65,20 @@ def check_executor_args(workers, ray_address) -> None:
 def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
     """`ray.init` of a cluster of this machine, tried `attempts` times: on a busy machine Ray's dashboard agent
     can take longer to start than the raylet waits for it (a fixed 15 s), and the node then fails to start."""
+    import psutil  # a dependency of Ray
+
     for attempt in range(attempts):
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
             return
-        except Exception as e:  # Ray raises a bare Exception for this
+        except BaseException as e:  # Ray raises a bare Exception for this; Ctrl-C / SIGTERM land here too
             ray.shutdown()
-            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+            # a node that failed to start leaves its GCS server behind: stop every process this attempt started
+            for c in psutil.Process().children(recursive=True):
+                if c.pid not in before:
+                    c.kill()
+            if not isinstance(e, Exception) or "timed out during startup" not in str(e) or attempt == attempts - 1:
                 raise
 
 
