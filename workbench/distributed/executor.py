@@ -77,7 +77,10 @@ def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
             # a node that failed to start leaves its GCS server behind: stop every process this attempt started
             for c in psutil.Process().children(recursive=True):
                 if c.pid not in before:
-                    c.kill()
+                    try:
+                        c.kill()
+                    except psutil.NoSuchProcess:
+                        pass
             if not isinstance(e, Exception) or "timed out during startup" not in str(e) or attempt == attempts - 1:
                 raise
 
