@@ -256,8 +256,7 @@ def test_workers_beyond_the_cluster_and_unreachable_address_fail_fast(cluster, m
     with pytest.raises(ValueError, match=r"127\.0\.0\.1:1"):
         RayExecutor(model_spec(model), address="127.0.0.1:1")
     assert time.perf_counter() - t0 < 15
-    with pytest.raises(ValueError, match="CPUs"):
-        wb.distributed.Run(workers=(os.cpu_count() or 1) + 1).check()  # a local cluster: this machine's cores
+    # with no cluster joined, a local one is bounded by this machine's cores: test_bad_input's trace-workers-past-cpus
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
