@@ -29,6 +29,8 @@ import torch
 import workbench as wb
 from workbench.directions import caft
 from workbench.cli import main
+from workbench.toolkit.sweep import PACKAGE_DIR as PKG
+from workbench.toolkit import Run
 from workbench.data.facts import load_facts
 from workbench.editing import EditError, load_requests
 from workbench.editing.weights import AppliedEdit
@@ -110,6 +112,8 @@ def inp(tmp_path_factory):
     (d / "empty.txt").write_text("# only a comment\n")
     write_jsonl(d / "task.jsonl", [{"split": s, "prompt": "The red thing is a cat", "answer": " A", "choices": [" A", " B"]}
                                    for s in ("train", "id_test", "ood_test")])
+    write_jsonl(d / "das.jsonl", [{"base": "a b", "source": "c d", "label": " yes"}] * 2)
+    (d / "texts.txt").write_text("Once upon a time\nThe cat sat on the mat\n")
     write_jsonl(d / "task_nosplit.jsonl", [{"split": "train", "prompt": "x", "answer": " A", "choices": [" A", " B"]}])
     wb.core.io.save_safetensors(d / "dirs.safetensors", {"direction": torch.randn(64)})
     return d
@@ -164,6 +168,15 @@ def task(ctx):
 
 def cf(ctx, requests, **kw):
     return wb.editing.run_counterfact(ctx.m, requests, ctx.d / "run", gen_tokens=0, progress=False, **kw)
+
+
+def locked(d: Path):
+    """Setup: `{d}` is a sweep folder held by a live run (this process's parent, as named in its lock file)."""
+    import os
+    import socket
+
+    (d / "config.json").write_text("{}")
+    (d / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
 
 
 def existing(name, text="old results\n"):
@@ -619,9 +632,65 @@ CLI = [
       V, "transcoders", "expected a folder"),
     R("transcoders-train-steps", ["transcoders", "train", "--model", BAD, "--steps", "0", "--out", "{d}/t"], V,
       "steps", "got 0"),
+    # one output-folder rule for every verb (issue 29): existing results need --force, checked before the model loads
+    R("lens-out-has-results", ["lens", "--model", BAD, "--prompt", CLEAN, "--answer", " Mary", "--out", "{d}"], V,
+      "result.json", "--force", setup=existing("result.json")),
+    R("dla-out-has-results", ["dla", "--model", BAD, "--prompt", CLEAN, "--answer", " Mary", "--out", "{d}"], V,
+      "dla.png", "--force", setup=existing("dla.png")),
+    R("path-patch-out-has-results", ["path-patch", "--model", BAD, "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", " John",
+                                     "--foil", " Mary", "--senders", "L0H0", "--out", "{d}"], V, "result.json", "--force",
+      setup=existing("result.json")),
+    R("das-out-has-results", ["das", "--model", BAD, "--site", "blocks.1.hook_resid_pre", "--data", "{inp}/das.jsonl",
+                              "--candidates", " yes, no", "--out", "{d}"], V, "subspace.safetensors", "--force",
+      setup=existing("subspace.safetensors")),
+    R("cross-patch-out-has-results", ["cross-patch", "--model", BAD, "--tuned", BAD, "--prompt", CLEAN, "--answer", " Mary",
+                                      "--out", "{d}"], V, "resid_pre.png", "--force", setup=existing("resid_pre.png")),
+    R("tuned-lens-out-foreign", ["tuned-lens", "--model", BAD, "--texts", "{inp}/texts.txt", "--out", "{d}"], V,
+      "notes.txt", "--force", setup=existing("notes.txt")),
+    R("counterfactual-out-foreign", ["counterfactual", "--model", BAD, "--prompts", "{inp}/prompts.txt", "--out", "{d}"], V,
+      "notes.txt", "--force", setup=existing("notes.txt")),
+    R("counterfactual-prompts-missing", ["counterfactual", "--model", BAD, "--prompts", "{inp}/nope.txt", "--out", "{d}/x"],
+      V, "prompts", "no such file"),
+    # ... and never inside the installed package, --force or not (a `sae train --force` there overwrote shipped files)
+    R("sae-train-out-in-package", ["sae", "train", "--model", BAD, "--force", "--out", str(PKG / "data" / "sae")], V,
+      "inside the installed workbench package"),
+    R("lens-out-in-package", ["lens", "--model", BAD, "--prompt", CLEAN, "--answer", " Mary", "--force",
+                              "--out", str(PKG / "data")], V, "inside the installed workbench package"),
+    R("trace-out-in-package", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--out", str(PKG / "data" / "t")], V,
+      "inside the installed workbench package"),
+    R("known-out-in-package", ["known", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--force",
+                               "--out", str(PKG / "data" / "facts.jsonl")], V, "inside the installed workbench package"),
+    # sweep folders: one writer at a time (a live holder's lock refuses a second run before its model loads)
+    R("trace-out-locked", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--force", "--out", "{d}"], V,
+      "in use", "pid", setup=locked),
+    R("edit-out-locked", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--out", "{d}"], V, "in use",
+      setup=locked),
+    # bounded Ray: workers checked against the CPUs, an unreachable address refused in seconds (before the model loads)
+    R("trace-workers-past-cpus", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--workers", "10000",
+                                  "--out", "{d}/t"], V, "workers", "CPUs"),
+    R("trace-ray-address-unreachable", ["trace", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--ray-address", "127.0.0.1:1",
+                                        "--out", "{d}/t"], V, "ray_address", "127.0.0.1:1"),
+    R("edit-ray-address-unreachable", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--ray-address",
+                                       "127.0.0.1:1", "--out", "{d}/e"], V, "ray_address", "127.0.0.1:1"),
 ]
 
-ROWS = API + CLI
+# the sweep folder and Run from the library side (issues 25, 29)
+SWEEP_API = [
+    R("trace_facts-out-in-package", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", PKG / "data" / "t", progress=False),
+      V, "inside the installed workbench package"),
+    R("trace_facts-locked", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d, progress=False, force=True), V,
+      "in use", setup=locked),
+    R("counterfactual_sweep-locked", lambda c: wb.counterfactual.counterfactual_sweep(c.d, c.m, ["a b"], [" c"], force=True),
+      V, "in use", setup=locked),
+    R("trace_facts-run-and-keywords", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", run=Run(), force=True),
+      V, "run", "not both"),
+    R("trace_facts-run-type", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", run={"workers": 2}),
+      V, "run", "Run"),
+    R("counterfactual_sweep-model-on-workers", lambda c: wb.counterfactual.counterfactual_sweep(
+        c.d / "x", c.m, ["a b"], [" c"], c.m, workers=1), V, "in-process only"),
+]
+
+ROWS = API + SWEEP_API + CLI
 
 
 def _fill(argv, c: Ctx):

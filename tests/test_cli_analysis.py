@@ -24,10 +24,11 @@ def test_lens_and_dla(tmp_path, capsys):
     assert res["identity_error"] < 1e-4 and "L1H3" in res["coords"]["component"]
     assert abs(sum(res["values"][0]) - res["logit_diff"][0]) < 1e-4
     capsys.readouterr()
-    assert main(["lens", "--model", "tiny-llama", "--prompt", IOI_CLEAN, "--answer", " Mary is", "--out", str(out)]) == 2
+    bad = str(tmp_path / "refused")  # a refused run writes nothing, so every refusal below can name this folder
+    assert main(["lens", "--model", "tiny-llama", "--prompt", IOI_CLEAN, "--answer", " Mary is", "--out", bad]) == 2
     assert "answer" in capsys.readouterr().err
     assert main(["dla", "--model", "tiny-llama", "--prompt", IOI_CLEAN, "--answer", " Mary", "--answer", " John",
-                 "--answer", " Bob", "--out", str(out)]) == 2
+                 "--answer", " Bob", "--out", bad]) == 2
     assert "answer: expected" in capsys.readouterr().err
 
 
@@ -39,9 +40,10 @@ def test_path_patch(tmp_path, capsys):
     res = json.loads((out / "result.json").read_text())
     assert res["coords"]["sender"] == ["L0H1", "mlp0", "L0H2+L0H3"] and len(res["values"]) == 3
     capsys.readouterr()
-    assert main(args + ["--senders", "L1H1", "--receivers", "L0H0"]) == 2
+    bad = [a if a != str(out) else str(tmp_path / "refused") for a in args]  # out holds results: refusals elsewhere
+    assert main(bad + ["--senders", "L1H1", "--receivers", "L0H0"]) == 2
     assert "a receiver must be in a later layer" in capsys.readouterr().err
-    assert main(args + ["--senders", "L1H9"]) == 2
+    assert main(bad + ["--senders", "L1H9"]) == 2
     assert "head 9 out of range" in capsys.readouterr().err
     out_q = tmp_path / "pq"
     args_q = [a if a != str(out) else str(out_q) for a in args]
@@ -62,7 +64,7 @@ def test_das_and_cross_patch(tmp_path, capsys):
     assert load_file(out / "subspace.safetensors")["basis"].shape == (1, 64)
     capsys.readouterr()
     assert main(["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", str(data),
-                 "--candidates", " yes, no", "--k", "65", "--out", str(out)]) == 2
+                 "--candidates", " yes, no", "--k", "65", "--out", str(tmp_path / "refused")]) == 2
     assert "k: expected an int in 1..64" in capsys.readouterr().err
     data.write_text('{"base": "I saw a cat"}\n')
     assert main(["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", str(data),
@@ -79,7 +81,7 @@ def test_das_and_cross_patch(tmp_path, capsys):
     assert (out / "resid_pre.png").stat().st_size > 1000
     capsys.readouterr()
     assert main(["cross-patch", "--model", "tiny-llama", "--tuned", "tiny-gpt2", "--prompt", IOI_CLEAN,
-                 "--answer", " Mary", "--foil", " John", "--out", str(out)]) == 2
+                 "--answer", " Mary", "--foil", " John", "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err
     assert "models of different shapes" in err and "llama" in err and "gpt2" in err
 
@@ -103,8 +105,8 @@ def test_tuned_lens_verb_resumes(tmp_path, capsys):
     assert main(["lens", "--model", "tiny-llama", "--prompt", IOI_CLEAN, "--answer", " Mary",
                  "--tuned", str(out / "tuned_lens.safetensors"), "--out", str(lens_out)]) == 0
     capsys.readouterr()
-    assert main(["lens", "--model", "tiny-gpt2", "--prompt", IOI_CLEAN, "--answer", " Mary",
-                 "--tuned", str(out / "tuned_lens.safetensors"), "--out", str(lens_out)]) == 2
+    assert main(["lens", "--model", "tiny-gpt2", "--prompt", IOI_CLEAN, "--answer", " Mary",  # lens_out holds results
+                 "--tuned", str(out / "tuned_lens.safetensors"), "--out", str(tmp_path / "lens2")]) == 2
     assert "was trained on model" in capsys.readouterr().err
     assert main(["tuned-lens", "--model", "tiny-llama", "--texts", str(tmp_path / "none.txt"), "--out", str(out)]) == 2
     assert "texts: no such file" in capsys.readouterr().err

@@ -188,6 +188,101 @@ def test_worker_refuses_other_weights(cluster, model):
         ex.close()
 
 
+# -- every sweep on the one driver: counterfactual strings; bounded runs (issues 25, 29) ----------------
+
+CF_PROMPTS = ["The capital city of France is", "Once upon a time there", "My favourite colour is", "The cat sat on"]
+
+
+def _observed(tmp_path):
+    """40 observed strings sampled from the tiny model, as plain text (a subprocess reads the same file)."""
+    from workbench.counterfactual import sample
+
+    path = tmp_path / "observed.json"
+    if not path.exists():
+        m = wb.tiny_model("llama")
+        s = sample(m, CF_PROMPTS * 10, max_new_tokens=6, seed=0)
+        path.write_text(json.dumps({"prompts": CF_PROMPTS * 10, "continuations": s.texts}))
+    return json.loads(path.read_text())
+
+
+def _cf_intervention(model):
+    g = torch.Generator().manual_seed(0)
+    return [wb.Add("blocks.1.hook_resid_pre", vector=torch.randn(model.dims.d_model, generator=g), multiplier=4.0)]
+
+
+def test_counterfactual_sweep_killed_resumes_and_equals_two_workers(executor, model, tmp_path):
+    """counterfactual_sweep runs on the one sweep driver: a SIGKILLed run (killed mid-sweep) resumes on the Ray
+    workers, and an uninterrupted in-process run, a 2-worker run and the resumed run give the same rows."""
+    from workbench.counterfactual import counterfactual_sweep
+
+    obs = _observed(tmp_path)
+    kw = dict(chunk=1, seed=3)
+    ref = counterfactual_sweep(tmp_path / "ref", model, obs["prompts"], obs["continuations"], _cf_intervention(model), **kw)
+    on_ray = counterfactual_sweep(tmp_path / "ray", model, obs["prompts"], obs["continuations"], _cf_intervention(model),
+                                  executor=executor, **kw)
+    assert on_ray.ids == ref.ids and on_ray.texts == ref.texts and on_ray.diverged_at == ref.diverged_at
+    assert sum(d is not None for d in ref.diverged_at) >= 5  # the intervention changes strings: a comparison of substance
+    assert {r["pid"] for r in runs(tmp_path / "ray")} <= {w["pid"] for w in executor.start()}
+
+    from test_sweep_folder import kill_mid_sweep
+
+    out = tmp_path / "killed"
+    pid, first = kill_mid_sweep(
+        f"import json, workbench as wb, test_distributed as t; from workbench.counterfactual import counterfactual_sweep; "
+        f"m = wb.tiny_model('llama'); o = json.load(open({str(tmp_path / 'observed.json')!r})); "
+        f"counterfactual_sweep({str(out)!r}, m, o['prompts'], o['continuations'], t._cf_intervention(m), **{kw!r})",
+        out / "chunks", 40, at_least=3)
+    assert json.loads((out / ".lock").read_text())["pid"] == pid  # its lock is left behind, stale
+    resumed = counterfactual_sweep(out, model, obs["prompts"], obs["continuations"], _cf_intervention(model),
+                                   executor=executor, **kw)  # takes the stale lock over, runs the missing chunks
+    assert resumed.ids == ref.ids and resumed.texts == ref.texts
+    rerun = [r for r in runs(out) if r["pid"] != pid]
+    assert sorted(r["id"] for r in rerun) == sorted(set(range(40)) - first)
+    assert not (out / ".lock").exists()
+
+
+def test_caft_seeds_on_two_workers_equal_in_process(executor):
+    from test_sweep_folder import CAFT_KW, caft_inputs
+
+    m, task, subs = caft_inputs()
+    ref = wb.directions.caft.compare(m, task, subs, seeds=[0, 1], **CAFT_KW)
+    assert wb.directions.caft.compare(m, task, subs, seeds=[0, 1], executor=executor, **CAFT_KW) == ref
+
+
+def test_workers_beyond_the_cluster_and_unreachable_address_fail_fast(cluster, model):
+    with pytest.raises(ValueError, match=r"workers: 3 workers need 3 CPUs.*has 2 CPUs"):
+        RayExecutor(model_spec(model), workers=3)  # the module's 2-CPU cluster
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1:1"):
+        RayExecutor(model_spec(model), address="127.0.0.1:1")
+    assert time.perf_counter() - t0 < 15
+    # with no cluster joined, a local one is bounded by this machine's cores: test_bad_input's trace-workers-past-cpus
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_leaves_no_ray_process(cluster, facts, tmp_path, sig):
+    """A CLI sweep on its own local Ray cluster, stopped by SIGTERM or Ctrl-C mid-sweep: every process it started
+    (raylet, GCS, workers) is gone afterwards."""
+    import psutil
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "trace", "--model", "tiny-llama", "--facts", str(facts),
+                             "--out", str(out), "--workers", "1", "--samples", "200", "--trace-unknown", "--no-figures"],
+                            env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.time() + 600  # a loaded machine starts Ray slowly
+    while time.time() < deadline and proc.poll() is None and not (out / "config.json").exists():
+        time.sleep(0.05)  # config.json is written once the workers hold their models
+    time.sleep(1)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert proc.poll() is None and any("raylet" in " ".join(c.cmdline()) for c in started), "Ray was running"
+    proc.send_signal(sig)
+    assert proc.wait(60) != 0
+    assert len(list((out / "facts").glob("*.json"))) < 12, "stopped mid-sweep"
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
+    assert not (out / ".lock").exists()  # the lock is released on the way out
+
+
 # -- models split over devices (accelerate) ---------------------------------------------------------
 
 P = "The capital city of France is"

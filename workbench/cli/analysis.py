@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import parse_list, verb
+from .common import add_force, output_dir, parse_list, verb
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -21,6 +21,7 @@ def _cmd_lens(args) -> int:
     from ..lenses import logit_lens
     from ..core.loading import load_model
 
+    output_dir(args.out, force=args.force, writes=["result.json", "lens_prob.png"])
     model = load_model(args.model)
     tuned = None
     if args.tuned is not None:
@@ -49,6 +50,7 @@ def _cmd_tuned_lens(args) -> int:
     if len(texts) < 2:
         raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
     held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
+    output_dir(args.out, force=args.force, resumes="tuned_lens.safetensors")  # a rerun with more --steps resumes
     model = load_model(args.model)
     out = Path(args.out)
     lens, losses = train_tuned_lens(model, texts[:-held_out], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
@@ -68,6 +70,7 @@ def _cmd_dla(args) -> int:
     from ..lenses import direct_logit_attribution
     from ..core.loading import load_model
 
+    output_dir(args.out, force=args.force, writes=["result.json", "dla.png"])
     model = load_model(args.model)
     one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
     res = direct_logit_attribution(model, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),
@@ -88,6 +91,7 @@ def _cmd_path_patch(args) -> int:
     senders = [s.split("+") if "+" in s else s for s in parse_list(args.senders, str, "senders")]
     receivers = "logits" if args.receivers == "logits" else parse_list(args.receivers, str, "receivers")
     positions = None if args.receiver_positions is None else parse_list(args.receiver_positions, int, "receiver_positions")
+    output_dir(args.out, force=args.force, writes=["result.json"])
     model = load_model(args.model)
     res = path_patching(model, args.clean, args.corrupt, args.answer, args.foil, senders=senders, receivers=receivers,
                         receiver_positions=positions, receiver_input=args.receiver_input,
@@ -115,6 +119,7 @@ def _cmd_das(args) -> int:
     if len(rows) < 2:
         raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
     candidates = parse_list(args.candidates, str, "candidates")
+    output_dir(args.out, force=args.force, writes=["result.json", "subspace.safetensors"])
     model = load_model(args.model)
     base, source, labels = ([r[k] for _, r in rows] for k in ("base", "source", "label"))
     res = das(model, args.site, base, source, labels, candidates, k=args.k, position=args.position, steps=args.steps,
@@ -134,6 +139,8 @@ def _cmd_cross_patch(args) -> int:
     from ..patching import cross_model_patching
     from ..core.loading import load_model
 
+    sites = parse_list(args.sites, str, "sites")
+    output_dir(args.out, force=args.force, writes=["result.json"] + [f"{site}.png" for site in sites])
     base, tuned = load_model(args.model), load_model(args.tuned)
     one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
     res = cross_model_patching(base, tuned, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),
@@ -154,6 +161,7 @@ def register(sub) -> None:
     s.add_argument("--answer", action="append", required=True, help="a single token; one, or one per prompt")
     s.add_argument("--tuned", help="a tuned_lens.safetensors from `workbench tuned-lens` (default: the logit lens)")
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_lens)
 
     s = verb(sub, "tuned-lens", help="train (or resume) a tuned lens; reports held-out KL by layer")
@@ -165,6 +173,7 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save-every", type=int, default=50)
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_tuned_lens)
 
     s = verb(sub, "dla", help="direct logit attribution per head and MLP (final norm's scale frozen)")
@@ -173,6 +182,7 @@ def register(sub) -> None:
     s.add_argument("--foil", action="append", help="a single token; one, or one per prompt (default: the answer's logit alone)")
     s.add_argument("--by-layer", action="store_true", help="attention output per layer instead of per head")
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_dla)
 
     s = verb(sub, "path-patch", help="path patching: each sender's effect through the receivers only")
@@ -188,6 +198,7 @@ def register(sub) -> None:
     s.add_argument("--no-freeze-mlps", action="store_true", help="let MLPs recompute (Wang et al. freeze heads only)")
     s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_path_patch)
 
     s = verb(sub, "das", help="distributed alignment search: learn a subspace of a site from interchange data")
@@ -201,6 +212,7 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_das)
 
     s = sub.add_parser("cross-patch", help="cross-model activation patching between a base and a fine-tuned model")
@@ -213,4 +225,5 @@ def register(sub) -> None:
     s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
     s.add_argument("--direction", choices=["tuned_into_base", "base_into_tuned"], default="tuned_into_base")
     s.add_argument("--out", required=True)
+    add_force(s)
     s.set_defaults(fn=_cmd_cross_patch)

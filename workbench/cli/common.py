@@ -53,50 +53,19 @@ def input_file(path, arg: str) -> Path:
 
 def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None = None,
                resumes: str | None = None) -> Path:
-    """Check a folder a verb writes its results into; creates nothing.
+    """The one output-folder rule (`core.sweep.check_out_dir`, the same code the sweep folders use): a folder,
+    not a file, not inside the installed package; existing results (`writes`, or any entry) need --force; a
+    resumable verb (`resumes="config.json"`) continues its own earlier run. Creates nothing."""
+    from ..toolkit.sweep import check_out_dir
 
-    An existing file there is an argument error (a folder is expected). `writes`: the files the verb will
-    write; where one of them exists, `force` is needed (the message names it). A resumable verb (`trace`,
-    `edit`: `resumes="config.json"`; `demo`: `"summary.json"`) continues the earlier run whose file `resumes`
-    is there (trace and edit refuse another configuration themselves); any other non-empty folder needs `force`.
-    """
-    p = Path(path)
-    if not str(path):
-        raise ValueError(f"{arg}: expected a folder name, got an empty string")
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{arg}: {p} is an existing file; expected a folder to write results into")
-    for parent in p.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{arg}: {parent} is a file, so the folder {p} cannot be made")
-    if not p.is_dir() or force:
-        return p
-    if resumes:
-        entries = sorted(x.name for x in p.iterdir())
-        if entries and resumes not in entries:
-            raise ValueError(f"{arg}: {p} is not empty ({entries[0]} exists) and holds no earlier run of this verb; "
-                             "pass --force to write into it anyway, or choose another folder")
-        return p
-    existing = [name for name in (writes or []) if (p / name).exists()] if writes is not None else \
-        sorted(x.name for x in p.iterdir())
-    if existing:
-        raise ValueError(f"{arg}: {p / existing[0]} exists (results of an earlier run); pass --force to overwrite, "
-                         "or choose another folder")
-    return p
+    return check_out_dir(path, force=force, arg=arg, writes=writes, resumes=resumes)
 
 
 def output_file(path, *, force: bool, arg: str = "out") -> Path:
-    """Check a single file a verb writes; creates nothing. An existing file needs `force`; a folder is an error."""
-    p = Path(path)
-    if not str(path):
-        raise ValueError(f"{arg}: expected a file name, got an empty string")
-    if p.is_dir():
-        raise ValueError(f"{arg}: {p} is a folder; expected a file name")
-    for parent in p.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{arg}: {parent} is a file, so {p} cannot be written")
-    if p.exists() and not force:
-        raise ValueError(f"{arg}: {p} exists; pass --force to overwrite it, or choose another file")
-    return p
+    """The one rule for a single output file (`core.sweep.check_out_file`): an existing file needs --force."""
+    from ..toolkit.sweep import check_out_file
+
+    return check_out_file(path, force=force, arg=arg)
 
 
 def add_force(parser) -> None:
@@ -119,8 +88,9 @@ def add_workers(parser) -> None:
                         help="join a running Ray cluster ('auto' on a node of it, or host:port) and run the items there")
 
 
-def check_workers(args) -> None:
-    """The --workers / --ray-address values (and that Ray is installed when they are given), before any work."""
-    from ..toolkit.executors import check_executor_args
+def check_workers(args):
+    """The --workers / --ray-address / --force values as the sweep's one `Run` (checked, and Ray importable
+    when asked for), before any work."""
+    from ..toolkit.executors import Run
 
-    check_executor_args(args.workers, args.ray_address)
+    return Run(workers=args.workers, ray_address=args.ray_address, force=bool(getattr(args, "force", False))).check()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import verb
+from .common import input_file, output_dir, verb
 
 
 def _replace_arg(text: str | None):
@@ -23,14 +23,20 @@ def _replace_arg(text: str | None):
 def _cmd_counterfactual(args) -> int:
     from ..toolkit.records import read_records
     from ..core.loading import load_model
-    from ..counterfactual import counterfactual_sweep, measure, sample, save
+    from ..counterfactual import counterfactual_sweep, measure, sample
     from ..steering.vectors import SteeringVector, load_lines
 
-    model = load_model(args.model)
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
     if len(chosen) > 1:
         raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
     replace = _replace_arg(args.replace_token)
+    if (args.observed is None) == (args.prompts is None):
+        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
+    input_file(args.observed or args.prompts, "observed" if args.observed else "prompts")
+    if args.steer:
+        input_file(args.steer, "steer")
+    out = output_dir(args.out, force=args.force, resumes="config.json")  # a rerun resumes its chunks
+    model = load_model(args.model)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
@@ -44,8 +50,6 @@ def _cmd_counterfactual(args) -> int:
     if not chosen and replace is None and args.noise == "posterior":
         print("no intervention and no --replace-token: every counterfactual should equal its observed string")
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if (args.observed is None) == (args.prompts is None):
-        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     if args.observed:
         rows = read_records(args.observed, "observed", {"prompt": str, "continuation": str})
         rows = [r for _, r in rows][: args.limit]
@@ -55,7 +59,6 @@ def _cmd_counterfactual(args) -> int:
         observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size, **settings)
         prompts = None
-    out = Path(args.out)
     # resumable: finished chunks are kept in out/chunks/ and skipped when the same command runs again
     res = counterfactual_sweep(out, model, prompts, observed, intervention, seed=args.seed, replace=replace,
                                noise=args.noise, chunk=args.batch_size, force=args.force, **settings)
@@ -63,11 +66,11 @@ def _cmd_counterfactual(args) -> int:
     meta = {**res.meta, "model": model.name, "observed_from": args.observed or f"sampled from {args.prompts}",
             "steer": args.steer, "multiplier": args.multiplier if args.steer else None, "edit": args.edit,
             "model_b": args.model_b}
-    save(out, df, meta)
+    res.save(out, new=args.new, old=args.old, meta=meta)
     summary = json.loads((out / "summary.json").read_text())
     print(df[["observed", "counterfactual", "identical", "prefix", "edit"]].to_string(index=False, max_colwidth=40))
     print(json.dumps({k: v for k, v in summary.items() if k != "meta"}))
-    written = [out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
+    written = [out / "counterfactuals.json", out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
     if args.html:
         from ..views import counterfactual_view, save_html
 

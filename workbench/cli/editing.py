@@ -51,7 +51,7 @@ def _cmd_edit(args) -> int:
     check_int(args.stats_tokens, "stats_tokens")
     check_int(args.gen_tokens, "gen_tokens", 0)
     check_float(args.lam, "lam", positive=True)
-    check_workers(args)
+    run = check_workers(args)  # the sweep's one Run: --workers, --ray-address, --force
     if args.method == "memit" and (args.workers is not None or args.ray_address is not None):
         raise ValueError("workers: MEMIT makes one edit of all requests together; run it without --workers / --ray-address")
     output_dir(args.out, force=args.force, resumes="config.json")
@@ -63,8 +63,7 @@ def _cmd_edit(args) -> int:
     metrics = run_counterfact(model, requests, args.out, args.method, layer=args.layer,
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
                               stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
-                              lam=args.lam, allow_abnormal=args.allow_abnormal, force=args.force,
-                              progress=True, workers=args.workers, ray_address=args.ray_address)
+                              lam=args.lam, allow_abnormal=args.allow_abnormal, run=run)
     print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
     print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
     return 0

@@ -20,13 +20,13 @@ def _cmd_trace(args) -> int:
     if not check_float(args.noise_scale, "noise_scale") >= 0:
         raise ValueError(f"noise_scale: expected a number >= 0, got {args.noise_scale!r}")
     load_facts(input_file(args.facts, "facts"))
-    check_workers(args)
+    run = check_workers(args)  # the sweep's one Run: --workers, --ray-address, --force
     output_dir(args.out, force=args.force, resumes="config.json")
     model = load_model(args.model)
     summary = trace_facts(model, args.facts, args.out, limit=args.limit, samples=args.samples, noise_scale=args.noise_scale,
                           window=args.window, kinds=kinds,
                           seed=args.seed, trace_unknown=args.trace_unknown, order=args.order,
-                          figures=not args.no_figures, workers=args.workers, ray_address=args.ray_address)
+                          figures=not args.no_figures, run=run)
     print(f"traced {summary['n_traced']} facts, skipped {summary['skipped']}; wrote {Path(args.out) / 'summary.json'}")
     if args.html and summary["n_traced"]:  # one self-contained page: average effects and each fact's Figure 1
         from ..patching.tracing import load_traces

@@ -14,11 +14,13 @@ position, so results are reproducible. By default a counterfactual is as long as
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..core.interventions import Intervention
+from ..toolkit.results import Result
 from ..core.model import Model
 from .gumbel import FRESH, GivenNoise, PriorNoise, Samples, Settings, _hindsight, _texts, gumbel_decode, token_rows
 
@@ -79,10 +81,12 @@ def _intervened(model, intervention, first: bool):
 
 
 @dataclass
-class Counterfactuals:
+class Counterfactuals(Result):
     """Observed continuations and their counterfactuals, row by row (token ids include a sampled stop token).
 
     `diverged_at[r]`: first continuation position where the two differ (None if identical).
+    `save(folder)` writes the rows (counterfactuals.json, read back by `Counterfactuals.load(folder)`) and their
+    measures (pairs.csv, pairs.jsonl, summary.json; see `counterfactual.measures`).
     """
 
     prompts: list[str]
@@ -99,6 +103,35 @@ class Counterfactuals:
 
         return pd.DataFrame({"prompt": self.prompts, "observed": self.observed, "counterfactual": self.texts,
                              "diverged_at": self.diverged_at})
+
+    FIELDS = ("prompts", "observed_ids", "ids", "observed", "texts", "diverged_at")
+
+    def to_json(self) -> dict:
+        return {**{f: getattr(self, f) for f in self.FIELDS}, "settings": vars(self.settings), "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Counterfactuals":
+        return cls(**{f: d[f] for f in cls.FIELDS}, settings=Settings(**d["settings"]), meta=d.get("meta", {}))
+
+    def save(self, folder, *, new=None, old=None, meta: dict | None = None):
+        """Write `folder`/counterfactuals.json (this object) and the measures of its pairs (`new` / `old`: the
+        targeted effect's texts) as pairs.csv, pairs.jsonl and summary.json (with `meta`), each atomically."""
+        from pathlib import Path
+
+        from ..core.io import atomic_write_text
+        from .measures import measure, save
+
+        folder = Path(folder)
+        atomic_write_text(folder / "counterfactuals.json", json.dumps(self.to_json(), default=str))
+        return save(folder, measure(self, new=new, old=old), {**self.meta, **(meta or {})})
+
+    @classmethod
+    def load(cls, folder) -> "Counterfactuals":
+        """The rows a `save(folder)` wrote (or a counterfactuals.json file)."""
+        from pathlib import Path
+
+        path = Path(folder)
+        return super().load(path / "counterfactuals.json" if path.is_dir() else path)
 
 
 def _settings(continuations, temperature, top_k, top_p) -> Settings:

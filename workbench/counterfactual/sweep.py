@@ -1,4 +1,5 @@
-"""Resumable counterfactual runs over many observed strings, in THE sweep folder (`toolkit.sweep.SweepFolder`):
+"""Resumable counterfactual runs over many observed strings, in THE sweep folder (`toolkit.sweep.SweepFolder`),
+run by its one driver on any executor (in-process, or Ray workers: `run=Run(workers=2)`):
 
     <out>/config.json          model fingerprint, intervention (described and hashed), the observed strings'
                                hash, sampling settings, seed, noise, chunk size
@@ -10,56 +11,29 @@ so a resumed (or differently chunked) run gives exactly the rows of one uninterr
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-
-import torch
-
 from ..core.model import Model
-from ..toolkit.sweep import SweepFolder
+from ..toolkit.sweep import SweepFolder, content_digest
 from .decode import Counterfactuals, _check_intervention, _settings, counterfactuals, describe
 from .gumbel import Samples, token_rows
-
-
-def _digest(obj, h=None):
-    """A hash of an intervention's content (tensors included), so a folder of another intervention is refused."""
-    h = h or hashlib.sha256()
-    if isinstance(obj, Model):
-        h.update(obj.fingerprint.encode())
-    elif isinstance(obj, torch.Tensor):
-        h.update(str(tuple(obj.shape)).encode() + obj.detach().float().cpu().contiguous().numpy().tobytes())
-    elif dataclasses.is_dataclass(obj):
-        h.update(type(obj).__name__.encode())
-        for f in dataclasses.fields(obj):
-            if not f.name.startswith("_") and f.name != "meta":
-                h.update(f.name.encode())
-                _digest(getattr(obj, f.name), h)
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(str(k).encode())
-            _digest(obj[k], h)
-    elif isinstance(obj, (list, tuple)):
-        for x in obj:
-            _digest(x, h)
-    else:
-        h.update(repr(obj).encode())
-    return h
 
 
 def counterfactual_sweep(out, model: Model, prompts, continuations, intervention=None, *, chunk: int = 16,
                          force: bool = False, temperature: float | None = None, top_k: int | None = None,
                          top_p: float | None = None, seed: int = 0, max_new_tokens: int | None = None, replace=None,
-                         noise: str = "posterior", margin: float = 1e-3, progress: bool = False) -> Counterfactuals:
+                         noise: str = "posterior", margin: float = 1e-3, run=None, progress: bool = False,
+                         workers: int | None = None, ray_address: str | None = None, executor=None) -> Counterfactuals:
     """`counterfactuals(model, prompts, continuations, intervention, ...)`, resumable in the folder `out`.
 
     Same arguments and result as `counterfactuals` (rows in order, equal to one uninterrupted call), computed
     `chunk` rows at a time; each finished chunk is saved under `out/chunks/` and skipped when the same call
     is run again. A folder holding another configuration (model, intervention, observed strings, settings)
-    is refused before anything is written, unless `force` (then its chunks are replaced).
+    is refused before anything is written, unless `force` (then its chunks are replaced). `run=Run(...)`
+    (`workbench.distributed.Run`; its settings also accepted as keywords) runs the chunks on Ray workers with
+    the same rows (a second model as the intervention runs in-process only); the folder is locked meanwhile.
     """
-    from tqdm.auto import tqdm
+    from ..toolkit.executors import as_run
 
+    run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
     settings = _settings(continuations, temperature, top_k, top_p)
@@ -82,28 +56,31 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
     counterfactuals(model, p_rows[:1], [c_rows[0][:1]], None, seed=seed,
                     **{**kw, "max_new_tokens": 1, "noise": noise})
     config = {"what": "counterfactual strings", "model": model.name, "fingerprint": model.fingerprint,
-              "intervention": describe(checked), "intervention_hash": _digest(checked).hexdigest()[:16],
-              "observed_hash": _digest([p_rows, c_rows]).hexdigest()[:16], "n": n, "chunk": chunk, "seed": seed,
-              "replace": _digest(replace).hexdigest()[:16] if replace is not None else None,
+              "intervention": describe(checked), "intervention_hash": content_digest(checked),
+              "observed_hash": content_digest([p_rows, c_rows]), "n": n, "chunk": chunk, "seed": seed,
+              "replace": content_digest(replace) if replace is not None else None,
               **{k: v for k, v in kw.items()}}
-    sweep = SweepFolder(out, config, items="chunks", force=force).start()
-    fields = ("prompts", "observed_ids", "ids", "observed", "texts", "diverged_at")
-    rows = {f: [] for f in fields}
-    meta = None
-    starts = range(0, n, chunk)
-    for i, start in enumerate(tqdm(starts, disable=not progress, desc="counterfactuals", unit="chunk")):
+    if run.distributed and isinstance(checked, Model):
+        raise ValueError("intervention: a second model runs in-process only (workers hold one model each); "
+                         "run without workers / ray_address / a Ray executor")
+    sweep = SweepFolder(out, config, items="chunks", force=run.force)
+    items = []
+    for i, start in enumerate(range(0, n, chunk)):
         stop = min(n, start + chunk)
-        if sweep.done(i):
-            record = sweep.load(i)
-        else:
-            rp = replace[start:stop] if isinstance(replace, list) else replace
-            # seed + start: row r of the whole run keeps the noise seed + r (see the module docstring)
-            res = counterfactuals(model, p_rows[start:stop], c_rows[start:stop], checked, seed=seed + start,
-                                  replace=rp, batch_size=stop - start, **kw)
-            record = {"rows": [start, stop], **{f: getattr(res, f) for f in fields},
-                      "meta": {**res.meta, "seed": seed, "replace": replace}}
-            sweep.save(i, record)
-        for f in fields:
-            rows[f] += record[f]
-        meta = record["meta"]
-    return Counterfactuals(**rows, settings=settings, meta={**(meta or {}), "folder": str(sweep.path)})
+        # seed + start: row r of the whole run keeps the noise seed + r (see the module docstring)
+        items.append((i, {"rows": [start, stop], "prompts": p_rows[start:stop], "continuations": c_rows[start:stop],
+                          "intervention": checked, "seed": seed + start, "base_seed": seed, "kw": kw, "replace": replace,
+                          "row_replace": replace[start:stop] if isinstance(replace, list) else replace}))
+    with run.executor_for(model) as ex, sweep.start():
+        sweep.run(items, _chunk_item, model, ex, progress=run.progress, desc="counterfactuals", unit="chunk")
+        records = [sweep.load(i) for i, _ in items]
+    rows = {f: [x for r in records for x in r[f]] for f in Counterfactuals.FIELDS}
+    meta = records[-1]["meta"] if records else {}
+    return Counterfactuals(**rows, settings=settings, meta={**meta, "folder": str(sweep.path)})
+
+
+def _chunk_item(model: Model, p: dict) -> dict:
+    """One chunk of a `counterfactual_sweep` (an executor's item; the intervention travels in the payload)."""
+    res = counterfactuals(model, p["prompts"], p["continuations"], p["intervention"], seed=p["seed"], replace=p["row_replace"], batch_size=len(p["prompts"]), **p["kw"])
+    return {"rows": p["rows"], **{f: getattr(res, f) for f in Counterfactuals.FIELDS},
+            "meta": {**res.meta, "seed": p["base_seed"], "replace": p["replace"]}}

@@ -351,7 +351,8 @@ def pca_directions(base: Model, finetuned: Model, prompts: list[str], layers: li
 
 def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], *, seeds=(0, 1, 2),
             fill: str = "zero", component: str = "resid_pre", config: FinetuneConfig | None = None,
-            progress: bool = False) -> dict:
+            progress: bool = False, out=None, run=None, force: bool = False, workers: int | None = None,
+            ray_address: str | None = None, executor=None) -> dict:
     """The CAFT paper's comparison on in-distribution and out-of-distribution test sets, per seed:
 
     plain      fine-tune without ablation
@@ -359,15 +360,24 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
     random     fine-tune with as many random orthonormal directions per layer projected out
     test_time  the plain model, evaluated with `subs` projected out
 
+    Each seed is an item of the one sweep driver: `out` (a folder) makes the comparison resumable (one file per
+    finished seed under `out/seeds/`, a folder of another configuration refused unless `force`, locked while it
+    runs); `run=Run(workers=...)` (`workbench.distributed.Run`; also as keywords) runs the seeds on Ray workers
+    with the same numbers as in-process (each seed's fine-tuning is seeded by the seed alone).
+
     Returns {condition: {"id_acc": [...], "ood_acc": [...]}, "seeds": [...], "base": {...}, "config": {...}}.
     """
-    from tqdm.auto import tqdm
+    from ..toolkit.sweep import SweepFolder, content_digest
+    from ..toolkit.executors import as_run
 
+    run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
     cfg = config or FinetuneConfig()
     cfg.check()
     if isinstance(seeds, int) or not isinstance(seeds, (list, tuple, range)) or not seeds or not all(
             isinstance(x, int) and not isinstance(x, bool) for x in seeds):
         raise ValueError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)}")
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
     if not isinstance(task, dict):
@@ -378,30 +388,47 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
     means = mean_activations(model, [ex["prompt"] for ex in task["train"]], sorted(subs), component) \
         if fill == "mean" else None
     concept = ablations(subs, component=component, fill=fill, means=means)
+    config = {**cfg.__dict__, "fill": fill, "component": component, "layers": sorted(subs),
+              "k": {str(l): len(b) for l, b in sorted(subs.items())}}
+    items = [(seed, {"task": task, "config": cfg, "seed": seed, "concept": concept,
+                     "random": ablations(random_subspaces(subs, seed=1000 + seed), component=component, fill=fill,
+                                         means=means)}) for seed in seeds]
+    sweep = None if out is None else SweepFolder(
+        out, {"what": "caft comparison", "model": model.name, "fingerprint": model.fingerprint, **config,
+              "task_sha256": content_digest(task), "subspaces_sha256": content_digest(subs)},
+        items="seeds", force=run.force)
+    with run.executor_for(model) as ex:
+        if sweep is None:  # not resumable: the same items on the same executor, kept in memory
+            per_seed = {i: r for i, r, _ in ex.map(model, _caft_seed, items)}
+        else:
+            with sweep.start():
+                sweep.run(items, _caft_seed, model, ex, progress=run.progress, desc="fine-tuning", unit="seed")
+                per_seed = {seed: sweep.load(seed) for seed in seeds}
     res: dict = {c: {"id_acc": [], "ood_acc": []} for c in CONDITIONS}
-
-    def record(cond, m, ablate=None):
-        res[cond]["id_acc"].append(accuracy(m, task["id_test"], ablate=ablate))
-        res[cond]["ood_acc"].append(accuracy(m, task["ood_test"], ablate=ablate))
-
-    bar = tqdm(total=3 * len(seeds), disable=not progress, desc="fine-tuning", unit="run")
     for seed in seeds:
-        plain = finetune(model, task["train"], config=cfg, seed=seed)
-        record("plain", plain)
-        record("test_time", plain, concept)
-        del plain
-        bar.update()
-        record("caft", finetune(model, task["train"], ablate=concept, config=cfg, seed=seed))
-        bar.update()
-        rand = ablations(random_subspaces(subs, seed=1000 + seed), component=component, fill=fill, means=means)
-        record("random", finetune(model, task["train"], ablate=rand, config=cfg, seed=seed))
-        bar.update()
-    bar.close()
+        for c in CONDITIONS:
+            for k in ("id_acc", "ood_acc"):
+                res[c][k].append(per_seed[seed][c][k])
     res["base"] = {"id_acc": accuracy(model, task["id_test"]), "ood_acc": accuracy(model, task["ood_test"])}
     res["seeds"] = list(seeds)
-    res["config"] = {**cfg.__dict__, "fill": fill, "component": component, "layers": sorted(subs),
-                     "k": {str(l): len(b) for l, b in sorted(subs.items())}}
+    res["config"] = config
     return res
+
+
+def _caft_seed(model: Model, p: dict) -> dict:
+    """One seed of `compare` (an executor's item): plain, CAFT and random-direction fine-tuning, and test-time
+    ablation of the plain model; {condition: {"id_acc", "ood_acc"}}."""
+    task, cfg, seed = p["task"], p["config"], p["seed"]
+
+    def acc(m, ablate=None):
+        return {"id_acc": accuracy(m, task["id_test"], ablate=ablate), "ood_acc": accuracy(m, task["ood_test"], ablate=ablate)}
+
+    plain = finetune(model, task["train"], config=cfg, seed=seed)
+    rec = {"plain": acc(plain), "test_time": acc(plain, p["concept"])}
+    del plain
+    rec["caft"] = acc(finetune(model, task["train"], ablate=p["concept"], config=cfg, seed=seed))
+    rec["random"] = acc(finetune(model, task["train"], ablate=p["random"], config=cfg, seed=seed))
+    return rec
 
 
 def summarize(results: dict) -> dict[str, dict[str, tuple[float, float]]]:

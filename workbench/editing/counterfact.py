@@ -23,6 +23,7 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -291,7 +292,7 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
 def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, layer: int | None = None,
                     layers=None, limit: int | None = None, chunk: int = 8, gen_tokens: int = 40,
                     stats: dict | None = None, hparams: dict | None = None, value_prefixes: int | None = None,
-                    lam: float = 3000.0, allow_abnormal: bool = False, force: bool = False,
+                    lam: float = 3000.0, allow_abnormal: bool = False, run=None, force: bool = False,
                     progress: bool = True, workers: int | None = None, ray_address: str | None = None,
                     executor=None) -> dict:
     """Edit and score each request (ROME, FT-L: one edit at a time on the unedited model; MEMIT: all requests
@@ -300,14 +301,17 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
     `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
     `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.toolkit`; ROME,
     FT-L and "none": each request is an item, ROME's value optimisation then runs per request as with
-    `chunk=1`); MEMIT's one edit of all requests runs in-process. Returns the metrics."""
-    from tqdm.auto import tqdm
+    `chunk=1`); MEMIT's one edit of all requests runs in-process. `run=Run(...)` (`workbench.distributed.Run`)
+    gives those settings as one argument. FT-L, "none" and ROME with `chunk=1` run each request as an item
+    of the one sweep driver on whichever executor (in-process included); ROME with `chunk > 1` in-process
+    batches the value optimisation of `chunk` requests (`rome_many`). Returns the metrics."""
+    from ..toolkit.executors import InProcess, as_run
+    from .rank_one import default_layer
 
-    from .ftl import ft_l
-    from .mass import memit
-    from .rank_one import context_prefixes, default_layer, rome_many
-    from .stats import second_moment, second_moments
-    from .weights import EditRejected, WeightEdit
+    try:
+        run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
+    except ValueError as e:
+        raise EditError(str(e)) from None
 
     methods = ("rome", "memit", "ft-l", "none")
     if method not in methods:
@@ -327,52 +331,55 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
               "value_prefixes": value_prefixes, "lam": lam if method == "memit" else None, "gen_tokens": gen_tokens,
               "request_ids": [r["id"] for r in requests]}
     try:
-        sweep = SweepFolder(out, config, items="results", force=force, ignore=("request_ids",))
+        sweep = SweepFolder(out, config, items="results", force=run.force, ignore=("request_ids",))
     except ValueError as e:
         raise EditError(str(e)) from None
-    from ..toolkit.executors import InProcess, make_executor, run_items
-
-    if method == "memit" and (workers is not None or ray_address is not None or executor is not None):
+    if method == "memit" and run.distributed:
         raise EditError("workers: MEMIT makes one edit of all requests together; run it without workers / ray_address")
-    try:
-        ex, owned = make_executor(model, workers, ray_address, executor)
-    except ValueError as e:
-        raise EditError(str(e)) from None
-    try:
-        sweep.start()
-        todo = [r for r in requests if not sweep.done(r["id"])]
-        if not isinstance(ex, InProcess):  # each request alone on a worker; in-process, ROME batches `chunk` below
-            item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
-                    "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
-            run_items(sweep, [(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
-                      done=len(requests) - len(todo), progress=progress, desc=f"{method} edits", unit="edit")
-            return _counterfact_metrics(sweep, requests, method, layer, config, out)
-    finally:
-        if owned:
-            ex.close()
+    with ExitStack() as stack:
+        try:
+            ex = stack.enter_context(run.executor_for(model))
+        except ValueError as e:
+            raise EditError(str(e)) from None
+        with sweep.start():
+            todo = [r for r in requests if not sweep.done(r["id"])]
+            if method in ("ft-l", "none") or (method == "rome" and (chunk == 1 or not isinstance(ex, InProcess))):
+                # each request alone, an item of the one sweep driver (in-process or on Ray workers)
+                item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
+                        "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
+                sweep.run([(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
+                          done=len(requests) - len(todo), progress=run.progress, desc=f"{method} edits", unit="edit")
+                return _counterfact_metrics(sweep, requests, method, layer, config, out)
+            return _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats,
+                                        value_prefixes, lam, gen_tokens, allow_abnormal, run.progress, config, out)
+
+
+def _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats, value_prefixes,
+                         lam, gen_tokens, allow_abnormal, progress, config, out) -> dict:
+    """ROME with `chunk > 1` (value optimisation of `chunk` requests at once) and MEMIT (one edit of all), in-process."""
+    from tqdm.auto import tqdm
+
+    from .mass import memit
+    from .rank_one import context_prefixes, rome_many
+    from .stats import second_moment, second_moments
+    from .weights import EditRejected, WeightEdit
+
     bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
 
     def record(req, res, seconds=None, **extra):
         sweep.save(req["id"], {**res, **extra, "seconds_edit": seconds, "request": req})
         bar.update(1)
 
-    if todo and method in ("rome", "ft-l"):
+    if todo and method == "rome":
         prefixes = context_prefixes(model)
-        C = second_moment(model, layer, **(stats or {})) if method == "rome" else None
+        C = second_moment(model, layer, **(stats or {}))
         for c in range(0, len(todo), chunk):
             part = todo[c:c + chunk]
             t0 = time.perf_counter()
-            if method == "rome":
-                edits = rome_many(model, [_as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
-                                  value_prefixes=value_prefixes, **hparams)
-                per = (time.perf_counter() - t0) / len(part)
-            for k, req in enumerate(part):
-                if method == "ft-l":
-                    t0 = time.perf_counter()
-                    edit = ft_l(model, _as_edit(req), layer, **hparams)
-                    per = time.perf_counter() - t0
-                else:
-                    edit = edits[k]
+            edits = rome_many(model, [_as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
+                              value_prefixes=value_prefixes, **hparams)
+            per = (time.perf_counter() - t0) / len(part)
+            for req, edit in zip(part, edits):
                 _score_edit(model, req, edit, record, per, gen_tokens, allow_abnormal, EditRejected)
     elif todo and method == "memit":
         edit_dir = out / "edit"
@@ -390,9 +397,6 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
         with edit.applied(model, allow_abnormal=allow_abnormal):
             for req in todo:
                 record(req, score_request(model, req, gen_tokens=gen_tokens), seconds / len(requests))
-    elif todo:
-        for req in todo:
-            record(req, score_request(model, req, gen_tokens=gen_tokens))
     bar.close()
     return _counterfact_metrics(sweep, requests, method, layer, config, out)
 

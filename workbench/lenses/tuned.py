@@ -26,6 +26,7 @@ from torch import Tensor
 from ..core.io import save_safetensors
 from ..core.sites import Site
 from ..core.generation import check_prompts
+from ..toolkit.sweep import FolderLock, check_not_in_package, content_digest
 from .logit import lens_logits
 
 
@@ -79,7 +80,8 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
     """Train the translators on `texts` for `steps` Adam steps in total; returns (lens, loss per step run here).
 
     With `path`, the state is saved there every `save_every` steps and at the end, and a run finding a file
-    with the same model and settings resumes from its step (the batches depend only on seed and step, so
+    with the same model, settings and texts (their content, hashed) resumes from its step; the file's folder is
+    locked meanwhile (`core.sweep.FolderLock`: a second run on it is refused) (the batches depend only on seed and step, so
     stopping and resuming gives the same translators as one run). Loss: mean over layers of eq. 4.
     `tokens_per_step`: read the lens at only that many real tokens of each batch, drawn from (seed, step)
     (the full-vocabulary unembedding per layer and token is the cost: this keeps a CPU run small).
@@ -91,65 +93,76 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
     if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or isinstance(tokens_per_step, bool)
                                         or tokens_per_step < 1):
         raise ValueError(f"tokens_per_step: expected None or an int >= 1, got {tokens_per_step!r}")
-    config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts)}
+    # keyed by the texts' content (not only their number): another corpus is another lens
+    config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts),
+              "texts_sha256": content_digest(list(texts))}
     if tokens_per_step is not None:
         config["tokens_per_step"] = tokens_per_step
     L = model.dims.n_layers
     lens = TunedLens(model.dims.d_model, L).to(model.device)
     opt = torch.optim.Adam(lens.parameters(), lr=lr)
-    start = 0
-    if path is not None and Path(path).is_file():
-        lens, meta, tensors = load_tuned_lens(path, model)
-        if json.loads(meta["config"]) != config:
-            raise ValueError(f"path: {path} was trained with {meta['config']}, not {json.dumps(config, sort_keys=True)}; "
-                             "use another path or the same settings")
-        opt = torch.optim.Adam(lens.parameters(), lr=lr)
-        start = int(meta["step"])
-        if start > 0:
-            state = {"state": {i: {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"],
-                                   "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"]} for i in range(2)},
-                     "param_groups": opt.state_dict()["param_groups"]}
-            opt.load_state_dict(state)
+    if path is not None:
+        check_not_in_package(path, "path")
+    lock = FolderLock(Path(path).parent) if path is not None else None  # one writer per lens file's folder
+    if lock is not None:
+        lock.acquire()
+    try:
+        start = 0
+        if path is not None and Path(path).is_file():
+            lens, meta, tensors = load_tuned_lens(path, model)
+            if json.loads(meta["config"]) != config:
+                raise ValueError(f"path: {path} was trained with {meta['config']}, not {json.dumps(config, sort_keys=True)}; "
+                                 "use another path or the same settings")
+            opt = torch.optim.Adam(lens.parameters(), lr=lr)
+            start = int(meta["step"])
+            if start > 0:
+                state = {"state": {i: {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"],
+                                       "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"]} for i in range(2)},
+                         "param_groups": opt.state_dict()["param_groups"]}
+                opt.load_state_dict(state)
 
-    def save(step):
-        tensors = {"A": lens.A, "b": lens.b}
-        for i, p in enumerate(lens.parameters()):
-            st = opt.state.get(p)
-            if st:
-                tensors.update({f"opt.{i}.step": st["step"].reshape(1) if st["step"].ndim == 0 else st["step"],
-                                f"opt.{i}.exp_avg": st["exp_avg"], f"opt.{i}.exp_avg_sq": st["exp_avg_sq"]})
-        save_safetensors(path, tensors, _meta(model, config, step))
+        def save(step):
+            tensors = {"A": lens.A, "b": lens.b}
+            for i, p in enumerate(lens.parameters()):
+                st = opt.state.get(p)
+                if st:
+                    tensors.update({f"opt.{i}.step": st["step"].reshape(1) if st["step"].ndim == 0 else st["step"],
+                                    f"opt.{i}.exp_avg": st["exp_avg"], f"opt.{i}.exp_avg_sq": st["exp_avg_sq"]})
+            save_safetensors(path, tensors, _meta(model, config, step))
 
-    sites = [Site(l, "resid_post") for l in range(L - 1)]
-    losses = []
-    for step in range(start, steps):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the batch depends only on (seed, step)
-        rows = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
-        ids, mask = model.encode([texts[i] for i in rows])
-        ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(ids, sites, attention_mask=mask)
-            target = logits.float().log_softmax(-1)
-        keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
-        real = keep.nonzero(as_tuple=True)  # (row, position) of every real token
-        if tokens_per_step is not None and len(real[0]) > tokens_per_step:
-            pick = torch.randperm(len(real[0]), generator=gen)[:tokens_per_step].sort().values.to(ids.device)
-            real = (real[0][pick], real[1][pick])
-        target = target[real]  # [tokens, d_vocab]
-        total = 0.0
-        for l in range(L - 1):
-            # eq. 4: KL(model || lens) per token, averaged over the chosen real tokens and over layers
-            lp = lens.logits(model, cache[sites[l].name][real], l).float().log_softmax(-1)
-            kl = F.kl_div(lp, target, log_target=True, reduction="none").sum(-1)
-            loss = kl.mean() / (L - 1)
-            loss.backward()  # one layer's graph at a time keeps [batch, pos, d_vocab] memory to one layer
-            total += loss.item()
-        opt.step()
-        opt.zero_grad()
-        losses.append(total)
-        if path is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
-            save(step + 1)
-    return lens, losses
+        sites = [Site(l, "resid_post") for l in range(L - 1)]
+        losses = []
+        for step in range(start, steps):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the batch depends only on (seed, step)
+            rows = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
+            ids, mask = model.encode([texts[i] for i in rows])
+            ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]
+            with torch.no_grad():
+                logits, cache = model.run_with_cache(ids, sites, attention_mask=mask)
+                target = logits.float().log_softmax(-1)
+            keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
+            real = keep.nonzero(as_tuple=True)  # (row, position) of every real token
+            if tokens_per_step is not None and len(real[0]) > tokens_per_step:
+                pick = torch.randperm(len(real[0]), generator=gen)[:tokens_per_step].sort().values.to(ids.device)
+                real = (real[0][pick], real[1][pick])
+            target = target[real]  # [tokens, d_vocab]
+            total = 0.0
+            for l in range(L - 1):
+                # eq. 4: KL(model || lens) per token, averaged over the chosen real tokens and over layers
+                lp = lens.logits(model, cache[sites[l].name][real], l).float().log_softmax(-1)
+                kl = F.kl_div(lp, target, log_target=True, reduction="none").sum(-1)
+                loss = kl.mean() / (L - 1)
+                loss.backward()  # one layer's graph at a time keeps [batch, pos, d_vocab] memory to one layer
+                total += loss.item()
+            opt.step()
+            opt.zero_grad()
+            losses.append(total)
+            if path is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+                save(step + 1)
+        return lens, losses
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def lens_kl(model, texts, lens: TunedLens | None = None, max_len: int = 64) -> list[float]:

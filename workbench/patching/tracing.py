@@ -22,6 +22,7 @@ from torch import Tensor
 from .engine import Overwrite, Patch, run_patches
 from ..core.model import Model
 from ..core.sites import Site, check_choices
+from ..toolkit.results import Result
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -46,8 +47,9 @@ def embedding_noise_std(model: Model, subjects: list[str]) -> float:
 
 
 @dataclass
-class Trace:
-    """Causal-tracing result for one fact. `scores[kind]` is p(answer) after restoration, [tokens, layers]."""
+class Trace(Result):
+    """Causal-tracing result for one fact. `scores[kind]` is p(answer) after restoration, [tokens, layers].
+    `save(path)` / `Trace.load(path)`: one JSON file (the `Result` protocol)."""
 
     prompt: str
     subject: str
@@ -278,8 +280,8 @@ def _trace_item(model: Model, p: dict) -> dict:
 
 def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samples: int = 10,
                 noise_scale: float = 3.0, window: int = 10, kinds=("resid", "mlp", "attn"), seed: int = 0,
-                trace_unknown: bool = False, order: str = "file", figures: bool = True, force: bool = False,
-                progress: bool = True, workers: int | None = None, ray_address: str | None = None,
+                trace_unknown: bool = False, order: str = "file", figures: bool = True, run=None,
+                force: bool = False, progress: bool = True, workers: int | None = None, ray_address: str | None = None,
                 executor=None) -> dict:
     """Trace the facts of a JSONL file into the sweep folder `out`, resumably; returns the summary (also
     `out/summary.json`).
@@ -293,13 +295,17 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     is refused unless `force` (the order is not part of the configuration: a fact's result does not
     depend on it).
 
-    `workers` / `ray_address` run the facts on Ray workers (a local cluster of `workers`, or the cluster
-    at `ray_address`; see `workbench.toolkit`), `executor` on one made beforehand; the results are
-    the same as in-process, bit for bit on the CPU (every fact uses `seed`).
+    `run=Run(workers=..., ray_address=..., executor=..., progress=..., force=...)` (`workbench.toolkit.Run`;
+    the same settings are also accepted as keywords) runs the facts on Ray workers (a local cluster of
+    `workers`, or the cluster at `ray_address`), or on an executor made beforehand; the results are the same
+    as in-process, bit for bit on the CPU (every fact uses `seed`). The folder is keyed by the facts file's
+    content (a sha256), not its name, and locked while the sweep runs (a second run on it is refused).
     """
-    from ..toolkit.sweep import SweepFolder
+    from ..toolkit.sweep import SweepFolder, content_hash
     from ..data.facts import answer_text, known_facts, load_facts
-    from ..toolkit.executors import make_executor, run_items
+    from ..toolkit.executors import as_run
+
+    run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
 
     facts = load_facts(facts_path)
     if order == "relations":
@@ -311,13 +317,11 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
         raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
     if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float("inf")):
         raise ValueError(f"noise_scale: expected a finite factor >= 0, got {noise_scale!r}")
-    config = {"model": model.name, "fingerprint": model.fingerprint, "facts": Path(facts_path).name,
+    config = {"model": model.name, "fingerprint": model.fingerprint, "facts_sha256": content_hash(_facts_file(facts_path)),
               "samples": samples, "noise_scale": noise_scale, "window": window, "kinds": kinds, "seed": seed,
               "trace_unknown": trace_unknown}
-    sweep = SweepFolder(out, config, items="facts", force=force)
-    ex, owned = make_executor(model, workers, ray_address, executor)
-    try:
-        sweep.start()
+    sweep = SweepFolder(out, config, items="facts", force=run.force)
+    with run.executor_for(model) as ex, sweep.start():
         subjects = [f["subject"] for f in facts if f["subject"] in f["prompt"]]
         nu = noise_scale * embedding_noise_std(model, subjects)
         # plan on the driver: which facts are done, skipped (written at once) or to trace (the items)
@@ -346,19 +350,22 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
             if figures:
                 Trace.from_json(record).plot(sweep.path / "figures" / f"fact_{item_id}.png")
 
-        run_items(sweep, todo, _trace_item, model, ex, done=n_traced - len(todo), progress=progress,
+        sweep.run(todo, _trace_item, model, ex, done=n_traced - len(todo), progress=run.progress,
                   desc="tracing facts", unit="fact", on_record=plot)
-    finally:
-        if owned:
-            ex.close()
-    records = [sweep.load(i) for i in plan]
-    summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
-    sweep.write_json("summary.json", summary)
-    if figures and summary["n_traced"]:
-        from ..views.figures import average_effect_figures
+        records = [sweep.load(i) for i in plan]
+        summary = {"config": config, "noise_std": nu, **summarize(records, kinds, model.dims.n_layers)}
+        sweep.write_json("summary.json", summary)
+        if figures and summary["n_traced"]:
+            from ..views.figures import average_effect_figures
 
-        average_effect_figures(summary, sweep.path)
+            average_effect_figures(summary, sweep.path)
     return summary
+
+
+def _facts_file(facts_path) -> Path:
+    from ..data import resolve
+
+    return resolve(facts_path)
 
 
 def load_traces(out) -> list[Trace]:

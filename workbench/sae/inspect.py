@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..core.arch import weight_out_in
+from ..toolkit.results import Result
 from ..core.generation import check_prompts
 from .use import check_latents, read_latents, latent_site
 
@@ -41,7 +42,7 @@ def logit_effects(model, sae, latent: int, k: int = 10) -> dict:
 
 
 @dataclass
-class LatentReport:
+class LatentReport(Result):
     """Everything `inspect_latent` found for one latent."""
 
     latent: int
@@ -82,11 +83,6 @@ class LatentReport:
 
     def _repr_html_(self):
         return self.view()._repr_html_()
-
-    def save_html(self, path):
-        from ..views.base import save_html
-
-        return save_html(self, path)
 
     def to_json(self) -> dict:
         return {"latent": self.latent, "site": self.site, "density": self.density, "contexts": self.contexts,

@@ -270,6 +270,9 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
         raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a number > 0, got {lr!r}")
+    if stop_at is not None and (out is None or not isinstance(stop_at, int) or isinstance(stop_at, bool)
+                                or not 0 < stop_at < steps):
+        raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
     d_in = site_width(site, model.dims)
     folder = None
     if out is not None:
@@ -277,77 +280,79 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
                   "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "skip_first": skip_first,
                   "texts": _texts_hash(texts), "n_texts": len(texts), "outlier_factor": outlier_factor}
         folder = SweepFolder(out, config, items="checkpoint", force=force, ignore=("steps",)).start()
-    if acts is None:
-        cache = folder.path / "activations" if folder is not None else False
-        acts = site_activations(reader_model(model, site), texts, site, skip_first=skip_first, cache=cache,
-                                progress=progress)
-    # massive activations (attention sinks: norms tens of times the median) would hold most of the variance and
-    # decide the loss; the SAE is trained without them and leaves them alone (SAEEdit's max_norm)
-    max_norm = float(outlier_factor * acts.norm(dim=-1).median()) if outlier_factor else None
-    if max_norm is not None:
-        n_before = len(acts)
-        acts = acts[acts.norm(dim=-1) <= max_norm]
-        n_outliers = n_before - len(acts)
-    if acts.ndim != 2 or acts.shape[1] != d_in:
-        raise ValueError(f"acts: expected shape [n, {d_in}] for {site.name}, got {tuple(acts.shape)}")
-    if len(acts) < batch_size:
-        raise ValueError(f"batch_size: {batch_size} is more than the {len(acts)} token activations of the texts")
+    try:  # the folder's lock is released however the run ends
+        if acts is None:
+            cache = folder.path / "activations" if folder is not None else False
+            acts = site_activations(reader_model(model, site), texts, site, skip_first=skip_first, cache=cache,
+                                    progress=progress)
+        # massive activations (attention sinks: norms tens of times the median) would hold most of the variance and
+        # decide the loss; the SAE is trained without them and leaves them alone (SAEEdit's max_norm)
+        max_norm = float(outlier_factor * acts.norm(dim=-1).median()) if outlier_factor else None
+        if max_norm is not None:
+            n_before = len(acts)
+            acts = acts[acts.norm(dim=-1) <= max_norm]
+            n_outliers = n_before - len(acts)
+        if acts.ndim != 2 or acts.shape[1] != d_in:
+            raise ValueError(f"acts: expected shape [n, {d_in}] for {site.name}, got {tuple(acts.shape)}")
+        if len(acts) < batch_size:
+            raise ValueError(f"batch_size: {batch_size} is more than the {len(acts)} token activations of the texts")
 
-    torch.manual_seed(seed)
-    cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=True)
-    sae = TopKTrainingSAE(cfg)
-    scale = math.sqrt(d_in) / acts.norm(dim=-1).pow(2).mean().sqrt().item()  # E||c x||^2 = d_in
-    with torch.no_grad():
-        sae.b_dec.copy_(acts.mean(0) * scale)
-    trainer_cfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
-                                   lr=lr, lr_end=lr / 10, lr_scheduler_name="cosineannealing", lr_warm_up_steps=0,
-                                   lr_decay_steps=0, dead_feature_window=max(100, steps // 10),
-                                   feature_sampling_window=max(100, steps // 10), device="cpu")
-    trainer = SAETrainer(trainer_cfg, sae, data_provider=iter(()))
-    trainer.activation_scaler.scaling_factor = scale
-    start = _load_checkpoint(folder, trainer) if folder is not None else 0
-    provider = _batches(acts, batch_size, seed, start)
-    trainer.data_provider = provider
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"training SAE at {site.name}", unit="step")
-    history = []
-    if stop_at is not None and (folder is None or not isinstance(stop_at, int) or not 0 < stop_at < steps):
-        raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
-    while trainer.n_training_steps < steps:
-        trainer.maybe_reset_sparsity()
-        o = trainer.step(next(provider))
-        trainer.n_training_steps += 1
-        bar.update(1)
-        if trainer.n_training_steps % 50 == 0 or trainer.n_training_steps in (1, steps):
-            with torch.no_grad():
-                resid = (o.sae_out - o.sae_in).pow(2).sum(-1).mean()
-                fve = 1 - resid / (o.sae_in - o.sae_in.mean(0)).pow(2).sum(-1).mean()
-            history.append({"step": trainer.n_training_steps, "mse": float(o.losses["mse_loss"].detach()), "fve": float(fve)})
-            bar.set_postfix(mse=f"{history[-1]['mse']:.3f}", fve=f"{history[-1]['fve']:.3f}")
-        if folder is not None and (trainer.n_training_steps % checkpoint_every == 0 or trainer.n_training_steps == steps):
-            _save_checkpoint(folder, trainer, trainer.n_training_steps)
-        if stop_at is not None and trainer.n_training_steps >= stop_at:
-            _save_checkpoint(folder, trainer, trainer.n_training_steps)
-            bar.close()
-            return None
-    bar.close()
-    trainer.set_final_sae_metadata()
-    sae.fold_activation_norm_scaling_factor(scale)
-    # the inference class, as SAELens's save_inference_model / load_from_disk build it
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+        torch.manual_seed(seed)
+        cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=True)
+        sae = TopKTrainingSAE(cfg)
+        scale = math.sqrt(d_in) / acts.norm(dim=-1).pow(2).mean().sqrt().item()  # E||c x||^2 = d_in
+        with torch.no_grad():
+            sae.b_dec.copy_(acts.mean(0) * scale)
+        trainer_cfg = SAETrainerConfig(total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
+                                       lr=lr, lr_end=lr / 10, lr_scheduler_name="cosineannealing", lr_warm_up_steps=0,
+                                       lr_decay_steps=0, dead_feature_window=max(100, steps // 10),
+                                       feature_sampling_window=max(100, steps // 10), device="cpu")
+        trainer = SAETrainer(trainer_cfg, sae, data_provider=iter(()))
+        trainer.activation_scaler.scaling_factor = scale
+        start = _load_checkpoint(folder, trainer) if folder is not None else 0
+        provider = _batches(acts, batch_size, seed, start)
+        trainer.data_provider = provider
+        bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"training SAE at {site.name}", unit="step")
+        history = []
+        while trainer.n_training_steps < steps:
+            trainer.maybe_reset_sparsity()
+            o = trainer.step(next(provider))
+            trainer.n_training_steps += 1
+            bar.update(1)
+            if trainer.n_training_steps % 50 == 0 or trainer.n_training_steps in (1, steps):
+                with torch.no_grad():
+                    resid = (o.sae_out - o.sae_in).pow(2).sum(-1).mean()
+                    fve = 1 - resid / (o.sae_in - o.sae_in.mean(0)).pow(2).sum(-1).mean()
+                history.append({"step": trainer.n_training_steps, "mse": float(o.losses["mse_loss"].detach()), "fve": float(fve)})
+                bar.set_postfix(mse=f"{history[-1]['mse']:.3f}", fve=f"{history[-1]['fve']:.3f}")
+            if folder is not None and (trainer.n_training_steps % checkpoint_every == 0 or trainer.n_training_steps == steps):
+                _save_checkpoint(folder, trainer, trainer.n_training_steps)
+            if stop_at is not None and trainer.n_training_steps >= stop_at:
+                _save_checkpoint(folder, trainer, trainer.n_training_steps)
+                bar.close()
+                return None
+        bar.close()
+        trainer.set_final_sae_metadata()
+        sae.fold_activation_norm_scaling_factor(scale)
+        # the inference class, as SAELens's save_inference_model / load_from_disk build it
+        from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
-    state = {k_: v.detach().clone() for k_, v in sae.state_dict().items()}
-    sae.process_state_dict_for_saving_inference(state)
-    inf_cfg = TopKSAEConfig.from_dict(sae.cfg.get_inference_sae_cfg_dict())
-    inf = TopKSAE(inf_cfg)
-    inf.load_state_dict(state)
-    bind_metadata(inf, model, site)
-    inf.cfg.metadata["train_history"] = history[-1:] if history else []
-    inf.cfg.metadata["train_tokens"] = int(len(acts))
-    inf.cfg.metadata["skip_first"] = skip_first
-    if max_norm is not None:
-        inf.cfg.metadata["max_norm"] = max_norm
-        inf.cfg.metadata["train_outliers"] = n_outliers
-    if folder is not None:
-        save_sae(inf, folder.path / "sae")
-        folder.write_json("history.json", history)
-    return inf.eval().requires_grad_(False)
+        state = {k_: v.detach().clone() for k_, v in sae.state_dict().items()}
+        sae.process_state_dict_for_saving_inference(state)
+        inf_cfg = TopKSAEConfig.from_dict(sae.cfg.get_inference_sae_cfg_dict())
+        inf = TopKSAE(inf_cfg)
+        inf.load_state_dict(state)
+        bind_metadata(inf, model, site)
+        inf.cfg.metadata["train_history"] = history[-1:] if history else []
+        inf.cfg.metadata["train_tokens"] = int(len(acts))
+        inf.cfg.metadata["skip_first"] = skip_first
+        if max_norm is not None:
+            inf.cfg.metadata["max_norm"] = max_norm
+            inf.cfg.metadata["train_outliers"] = n_outliers
+        if folder is not None:
+            save_sae(inf, folder.path / "sae")
+            folder.write_json("history.json", history)
+        return inf.eval().requires_grad_(False)
+    finally:
+        if folder is not None:
+            folder.release()

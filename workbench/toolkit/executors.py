@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -44,6 +45,12 @@ def check_executor_args(workers, ray_address) -> None:
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ValueError(f"ray_address: expected a Ray cluster address ('auto', 'host:6379', 'ray://host:10001'), "
                          f"got {ray_address!r}")
+    joined = "ray" in sys.modules and sys.modules["ray"] is not None and sys.modules["ray"].is_initialized()
+    if ray_address is None and workers is not None and not joined and workers > (os.cpu_count() or 1):
+        # a local cluster has this machine's cores: more workers than that would never all start (a cluster this
+        # process already joined is checked against its own resources by RayExecutor)
+        raise ValueError(f"workers: {workers} workers need {workers} CPUs; a local cluster on this machine has "
+                         f"{os.cpu_count() or 1} CPUs (use at most that many, or --ray-address of a larger cluster)")
     if ray_address is None and workers is not None and "ray" not in sys.modules:
         # a cluster of this machine only: every socket on 127.0.0.1 (Ray reads this when imported), and
         # time for a raylet that starts slowly on a busy machine
@@ -51,19 +58,57 @@ def check_executor_args(workers, ray_address) -> None:
         os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     if workers is not None or ray_address is not None:
         import_ray()
+    if ray_address is not None:
+        probe_address(ray_address.strip())
 
 
 def start_local_cluster(ray, num_cpus: int = 2, attempts: int = 3) -> None:
     """`ray.init` of a cluster of this machine, tried `attempts` times: on a busy machine Ray's dashboard agent
     can take longer to start than the raylet waits for it (a fixed 15 s), and the node then fails to start."""
+    import psutil  # a dependency of Ray
+
     for attempt in range(attempts):
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
             return
-        except Exception as e:  # Ray raises a bare Exception for this
+        except BaseException as e:  # Ray raises a bare Exception for this; Ctrl-C / SIGTERM land here too
             ray.shutdown()
-            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+            # a node that failed to start leaves its GCS server behind: stop every process this attempt started
+            for c in psutil.Process().children(recursive=True):
+                if c.pid not in before:
+                    try:
+                        c.kill()
+                    except psutil.NoSuchProcess:
+                        pass
+            if not isinstance(e, Exception) or "timed out during startup" not in str(e) or attempt == attempts - 1:
                 raise
+
+
+def probe_address(address: str, timeout: float = 10.0) -> None:
+    """Refuse, within `timeout` seconds and naming it, a cluster address where nothing answers ("auto" is
+    looked up by Ray itself): `ray.init` alone waits minutes there."""
+    if address != "auto":
+        hostport = address.split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"ray_address: expected 'auto', 'host:port' or 'ray://host:port', got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as e:
+            raise ValueError(f"ray_address: no Ray cluster answers at {address!r} "
+                             f"({e.strerror or type(e).__name__}, within {timeout:g} s)") from None
+
+
+def connect(ray, address: str, timeout: float = 10.0) -> None:
+    """Join the Ray cluster at `address` ("auto", "host:port", "ray://host:port"), failing within `timeout`
+    seconds with a message naming the address when nothing answers there."""
+    probe_address(address, timeout)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, bare Exception
+        ray.shutdown()
+        raise ValueError(f"ray_address: could not join the Ray cluster at {address!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -168,19 +213,30 @@ class RayExecutor:
         ray = import_ray()
         if not isinstance(spec, ModelSpec):
             raise ValueError(f"spec: expected a ModelSpec (see model_spec), got {type(spec).__name__}")
-        self.spec, self.retries, self.started_ray = spec, retries, False
+        self.spec, self.retries, self.started_ray, self.actors = spec, retries, False, []
         if address is not None:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            connect(ray, address)
         elif not ray.is_initialized():
-            start_local_cluster(ray, max(workers or 1, os.cpu_count() or 1))
+            start_local_cluster(ray, os.cpu_count() or 1)
             self.started_ray = True
-        res = ray.cluster_resources()
-        n_gpus = int(res.get("GPU", 0))
-        self.workers = workers or n_gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
-        gpus = gpus_per_worker if gpus_per_worker is not None else (1 if n_gpus else 0)
-        # each worker holds its GPU (or its CPU) while it lives, so the scheduler spreads workers over free devices
-        actor = ray.remote(_Worker).options(max_restarts=retries, max_task_retries=retries, num_gpus=gpus,
-                                            num_cpus=cpus_per_worker)
+        try:
+            res = ray.cluster_resources()
+            n_gpus = int(res.get("GPU", 0))
+            self.workers = workers or n_gpus or max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+            gpus = gpus_per_worker if gpus_per_worker is not None else (1 if n_gpus else 0)
+            # bounded: every worker holds its CPUs (and GPU) while it lives, so workers the cluster cannot
+            # place would wait forever; refuse them before any actor starts
+            need, have = self.workers * cpus_per_worker, res.get("CPU", 0)
+            if need > have or (gpus and self.workers * gpus > n_gpus):
+                where = f"at {address!r}" if address is not None else "on this machine"
+                raise ValueError(f"workers: {self.workers} workers need {need:g} CPUs and {self.workers * gpus:g} GPUs; "
+                                 f"the Ray cluster {where} has {have:g} CPUs and {n_gpus} GPUs")
+            # each worker holds its GPU (or its CPU) while it lives, so the scheduler spreads workers over free devices
+            actor = ray.remote(_Worker).options(max_restarts=retries, max_task_retries=retries, num_gpus=gpus,
+                                                num_cpus=cpus_per_worker)
+        except BaseException:
+            self.close()
+            raise
         self.actors = [actor.remote(spec, i, threads) for i in range(self.workers)]
         self.info = None
 
@@ -214,7 +270,10 @@ class RayExecutor:
         while pending and free:
             submit(free.popleft())
         while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)  # a timeout: Ctrl-C / SIGTERM are seen
+            if not ready:
+                continue
+            ref = ready[0]
             k, item_id, payload = inflight.pop(ref)
             try:
                 record, info = ray.get(ref)
@@ -234,11 +293,14 @@ class RayExecutor:
     def close(self) -> None:
         """Stop the workers (and the local cluster if this executor started it)."""
         ray = import_ray()
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-        if self.started_ray:
-            ray.shutdown()
+        try:
+            for a in self.actors:
+                ray.kill(a)
+        finally:
+            self.actors = []
+            if self.started_ray:
+                ray.shutdown()
+                self.started_ray = False
 
 
 def make_executor(model, workers: int | None = None, ray_address: str | None = None, executor=None, spec=None):
@@ -262,30 +324,66 @@ def make_executor(model, workers: int | None = None, ray_address: str | None = N
     return ex, True
 
 
-def run_items(sweep, items: Iterable[tuple], fn: Callable, model, executor, *, total: int | None = None,
-              done: int = 0, progress: bool = True, desc: str = "items", unit: str = "item",
-              on_record: Callable | None = None) -> None:
-    """Run the (id, payload) items not yet in `sweep` on `executor` and write each result as it arrives.
+@dataclass
+class Run:
+    """How a sweep runs, the one argument every sweep function takes (`run=Run(...)`) and the CLI builds from
+    --workers / --ray-address / --force: on which executor (`executor` made beforehand, else Ray when `workers`
+    or `ray_address` is given: a local cluster of `workers`, or the cluster at `ray_address`; else in-process),
+    with a progress bar or not, and whether another configuration's results in the folder are replaced (`force`).
+    Results are the same on every executor (bit for bit on the CPU at equal thread counts)."""
 
-    One tqdm bar over the sweep (`total` items, `done` of them finished before), with the throughput
-    of all workers together. The driver is the only writer, and skips a result for an item already
-    written, so every item is written once. `on_record(id, record)` runs after each write (figures)."""
-    from tqdm.auto import tqdm
+    workers: int | None = None
+    ray_address: str | None = None
+    executor: object = None
+    progress: bool = True
+    force: bool = False
 
-    from ..core.io import append_jsonl
+    def check(self) -> "Run":
+        """Every setting checked (and Ray importable when asked for) before a sweep loads or writes anything."""
+        for name in ("progress", "force"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.executor is not None:
+            if self.workers is not None or self.ray_address is not None:
+                raise ValueError("executor: give an executor, or workers / ray_address, not both")
+            if not hasattr(self.executor, "map"):
+                raise ValueError(f"executor: expected InProcess() or a RayExecutor, got {type(self.executor).__name__}")
+        check_executor_args(self.workers, self.ray_address)
+        return self
 
-    todo = [(i, p) for i, p in items if not sweep.done(i)]
-    total = (done + len(todo)) if total is None else total
-    bar = tqdm(total=total, initial=done, disable=not progress, desc=desc, unit=unit)
-    bar.set_postfix(workers=getattr(executor, "workers", 1))
-    try:
-        for item_id, record, info in executor.map(model, fn, todo):
-            if sweep.done(item_id):
-                continue
-            sweep.save(item_id, {**record, "run": info})
-            append_jsonl(sweep.path / "runs.jsonl", {"id": item_id, **info})
-            if on_record is not None:
-                on_record(item_id, record)
-            bar.update(1)
-    finally:
-        bar.close()
+    @property
+    def distributed(self) -> bool:
+        return self.workers is not None or self.ray_address is not None or \
+            (self.executor is not None and not isinstance(self.executor, InProcess))
+
+    @contextmanager
+    def executor_for(self, model, spec=None):
+        """The executor for `model` (its workers started and their models checked before it is yielded);
+        one made here is closed on the way out, also on Ctrl-C or SIGTERM (Ray's handler raises SystemExit)."""
+        ex, owned = make_executor(model, self.workers, self.ray_address, self.executor, spec)
+        try:
+            yield ex
+        finally:
+            if owned:
+                ex.close()
+
+
+def as_run(run: Run | None = None, *, force: bool = False, progress: bool | None = None, workers=None,
+           ray_address=None, executor=None) -> Run:
+    """`run`, or a Run of the keywords the sweep functions also accept one by one (`force=`, `workers=`, ...);
+    both at once is an error. Checked."""
+    loose = {"force": force, "workers": workers, "ray_address": ray_address, "executor": executor}
+    if run is not None:
+        if not isinstance(run, Run):
+            raise ValueError(f"run: expected a workbench Run (workers, ray_address, executor, progress, force), "
+                             f"got {type(run).__name__}")
+        given = [k for k, v in loose.items() if v not in (None, False)]
+        if given:
+            raise ValueError(f"run: give run=Run(...) or {', '.join(given)}=..., not both")
+        return run.check()
+    return Run(workers, ray_address, executor, True if progress is None else progress, force).check()
+
+
+def run_items(sweep, items: Iterable[tuple], fn: Callable, model, executor, **kw) -> None:
+    """`sweep.run(items, fn, model, executor, **kw)` (the one driver is `core.sweep.SweepFolder.run`)."""
+    sweep.run(items, fn, model, executor, **kw)

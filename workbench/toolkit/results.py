@@ -1,4 +1,5 @@
-"""`LabelledArray`: sweep results with named axes that convert to a DataFrame, save to JSON and plot."""
+"""The one result protocol (`Result`) and `LabelledArray`: sweep results with named axes that convert to a
+DataFrame, save to JSON and plot."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from ..core.io import atomic_write_text
 
 # Results sit below the views in the stack, so they never import them: `workbench.views` registers its renderers
 # here when it is imported (the `workbench` package imports it first thing), and `plot` / `view` / `show` look
-# them up by name: "heatmap_figure" (matplotlib), "labelled_heatmap" (plotly), "show" (display a view).
+# them up by name: "heatmap_figure" (matplotlib), "labelled_heatmap" (plotly), "show" (display a view), "save_html" (one HTML file).
 RENDERERS: dict = {}
 
 
@@ -29,8 +30,54 @@ def renderer(name: str):
     return RENDERERS[name]
 
 
+class Result:
+    """The one protocol of result objects (grids, traces, counterfactuals, SAE reports, lens outputs):
+
+        to_json() -> dict         JSON values only (what `save` writes)
+        from_json(d) / load(path) the object back, where it can be rebuilt from its JSON
+        save(path) -> Path        one JSON file, written atomically
+        view() / plot(path)       an interactive view (workbench.views) / a static figure, where they make sense
+        save_html(path) -> Path   `views.save_html(self, path)`: the view as one self-contained HTML file
+
+    A subclass defines `to_json` (and `from_json`, `view`, `plot` where they make sense); the rest comes from here.
+    """
+
+    def to_json(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__}.to_json")
+
+    @classmethod
+    def from_json(cls, d: dict):
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from its JSON")
+
+    def save(self, path: str | Path) -> Path:
+        """Save as one JSON file (`to_json()`), written atomically; returns the path."""
+        return atomic_write_text(path, json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """The object a `save` wrote (JSON only, never a pickle)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"path: no such file {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"path: {path}: not a saved {cls.__name__} ({e})") from None
+        return cls.from_json(d)
+
+    def view(self):
+        raise NotImplementedError(f"{type(self).__name__} has no interactive view")
+
+    def plot(self, path: str | Path | None = None):
+        raise NotImplementedError(f"{type(self).__name__} has no static figure")
+
+    def save_html(self, path: str | Path) -> Path:
+        """The view as one self-contained HTML file (`workbench.views.save_html`), written atomically."""
+        return renderer("save_html")(self, path)
+
+
 @dataclass
-class LabelledArray:
+class LabelledArray(Result):
     """`values` with named axes (`dims`) and a label list per axis (`coords`), plus free-form `meta`."""
 
     values: np.ndarray
@@ -65,15 +112,6 @@ class LabelledArray:
     @classmethod
     def from_json(cls, d: dict) -> "LabelledArray":
         return cls(np.asarray(d["values"], dtype=float), tuple(d["dims"]), d["coords"], d.get("name", ""), d.get("meta", {}))
-
-    def save(self, path: str | Path) -> Path:
-        """Save as one JSON file (labels, metadata and values), written atomically."""
-        atomic_write_text(path, json.dumps(self.to_json()))
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LabelledArray":
-        return cls.from_json(json.loads(Path(path).read_text()))
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""

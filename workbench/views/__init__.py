@@ -19,6 +19,7 @@ def _heatmap_figure(*args, **kw):
 register_renderer("heatmap_figure", _heatmap_figure)
 register_renderer("labelled_heatmap", labelled_heatmap)
 register_renderer("show", show)
+register_renderer("save_html", save_html)
 
 __all__ = ["View", "as_view", "concat", "save_html", "show", "labelled_heatmap", "trace_heatmaps",
            "trace_average_heatmaps", "trace_folder_view", "steering_view", "steering_widget", "token_view", "attention_view", "attention_pattern",
