@@ -39,6 +39,7 @@ from .core.io import read_jsonl
 from .directions import store
 from .directions.activations import read_activations
 from .core.sites import Site, check_layers, check_residual_component, parse_site
+from .core import checks
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -397,9 +398,8 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
 
     cfg = config or FinetuneConfig()
     cfg.check()
-    if isinstance(seeds, int) or not isinstance(seeds, (list, tuple, range)) or not seeds or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-        raise ValueError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+    if not isinstance(seeds, (list, tuple, range)) or not seeds or not all(checks.is_int(x) for x in seeds):
+        raise checks.fail("seeds", "a non-empty list of ints", seeds)
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
     if not isinstance(task, dict):

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..core.arch import weight_out_in
 from ..core.interventions import Intervention, _check_value
 from ..core.sites import Site, parse_site
+from ..core import checks
 
 
 @dataclass
@@ -121,8 +122,7 @@ def prepare(model, site, base, source, labels, candidates, position: int = -1) -
     b, s = _ids(model, base, "base"), _ids(model, source, "source")
     if b.shape != s.shape:
         raise ValueError(f"source: shape {tuple(s.shape)} differs from base {tuple(b.shape)}; pairs need one length")
-    if not isinstance(position, int) or not -b.shape[1] <= position < b.shape[1]:
-        raise ValueError(f"position: expected an int in -{b.shape[1]}..{b.shape[1] - 1}, got {position!r}")
+    checks.position(position, "position", b.shape[1])
     cand = _labels(model, candidates, len(candidates) if isinstance(candidates, (list, tuple, Tensor)) else -1, "candidates")
     y = _labels(model, labels, len(b), "labels")
     where = (y[:, None] == cand[None]).int().argmax(1)
@@ -207,11 +207,10 @@ def das(model, site, base, source, labels, candidates, *, k: int = 1, position: 
     """
     data = prepare(model, site, base, source, labels, candidates, position)
     d = data.source_act.shape[-1]
-    if not isinstance(k, int) or not 1 <= k <= d:
-        raise ValueError(f"k: expected an int in 1..{d} (the width of {data.site.name}), got {k!r}")
+    checks.integer(k, "k", 1, d)  # at most the width of the site
     for name, val in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+        checks.integer(val, name)
+    checks.learning_rate(lr)
     rot = Rotation(d, k, seed).to(model.device)
     opt = torch.optim.Adam(rot.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)

@@ -34,6 +34,7 @@ from ..core.interventions import Replace
 from ..core.labelled import LabelledArray
 from ..core.sites import Site
 from ..patching.grid import make_pairs, metric_fn
+from ..core import checks
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _MLP = re.compile(r"^mlp(\d+)$")
@@ -112,10 +113,7 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
     pairs = make_pairs(model, clean, corrupted, answer, foil)
     n, S, T = pairs.n, len(groups), pairs.clean.shape[1]
     if receiver_positions is not None:
-        bad = [p for p in ([receiver_positions] if isinstance(receiver_positions, int) else receiver_positions)
-               if not isinstance(p, int) or not -T <= p < T]
-        if bad:
-            raise ValueError(f"receiver_positions: {bad} out of range for {T}-token prompts")
+        checks.positions(receiver_positions, "receiver_positions", T)
     if receiver_input not in RECEIVER_INPUTS:
         raise ValueError(f"receiver_input: expected one of {sorted(RECEIVER_INPUTS)}, got {receiver_input!r}")
     if receiver_input != "qkv" and recv is None:

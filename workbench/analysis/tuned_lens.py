@@ -27,6 +27,7 @@ from ..core.io import save_safetensors
 from ..core.sites import Site
 from ._common import as_prompts
 from .lens import lens_logits
+from ..core import checks
 
 
 class TunedLens(nn.Module):
@@ -86,11 +87,9 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
     """
     texts = as_prompts(texts, "texts")
     for name, val in (("steps", steps), ("batch_size", batch_size), ("max_len", max_len), ("save_every", save_every)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
-    if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or isinstance(tokens_per_step, bool)
-                                        or tokens_per_step < 1):
-        raise ValueError(f"tokens_per_step: expected None or an int >= 1, got {tokens_per_step!r}")
+        checks.integer(val, name)
+    checks.integer(tokens_per_step, "tokens_per_step", none_ok=True)
+    checks.learning_rate(lr)
     config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts)}
     if tokens_per_step is not None:
         config["tokens_per_step"] = tokens_per_step

@@ -21,6 +21,7 @@ from typing import Sequence
 from ..core.interventions import Intervention
 from ..core.model import Model
 from .gumbel import FRESH, GivenNoise, PriorNoise, Samples, Settings, _hindsight, _texts, gumbel_decode, token_rows
+from ..core import checks
 
 
 def check_same_vocabulary(model: Model, other: Model, arg: str = "intervention") -> None:
@@ -168,10 +169,8 @@ def counterfactuals(model: Model, prompts, continuations, intervention=None, *, 
         c_rows = token_rows(model, continuations, "continuations", special=False)
     if len(p_rows) != len(c_rows):
         raise ValueError(f"continuations: expected one per prompt ({len(p_rows)}), got {len(c_rows)}")
-    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-        raise ValueError(f"max_new_tokens: expected a positive int or None, got {max_new_tokens!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    checks.integer(max_new_tokens, "max_new_tokens", none_ok=True)
+    checks.integer(batch_size, "batch_size")
     intervention = _check_intervention(model, intervention)
     repl = _replacement(model, replace, len(p_rows))
     V = model.dims.d_vocab

@@ -20,6 +20,7 @@ from ..core.model import Model
 from ..core.sweep import SweepFolder
 from .decode import Counterfactuals, _check_intervention, _settings, counterfactuals, describe
 from .gumbel import Samples, token_rows
+from ..core import checks
 
 
 def _digest(obj, h=None):
@@ -60,8 +61,7 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
+    checks.integer(chunk, "chunk")
     settings = _settings(continuations, temperature, top_k, top_p)
     if isinstance(continuations, Samples):
         p_rows, c_rows = continuations.prompt_ids, continuations.ids

@@ -26,6 +26,7 @@ from ..core.io import cache_dir
 from ..core.generation import generate_ids
 from ..core.io import atomic_write_text, save_safetensors
 from .requests import edit_layers
+from ..core import checks
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
 
@@ -93,8 +94,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     disk keyed by model fingerprint, layer, corpus and token count.
     """
     layers = edit_layers(model, layers, "layers")
-    if not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens: expected an int >= 1, got {n_tokens!r}")
+    checks.integer(n_tokens, "n_tokens")
     fp = model.fingerprint
     cid = corpus_id(corpus, seed, seq_len)
     want = {"fingerprint": fp, "corpus": cid, "n_tokens": n_tokens, "d_mlp": model.dims.d_mlp}

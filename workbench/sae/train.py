@@ -29,6 +29,7 @@ from ..core.io import atomic_write_text, save_safetensors
 from ..core.sites import parse_site
 from ..core.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width
+from ..core import checks
 
 STDLIB_MODULES = ["argparse", "collections", "json", "os", "pathlib", "re", "string", "textwrap", "itertools",
                   "functools", "datetime", "random", "statistics", "math", "decimal", "fractions", "csv", "logging",
@@ -264,12 +265,10 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     site = parse_site(site, model.dims.n_layers)
     for name, v, lo in (("d_sae", d_sae, 1), ("k", k, 1), ("steps", steps, 1), ("batch_size", batch_size, 1),
                         ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        checks.integer(v, name, lo)
     if k > d_sae:
         raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: expected a number > 0, got {lr!r}")
+    checks.learning_rate(lr)
     d_in = site_width(site, model.dims)
     folder = None
     if out is not None:
@@ -310,7 +309,7 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     trainer.data_provider = provider
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"training SAE at {site.name}", unit="step")
     history = []
-    if stop_at is not None and (folder is None or not isinstance(stop_at, int) or not 0 < stop_at < steps):
+    if stop_at is not None and (folder is None or not checks.is_int(stop_at) or not 0 < stop_at < steps):
         raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
     while trainer.n_training_steps < steps:
         trainer.maybe_reset_sparsity()
