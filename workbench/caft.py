@@ -188,10 +188,8 @@ class FinetuneConfig:
         if self.method not in ("lora", "full"):
             raise ValueError(f"method: expected 'lora' or 'full', got {self.method!r}")
         for name in ("steps", "batch_size", "lora_rank"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+            checks.integer(getattr(self, name), name)
+        checks.learning_rate(self.lr)
 
 
 def _last_logits(model: Model, prompts: list[str]) -> Tensor:

@@ -90,7 +90,7 @@ def _ids(model, inputs, arg: str) -> Tensor:
 def _labels(model, labels, n: int, arg: str) -> Tensor:
     if isinstance(labels, Tensor):
         out = labels.long().reshape(-1)
-    elif isinstance(labels, (list, tuple)) and all(isinstance(x, int) for x in labels):
+    elif isinstance(labels, (list, tuple)) and all(checks.is_int(x) for x in labels):
         out = torch.tensor(labels, dtype=torch.long)
     elif isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels):
         out = torch.tensor([model.to_single_token(x, arg) for x in labels])

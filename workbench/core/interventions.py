@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .sites import Site
+from . import checks
 
 Index = int | slice | list[int] | tuple[int, ...] | range | Tensor | None
 
@@ -41,9 +42,9 @@ def _as_index(sel: Index, size: int, arg: str) -> Tensor | None:
         if sel.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"{arg}: expected integer indices, got a tensor of dtype {sel.dtype}")
         idx = sel.reshape(-1).long().cpu()
-    elif isinstance(sel, int) and not isinstance(sel, bool):
+    elif checks.is_int(sel):
         idx = torch.tensor([sel])
-    elif isinstance(sel, (list, tuple, range)) and all(isinstance(i, int) and not isinstance(i, bool) for i in sel):
+    elif isinstance(sel, (list, tuple, range)) and all(checks.is_int(i) for i in sel):
         idx = torch.tensor(list(sel), dtype=torch.long)
     else:
         raise ValueError(f"{arg}: expected an int, a list of ints, a slice or an integer tensor, got {sel!r}")
@@ -76,11 +77,11 @@ class PositionSelector:
 
 
 def _per_row(value, arg: str) -> Tensor:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if checks.is_int(value):
         return torch.tensor([value])
     if isinstance(value, Tensor) and value.ndim == 1 and not value.is_floating_point():
         return value.long().cpu()
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (list, tuple)) and value and all(checks.is_int(v) for v in value):
         return torch.tensor(list(value), dtype=torch.long)
     raise ValueError(f"{arg}: expected an int or a non-empty list of ints (one per batch row), got {value!r}")
 

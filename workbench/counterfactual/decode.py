@@ -122,13 +122,13 @@ def _replacement(model, replace, n: int) -> list:
     if len(items) != n:
         raise ValueError(f"replace: expected one (position, token) per row ({n}), got {len(items)}")
     out = []
-    for it in items:
-        if not (isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], int)):
-            raise ValueError(f"replace: expected (position, token id or one-token text), got {it!r}")
-        pos, tok = it
-        tok = model.to_single_token(tok, "replace") if isinstance(tok, str) else tok
-        if not isinstance(tok, int) or not 0 <= tok < model.dims.d_vocab:
-            raise ValueError(f"replace: token {tok!r} is not a token id in 0..{model.dims.d_vocab - 1}")
+    for i, it in enumerate(items):
+        arg = f"replace[{i}]" if isinstance(replace, list) else "replace"
+        if not (isinstance(it, tuple) and len(it) == 2):
+            raise checks.fail(arg, "(position, token id or one-token text)", it)
+        pos, tok = checks.position(it[0], f"{arg} position"), it[1]
+        tok = model.to_single_token(tok, arg) if isinstance(tok, str) else tok
+        checks.integer(tok, f"{arg} token", 0, model.dims.d_vocab - 1)
         out.append((pos, tok))
     return out
 

@@ -162,7 +162,7 @@ def token_rows(model, texts, arg: str, *, special: bool) -> list[list[int]]:
         if isinstance(x, str):
             check_prompts([x], arg)
             rows.append(model.tokenizer(x, add_special_tokens=special).input_ids)
-        elif isinstance(x, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+        elif isinstance(x, (list, tuple)) and all(checks.is_int(t) for t in x):
             bad = [t for t in x if not 0 <= t < model.dims.d_vocab]
             if bad:
                 raise ValueError(f"{arg}: item {i} holds token id {bad[0]}, expected 0..{model.dims.d_vocab - 1}")
@@ -188,7 +188,7 @@ def gumbel_decode(model, prefixes: Sequence[Sequence[int]], noise, settings: Set
     """
     runner = runner or model
     n = len(prefixes)
-    budget = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    budget = [max_new_tokens] * n if checks.is_int(max_new_tokens) else list(max_new_tokens)
     offsets = [0] * n if offsets is None else list(offsets)
     stop = stop_ids(model)
     kw_cache = cache_kwarg(runner.hf)

@@ -17,6 +17,7 @@ from .engine import EngineStats, MetricFn, Patch, checked_metric, last_logits, r
 from ..core.model import Model
 from ..core.labelled import LabelledArray
 from ..core.sites import Site, parse_components
+from ..core import checks
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")
 GRIDS = {"position": ("layer", "position"), "head": ("layer", "head"), "position_head": ("layer", "position", "head")}
@@ -112,7 +113,7 @@ def make_pairs(model: Model, clean, corrupted, answer, foil=None, align=None) ->
         if not isinstance(align, dict) or not align:
             raise ValueError("align: expected a non-empty dict {clean position: corrupted position}")
         for c, x in align.items():
-            if not (isinstance(c, int) and 0 <= c < Tc and isinstance(x, int) and 0 <= x < Tx):
+            if not (checks.is_int(c) and 0 <= c < Tc and checks.is_int(x) and 0 <= x < Tx):
                 raise ValueError(f"align: ({c}, {x}) out of range; clean positions 0..{Tc - 1}, corrupted 0..{Tx - 1}")
         pairs_pos = sorted(align.items())
     dev = model.device

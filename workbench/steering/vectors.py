@@ -40,6 +40,7 @@ from ..core.io import atomic_write_text, read_jsonl, save_safetensors
 from ..core.sites import check_layers, check_residual_component, parse_site
 from ..directions import store
 from ..directions.activations import read_activations
+from ..core import checks
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
@@ -117,12 +118,12 @@ def position_selector(positions) -> PositionSelector | None:
         return Generated()
     if isinstance(positions, PositionSelector):
         return positions
-    if isinstance(positions, int) and not isinstance(positions, bool):
+    if checks.is_int(positions):
         if positions < 0:
             raise ValueError(f"positions: 'from a position on' needs a position >= 0, got {positions}")
         return FromPosition(positions)
     if isinstance(positions, (list, tuple, range)) and len(positions) and all(
-            isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            checks.is_int(p) for p in positions):
         return AtPositions(list(positions))
     raise ValueError("positions: expected 'all', 'generated', an int (from that position on), "
                      f"a non-empty list of token positions, or a PositionSelector; got {positions!r}")
