@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.io import save_safetensors
+from ..core.io import read_safetensors, save_safetensors
 from ..core.sites import Site
 from ._common import as_prompts
 from .lens import lens_logits
@@ -55,18 +55,17 @@ def _meta(model, config: dict, step: int) -> dict[str, str]:
 
 def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
     """(lens, metadata, tensors) from a file written by `train_tuned_lens`; refuses another model's file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"path: no such file {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = read_safetensors(path, "path")
     if meta.get("fingerprint") != model.fingerprint:
         raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
                          f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
-    tensors = load_file(str(path))
+    n, d = model.dims.n_layers, model.dims.d_model
+    for name, shape in (("A", (n, d, d)), ("b", (n, d))):
+        if name not in tensors or tuple(tensors[name].shape) != shape:
+            got = tuple(tensors[name].shape) if name in tensors else "missing"
+            raise ValueError(f"path: {path}: tensor {name!r} expected shape {list(shape)} ({n} layers, d_model {d}), "
+                             f"got {got}")
     lens = TunedLens(model.dims.d_model, model.dims.n_layers).to(model.device)
     with torch.no_grad():
         lens.A.copy_(tensors["A"])

@@ -54,7 +54,9 @@ class LabelledArray:
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelledArray":
-        return cls.from_json(json.loads(Path(path).read_text()))
+        from .io import read_json
+
+        return cls.from_json(read_json(path, "path"))
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""

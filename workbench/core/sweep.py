@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 
 def check_item_id(item_id, seen: set, where: str, what: str, error=ValueError) -> None:
@@ -43,7 +43,7 @@ class SweepFolder:
         self.stale = False
         cfg = self.path / "config.json"
         if cfg.is_file():
-            old = json.loads(cfg.read_text())
+            old = read_json(cfg, "out")
             why = next((f"{k} was {old.get(k)!r} there, is {config.get(k)!r} now"
                         for k in sorted(set(old) | set(config)) if k not in ignore and old.get(k) != config.get(k)), None)
             if why and not force:
@@ -67,7 +67,7 @@ class SweepFolder:
         return self.item_path(item_id).is_file()
 
     def load(self, item_id) -> dict:
-        return json.loads(self.item_path(item_id).read_text())
+        return read_json(self.item_path(item_id), "out")
 
     def save(self, item_id, record: dict) -> Path:
         """Write one item's result atomically (a crash leaves the old file or the new one, never half)."""

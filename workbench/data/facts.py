@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.io import read_jsonl
+from ..core.io import parse_json, read_jsonl, read_text
 from ..core.sweep import check_item_id
 from . import resolve
 
@@ -20,14 +20,9 @@ DEFAULT_FACTS = Path(__file__).resolve().parent / "facts.jsonl"
 
 def _read_records(path: Path, what: str) -> list[tuple[int, object]]:
     """(record number, record): a JSON list (ROME's published files, `.json`) or JSONL (one object a line)."""
-    if not path.is_file():
-        raise ValueError(f"{what}: no such file {path}")
-    text = path.read_text()
+    text = read_text(path, what)
     if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        data = parse_json(text, what, path)
         if not isinstance(data, list):
             raise ValueError(f"{what}: {path}: expected a JSON list of records, got {type(data).__name__}")
         return list(enumerate(data, 1))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..core.generation import check_prompts
-from ..core.io import save_safetensors
+from ..core.io import read_safetensors, save_safetensors
 from ..core.io import cache_dir
 from ..core.sites import check_layers, parse_site
 from ..core import checks
@@ -61,9 +61,7 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
         folder = Path(cache) if not isinstance(cache, bool) else cache_dir() / "activations"
         path = folder / f"{_key(model, texts, layers, component, read_at)}.safetensors"
         if path.is_file():
-            from safetensors.torch import load_file
-
-            stored = load_file(str(path))
+            stored, _ = read_safetensors(path, "cache")
             return {l: stored[f"layer.{l}"] for l in layers}
 
     out: dict[int, list[Tensor]] = {l: [] for l in layers}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import FileProblem, atomic_write_text, parse_json, read_safetensors, save_safetensors
 
 FORMAT_KEY = "workbench"
 
@@ -69,21 +69,17 @@ def load_directions(path: str | Path, model=None) -> tuple[dict[int | None, Tens
     With `model`: a file of another width, or with layers the model does not have, or recorded for another
     depth, is refused; another fingerprint (same shape, other weights) gives a warning.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DirectionFileError(f"path: no direction file {path}")
     try:
-        with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: report it the same way
-        raise DirectionFileError(f"path: {path} is not a readable safetensors file ({e})") from None
-    if FORMAT_KEY in header:
-        meta = json.loads(header[FORMAT_KEY])
-    else:  # 0.1 probe exports: each metadata value JSON-encoded under its own key
-        meta = {k: json.loads(v) for k, v in header.items()}
+        tensors, header = read_safetensors(path, "path")
+        if FORMAT_KEY in header:
+            meta = parse_json(header[FORMAT_KEY], "path", f"{path} metadata")
+        else:  # 0.1 probe exports: each metadata value JSON-encoded under its own key
+            meta = {k: parse_json(v, "path", f"{path} metadata {k!r}") for k, v in header.items()}
+    except FileProblem as e:
+        raise DirectionFileError(str(e)) from None
     out: dict[int | None, Tensor] = {}
     for k, t in tensors.items():
         if k == "direction":

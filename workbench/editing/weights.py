@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..core.arch import weight_out_in
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import FileProblem, atomic_write_text, read_json, read_safetensors, save_safetensors
 from .requests import EditError, edit_layers
 
 # Prompts unrelated to any edit; an edit that moves their next-token distributions a lot is abnormal.
@@ -126,14 +126,17 @@ class WeightEdit:
 
     @classmethod
     def load(cls, directory: str | Path) -> "WeightEdit":
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in ("deltas.safetensors", "edit.json"):
             if not (directory / name).is_file():
                 raise EditError(f"directory: {directory} has no {name}; expected a directory written by WeightEdit.save")
-        info = json.loads((directory / "edit.json").read_text())
-        tensors = load_file(str(directory / "deltas.safetensors"))
+        try:
+            info = read_json(directory / "edit.json", "directory")
+            tensors, _ = read_safetensors(directory / "deltas.safetensors", "directory")
+        except FileProblem as e:
+            raise EditError(str(e)) from None
+        if not isinstance(info, dict) or not isinstance(info.get("layers"), list):
+            raise EditError(f"directory: {directory / 'edit.json'}: expected an object with a 'layers' list")
         deltas = {int(k.split(".")[1]): v for k, v in tensors.items()}
         if sorted(deltas) != sorted(info["layers"]):
             raise EditError(f"directory: {directory}: edit.json names layers {info['layers']}, the deltas hold {sorted(deltas)}")

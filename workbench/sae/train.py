@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import atomic_write_text, read_json, read_safetensors, save_safetensors
 from ..core.sites import parse_site
 from ..core.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width
@@ -204,17 +204,13 @@ def _save_checkpoint(folder: SweepFolder, trainer, step: int) -> None:
 
 def _load_checkpoint(folder: SweepFolder, trainer) -> int:
     """Restore the last checkpoint into `trainer`; the step to continue from (0 without one)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     ck = folder.path / folder.items_dir
     if not (ck / "state.json").is_file() or not (ck / "state.safetensors").is_file():
         return 0
-    state = json.loads((ck / "state.json").read_text())
-    with safe_open(str(ck / "state.safetensors"), "pt") as f:
-        if (f.metadata() or {}).get("step") != str(state["step"]):
-            raise ValueError(f"out: checkpoint files in {ck} are from different steps; delete the folder or use force")
-    tensors = load_file(str(ck / "state.safetensors"))
+    state = read_json(ck / "state.json", "out")
+    tensors, meta = read_safetensors(ck / "state.safetensors", "out")
+    if not isinstance(state, dict) or meta.get("step") != str(state.get("step")):
+        raise ValueError(f"out: checkpoint files in {ck} are from different steps; delete the folder or use force")
     trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     opt = trainer.optimizer.state_dict()
     for i in list(opt["state"]) or range(len(opt["param_groups"][0]["params"])):

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..core.generation import check_generation, check_prompts, generate_ids
 from ..core.interventions import Add
 from ..core.labelled import LabelledArray
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, read_json
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
 
@@ -109,7 +109,7 @@ class SteeringSweep:
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringSweep":
-        d = json.loads(Path(path).read_text())
+        d = read_json(path, "path")
         return cls(LabelledArray.from_json(d["behaviour"]),
                    None if d["success"] is None else LabelledArray.from_json(d["success"]),
                    LabelledArray.from_json(d["cost"]), d["baseline"], d["samples"], d["meta"])

@@ -36,7 +36,7 @@ from ..core.generation import check_generation, check_prompts, generate as core_
 from ..core.interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
 from ..core.labelled import LabelledArray
 from ..data import resolve
-from ..core.io import atomic_write_text, read_jsonl, save_safetensors
+from ..core.io import atomic_write_text, read_jsonl, read_text, save_safetensors
 from ..core.sites import check_layers, check_residual_component, parse_site
 from ..directions import store
 from ..directions.activations import read_activations
@@ -66,7 +66,7 @@ def load_lines(path: str | Path, arg: str = "file") -> list[str]:
     path = resolve(path)
     if not path.is_file():
         raise FileNotFoundError(f"{arg}: no file {path}")
-    lines = [l.rstrip("\n") for l in path.read_text().splitlines()]
+    lines = [l.rstrip("\n") for l in read_text(path, arg).splitlines()]
     lines = [l for l in lines if l.strip() and not l.lstrip().startswith("#")]
     if not lines:
         raise ValueError(f"{arg}: {path} has no lines")
