@@ -79,6 +79,8 @@ def generate_ids(model, prompts: Sequence[str] | Sequence[Sequence[int]], interv
     """
     check_generation(max_new_tokens, batch_size, temperature, top_p)
     rows = [model.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompts]
+    if rows:
+        model.check_length(max(map(len, rows)) + max_new_tokens, "max_new_tokens (with the longest prompt)")
     stop = stop_ids(model)
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):

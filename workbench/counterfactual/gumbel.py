@@ -258,6 +258,7 @@ def sample(model, prompts, *, max_new_tokens: int = 20, temperature: float = 1.0
     settings = Settings(temperature, top_k, top_p)
     checks.integer(max_new_tokens, "max_new_tokens")
     prefixes = token_rows(model, prompts, "prompts", special=True)
+    model.check_length(max(map(len, prefixes)) + max_new_tokens, "max_new_tokens (with the longest prompt)")
     seeds = [seed + r for r in range(len(prefixes))]
     ids = gumbel_decode(model, prefixes, PriorNoise(seeds, model.dims.d_vocab), settings,
                         max_new_tokens=max_new_tokens, interventions=interventions, batch_size=batch_size)
