@@ -6,25 +6,77 @@ from pathlib import Path
 
 import torch
 
+from . import checks
 from .default_model import DEFAULT_MODEL, prepare_default_model
 from .model import Model
 from .tiny import tiny_model
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """None (float32), a floating torch dtype or its name ("bfloat16")."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise checks.fail("dtype", "one of " + ", ".join(DTYPES) + " (or the torch dtype)", dtype)
+    return dtype
+
+
+def check_model_path(model: str) -> None:
+    """A local folder must exist and hold a readable config.json (else transformers' errors: "Repo id must be
+    ...", a raw JSONDecodeError); a name that is not a path is a hub id."""
+    from .io import read_json
+
+    p = Path(model).expanduser()
+    looks_local = p.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+    if not looks_local:
+        return
+    if not p.is_dir():
+        raise ValueError(f"model: no such folder {model}; expected the embedded default, a Hugging Face folder or "
+                         "hub id (org/name), or tiny-<family>")
+    cfg = read_json(p / "config.json", "model")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"model: {p / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
+
+
 def _load_dir(path: str | Path, device=None, dtype=torch.float32, attn_implementation="eager"):
+    """Tokenizer and model from a Hugging Face folder or hub id. Weights the config names that the checkpoint
+    lacks (they would be random), weights the config does not name, and weights of another shape are refused."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    hf, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                    output_loading_info=True)
+    for key, what in (("missing_keys", "weights the config names are missing from the checkpoint (they would be "
+                                       "random)"),
+                      ("unexpected_keys", "the checkpoint holds weights the config does not name"),
+                      ("mismatched_keys", "weights of another shape than the config says")):
+        bad = sorted(str(k) for k in info.get(key) or ())
+        if bad:
+            more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+            raise ValueError(f"model: {path}: {what}: {bad[:4]}{more}; check config.json against the weights")
     if device is not None:
         hf.to(device)
     return hf, tok
 
 
 def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", device_map=None) -> Model:
+               dtype: torch.dtype | str | None = None, attn_implementation: str = "eager", device_map=None) -> Model:
     """Load a model for the workbench (see `_load`). `device_map` ("auto", or {module name: device}) splits
-    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`."""
+    it over devices with accelerate (`workbench.distributed.split_model`); not together with `device`.
+    `dtype` (default float32) is honoured for every kind of model; an already-built one is used as it is, and
+    another dtype for it is refused."""
+    dtype_given = dtype is not None
+    dtype = check_dtype(dtype)
+    if dtype_given and not isinstance(model, str):
+        have = (model.hf if isinstance(model, Model) else model).dtype
+        if have != dtype:
+            raise ValueError(f"dtype: the model given is already built in {have}; expected dtype None or {have}, "
+                             f"got {dtype} (convert it first)")
     if device_map is not None:
         from ..distributed.devices import check_device_map, split_model
 
@@ -56,9 +108,12 @@ def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | N
         hf, tok = _load_dir(prepare_default_model(), device, dtype, attn_implementation)
         return Model(hf, tokenizer or tok, name=DEFAULT_MODEL)
     if model.startswith("tiny-"):
-        return tiny_model(model.removeprefix("tiny-")).to(device or "cpu")
+        m = tiny_model(model.removeprefix("tiny-"))
+        m.hf.to(dtype=dtype)
+        return m.to(device or "cpu")
     if not model:
         raise ValueError("model: empty name")
+    check_model_path(model)
     hf, tok = _load_dir(model, device, dtype, attn_implementation)
     return Model(hf, tokenizer or tok, name=model)
 
