@@ -214,16 +214,21 @@ class Model:
         """
         kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
         sites = self.all_sites() if sites is None else list(sites)
+        interventions = list(interventions)
         with torch.set_grad_enabled(grad), _hooks(self, interventions, sites, input_shape=shape, detach=not grad) as cache:
             logits = self.hf(**kwargs, use_cache=False).logits
+        _check_logits(logits, interventions)
         return logits, cache
 
     def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None,
                                *, inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of a forward with `interventions` applied."""
         kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
+        interventions = list(interventions) if not isinstance(interventions, Intervention) else interventions
         with _hooks(self, interventions, input_shape=shape):
-            return self.hf(**kwargs, use_cache=False).logits
+            logits = self.hf(**kwargs, use_cache=False).logits
+        _check_logits(logits, interventions)
+        return logits
 
     @contextmanager
     def hooks(self, interventions: Iterable[Intervention] = (), cache_sites: Iterable[str | Site] = (), **kw):
@@ -232,3 +237,10 @@ class Model:
             yield cache
 
 
+def _check_logits(logits: Tensor, interventions) -> None:
+    """A forward that interventions made non-finite downstream of their site (the site itself is checked by
+    `hooks.check_result`) is refused rather than returned."""
+    if isinstance(interventions, list) and interventions and not bool(torch.isfinite(logits).all()):
+        names = ", ".join(f"{type(iv).__name__} at {getattr(iv, 'site', '?')}" for iv in interventions)
+        raise ValueError(f"interventions: with {names} the logits are not finite (an overflow downstream of the "
+                         "intervened site); expected interventions that keep the forward finite")
