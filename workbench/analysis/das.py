@@ -124,6 +124,14 @@ def prepare(model, site, base, source, labels, candidates, position: int = -1) -
         raise ValueError(f"source: shape {tuple(s.shape)} differs from base {tuple(b.shape)}; pairs need one length")
     checks.position(position, "position", b.shape[1])
     cand = _labels(model, candidates, len(candidates) if isinstance(candidates, (list, tuple, Tensor)) else -1, "candidates")
+    ids = cand.tolist()
+    if len(ids) < 2:
+        raise checks.fail("candidates", "at least 2 distinct tokens (with one, accuracy is 1.0 whatever the "
+                          "subspace)", candidates)
+    for i, t in enumerate(ids):
+        if t in ids[:i]:
+            raise ValueError(f"candidates[{i}]: token {t} repeats candidates[{ids.index(t)}]; expected distinct "
+                             "tokens (a repeated candidate makes the accuracy meaningless)")
     y = _labels(model, labels, len(b), "labels")
     where = (y[:, None] == cand[None]).int().argmax(1)
     if not (y[:, None] == cand[None]).any(1).all():

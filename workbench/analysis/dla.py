@@ -23,6 +23,7 @@ from ..core.arch import norm_kind, weight_out_in
 from ..core.labelled import LabelledArray
 from ..core.sites import Site
 from ._common import answer_ids, as_prompts
+from ..core import checks
 
 
 def decompose_resid(model, prompts, *, by_head: bool = True) -> tuple[Tensor, list[str], Tensor]:
@@ -108,6 +109,7 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
     prompts = as_prompts(prompts)
     ans = answer_ids(model, answer, len(prompts))
     fo = None if foil is None else answer_ids(model, foil, len(prompts), "foil")
+    checks.distinct_tokens(ans, fo, unit="prompt")
     with torch.no_grad():
         stack, labels, final = decompose_resid(model, prompts, by_head=by_head)
         attrs, const = logit_attrs(model, stack, final, ans, fo)

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..core.interventions import Replace
 from ..core.labelled import LabelledArray
 from ..core.sites import Site
-from ..patching.grid import make_pairs, metric_fn
+from ..patching.grid import check_degenerate, make_pairs, metric_fn
 from ..core import checks
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
@@ -111,6 +111,7 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
     groups = _parse_senders(senders, dims)
     recv = _parse_receivers(receivers, dims, groups)
     pairs = make_pairs(model, clean, corrupted, answer, foil)
+    check_degenerate(pairs, metric)
     n, S, T = pairs.n, len(groups), pairs.clean.shape[1]
     if receiver_positions is not None:
         checks.positions(receiver_positions, "receiver_positions", T)

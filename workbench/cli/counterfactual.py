@@ -26,11 +26,32 @@ def _cmd_counterfactual(args) -> int:
     from ..counterfactual import counterfactual_sweep, measure, sample, save
     from ..steering.vectors import SteeringVector, load_lines
 
-    model = load_model(args.model)
+    from ..counterfactual.gumbel import Settings
+    from .common import check_int, input_file
+
+    # every argument and input file before the model loads
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
     if len(chosen) > 1:
         raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
     replace = _replace_arg(args.replace_token)
+    check_int(args.limit, "limit", none_ok=True)
+    for name in ("max_new_tokens", "batch_size"):
+        check_int(getattr(args, name), name)
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    Settings(**settings)
+    if (args.observed is None) == (args.prompts is None):
+        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
+    if args.steer:
+        input_file(args.steer, "steer")
+    if args.observed:
+        rows = read_jsonl(args.observed, "observed")
+        for n, r in rows:
+            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("continuation"), str)):
+                raise ValueError(f"observed: {args.observed}:{n}: expected {{\"prompt\": str, \"continuation\": str}}")
+        rows = [r for _, r in rows][: args.limit]
+    else:
+        prompts = load_lines(args.prompts, "prompts")[: args.limit]
+    model = load_model(args.model)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
@@ -43,18 +64,9 @@ def _cmd_counterfactual(args) -> int:
         intervention = None
     if not chosen and replace is None and args.noise == "posterior":
         print("no intervention and no --replace-token: every counterfactual should equal its observed string")
-    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if (args.observed is None) == (args.prompts is None):
-        raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     if args.observed:
-        rows = read_jsonl(args.observed, "observed")
-        for n, r in rows:
-            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("continuation"), str)):
-                raise ValueError(f"observed: {args.observed}:{n}: expected {{\"prompt\": str, \"continuation\": str}}")
-        rows = [r for _, r in rows][: args.limit]
         observed, prompts = [r["continuation"] for r in rows], [r["prompt"] for r in rows]
     else:
-        prompts = load_lines(args.prompts, "prompts")[: args.limit]
         observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size, **settings)
         prompts = None

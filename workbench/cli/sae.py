@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .common import add_force, check_float, check_int, input_file, output_dir, output_file
+from ..core import checks
 
 
 def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
@@ -45,7 +46,7 @@ def _cmd_train(args) -> int:
 
     for name in ("d_sae", "k", "steps", "batch_size", "samples", "threads", "checkpoint_every", "max_texts"):
         check_int(getattr(args, name), name)
-    check_float(args.lr, "lr", positive=True)
+    checks.learning_rate(args.lr)
     if args.k > args.d_sae:
         raise ValueError(f"k: expected k <= d_sae ({args.d_sae}), got {args.k}")
     _check_texts_arg(args.texts)

@@ -48,6 +48,8 @@ def number(value, arg: str, *, minimum: float | None = None, maximum: float | No
     ok = is_number(value) and math.isfinite(value) and not (positive and not value > 0) \
         and not (minimum is not None and value < minimum) and not (maximum is not None and value > maximum)
     if not ok:
+        if positive and maximum is not None:
+            raise fail(arg, f"a finite number in (0, {maximum}]", value, error)
         what = "a finite number" + (" > 0" if positive else "")
         raise fail(arg, _range(what, minimum, maximum), value, error)
     return float(value)
@@ -89,6 +91,19 @@ def positions(values, arg: str, length: int | None = None) -> list[int]:
     if not values:
         raise fail(arg, "at least one position", values)
     return [position(v, f"{arg}[{i}]", length) for i, v in enumerate(values)]
+
+
+def distinct_tokens(answer, foil, metric: str = "logit_diff", unit: str = "pair") -> None:
+    """answer[i] != foil[i] (token ids [n]): with the same token, logit[answer] - logit[foil] is 0 whatever is
+    done, so every number the comparison gives is 0 (a degenerate comparison, refused everywhere)."""
+    if foil is None:
+        return
+    same = (answer == foil).nonzero()
+    if len(same):
+        i = int(same[0, 0])
+        raise ValueError(f"foil: {unit} {i}: answer and foil are the same token ({int(answer[i])}), so the "
+                         f"{metric!r} metric (answer - foil logit difference) is 0 whatever is done; degenerate "
+                         f"{unit}; expected a foil other than the answer")
 
 
 def finite_tensor(t, arg: str):

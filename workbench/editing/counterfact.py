@@ -265,7 +265,7 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
     import math
 
     from .requests import EditRequest, edit_layers
-    from .rome import HPARAMS
+    from .rome import HPARAMS, check_hparams
 
     if isinstance(requests, (str, bytes, dict, Path)) or not isinstance(requests, (list, tuple)) or not requests:
         raise EditError("requests: expected a non-empty list of request dicts (`load_requests(path)` reads a file), "
@@ -285,6 +285,7 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
     unknown = sorted(set(hparams or {}) - set(allowed))
     if unknown:
         raise EditError(f"hparams: unknown {unknown} for method {method!r}; expected some of {list(allowed)}")
+    check_hparams(hparams or {}, allowed)
     if method == "memit":
         checks.number(lam, "lam", positive=True, error=EditError)
     checks.integer(gen_tokens, "gen_tokens", 0, error=EditError)

@@ -17,7 +17,7 @@ import torch
 
 from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, as_requests, edit_layers, subject_last
-from .rome import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
+from .rome import check_hparams, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
 
@@ -62,9 +62,7 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     for r in requests:
         r.check(model)
     layers = edit_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
-    unknown = set(hparams) - set(HPARAMS)
-    if unknown:
-        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
+    check_hparams(hparams)
     if not lam > 0:
         raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)

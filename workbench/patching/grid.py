@@ -64,16 +64,13 @@ def _warn_leading_space(model: Model, prompts: list[str], texts: list[str], arg:
             return
 
 
-def check_degenerate(pairs: "Pairs", metric) -> None:
+def check_degenerate(pairs: "Pairs", metric, *, same_prompts_ok: bool = False) -> None:
     """Refuse pairs whose metric cannot say anything: answer == foil (the logit difference is 0 whatever is
-    patched) or a clean prompt identical to its corrupted one (every patch is a no-op)."""
+    patched) or a clean prompt identical to its corrupted one (every patch is a no-op; `same_prompts_ok` where
+    the two runs differ otherwise, as in cross-model patching)."""
     if pairs.foil is not None and metric in ("logit_diff", "normalized"):
-        same = (pairs.answer == pairs.foil).nonzero()
-        if len(same):
-            i = int(same[0, 0])
-            raise ValueError(f"foil: pair {i}: answer and foil are the same token ({int(pairs.answer[i])}), so the "
-                             f"{metric!r} metric (answer - foil logit difference) is 0 whatever is patched; degenerate pair")
-    if pairs.clean.shape == pairs.corrupted.shape:
+        checks.distinct_tokens(pairs.answer, pairs.foil, metric)
+    if not same_prompts_ok and pairs.clean.shape == pairs.corrupted.shape:
         same = (pairs.clean == pairs.corrupted).all(1).nonzero()
         if len(same):
             i = int(same[0, 0])
