@@ -63,6 +63,9 @@ def load_task(path: str | Path) -> dict[str, list[dict]]:
             raise ValueError(f"task: {path}:{n}: empty prompt")
         if len(ex["choices"]) < 2 or not all(isinstance(c, str) and c for c in ex["choices"]):
             raise ValueError(f"task: {path}:{n}: choices must be at least two non-empty strings")
+        if len(set(ex["choices"])) != len(ex["choices"]):
+            raise ValueError(f"task: {path}:{n}: choices {ex['choices']} repeat a choice; expected distinct choices "
+                             "(a repeated one makes the accuracy meaningless)")
         if ex["answer"] not in ex["choices"]:
             raise ValueError(f"task: {path}:{n}: answer {ex['answer']!r} is not among choices {ex['choices']}")
         task[ex["split"]].append(ex)

@@ -60,12 +60,12 @@ def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
     if meta.get("fingerprint") != model.fingerprint:
         raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
                          f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
-    n, d = model.dims.n_layers, model.dims.d_model
+    n, d = model.dims.n_layers - 1, model.dims.d_model  # one translator per layer but the last
     for name, shape in (("A", (n, d, d)), ("b", (n, d))):
         if name not in tensors or tuple(tensors[name].shape) != shape:
             got = tuple(tensors[name].shape) if name in tensors else "missing"
-            raise ValueError(f"path: {path}: tensor {name!r} expected shape {list(shape)} ({n} layers, d_model {d}), "
-                             f"got {got}")
+            raise ValueError(f"path: {path}: tensor {name!r} expected shape {list(shape)} ({n} translators for "
+                             f"{n + 1} layers, d_model {d}), got {got}")
     lens = TunedLens(model.dims.d_model, model.dims.n_layers).to(model.device)
     with torch.no_grad():
         lens.A.copy_(tensors["A"])

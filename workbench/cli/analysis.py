@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .common import parse_list, verb
+from ..core.io import write_json
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -13,7 +14,7 @@ def _write(out: Path, result: dict, arrays: dict) -> None:
 
     for name, arr in arrays.items():
         arr.plot(out / f"{name}.png", title=arr.name)
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"wrote {out / 'result.json'}" + "".join(f", {n}.png" for n in arrays))
 
 
@@ -57,7 +58,7 @@ def _cmd_tuned_lens(args) -> int:
     result = {"model": model.name, "steps": args.steps, "losses_this_run": losses, "held_out_texts": held_out,
               "kl_logit_lens": lens_kl(model, texts[-held_out:], None, args.max_len),
               "kl_tuned_lens": lens_kl(model, texts[-held_out:], lens, args.max_len)}
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print("held-out KL(model || lens) by layer, logit lens: " + " ".join(f"{x:.3f}" for x in result["kl_logit_lens"]))
     print("                                     tuned lens: " + " ".join(f"{x:.3f}" for x in result["kl_tuned_lens"]))
     print(f"wrote {out / 'result.json'}, {out / 'tuned_lens.safetensors'} (run again with more --steps to continue)")
@@ -98,7 +99,7 @@ def _cmd_path_patch(args) -> int:
     from ..core.io import atomic_write_text
 
     out = Path(args.out)
-    atomic_write_text(out / "result.json", json.dumps({"model": model.name, **res.to_json()}, indent=2))
+    write_json(out / "result.json", {"model": model.name, **res.to_json()}, indent=2)
     print(f"wrote {out / 'result.json'}")
     return 0
 
@@ -126,7 +127,7 @@ def _cmd_das(args) -> int:
                      {"model": model.name, "site": args.site, "position": str(args.position)})
     result = {"model": model.name, "site": args.site, "k": args.k, "accuracy": res.accuracy,
               "final_loss": res.losses[-1], "losses": res.losses, "control": res.control}
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"interchange accuracy {res.accuracy:.3f} (final loss {res.losses[-1]:.4f}); control {res.control}")
     print(f"wrote {out / 'result.json'}, {out / 'subspace.safetensors'}")
     return 0 if torch.isfinite(res.basis).all() else 1

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .common import add_force, input_file, output_dir, parse_list, verb
+from ..core.io import write_json
 
 
 def _cmd_caft(args) -> int:
@@ -29,7 +30,7 @@ def _cmd_caft(args) -> int:
                        progress=True)
     res.update(model=model.name, task=str(args.task), directions=str(args.directions))
     caft.plot_comparison(res, out / "caft.png")
-    atomic_write_text(out / "results.json", json.dumps(res, indent=2))
+    write_json(out / "results.json", res, indent=2)
     for c, v in caft.summarize(res).items():
         print(f"{c:<10} id {v['id_acc'][0]:.3f} +- {v['id_acc'][1]:.3f}   ood {v['ood_acc'][0]:.3f} +- {v['ood_acc'][1]:.3f}")
     print(f"wrote {out / 'results.json'} and {out / 'caft.png'}")

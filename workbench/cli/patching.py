@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .common import add_force, check_float, output_dir, verb
+from ..core.io import write_json
 
 
 def _cmd_patch(args) -> int:
@@ -34,7 +35,7 @@ def _cmd_patch(args) -> int:
     }
     for site, arr in res.items():
         arr.plot(out / f"{site}.png", title=f"{arr.name}: {args.metric}")
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"wrote {out / 'result.json'} and {', '.join(f'{s}.png' for s in res)}")
     if args.html:  # interactive views next to the PNGs: one self-contained HTML file per component
         from ..views import save_html

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .common import add_force, check_float, check_int, input_file, output_dir, output_file
 from ..core import checks
+from ..core.io import write_json
 
 
 def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
@@ -60,7 +61,7 @@ def _cmd_train(args) -> int:
     print(f"wrote {out / 'sae'}")
     if args.texts == "default":
         report = evaluate_sae(model, sae, _texts("default", model, "test", args.samples, args.seed), progress=True)
-        atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
+        write_json(out / "eval.json", report, indent=2)
         print(json.dumps(report, indent=2))
     return 0
 

@@ -5,6 +5,7 @@ is a ValueError "argument: file: problem", raised before anything uses the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def finite_json(obj):
+    """`obj` with every non-finite float (Python or numpy) replaced by the string "inf", "-inf" or "nan": JSON has
+    no such numbers (json.dumps would write the non-standard `Infinity`); `float(s)` and numpy read them back."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if math.isfinite(x) else "nan" if x != x else ("inf" if x > 0 else "-inf")
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def dumps_json(obj, **kw) -> str:
+    """Strict JSON text (see `finite_json`); `kw` as for json.dumps."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kw)
+
+
+def write_json(path: str | Path, obj, **kw) -> Path:
+    """`obj` as strict JSON (non-finite numbers as strings, see `finite_json`), written atomically."""
+    return atomic_write_text(path, dumps_json(obj, **kw))
 
 
 def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -149,7 +179,7 @@ def append_jsonl(path: str | Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, (json.dumps(obj) + "\n").encode())
+        os.write(fd, (dumps_json(obj) + "\n").encode())
     finally:
         os.close(fd)
     return path

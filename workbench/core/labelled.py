@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_text
+from .io import write_json
 
 
 @dataclass
@@ -49,7 +50,7 @@ class LabelledArray:
 
     def save(self, path: str | Path) -> Path:
         """Save as one JSON file (labels, metadata and values), written atomically."""
-        atomic_write_text(path, json.dumps(self.to_json()))
+        write_json(path, self.to_json())
         return Path(path)
 
     @classmethod
@@ -57,6 +58,20 @@ class LabelledArray:
         from .io import read_json
 
         return cls.from_json(read_json(path, "path"))
+
+    def plot_values(self) -> tuple[np.ndarray, float, str]:
+        """What a heatmap draws: (values with +-inf at the end of the colour range, the symmetric range limit
+        from the finite values, a note naming the non-finite cells or ""). NaN stays NaN (a blank cell, named
+        in the note); a plot of +-inf would otherwise be all blank (the range itself became infinite)."""
+        v = np.asarray(self.values, dtype=float)
+        finite = np.isfinite(v)
+        lim = float(np.abs(v[finite]).max()) if finite.any() else 1.0
+        lim = lim or 1.0
+        out = np.where(np.isposinf(v), lim, np.where(np.isneginf(v), -lim, v))
+        n_inf, n_nan = int(np.isinf(v).sum()), int(np.isnan(v).sum())
+        note = ", ".join(x for x in (f"{n_inf} infinite cell(s) drawn at the range's end" if n_inf else "",
+                                     f"{n_nan} NaN cell(s) blank" if n_nan else "") if x)
+        return out, lim, note
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""

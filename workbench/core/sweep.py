@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, read_json, write_json
 
 
 def check_item_id(item_id, seen: set, where: str, what: str, error=ValueError) -> None:
@@ -57,7 +57,7 @@ class SweepFolder:
             shutil.rmtree(self.path / self.items_dir, ignore_errors=True)
             self.stale = False
         (self.path / self.items_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "config.json", json.dumps(self.config, indent=2))
+        write_json(self.path / "config.json", self.config, indent=2)
         return self
 
     def item_path(self, item_id) -> Path:
@@ -71,8 +71,8 @@ class SweepFolder:
 
     def save(self, item_id, record: dict) -> Path:
         """Write one item's result atomically (a crash leaves the old file or the new one, never half)."""
-        return atomic_write_text(self.item_path(item_id), json.dumps(record))
+        return write_json(self.item_path(item_id), record)
 
     def write_json(self, name: str, obj) -> Path:
         """A summary file `<out>/<name>`, written atomically."""
-        return atomic_write_text(self.path / name, json.dumps(obj, indent=2))
+        return write_json(self.path / name, obj, indent=2)

@@ -9,6 +9,7 @@ from statistics import median
 from typing import Sequence
 
 from ..core.io import atomic_write_text
+from ..core.io import write_json
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:
@@ -86,6 +87,5 @@ def save(folder: str | Path, df, meta: dict | None = None) -> Path:
     folder = Path(folder)
     atomic_write_text(folder / "pairs.csv", df.to_csv(index=False))
     atomic_write_text(folder / "pairs.jsonl", df.to_json(orient="records", lines=True))
-    atomic_write_text(folder / "summary.json", json.dumps({**summarize(df), "meta": meta or {}}, indent=2,
-                                                          default=str))
+    write_json(folder / "summary.json", {**summarize(df), "meta": meta or {}}, indent=2, default=str)
     return folder

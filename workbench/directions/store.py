@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..core.io import FileProblem, atomic_write_text, parse_json, read_safetensors, save_safetensors
+from ..core.io import write_json
 
 FORMAT_KEY = "workbench"
 
@@ -59,7 +60,7 @@ def save_directions(path: str | Path, directions: dict[int | None, Tensor], meta
     meta["d_model"] = widths.pop()
     tensors = {_key(l): t.detach().float().cpu().contiguous() for l, t in sorted(directions.items(), key=lambda x: -1 if x[0] is None else x[0])}
     path = save_safetensors(path, tensors, {FORMAT_KEY: json.dumps(meta)})
-    atomic_write_text(Path(path).with_suffix(".json"), json.dumps(meta, indent=2))
+    write_json(Path(path).with_suffix(".json"), meta, indent=2)
     return Path(path)
 
 

@@ -26,6 +26,7 @@ from ..core.generation import generate_ids
 from ..core.io import atomic_write_text, parse_json, read_safetensors, read_text, save_safetensors
 from .requests import edit_layers
 from ..core import checks
+from ..core.io import write_json
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
 
@@ -127,7 +128,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
         C = (sums[l] / seen).float()
         path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
         _atomic_save({"C": C.contiguous()}, {**want, "layer": l}, path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps({**want, "layer": l}, indent=2))
+        write_json(path.with_suffix(".json"), {**want, "layer": l}, indent=2)
         out[l] = C
     return out
 

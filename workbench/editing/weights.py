@@ -21,6 +21,7 @@ from torch import Tensor
 from ..core.arch import weight_out_in
 from ..core.io import FileProblem, atomic_write_text, read_json, read_safetensors, save_safetensors
 from .requests import EditError, edit_layers
+from ..core.io import write_json
 
 # Prompts unrelated to any edit; an edit that moves their next-token distributions a lot is abnormal.
 UNRELATED_PROMPTS = [
@@ -120,8 +121,8 @@ class WeightEdit:
         """Write `deltas.safetensors` and `edit.json` (metadata) into `directory`, each atomically."""
         directory = Path(directory)
         save_safetensors(directory / "deltas.safetensors", {f"layer.{l}": d for l, d in self.deltas.items()})
-        atomic_write_text(directory / "edit.json", json.dumps({"noop": self.noop, "layers": sorted(self.deltas),
-                                                               "meta": self.meta}, indent=2, default=str))
+        write_json(directory / "edit.json", {"noop": self.noop, "layers": sorted(self.deltas), "meta": self.meta},
+                   indent=2, default=str)
         return directory
 
     @classmethod

@@ -27,6 +27,7 @@ import torch
 
 from ..core.io import atomic_write_text, read_json, read_safetensors, save_safetensors
 from ..core.sites import COMPONENTS, Site, parse_site
+from ..core.io import write_json
 
 CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
@@ -172,7 +173,7 @@ def save_sae(sae, path: str | Path, *, weights_dtype: torch.dtype | None = None)
     cfg["device"] = "cpu"
     # weights first, config last: a folder whose cfg.json is new always has the new weights
     save_safetensors(path / WEIGHTS_FILE, state)
-    atomic_write_text(path / CFG_FILE, json.dumps(cfg, indent=2, default=str))
+    write_json(path / CFG_FILE, cfg, indent=2, default=str)
     return path
 
 

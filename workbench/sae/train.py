@@ -30,6 +30,7 @@ from ..core.sites import parse_site
 from ..core.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width
 from ..core import checks
+from ..core.io import write_json
 
 STDLIB_MODULES = ["argparse", "collections", "json", "os", "pathlib", "re", "string", "textwrap", "itertools",
                   "functools", "datetime", "random", "statistics", "math", "decimal", "fractions", "csv", "logging",
@@ -199,7 +200,7 @@ def _save_checkpoint(folder: SweepFolder, trainer, step: int) -> None:
              "lr_scheduler": trainer.lr_scheduler.state_dict().get("last_epoch"),
              "coefficient_schedulers": {k: s.state_dict() for k, s in trainer.coefficient_schedulers.items()},
              "scaling_factor": trainer.activation_scaler.scaling_factor}
-    atomic_write_text(ck / "state.json", json.dumps(state))
+    write_json(ck / "state.json", state)
 
 
 def _load_checkpoint(folder: SweepFolder, trainer) -> int:

@@ -17,6 +17,7 @@ from ..core.labelled import LabelledArray
 from ..core.io import atomic_write_text, read_json
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
+from ..core.io import write_json
 
 # -- costs --------------------------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ class SteeringSweep:
                 "cost": self.cost.to_json(), "best": self.best(), "samples": self.samples}
 
     def save(self, path: str | Path) -> Path:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+        write_json(path, self.to_json(), indent=1)
         return Path(path)
 
     @classmethod
