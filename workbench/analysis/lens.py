@@ -33,6 +33,11 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
     prompts = as_prompts(prompts)
     L = model.dims.n_layers
     layers = list(range(L)) if layers is None else check_layers(layers, L)
+    if tuned is not None:
+        if not hasattr(tuned, "check"):
+            raise ValueError(f"tuned: expected a TunedLens (from train_tuned_lens / load_tuned_lens), got "
+                             f"{type(tuned).__name__}")
+        tuned.check(model)
     ans = answer_ids(model, answer, len(prompts))
     ids, mask = model.encode(prompts)
     last = model.last_positions(ids, mask)

@@ -38,6 +38,14 @@ class TunedLens(nn.Module):
         self.A = nn.Parameter(torch.zeros(n_layers - 1, d_model, d_model))  # A_l, zero: starts as the logit lens
         self.b = nn.Parameter(torch.zeros(n_layers - 1, d_model))
 
+    def check(self, model, arg: str = "tuned") -> "TunedLens":
+        """This lens fits `model`: one translator per layer but the last, each [d_model, d_model]."""
+        want = (model.dims.n_layers - 1, model.dims.d_model, model.dims.d_model)
+        if tuple(self.A.shape) != want:
+            raise ValueError(f"{arg}: a tuned lens for a {self.A.shape[0] + 1}-layer model of width {self.A.shape[-1]}; "
+                             f"expected one for this {want[0] + 1}-layer model of width {want[1]} (A {list(want)})")
+        return self
+
     def translate(self, resid: Tensor, layer: int) -> Tensor:
         """[..., d_model] residual of `layer` -> h + A_l h + b_l (the identity for the last layer)."""
         if layer == self.A.shape[0]:
@@ -153,6 +161,8 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
 def lens_kl(model, texts, lens: TunedLens | None = None, max_len: int = 64) -> list[float]:
     """Per layer, mean KL(model || lens) over the tokens of `texts` (the logit lens when `lens` is None)."""
     texts = as_prompts(texts, "texts")
+    if lens is not None:
+        lens.check(model, "lens")
     L = model.dims.n_layers
     ids, mask = model.encode(texts)
     ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]
