@@ -154,7 +154,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_st
             t_idx = torch.tensor([c[0] for c in cells])
             l_idx = torch.tensor([c[1] for c in cells])
             grid[t_idx, l_idx] = per_cell.to(grid.dtype)
-        scores[kind] = grid.cpu().numpy()
+        scores[kind] = grid.float().cpu().numpy()
     return Trace(prompt, subject, answer, model.to_str_tokens(prompt), (span.start, span.stop), p_clean,
                  p_corr.mean().item(), scores,
                  {"noise_std": noise_std, "samples": samples, "window": window, "seed": seed, "kinds": kinds})

@@ -122,6 +122,6 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
     meta = {"prompts": prompts, "logit_diff": actual.tolist(), "identity_error": err,
             "answer": [model.tokenizer.decode([a]) for a in ans.tolist()],
             "foil": None if fo is None else [model.tokenizer.decode([f]) for f in fo.tolist()]}
-    return LabelledArray(values.cpu().numpy(), ("prompt", "component"),
+    return LabelledArray(values.float().cpu().numpy(), ("prompt", "component"),
                          {"prompt": list(range(len(prompts))), "component": labels + ["bias"]},
                          name="direct logit attribution", meta=meta)

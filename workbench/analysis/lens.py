@@ -59,5 +59,5 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
             "model_prob": logits[rows, last].float().softmax(-1)[rows, ans].tolist()}
     out = {}
     for key, val in (("prob", prob), ("rank", rank), ("logit", answer_logit)):
-        out[key] = LabelledArray(val.T.cpu().numpy(), ("prompt", "layer"), coords, name=f"{'tuned' if tuned is not None else 'logit'} lens: answer {key}", meta=meta)
+        out[key] = LabelledArray(val.T.float().cpu().numpy(), ("prompt", "layer"), coords, name=f"{'tuned' if tuned is not None else 'logit'} lens: answer {key}", meta=meta)
     return out

@@ -188,5 +188,5 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
             "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
             "clean_metric": fn(clean_logits[:, -1], idx).mean().item(),
             "corrupted_metric": fn(corr_logits[:, -1], idx).mean().item(), "per_pair": values.tolist()}
-    return LabelledArray(values.mean(1).cpu().numpy(), ("sender",), {"sender": labels},
+    return LabelledArray(values.mean(1).float().cpu().numpy(), ("sender",), {"sender": labels},
                          name=f"path patching -> {meta['receivers']}", meta=meta)

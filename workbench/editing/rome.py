@@ -129,7 +129,7 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     with torch.no_grad():
         logits0, cache = model.run_with_cache(ids, [site], attention_mask=mask)
         h0 = cache[site][torch.tensor(first_rows, device=dev), torch.tensor([pos[k] for k in first_rows], device=dev)]
-        kl_init = logits0[kl_rows_t, kl_pos].log_softmax(-1)                      # [n, vocab]
+        kl_init = logits0[kl_rows_t, kl_pos].float().log_softmax(-1)              # [n, vocab]
     h0_norm = h0.norm(dim=-1)                                                        # [n]
     delta = torch.zeros(len(requests), model.dims.d_model, device=dev, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
@@ -140,7 +140,7 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     with frozen(model):
         for it in tqdm(range(steps), disable=not progress, desc=f"optimising {len(requests)} value(s)", unit="step"):
             add = Add(site, rows=list(range(len(rows))), positions=pos, pointwise=True, vector=delta[owner_t])
-            logits = model.run_with_interventions(ids, [add], attention_mask=mask)
+            logits = model.run_with_interventions(ids, [add], attention_mask=mask).float()  # float32 loss in any dtype
             tok_logp = logits[t_row, t_pos].log_softmax(-1).gather(-1, t_tok[:, None])[:, 0]
             nll = -torch.zeros(len(requests), device=dev).index_add(0, t_req, tok_logp) / n_tok   # [n]
             kl_logp = logits[kl_rows_t, kl_pos].log_softmax(-1)

@@ -99,7 +99,7 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
             per_cell = torch.zeros(len(chosen))
             per_cell.index_add_(0, torch.tensor([w[1] for w in where]), vals.detach().cpu().float())
             grid[torch.tensor(chosen)] = per_cell / setup.pairs.n
-        arr = LabelledArray(grid.reshape(att[comp].values.shape).numpy(), att[comp].dims, att[comp].coords,
+        arr = LabelledArray(grid.reshape(att[comp].values.shape).float().numpy(), att[comp].dims, att[comp].coords,
                             name=f"{comp} exact patching of the top {top_k}", meta=dict(att[comp].meta, method="exact"))
         exact[comp] = arr
     for _, comp, idx in ranked:

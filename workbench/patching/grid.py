@@ -308,5 +308,5 @@ def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats
     if stats is not None:
         meta["engine"] = {"path": stats.path, "calls": stats.calls, "token_layers": stats.token_layers,
                           "padding": stats.padding, "notes": stats.notes}
-    return LabelledArray(values.detach().cpu().numpy(), dims, {d: coords[d] for d in dims},
+    return LabelledArray(values.detach().float().cpu().numpy(), dims, {d: coords[d] for d in dims},
                          name=f"{comp} patching ({direction})", meta=meta)
