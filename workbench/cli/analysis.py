@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import parse_list, verb
-from ..core.io import write_json
+from ..core import checks
+from ..core.io import read_text, write_json
+from .common import check_int, distinct_answer_foil, input_file, parse_list, verb
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -22,6 +23,8 @@ def _cmd_lens(args) -> int:
     from ..analysis import logit_lens
     from ..core.loading import load_model
 
+    if args.tuned is not None:
+        input_file(args.tuned, "tuned")
     model = load_model(args.model)
     tuned = None
     if args.tuned is not None:
@@ -44,9 +47,10 @@ def _cmd_tuned_lens(args) -> int:
     from ..core.loading import load_model
 
     path = Path(args.texts)
-    if not path.is_file():
-        raise ValueError(f"texts: no such file {path}")
-    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    texts = [line.strip() for line in read_text(path, "texts").splitlines() if line.strip()]
+    for name in ("steps", "batch_size", "max_len", "save_every"):
+        check_int(getattr(args, name), name)
+    checks.learning_rate(args.lr)
     if len(texts) < 2:
         raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
     held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
@@ -69,6 +73,7 @@ def _cmd_dla(args) -> int:
     from ..analysis import direct_logit_attribution
     from ..core.loading import load_model
 
+    distinct_answer_foil(args.answer, args.foil)
     model = load_model(args.model)
     one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
     res = direct_logit_attribution(model, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),
@@ -89,6 +94,7 @@ def _cmd_path_patch(args) -> int:
     senders = [s.split("+") if "+" in s else s for s in parse_list(args.senders, str, "senders")]
     receivers = "logits" if args.receivers == "logits" else parse_list(args.receivers, str, "receivers")
     positions = None if args.receiver_positions is None else parse_list(args.receiver_positions, int, "receiver_positions")
+    distinct_answer_foil([args.answer], [args.foil])
     model = load_model(args.model)
     res = path_patching(model, args.clean, args.corrupt, args.answer, args.foil, senders=senders, receivers=receivers,
                         receiver_positions=positions, receiver_input=args.receiver_input,
@@ -118,6 +124,13 @@ def _cmd_das(args) -> int:
     if len(rows) < 2:
         raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
     candidates = parse_list(args.candidates, str, "candidates")
+    if len(set(candidates)) < 2:
+        raise checks.fail("candidates", "at least 2 distinct tokens (with one, accuracy is 1.0 whatever the subspace)",
+                          args.candidates)
+    for name in ("k", "steps", "batch_size"):
+        check_int(getattr(args, name), name)
+    checks.position(args.position, "position")
+    checks.learning_rate(args.lr)
     model = load_model(args.model)
     base, source, labels = ([r[k] for _, r in rows] for k in ("base", "source", "label"))
     res = das(model, args.site, base, source, labels, candidates, k=args.k, position=args.position, steps=args.steps,
@@ -137,6 +150,7 @@ def _cmd_cross_patch(args) -> int:
     from ..analysis import cross_model_patching
     from ..core.loading import load_model
 
+    distinct_answer_foil(args.answer, args.foil)
     base, tuned = load_model(args.model), load_model(args.tuned)
     one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
     res = cross_model_patching(base, tuned, args.prompt, one(args.answer), None if args.foil is None else one(args.foil),

@@ -35,6 +35,23 @@ def check_float(value, arg: str, *, positive: bool = False, none_ok: bool = Fals
     return checks.number(value, arg, positive=positive, none_ok=none_ok)
 
 
+def distinct_answer_foil(answers, foils) -> None:
+    """answer == foil gives a logit difference of 0 whatever is done: refused before any model loads."""
+    if not foils:
+        return
+    pairs = list(zip(answers, foils)) if len(answers) == len(foils) else \
+        [(a, f) for a in answers for f in foils] if 1 in (len(answers), len(foils)) else []
+    for i, (a, f) in enumerate(pairs):
+        if a == f:
+            raise ValueError(f"foil: {'pair ' + str(i) + ': ' if len(pairs) > 1 else ''}answer and foil are the same "
+                             f"({a!r}); degenerate comparison (the logit difference is 0 whatever is done)")
+
+
+def first(items: list, limit, arg: str = "limit") -> list:
+    """The first `limit` items (None: all); `limit` an int >= 1 (a slice by -1 would silently drop the last)."""
+    return list(items) if check_int(limit, arg, none_ok=True) is None else list(items)[:limit]
+
+
 def input_file(path, arg: str) -> Path:
     """An input file that must exist (shipped data files are found by name; see `data.resolve`)."""
     from ..data import resolve

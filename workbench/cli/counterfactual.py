@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import verb
+from ..core import checks
+from .common import check_int, first, input_file, verb
 
 
 def _replace_arg(text: str | None):
@@ -24,17 +25,14 @@ def _cmd_counterfactual(args) -> int:
     from ..core.io import read_jsonl
     from ..core.loading import load_model
     from ..counterfactual import counterfactual_sweep, measure, sample, save
-    from ..steering.vectors import SteeringVector, load_lines
-
     from ..counterfactual.gumbel import Settings
-    from .common import check_int, input_file
+    from ..steering.vectors import SteeringVector, load_lines
 
     # every argument and input file before the model loads
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
     if len(chosen) > 1:
         raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
     replace = _replace_arg(args.replace_token)
-    check_int(args.limit, "limit", none_ok=True)
     for name in ("max_new_tokens", "batch_size"):
         check_int(getattr(args, name), name)
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -43,21 +41,24 @@ def _cmd_counterfactual(args) -> int:
         raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     if args.steer:
         input_file(args.steer, "steer")
+        checks.number(args.multiplier, "multiplier")
+    if args.edit:
+        from ..editing.weights import WeightEdit
+
+        edit = WeightEdit.load(args.edit)  # read and checked (finite, whole) before the model loads
     if args.observed:
         rows = read_jsonl(args.observed, "observed")
         for n, r in rows:
             if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("continuation"), str)):
                 raise ValueError(f"observed: {args.observed}:{n}: expected {{\"prompt\": str, \"continuation\": str}}")
-        rows = [r for _, r in rows][: args.limit]
+        rows = first([r for _, r in rows], args.limit)
     else:
-        prompts = load_lines(args.prompts, "prompts")[: args.limit]
+        prompts = first(load_lines(args.prompts, "prompts"), args.limit)
     model = load_model(args.model)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
-        from ..editing.weights import WeightEdit
-
-        intervention = WeightEdit.load(args.edit)
+        intervention = edit
     elif args.model_b:
         intervention = load_model(args.model_b)
     else:

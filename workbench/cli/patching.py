@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, output_dir, verb
+from .common import add_force, check_float, distinct_answer_foil, output_dir, verb
 from ..core.io import write_json
 
 
@@ -19,6 +19,7 @@ def _cmd_patch(args) -> int:
     for arg in ("clean", "corrupt", "answer", "foil"):
         if not getattr(args, arg):
             raise ValueError(f"{arg}: expected a non-empty string")
+    distinct_answer_foil([args.answer], [args.foil])
     output_dir(args.out, force=args.force, writes=["result.json"] + [f"{s}.png" for s in sites])
     model = load_model(args.model)
     res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=sites,
