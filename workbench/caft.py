@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

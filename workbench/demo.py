@@ -1,14 +1,12 @@
 """The README's main job on the default model: a short causal-tracing sweep, then IOI activation patching."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from .data.facts import DEFAULT_FACTS
 from .core.loading import load_model
 from .patching import activation_patching
-from .core.io import atomic_write_text
 from .tracing import trace_facts
 from .core.io import write_json
 

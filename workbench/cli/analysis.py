@@ -2,7 +2,6 @@
 das (distributed alignment search), cross-patch (cross-model activation patching)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core import checks

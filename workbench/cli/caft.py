@@ -1,7 +1,6 @@
 """Concept-ablation fine-tuning, the four-way comparison: caft."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import add_force, input_file, output_dir, parse_list, verb

@@ -1,7 +1,6 @@
 """Activation and attribution patching of one prompt pair: patch."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import add_force, check_float, distinct_answer_foil, output_dir, verb

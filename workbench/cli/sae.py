@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file
+from .common import add_force, check_int, input_file, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 

@@ -2,7 +2,6 @@
 verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
-import json
 
 from .common import add_force, check_int, first, input_file, output_dir, output_file, parse_list, verb
 from ..core.io import write_json

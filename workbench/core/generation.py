@@ -7,7 +7,6 @@ through `generate_ids`, with interventions active through the one hook layer.
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Callable, Sequence
 

@@ -20,7 +20,6 @@ update is kept only where the selector's mask is true.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import torch
@@ -196,8 +195,8 @@ class Intervention:
             if isinstance(v, Tensor) and v.is_floating_point():
                 if not bool(torch.isfinite(v.detach()).all()):
                     raise ValueError(f"{f.name}: holds NaN or inf; expected finite values")
-            elif isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{f.name}: expected a finite number, got {v}")
+            elif isinstance(v, (float, bool)):
+                checks.number(v, f.name)
 
     def _selected(self, act: Tensor) -> Tensor:
         return act if self._index is None else act[self._index]
@@ -239,6 +238,11 @@ class Intervention:
         raise NotImplementedError
 
 
+def _scalar(v, arg: str, minimum: float | None = None) -> float:
+    """A finite number (not a bool); a one-element tensor is read as its value."""
+    return checks.number(v.item() if isinstance(v, Tensor) and v.numel() == 1 else v, arg, minimum=minimum)
+
+
 def _check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
     if not isinstance(value, Tensor):
         raise ValueError(f"{arg}: expected a tensor, got {type(value).__name__}")
@@ -277,8 +281,7 @@ class Add(Intervention):
 
     def check(self, shape):
         _check_value(self.vector, shape, "vector", self.site)
-        if not math.isfinite(float(self.multiplier)):
-            raise ValueError(f"multiplier: expected a finite number, got {self.multiplier}")
+        _scalar(self.multiplier, "multiplier")
 
     def update(self, x):
         return x + self.multiplier * self.vector.to(x.device, x.dtype)
@@ -291,8 +294,7 @@ class Scale(Intervention):
     factor: float = 0.0
 
     def check(self, shape):
-        if not math.isfinite(float(self.factor)):
-            raise ValueError(f"factor: expected a finite number, got {self.factor}")
+        _scalar(self.factor, "factor")
 
     def update(self, x):
         return x * self.factor
@@ -306,8 +308,7 @@ class Noise(Intervention):
     seed: int = 0
 
     def check(self, shape):
-        if not (math.isfinite(float(self.std)) and float(self.std) >= 0):
-            raise ValueError(f"std: expected a finite number >= 0, got {self.std}")
+        _scalar(self.std, "std", minimum=0)
 
     def update(self, x):
         gen = torch.Generator(device="cpu").manual_seed(self.seed)

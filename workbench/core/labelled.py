@@ -1,13 +1,11 @@
 """`LabelledArray`: sweep results with named axes that convert to a DataFrame, save to JSON and plot."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
 from .io import write_json
 
 

@@ -11,12 +11,11 @@ Nothing touches the disk until `start()`, so a caller can check all its argument
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
-from .io import atomic_write_text, read_json, write_json
+from .io import read_json, write_json
 
 
 def check_item_id(item_id, seen: set, where: str, what: str, error=ValueError) -> None:

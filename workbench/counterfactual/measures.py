@@ -3,7 +3,6 @@ identical fraction, normalised longest common prefix (tokens), normalised charac
 targeted-effect check (the new object appears, the old one does not)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import median
 from typing import Sequence

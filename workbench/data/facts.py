@@ -1,7 +1,6 @@
 """Facts datasets (JSONL: id, relation, subject, template, prompt, object, paraphrases) and which ones a model knows."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..core.io import FileProblem, atomic_write_text, parse_json, read_safetensors, save_safetensors
+from ..core.io import FileProblem, parse_json, read_safetensors, save_safetensors
 from ..core.io import write_json
 
 FORMAT_KEY = "workbench"

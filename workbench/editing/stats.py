@@ -23,7 +23,7 @@ import torch
 from ..core.model import Model
 from ..core.io import cache_dir
 from ..core.generation import generate_ids
-from ..core.io import atomic_write_text, parse_json, read_safetensors, read_text, save_safetensors
+from ..core.io import parse_json, read_safetensors, read_text, save_safetensors
 from .requests import edit_layers
 from ..core import checks
 from ..core.io import write_json

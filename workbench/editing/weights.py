@@ -9,7 +9,6 @@ checked before they are applied, saved as safetensors deltas with JSON metadata.
 """
 from __future__ import annotations
 
-import json
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..core.arch import weight_out_in
-from ..core.io import FileProblem, atomic_write_text, read_json, read_safetensors, save_safetensors
+from ..core.io import FileProblem, read_json, read_safetensors, save_safetensors
 from .requests import EditError, edit_layers
 from ..core.io import write_json
 

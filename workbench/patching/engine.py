@@ -92,8 +92,7 @@ def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens:
         checks.integer(max_batch_tokens, "max_batch_tokens")
         budget = max_batch_tokens
     else:
-        if memory_mb is None or not memory_mb > 0:
-            raise ValueError(f"memory_mb: expected a number > 0, got {memory_mb!r}")
+        checks.number(memory_mb, "memory_mb", positive=True)
         per_row_logits = 4 * model.dims.d_vocab
         budget = int(memory_mb * 2**20 // (bytes_per_token(model, seq_len) + per_row_logits / seq_len))
     if budget < seq_len:

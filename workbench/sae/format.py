@@ -19,13 +19,12 @@ where a base model's SAE reads a fine-tune on purpose).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from ..core.io import atomic_write_text, read_json, read_safetensors, save_safetensors
+from ..core.io import read_json, read_safetensors, save_safetensors
 from ..core.sites import COMPONENTS, Site, parse_site
 from ..core.io import write_json
 

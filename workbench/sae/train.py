@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from ..core.io import atomic_write_text, read_json, read_safetensors, save_safetensors
+from ..core.io import read_json, read_safetensors, save_safetensors
 from ..core.sites import parse_site
 from ..core.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width

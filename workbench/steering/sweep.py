@@ -2,7 +2,6 @@
 the steered continuations under the unsteered model, or KL on neutral text), as labelled arrays."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +13,7 @@ from torch import Tensor
 from ..core.generation import check_generation, check_prompts, generate_ids
 from ..core.interventions import Add
 from ..core.labelled import LabelledArray
-from ..core.io import atomic_write_text, read_json
+from ..core.io import read_json
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
 from ..core.io import write_json

@@ -21,7 +21,6 @@ steered continuations under the unsteered model, or KL on neutral text), as labe
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,13 +98,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
 
 
 def check_multiplier(m, arg: str = "multiplier") -> float:
-    try:
-        f = float(m)
-    except (TypeError, ValueError):
-        raise ValueError(f"{arg}: expected a number, got {m!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{arg}: expected a finite number, got {m!r}")
-    return f
+    return checks.number(m, arg)
 
 
 # -- the vector ---------------------------------------------------------------------------------
