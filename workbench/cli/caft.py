@@ -11,12 +11,13 @@ def _cmd_caft(args) -> int:
     from .. import caft
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
+    from ..core.io import read_safetensors
     from ..core.sites import COMPONENTS
 
     layers = parse_list(args.layers, int, "layers") if args.layers else None
     seeds = parse_list(args.seeds, int, "seeds")
     task = caft.load_task(input_file(args.task, "task"))
-    input_file(args.directions, "directions")
+    read_safetensors(input_file(args.directions, "directions"), "directions")  # whole and finite, before loading
     cfg = caft.FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                               lora_rank=args.lora_rank)
     cfg.check()

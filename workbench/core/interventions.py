@@ -195,7 +195,7 @@ class Intervention:
             if isinstance(v, Tensor) and v.is_floating_point():
                 if not bool(torch.isfinite(v.detach()).all()):
                     raise ValueError(f"{f.name}: holds NaN or inf; expected finite values")
-            elif isinstance(v, (float, bool)):
+            elif isinstance(v, float):
                 checks.number(v, f.name)
 
     def _selected(self, act: Tensor) -> Tensor:
