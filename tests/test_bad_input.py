@@ -310,6 +310,7 @@ GUARDS_API = [
       "not valid JSON"),
     R("file-load_model-config-not-utf8", lambda c: wb.load_model(str(c.inp / "mbad")), V, "model", "config.json", "UTF-8"),
     R("file-load_model-no-folder", lambda c: wb.load_model("./no/such/model"), V, "model", "no such folder"),
+    R("file-load_model-not-a-hub-id", lambda c: wb.load_model("gpt2 small."), V, "model", "hub id", "'gpt2 small.'"),
     # weights the config does not match, dtypes (class: weights)
     R("weights-load_model-missing", lambda c: wb.load_model(str(c.inp / "m3")), V, "model", "missing", "layers.2"),
     R("weights-load_model-extra", lambda c: wb.load_model(str(c.inp / "m1")), V, "model", "does not name", "layers.1"),
@@ -424,6 +425,7 @@ GUARDS_CLI = [
     R("file-sae-eval-nan", ["sae", "eval", "--model", "tiny-llama", "--sae", "{d}/sae", "--texts", "{inp}/prompts.txt"],
       V, "sae", "non-finite", setup=lambda d: _nan_sae(d)),
     R("file-info-config-not-utf8", ["info", "--model", "{inp}/mbad"], V, "model", "UTF-8"),
+    R("file-info-not-a-hub-id", ["info", "--model", "my model."], V, "model", "hub id"),
     # weights
     R("weights-info-missing", ["info", "--model", "{inp}/m3"], V, "model", "missing"),
     R("weights-trace-missing", ["trace", "--model", "{inp}/m3", "--facts", "{inp}/facts.jsonl", "--out", "{d}/t"], V,

@@ -2,6 +2,7 @@
 id, an already-built one, or a tiny seeded test model ("tiny-<family>")."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -34,6 +35,9 @@ def check_model_path(model: str) -> None:
     p = Path(model).expanduser()
     looks_local = p.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
     if not looks_local:
+        if not re.fullmatch(r"[A-Za-z0-9]([\w.-]{0,94}[A-Za-z0-9_])?(/[A-Za-z0-9]([\w.-]{0,94}[A-Za-z0-9_])?)?", model):
+            raise checks.fail("model", "the embedded default, a Hugging Face folder, a hub id (org/name: letters, "
+                              "digits, '-', '_', '.'), or tiny-<family>", model)
         return
     if not p.is_dir():
         raise ValueError(f"model: no such folder {model}; expected the embedded default, a Hugging Face folder or "
@@ -114,7 +118,11 @@ def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | N
     if not model:
         raise ValueError("model: empty name")
     check_model_path(model)
-    hf, tok = _load_dir(model, device, dtype, attn_implementation)
+    try:
+        hf, tok = _load_dir(model, device, dtype, attn_implementation)
+    except OSError as e:  # a hub id that is not cached and cannot be downloaded, or not a model repository
+        raise ValueError(f"model: {model!r} is not a local folder and cannot be loaded from the hub "
+                         f"({str(e).splitlines()[0]})") from None
     return Model(hf, tokenizer or tok, name=model)
 
 
