@@ -74,6 +74,8 @@ def check_result(act: Tensor, site: Site, interventions) -> None:
     """An intervened activation must be finite and small enough that the next norm's sum of squares (float32)
     does not overflow: past that the norm gives inf or 0 and every number downstream is meaningless (an
     intervention of 1e30 gave logits of exactly 0). One min and one max: no copy of the activation."""
+    if act.numel() == 0:
+        return
     lo, hi = torch.aminmax(act.detach())
     top = max(abs(float(lo)), abs(float(hi)))
     limit = (torch.finfo(torch.float32).max / act.shape[-1]) ** 0.5

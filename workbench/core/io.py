@@ -51,6 +51,8 @@ def finite_json(obj):
         return x if math.isfinite(x) else "nan" if x != x else ("inf" if x > 0 else "-inf")
     if isinstance(obj, np.integer):
         return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
     return obj
 
 
