@@ -1,6 +1,7 @@
 """The core every feature uses: architectures (`arch`), sites (`sites`), interventions (`interventions`),
 the one hook layer (`hooks`), `Model` (`model`), loading (`loading`, `tiny`), padding and generation
-(`generation`), files (`io`) and labelled results (`labelled`)."""
+(`generation`), files (`io`: the one reader and strict JSON), argument checks (`checks`) and labelled results
+(`labelled`)."""
 from .interventions import (Add, AtPositions, FromPosition, Generated, Intervention, Noise, ProjectOut, Replace, Scale,
                             orthonormalize)
 from .labelled import LabelledArray
