@@ -55,7 +55,7 @@ class Ctx:
 def weights_hash(model) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.hf.state_dict().items()):
-        h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(name.encode() + p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -116,7 +116,49 @@ def inp(tmp_path_factory):
     (d / "texts.txt").write_text("Once upon a time\nThe cat sat on the mat\n")
     write_jsonl(d / "task_nosplit.jsonl", [{"split": "train", "prompt": "x", "answer": " A", "choices": [" A", " B"]}])
     wb.core.io.save_safetensors(d / "dirs.safetensors", {"direction": torch.randn(64)})
+    # issue 29: files that are not what they claim (not UTF-8, not safetensors, NaN inside, repeated choices)
+    (d / "facts_latin1.jsonl").write_bytes(json.dumps(FACT).replace("France", "Fran\u00e7e").encode("latin-1") + b"\n")
+    (d / "pairs_latin1.jsonl").write_bytes('{"positive": "caf\u00e9 is good", "negative": "bad"}\n'.encode("latin-1"))
+    (d / "requests_latin1.jsonl").write_bytes(json.dumps(REQUEST, ensure_ascii=False).replace("Rome", "R\u00f4me")
+                                              .encode("latin-1") + b"\n")
+    (d / "texts_latin1.txt").write_bytes("caf\u00e9\nna\u00efve\n".encode("latin-1"))
+    write_jsonl(d / "task_nan.jsonl", ['{"split": "train", "prompt": "x", "answer": " A", "choices": [" A", " B"], '
+                                       '"weight": NaN}'])
+    write_jsonl(d / "task_repeated.jsonl", [{"split": s, "prompt": "The red thing is a cat", "answer": " A",
+                                             "choices": [" A", " A"]} for s in ("train", "id_test", "ood_test")])
+    write_jsonl(d / "das.jsonl", [{"base": "Hi there", "source": "Hi you", "label": " yes"},
+                                  {"base": "Hi you", "source": "Hi there", "label": " no"}])
+    write_jsonl(d / "das_nan.jsonl", ['{"base": "Hi there", "source": "Hi you", "label": " yes", "w": Infinity}'])
+    from safetensors.torch import save_file  # written raw: our own writer refuses non-finite tensors
+
+    save_file({"direction": nan_at(torch.randn(64))}, str(d / "dirs_nan.safetensors"))
+    (d / "dirs_garbage.safetensors").write_bytes(b"this is not a safetensors file at all")
+    (d / "edit_nan").mkdir()
+    save_file({"layer.1": nan_at(torch.zeros(64, 128))}, str(d / "edit_nan" / "deltas.safetensors"))
+    (d / "edit_nan" / "edit.json").write_text(json.dumps({"noop": False, "layers": [1], "meta": {}}))
+    (d / "edit_badjson").mkdir()
+    save_file({"layer.1": torch.zeros(64, 128)}, str(d / "edit_badjson" / "deltas.safetensors"))
+    (d / "edit_badjson" / "edit.json").write_text('{"noop": false, "layers": [1],')
+    (d / "result_badjson.json").write_text('{"values": [1, 2')
+    _model_folders(d)
     return d
+
+
+def _model_folders(d: Path) -> None:
+    """tiny-llama saved once (2 layers) and two folders whose config.json names 3 (missing weights: a random third
+    layer) or 1 layer (extra weights), sharing the weights and tokenizer files by symlink."""
+    m = wb.tiny_model("llama")
+    m.hf.save_pretrained(d / "m2")
+    m.tokenizer.save_pretrained(d / "m2")
+    for name, n in (("m3", 3), ("m1", 1)):
+        (d / name).mkdir()
+        for f in (d / "m2").iterdir():
+            if f.name != "config.json":
+                (d / name / f.name).symlink_to(f)
+        cfg = json.loads((d / "m2" / "config.json").read_text())
+        (d / name / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": n}))
+    (d / "mbad").mkdir()
+    (d / "mbad" / "config.json").write_bytes(b"\xff\xfe not json")
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +244,265 @@ class Row:
 def R(id, call, exc, *words, setup=None):
     return Row(id, call, exc, words, setup)
 
+
+
+# -- issue 29 (items 4-6): where numbers stop meaning anything, one argument check, one file reader -------------
+# Each class has a row per function / verb it applies to; CLI rows use a model that cannot load (tiny-bert)
+# wherever the check must come before loading.
+
+_BAD = "tiny-bert"
+TL = "tuned-lens"
+IOI = ["--clean", CLEAN, "--corrupt", CORRUPT]
+
+
+def _gpt2_long(c):
+    """tiny-gpt2 has learned positions for 512 tokens: a 601-token prompt has no position embedding."""
+    return wb.tiny_model("gpt2")("hi " * 600)
+
+
+def _tuned_lens(n_layers):
+    from workbench.lenses.tuned import TunedLens
+
+    return TunedLens(64, n_layers)
+
+
+def _other_depth_lens_file(d: Path) -> None:
+    """A tuned-lens file claiming tiny-llama's fingerprint but holding translators for a 5-layer model."""
+    m = wb.tiny_model("llama")
+    wb.core.io.save_safetensors(d / "lens.safetensors", {"A": torch.zeros(4, 64, 64), "b": torch.zeros(4, 64)},
+                                {"model": m.name, "fingerprint": m.fingerprint, "config": "{}", "step": "1"})
+
+
+def _nan_sae(d: Path) -> None:
+    """A saved SAE whose weights hold a NaN (all-NaN logits when used, before issue 29)."""
+    from safetensors.torch import load_file, save_file
+
+    _saved_sae(d)
+    f = d / "sae" / "sae_weights.safetensors"
+    t = load_file(str(f))
+    t["W_dec"] = nan_at(t["W_dec"])
+    save_file(t, str(f))
+
+
+GUARDS_API = [
+    # one argument check: booleans are not numbers, positions are ints (class: bool-as-int)
+    R("checks-trace_fact-samples-bool", lambda c: wb.patching.trace_fact(c.m, P, "France", " Paris", noise_std=0.1, samples=True),
+      V, "samples", "got True"),
+    R("checks-caft-steps-bool", lambda c: caft.FinetuneConfig(steps=True).check(), V, "steps", "got True"),
+    R("checks-patching-top_k-bool", lambda c: wb.patching.activation_patching(c.m, CLEAN, CORRUPT, " Mary", " John", top_k=True),
+      V, "top_k", "got True"),
+    R("checks-Scale-factor-bool", lambda c: fwd(c.m, wb.Scale("blocks.0.hook_mlp_out", factor=True)), V, "factor", "True"),
+    R("checks-read_activations-batch_size-bool", lambda c: wb.directions.read_activations(c.m, ["Hi there"], [0], batch_size=True),
+      V, "batch_size", "True"),
+    R("checks-counterfactuals-replace-position-bool", lambda c: wb.counterfactual.counterfactuals(
+        c.m, ["Hello there"], [" world"], replace=(True, 5)), V, "replace position", "got True"),
+    R("checks-generate-max_new_tokens-bool", lambda c: wb.generate(c.m, ["Hi"], max_new_tokens=True), V, "max_new_tokens"),
+    # messages name the failing list item (class: list index)
+    R("index-counterfactuals-replace", lambda c: wb.counterfactual.counterfactuals(
+        c.m, ["Hello there", "Hi"], [" world", " you"], replace=[(0, 5), (True, 5)]), V, "replace[1]"),
+    R("index-path_patching-receiver_positions", lambda c: wb.patching.path_patching(
+        c.m, CLEAN, CORRUPT, " Mary", " John", senders=["L0H1"], receivers=["L1H0"], receiver_positions=[0, 99]),
+      V, "receiver_positions[1]"),
+    # one file reader: "argument: file: problem" (class: unreadable file)
+    R("file-load_facts-not-utf8", lambda c: load_facts(c.inp / "facts_latin1.jsonl"), V, "facts", "not UTF-8"),
+    R("file-load_requests-not-utf8", lambda c: load_requests(c.inp / "requests_latin1.jsonl"), V, "requests", "not UTF-8"),
+    R("file-caft-load_task-nan", lambda c: caft.load_task(c.inp / "task_nan.jsonl"), V, "task", "NaN", "finite"),
+    R("file-load_directions-garbage", lambda c: wb.directions.store.load_directions(c.inp / "dirs_garbage.safetensors"), V,
+      "path", "dirs_garbage", "not a readable safetensors"),
+    R("file-load_directions-nan", lambda c: wb.directions.store.load_directions(c.inp / "dirs_nan.safetensors"), V,
+      "path", "dirs_nan", "non-finite"),
+    R("file-SteeringVector-load-nan", lambda c: wb.steering.SteeringVector.load(c.inp / "dirs_nan.safetensors", c.m), V,
+      "non-finite"),
+    R("file-WeightEdit-load-nan", lambda c: wb.editing.WeightEdit.load(c.inp / "edit_nan"), E, "directory", "non-finite"),
+    R("file-WeightEdit-load-bad-json", lambda c: wb.editing.WeightEdit.load(c.inp / "edit_badjson"), E, "directory", "edit.json",
+      "not valid JSON"),
+    R("file-load_sae-nan", lambda c: wb.sae.load_sae(c.d / "sae", c.m), V, "sae", "non-finite", setup=lambda d: _nan_sae(d)),
+    R("file-load_tuned_lens-garbage", lambda c: wb.lenses.load_tuned_lens(c.inp / "dirs_garbage.safetensors", c.m), V,
+      "path", "not a readable safetensors"),
+    R("file-LabelledArray-load-bad-json", lambda c: wb.toolkit.LabelledArray.load(c.inp / "result_badjson.json"), V, "path",
+      "not valid JSON"),
+    R("file-load_model-config-not-utf8", lambda c: wb.load_model(str(c.inp / "mbad")), V, "model", "config.json", "UTF-8"),
+    R("file-load_model-no-folder", lambda c: wb.load_model("./no/such/model"), V, "model", "no such folder"),
+    R("file-load_model-not-a-hub-id", lambda c: wb.load_model("gpt2 small."), V, "model", "hub id", "'gpt2 small.'"),
+    # weights the config does not match, dtypes (class: weights)
+    R("weights-load_model-missing", lambda c: wb.load_model(str(c.inp / "m3")), V, "model", "missing", "layers.2"),
+    R("weights-load_model-extra", lambda c: wb.load_model(str(c.inp / "m1")), V, "model", "does not name", "layers.1"),
+    R("weights-load_model-dtype", lambda c: wb.load_model("tiny-llama", dtype=torch.int8), V, "dtype", "bfloat16"),
+    R("weights-load_model-dtype-name", lambda c: wb.load_model("tiny-llama", dtype="float8"), V, "dtype"),
+    R("weights-load_model-dtype-built", lambda c: wb.load_model(c.m, dtype=torch.bfloat16), V, "dtype", "already built"),
+    # context length (class: context): learned positions refuse; rotary ones warn (test below)
+    R("context-forward-learned-positions", _gpt2_long, V, "601 tokens", "context length 512"),
+    R("context-generate-learned-positions", lambda c: wb.generate(wb.tiny_model("gpt2"), ["Hi"], max_new_tokens=600), V,
+      "max_new_tokens", "context length 512"),
+    R("context-sample-learned-positions", lambda c: wb.counterfactual.sample(wb.tiny_model("gpt2"), ["Hi"],
+                                                                              max_new_tokens=600), V, "context length 512"),
+    # interventions that make a forward non-finite or overflow the next norm (class: non-finite forward)
+    R("forward-Add-overflow", lambda c: fwd(c.m, wb.Add("blocks.0.hook_resid_pre", vector=vec(c.m, 1e30))), V,
+      "interventions", "Add", "overflow"),
+    R("forward-Scale-overflow", lambda c: fwd(c.m, wb.Scale("blocks.1.hook_mlp_out", factor=1e30)), V, "interventions",
+      "Scale"),
+    R("forward-Replace-overflow", lambda c: fwd(c.m, wb.Replace("blocks.0.attn.hook_z", value=torch.full((16,), 1e30))), V,
+      "interventions", "Replace"),
+    R("forward-ProjectOut-mean-overflow", lambda c: fwd(c.m, wb.ProjectOut("blocks.0.hook_resid_pre", basis=torch.eye(64)[:1],
+                                                                           fill="mean", mean=vec(c.m, 1e30))), V,
+      "interventions", "ProjectOut"),
+    R("forward-steer-overflow", lambda c: steered_forward(c.m, sv(c.m, value=1e30)), V, "interventions", "overflow"),
+    R("forward-steering_sweep-overflow", lambda c: wb.steering.sweep(c.m, sv(c.m), ["Hi"], multipliers=[1.0, 1e30],
+                                                                     behaviour=len, max_new_tokens=2), V, "interventions"),
+    R("forward-run_with_cache-overflow", lambda c: c.m.run_with_cache("Hi there", ["blocks.1.hook_resid_pre"], interventions=[
+        wb.Add("blocks.0.hook_resid_pre", vector=vec(c.m, 1e30))]), V, "interventions"),
+    R("forward-counterfactuals-overflow", lambda c: wb.counterfactual.counterfactuals(
+        c.m, ["Hello"], [" world"], [wb.Add("blocks.0.hook_resid_pre", vector=vec(c.m, 1e30))]), V, "interventions"),
+    R("forward-SAEEdit-overflow", lambda c: fwd(c.m, wb.sae.SAEEdit(sae=_random_sae(c.m), latents=[0], op="set", value=1e30)),
+      V, "interventions"),
+    # degenerate comparisons, refused everywhere as patching does (class: degenerate)
+    R("degenerate-dla-answer-eq-foil", lambda c: wb.lenses.direct_logit_attribution(c.m, CLEAN, " Mary", " Mary"), V, "foil",
+      "same token", "degenerate"),
+    R("degenerate-path_patching-answer-eq-foil", lambda c: wb.patching.path_patching(c.m, CLEAN, CORRUPT, " Mary", " Mary",
+                                                                            senders=["L0H1"]), V, "foil", "degenerate"),
+    R("degenerate-path_patching-identical", lambda c: wb.patching.path_patching(c.m, CLEAN, CLEAN, " Mary", " John",
+                                                                       senders=["L0H1"]), V, "identical", "degenerate"),
+    R("degenerate-cross_model-answer-eq-foil", lambda c: wb.patching.cross_model_patching(c.m, wb.tiny_model("llama", seed=1), CLEAN,
+                                                                                 " Mary", " Mary"), V, "foil", "degenerate"),
+    R("degenerate-attribution-answer-eq-foil-normalized", lambda c: wb.patching.attribution_patching(
+        c.m, CLEAN, CORRUPT, " Mary", " Mary", metric="normalized"), V, "degenerate"),
+    R("degenerate-das-one-candidate", lambda c: wb.directions.das(c.m, "blocks.1.hook_resid_pre", ["Hi there", "Hi you"],
+                                                       ["Hi you", "Hi there"], [" yes", " yes"], [" yes"], k=1, steps=1),
+      V, "candidates", "at least 2"),
+    R("degenerate-das-repeated-candidates", lambda c: wb.directions.das(c.m, "blocks.1.hook_resid_pre", ["Hi there", "Hi you"],
+                                                             ["Hi you", "Hi there"], [" yes", " yes"], [" yes", " yes"],
+                                                             k=1, steps=1), V, "candidates[1]", "repeats candidates[0]"),
+    R("degenerate-sae-latent_attribution-answer-eq-foil", lambda c: wb.sae.latent_attribution(
+        c.m, _random_sae(c.m), CLEAN, CORRUPT, " Mary", " Mary"), V, "degenerate"),
+    R("degenerate-caft-task-repeated-choices", lambda c: caft.load_task(c.inp / "task_repeated.jsonl"), V, "choices",
+      "repeat"),
+    # bounds: temperatures, learning rates, limits (class: bounds)
+    R("bounds-sample-temperature-tiny", lambda c: wb.counterfactual.sample(c.m, ["Hello"], temperature=1e-300), V,
+      "temperature", "0.001"),
+    R("bounds-counterfactuals-temperature-tiny", lambda c: wb.counterfactual.counterfactuals(
+        c.m, ["Hello"], [" world"], temperature=1e-300), V, "temperature"),
+    R("bounds-generate-temperature-tiny", lambda c: wb.generate(c.m, ["Hi"], do_sample=True, temperature=1e-300), V,
+      "temperature"),
+    R("bounds-counterfactual_sweep-temperature", lambda c: wb.counterfactual.counterfactual_sweep(
+        c.d / "cf", c.m, ["Hello"], [" world"], temperature=1e-300), V, "temperature"),
+    R("bounds-train_tuned_lens-lr-inf", lambda c: wb.lenses.train_tuned_lens(c.m, ["Hello world", "Hi there"], steps=1,
+                                                                               lr=INF, path=c.d / "l.safetensors"), V, "lr"),
+    R("bounds-train_tuned_lens-lr-huge", lambda c: wb.lenses.train_tuned_lens(c.m, ["Hello world", "Hi there"], steps=1,
+                                                                                lr=1e6, path=c.d / "l.safetensors"), V,
+      "lr", "(0, 10.0]"),
+    R("bounds-das-lr-inf", lambda c: wb.directions.das(c.m, "blocks.1.hook_resid_pre", ["Hi there", "Hi you"], ["Hi you", "Hi there"],
+                                            [" yes", " no"], [" yes", " no"], k=1, steps=1, lr=INF), V, "lr"),
+    R("bounds-caft-lr-huge", lambda c: caft.FinetuneConfig(lr=1e3).check(), V, "lr"),
+    R("bounds-train_sae-lr-inf", lambda c: wb.sae.train_sae(c.m, ["Hello world"], "blocks.1.hook_resid_pre", d_sae=8, k=2,
+                                                        lr=INF), V, "lr"),
+    R("bounds-rome-lr-inf", lambda c: wb.editing.rome(c.m, REQ, 1, C=torch.eye(128), prefixes=PREFIXES, lr=INF), E, "lr"),
+    R("bounds-memit-steps-bool", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, steps=True, Cs={}), E, "steps"),
+    R("bounds-memit-lam-inf", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, lam=INF, Cs={}), E, "lam"),
+    R("bounds-ft_l-lr-inf", lambda c: wb.editing.ft_l(c.m, REQ, 1, lr=INF), E, "lr"),
+    R("bounds-run_counterfact-lr-huge", lambda c: cf(c, [REQUEST], method="ft-l", hparams={"lr": 1e6}), E, "lr"),
+    R("bounds-trace_facts-limit-negative", lambda c: wb.patching.trace_facts(c.m, c.inp / "facts.jsonl", c.d / "t", limit=-1,
+                                                                    progress=False), V, "limit"),
+    R("bounds-run_counterfact-limit-negative", lambda c: cf(c, [REQUEST], limit=-1), E, "limit"),
+    # a tuned lens for another model (class: lens shape)
+    R("lens-logit_lens-tuned-other-depth", lambda c: wb.lenses.logit_lens(c.m, "Hi there", " Paris", tuned=_tuned_lens(5)), V,
+      "tuned", "5-layer", "2-layer"),
+    R("lens-lens_kl-other-depth", lambda c: wb.lenses.lens_kl(c.m, ["Hi there"], _tuned_lens(5)), V, "lens", "5-layer"),
+    R("lens-load_tuned_lens-other-shape", lambda c: wb.lenses.load_tuned_lens(c.d / "lens.safetensors", c.m), V, "path",
+      "'A'", "[1, 64, 64]", setup=lambda d: _other_depth_lens_file(d)),
+]
+
+GUARDS_CLI = [
+    # one file reader, before the model loads
+    R("file-trace-facts-not-utf8", ["trace", "--model", _BAD, "--facts", "{inp}/facts_latin1.jsonl", "--out", "{d}/t"], V,
+      "facts", "not UTF-8"),
+    R("file-known-facts-not-utf8", ["known", "--model", _BAD, "--facts", "{inp}/facts_latin1.jsonl", "--out", "{d}/k.jsonl"],
+      V, "facts", "not UTF-8"),
+    R("file-edit-requests-not-utf8", ["edit", "--model", _BAD, "--requests", "{inp}/requests_latin1.jsonl", "--out", "{d}/e"],
+      V, "requests", "not UTF-8"),
+    R("file-steer-pairs-not-utf8", ["steer", "--model", _BAD, "--pairs", "{inp}/pairs_latin1.jsonl", "--layers", "1",
+                                    "--multipliers", "1", "--out", "{d}/s"], V, "pairs", "not UTF-8"),
+    R("file-caft-directions-nan", ["caft", "--model", _BAD, "--task", "{inp}/task.jsonl", "--directions",
+                                   "{inp}/dirs_nan.safetensors", "--out", "{d}/c"], V, "directions", "non-finite"),
+    R("file-caft-task-nan", ["caft", "--model", _BAD, "--task", "{inp}/task_nan.jsonl", "--directions",
+                             "{inp}/dirs.safetensors", "--out", "{d}/c"], V, "task", "NaN"),
+    R("file-counterfactual-edit-nan", ["counterfactual", "--model", _BAD, "--prompts", "{inp}/prompts.txt", "--edit",
+                                       "{inp}/edit_nan", "--out", "{d}/x"], E, "directory", "non-finite"),
+    R("file-counterfactual-prompts-not-utf8", ["counterfactual", "--model", _BAD, "--prompts", "{inp}/texts_latin1.txt",
+                                               "--out", "{d}/x"], V, "prompts", "not UTF-8"),
+    R("file-das-data-nan", ["das", "--model", _BAD, "--site", "blocks.1.hook_resid_pre", "--data", "{inp}/das_nan.jsonl",
+                            "--candidates", " yes, no", "--out", "{d}/o"], V, "data", "Infinity"),
+    R("file-tuned-lens-texts-not-utf8", [TL, "--model", _BAD, "--texts", "{inp}/texts_latin1.txt", "--out", "{d}/tl"], V,
+      "texts", "not UTF-8"),
+    R("file-lens-tuned-missing", ["lens", "--model", _BAD, "--prompt", CLEAN, "--answer", " Mary", "--tuned",
+                                  "{d}/nope.safetensors", "--out", "{d}/l"], V, "tuned", "no such file"),
+    R("file-sae-eval-nan", ["sae", "eval", "--model", "tiny-llama", "--sae", "{d}/sae", "--texts", "{inp}/prompts.txt"],
+      V, "sae", "non-finite", setup=lambda d: _nan_sae(d)),
+    R("file-info-config-not-utf8", ["info", "--model", "{inp}/mbad"], V, "model", "UTF-8"),
+    R("file-info-not-a-hub-id", ["info", "--model", "my model."], V, "model", "hub id"),
+    # weights
+    R("weights-info-missing", ["info", "--model", "{inp}/m3"], V, "model", "missing"),
+    R("weights-trace-missing", ["trace", "--model", "{inp}/m3", "--facts", "{inp}/facts.jsonl", "--out", "{d}/t"], V,
+      "missing"),
+    R("weights-patch-extra", ["patch", "--model", "{inp}/m1", *IOI, "--answer", " Mary", "--foil", " John",
+                              "--out", "{d}/o"], V, "does not name"),
+    # context length
+    R("context-lens-learned-positions", ["lens", "--model", "tiny-gpt2", "--prompt", "hi " * 600, "--answer", " Paris",
+                                         "--out", "{d}/l"], V, "context length 512"),
+    R("context-dla-learned-positions", ["dla", "--model", "tiny-gpt2", "--prompt", "hi " * 600, "--answer", " Paris",
+                                        "--out", "{d}/o"], V, "context length 512"),
+    # interventions that overflow
+    R("forward-steer-multiplier-overflow", ["steer", "--model", "tiny-llama", "--pairs", "{inp}/pairs.jsonl", "--prompts",
+                                            "{inp}/prompts.txt", "--layers", "1", "--multipliers", "1e30",
+                                            "--out", "{d}/s"], V, "interventions"),
+    # degenerate comparisons, before the model loads
+    R("degenerate-patch-answer-eq-foil-before-load", ["patch", "--model", _BAD, *IOI, "--answer", " Mary", "--foil", " Mary",
+                                                      "--out", "{d}/o"], V, "foil", "degenerate"),
+    R("degenerate-dla-answer-eq-foil", ["dla", "--model", _BAD, "--prompt", CLEAN, "--answer", " Mary", "--foil", " Mary",
+                                        "--out", "{d}/o"], V, "foil", "degenerate"),
+    R("degenerate-path-patch-answer-eq-foil", ["path-patch", "--model", _BAD, *IOI, "--answer", " John", "--foil", " John",
+                                               "--senders", "L0H1", "--out", "{d}/o"], V, "foil", "degenerate"),
+    R("degenerate-cross-patch-answer-eq-foil", ["cross-patch", "--model", _BAD, "--tuned", _BAD, "--prompt", CLEAN,
+                                                "--answer", " Mary", "--foil", " Mary", "--out", "{d}/o"], V, "degenerate"),
+    R("degenerate-das-one-candidate", ["das", "--model", _BAD, "--site", "blocks.1.hook_resid_pre", "--data",
+                                       "{inp}/das.jsonl", "--candidates", " yes, yes", "--out", "{d}/o"], V, "candidates",
+      "at least 2"),
+    R("degenerate-caft-repeated-choices", ["caft", "--model", _BAD, "--task", "{inp}/task_repeated.jsonl", "--directions",
+                                           "{inp}/dirs.safetensors", "--out", "{d}/c"], V, "choices", "repeat"),
+    # bounds, before the model loads
+    R("bounds-counterfactual-temperature", ["counterfactual", "--model", _BAD, "--prompts", "{inp}/prompts.txt",
+                                            "--temperature", "1e-300", "--out", "{d}/x"], V, "temperature"),
+    R("bounds-counterfactual-limit-negative", ["counterfactual", "--model", _BAD, "--prompts", "{inp}/prompts.txt",
+                                               "--limit", "-1", "--out", "{d}/x"], V, "limit"),
+    R("bounds-counterfactual-max-new-tokens", ["counterfactual", "--model", _BAD, "--prompts", "{inp}/prompts.txt",
+                                               "--max-new-tokens", "0", "--out", "{d}/x"], V, "max_new_tokens"),
+    R("bounds-tuned-lens-lr-inf", [TL, "--model", _BAD, "--texts", "{inp}/prompts.txt", "--lr", "inf", "--out", "{d}/tl"], V,
+      "lr"),
+    R("bounds-tuned-lens-steps", [TL, "--model", _BAD, "--texts", "{inp}/prompts.txt", "--steps", "0", "--out", "{d}/tl"], V,
+      "steps"),
+    R("bounds-das-lr-inf", ["das", "--model", _BAD, "--site", "blocks.1.hook_resid_pre", "--data", "{inp}/das.jsonl",
+                            "--candidates", " yes, no", "--lr", "inf", "--out", "{d}/o"], V, "lr"),
+    R("bounds-das-k", ["das", "--model", _BAD, "--site", "blocks.1.hook_resid_pre", "--data", "{inp}/das.jsonl",
+                       "--candidates", " yes, no", "--k", "0", "--out", "{d}/o"], V, "k"),
+    R("bounds-edit-lr-huge", ["edit", "--model", _BAD, "--requests", "{inp}/requests.jsonl", "--lr", "1e6", "--out", "{d}/e"],
+      E, "lr"),
+    R("bounds-caft-lr-inf", ["caft", "--model", _BAD, "--task", "{inp}/task.jsonl", "--directions", "{inp}/dirs.safetensors",
+                             "--lr", "inf", "--out", "{d}/c"], V, "lr"),
+    R("bounds-sae-train-lr-huge", ["sae", "train", "--model", _BAD, "--lr", "1e6", "--out", "{d}/o"], V, "lr"),
+    R("bounds-trace-limit-negative", ["trace", "--model", _BAD, "--facts", "{inp}/facts.jsonl", "--limit", "-1",
+                                      "--out", "{d}/t"], V, "limit"),
+    R("bounds-steer-limit-negative", ["steer", "--model", _BAD, "--pairs", "{inp}/pairs.jsonl", "--layers", "1",
+                                      "--multipliers", "1", "--limit", "-1", "--out", "{d}/s"], V, "limit"),
+    R("bounds-edit-limit-negative", ["edit", "--model", _BAD, "--requests", "{inp}/requests.jsonl", "--limit", "-1",
+                                     "--out", "{d}/e"], V, "limit"),
+    R("bounds-sae-inspect-limit-negative", ["sae", "inspect", "--model", _BAD, "--sae", "{d}/nope", "--latents", "1",
+                                            "--limit", "-1", "--out", "{d}/o"], V, "limit"),
+    R("bounds-sae-diff-limit-negative", ["sae", "diff", "--model", _BAD, "--finetuned", _BAD, "--sae", "{d}/nope",
+                                         "--limit", "-1", "--out", "{d}/o.json"], V, "limit"),
+    # a tuned lens for another model
+    R("lens-lens-tuned-other-shape", ["lens", "--model", "tiny-llama", "--prompt", CLEAN, "--answer", " Mary", "--tuned",
+                                      "{d}/lens.safetensors", "--out", "{d}/l"], V, "[1, 64, 64]",
+      setup=lambda d: _other_depth_lens_file(d)),
+]
 
 # -- the table -----------------------------------------------------------------------------------------
 
@@ -467,7 +768,7 @@ API = [
     R("diffing-intruder_dimensions-epsilon", lambda c: wb.diffing.intruder_dimensions(torch.eye(4), torch.eye(4), epsilon=2),
       V, "epsilon"),
     R("diffing-train_crosscoder-acts", lambda c: wb.diffing.train_crosscoder(torch.ones(3, 64)), V, "acts", "[n_tokens, 2"),
-]
+] + GUARDS_API
 
 BAD = "tiny-bert"  # a model that cannot load: the row passes only if the argument is refused before loading
 CLI = [
@@ -672,7 +973,7 @@ CLI = [
                                         "--out", "{d}/t"], V, "ray_address", "127.0.0.1:1"),
     R("edit-ray-address-unreachable", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--ray-address",
                                        "127.0.0.1:1", "--out", "{d}/e"], V, "ray_address", "127.0.0.1:1"),
-]
+] + GUARDS_CLI
 
 # the sweep folder and Run from the library side (issues 25, 29)
 SWEEP_API = [
@@ -858,3 +1159,63 @@ def _broken_sae(d: Path) -> None:
 def _saved_sae(d: Path) -> None:
     """A random SAE for tiny-llama at blocks.1.hook_resid_pre, saved in SAELens's format at d/sae."""
     wb.sae.save_sae(_random_sae(wb.load_model("tiny-llama")), d / "sae")
+
+
+# -- issue 29: the good side of each guard ----------------------------------------------------------------
+
+def test_rotary_context_overrun_warns_and_runs(m):
+    """Rotary positions past the trained context run (a warning), learned ones are refused (rows above)."""
+    assert m.n_ctx == 512
+    with pytest.warns(UserWarning, match="601 tokens, past the model's context length 512"):
+        logits = m("hi " * 600)
+    assert logits.shape[1] == 601 and torch.isfinite(logits).all()
+
+
+def test_a_folder_that_matches_its_config_loads_with_the_dtype_asked(inp):
+    m2 = wb.load_model(str(inp / "m2"))
+    ref = wb.tiny_model("llama")
+    assert weights_hash(m2) == weights_hash(ref)  # the guard refuses mismatches, not good folders
+    assert wb.load_model("tiny-llama", dtype="bfloat16").hf.dtype == torch.bfloat16
+    assert wb.load_model(str(inp / "m2"), dtype=torch.float16).hf.dtype == torch.float16
+    assert wb.load_model(ref, dtype=torch.float32) is not None  # the dtype it has is accepted for a built model
+
+
+def test_infinite_results_save_as_strict_json_and_plot_at_the_range_end(tmp_path):
+    values = np.array([[1.0, INF], [-2.0, NAN]])
+    arr = wb.toolkit.LabelledArray(values, ("layer", "position"), {"layer": [0, 1], "position": ["a", "b"]})
+    path = arr.save(tmp_path / "r.json")
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    json.loads(path.read_text(), parse_constant=no_constants)  # strict JSON: no Infinity / NaN tokens
+    back = wb.toolkit.LabelledArray.load(path)
+    assert back.values[0, 1] == INF and back.values[1, 0] == -2.0 and math.isnan(back.values[1, 1])
+    drawn, lim, note = arr.plot_values()
+    assert lim == 2.0 and drawn[0, 1] == 2.0 and "1 infinite" in note and "1 NaN" in note
+    ax = arr.plot(tmp_path / "r.png")
+    assert ax.images[0].get_clim() == (-2.0, 2.0)  # a finite colour range: the finite cells are drawn
+    fig = arr.view().figure
+    assert fig.data[0].zmax == 2.0 and fig.data[0].text[0][1] == "inf"  # hover shows the true value
+
+
+def test_bfloat16_tracing_and_rome_work():
+    """Before issue 29 both failed with a dtype error after the work (numpy has no bfloat16; index_add mixed dtypes)."""
+    bf = wb.load_model("tiny-llama", dtype="bfloat16")
+    t = wb.patching.trace_fact(bf, P, "France", " Paris", noise_std=0.1, samples=2, kinds="resid")
+    assert t.scores["resid"].dtype == np.float32 and np.isfinite(t.scores["resid"]).all()
+    before = weights_hash(bf)
+    edit = wb.editing.rome(bf, REQ, 1, C=torch.eye(128), prefixes=PREFIXES, steps=2)
+    assert weights_hash(bf) == before and all(torch.isfinite(d).all() for d in edit.deltas.values())
+
+
+def test_cli_and_library_share_one_argument_check():
+    from workbench.cli import common
+    from workbench.core import checks
+
+    for bad in (True, 0, 1.5, "3"):
+        with pytest.raises(ValueError) as lib:
+            checks.integer(bad, "samples")
+        with pytest.raises(ValueError) as cli:
+            common.check_int(bad, "samples")
+        assert str(lib.value) == str(cli.value) == f"samples: expected an integer >= 1, got {bad!r}"

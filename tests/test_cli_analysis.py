@@ -65,7 +65,7 @@ def test_das_and_cross_patch(tmp_path, capsys):
     capsys.readouterr()
     assert main(["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", str(data),
                  "--candidates", " yes, no", "--k", "65", "--out", str(tmp_path / "refused")]) == 2
-    assert "k: expected an int in 1..64" in capsys.readouterr().err
+    assert "k: expected an integer in 1..64" in capsys.readouterr().err
     data.write_text('{"base": "I saw a cat"}\n')
     assert main(["das", "--model", "tiny-llama", "--site", "blocks.1.hook_resid_pre", "--data", str(data),
                  "--candidates", " yes, no", "--out", str(out)]) == 2

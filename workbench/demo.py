@@ -1,14 +1,13 @@
 """The README's main job on the default model: a short causal-tracing sweep, then IOI activation patching."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from .data.facts import DEFAULT_FACTS
 from .core.loading import load_model
 from .patching import activation_patching
-from .core.io import atomic_write_text
+from .core.io import write_json
 from .patching.tracing import trace_facts
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
@@ -47,7 +46,7 @@ def run_demo(out: Path, model="smollm2-135m", facts: int = 20, samples: int = 5)
                        f"(clean {arr.meta['clean_metric']:.2f}, corrupted {arr.meta['corrupted_metric']:.2f})")
         arr.save(out / f"ioi_{comp}.json")
         summary["ioi"][comp] = {"clean_metric": arr.meta["clean_metric"], "corrupted_metric": arr.meta["corrupted_metric"]}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     print(f"wrote {out / 'trace'} (figures/, summary.json, average-effect plots) and "
           f"{', '.join(str(out / f'ioi_{c}.png') for c in res)}")
     return summary

@@ -201,51 +201,55 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
                   "skip_first": skip_first, "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
         folder = SweepFolder(out, config, items="checkpoint", force=force, ignore=("steps",)).start()
 
-    n, d = model.dims.n_layers, model.dims.d_model
-    reader = _no_logits_model(model)
-    net = _Trainable(n, d, d_sae, skip, seed)
-    params = [p for p in (net.W_enc, net.W_dec, net.b_enc, net.b_dec, net.W_skip) if p is not None]
-    opt = torch.optim.Adam(params, lr=lr)
-    start, scales = _load_state(folder, net, opt) if folder is not None else (0, None)
-    batches = _token_batches(model, texts, texts_per_step, seed, start)
-    history = []
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"training {n} transcoders", unit="step")
-    for step in range(start, steps):
-        x, y = read_mlp_io(reader, *next(batches), skip_first=skip_first)
-        if scales is None:  # [n, 2]: input and output scales making E||c x||^2 = d_model, fixed from the first batch
-            scales = torch.stack([math.sqrt(d) / x.pow(2).sum(-1).mean(-1).sqrt(),
-                                  math.sqrt(d) / y.pow(2).sum(-1).mean(-1).sqrt()], -1)
+    try:  # the folder's lock is released however training ends (done, stopped at `stop_at`, or an error)
+        n, d = model.dims.n_layers, model.dims.d_model
+        reader = _no_logits_model(model)
+        net = _Trainable(n, d, d_sae, skip, seed)
+        params = [p for p in (net.W_enc, net.W_dec, net.b_enc, net.b_dec, net.W_skip) if p is not None]
+        opt = torch.optim.Adam(params, lr=lr)
+        start, scales = _load_state(folder, net, opt) if folder is not None else (0, None)
+        batches = _token_batches(model, texts, texts_per_step, seed, start)
+        history = []
+        bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"training {n} transcoders", unit="step")
+        for step in range(start, steps):
+            x, y = read_mlp_io(reader, *next(batches), skip_first=skip_first)
+            if scales is None:  # [n, 2]: input and output scales making E||c x||^2 = d_model, fixed from the first batch
+                scales = torch.stack([math.sqrt(d) / x.pow(2).sum(-1).mean(-1).sqrt(),
+                                      math.sqrt(d) / y.pow(2).sum(-1).mean(-1).sqrt()], -1)
+                with torch.no_grad():
+                    net.b_dec.copy_(y.mean(1) * scales[:, 1:])
+            x, y = x * scales[:, None, :1], y * scales[:, None, 1:]
+            for g in opt.param_groups:  # cosine decay to lr / 10
+                g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            y_hat, acts, smallest = net(x, k)
+            # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
+            loss = (y_hat - y).pow(2).sum(-1).mean(-1).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             with torch.no_grad():
-                net.b_dec.copy_(y.mean(1) * scales[:, 1:])
-        x, y = x * scales[:, None, :1], y * scales[:, None, 1:]
-        for g in opt.param_groups:  # cosine decay to lr / 10
-            g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        y_hat, acts, smallest = net(x, k)
-        # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
-        loss = (y_hat - y).pow(2).sum(-1).mean(-1).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            net.threshold.copy_(smallest if step == 0 else 0.99 * net.threshold + 0.01 * smallest)
-            net.fired += (acts > 0).sum(1)
-        bar.update(1)
-        if (step + 1) % 25 == 0 or step + 1 in (1, steps):
-            with torch.no_grad():
-                fve = 1 - (y_hat - y).pow(2).sum((-1, -2)) / (y - y.mean(1, keepdim=True)).pow(2).sum((-1, -2))
-            history.append({"step": step + 1, "loss": float(loss.detach()) / n, "fve": fve.tolist()})
-            bar.set_postfix(mean_fve=f"{fve.mean():.3f}")
-        if folder is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps or step + 1 == stop_at):
-            _save_state(folder, net, opt, step + 1, scales)
-        if stop_at is not None and step + 1 >= stop_at:
-            bar.close()
-            return None
-    bar.close()
-    tcs = _to_saelens(net, scales, model, d_sae, k, skip, texts_per_step * steps)
-    if folder is not None:
-        save_transcoders(tcs, model, folder.path / "transcoders")
-        folder.write_json("history.json", history)
-    return tcs
+                net.threshold.copy_(smallest if step == 0 else 0.99 * net.threshold + 0.01 * smallest)
+                net.fired += (acts > 0).sum(1)
+            bar.update(1)
+            if (step + 1) % 25 == 0 or step + 1 in (1, steps):
+                with torch.no_grad():
+                    fve = 1 - (y_hat - y).pow(2).sum((-1, -2)) / (y - y.mean(1, keepdim=True)).pow(2).sum((-1, -2))
+                history.append({"step": step + 1, "loss": float(loss.detach()) / n, "fve": fve.tolist()})
+                bar.set_postfix(mean_fve=f"{fve.mean():.3f}")
+            if folder is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps or step + 1 == stop_at):
+                _save_state(folder, net, opt, step + 1, scales)
+            if stop_at is not None and step + 1 >= stop_at:
+                bar.close()
+                return None
+        bar.close()
+        tcs = _to_saelens(net, scales, model, d_sae, k, skip, texts_per_step * steps)
+        if folder is not None:
+            save_transcoders(tcs, model, folder.path / "transcoders")
+            folder.write_json("history.json", history)
+        return tcs
+    finally:
+        if folder is not None:
+            folder.release()
 
 
 def _to_saelens(net: _Trainable, scales: Tensor, model, d_sae: int, k: int, skip: bool, n_texts: int) -> list:

@@ -2,10 +2,11 @@
 das (distributed alignment search), cross-patch (cross-model activation patching)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .common import add_force, output_dir, parse_list, verb
+from ..core import checks
+from ..core.io import read_text, write_json
+from .common import add_force, check_int, distinct_answer_foil, input_file, output_dir, parse_list, verb
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -13,7 +14,7 @@ def _write(out: Path, result: dict, arrays: dict) -> None:
 
     for name, arr in arrays.items():
         arr.plot(out / f"{name}.png", title=arr.name)
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"wrote {out / 'result.json'}" + "".join(f", {n}.png" for n in arrays))
 
 
@@ -21,6 +22,8 @@ def _cmd_lens(args) -> int:
     from ..lenses import logit_lens
     from ..core.loading import load_model
 
+    if args.tuned is not None:
+        input_file(args.tuned, "tuned")
     output_dir(args.out, force=args.force, writes=["result.json", "lens_prob.png"])
     model = load_model(args.model)
     tuned = None
@@ -44,9 +47,10 @@ def _cmd_tuned_lens(args) -> int:
     from ..core.loading import load_model
 
     path = Path(args.texts)
-    if not path.is_file():
-        raise ValueError(f"texts: no such file {path}")
-    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    texts = [line.strip() for line in read_text(path, "texts").splitlines() if line.strip()]
+    for name in ("steps", "batch_size", "max_len", "save_every"):
+        check_int(getattr(args, name), name)
+    checks.learning_rate(args.lr)
     if len(texts) < 2:
         raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
     held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
@@ -59,7 +63,7 @@ def _cmd_tuned_lens(args) -> int:
     result = {"model": model.name, "steps": args.steps, "losses_this_run": losses, "held_out_texts": held_out,
               "kl_logit_lens": lens_kl(model, texts[-held_out:], None, args.max_len),
               "kl_tuned_lens": lens_kl(model, texts[-held_out:], lens, args.max_len)}
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print("held-out KL(model || lens) by layer, logit lens: " + " ".join(f"{x:.3f}" for x in result["kl_logit_lens"]))
     print("                                     tuned lens: " + " ".join(f"{x:.3f}" for x in result["kl_tuned_lens"]))
     print(f"wrote {out / 'result.json'}, {out / 'tuned_lens.safetensors'} (run again with more --steps to continue)")
@@ -70,6 +74,7 @@ def _cmd_dla(args) -> int:
     from ..lenses import direct_logit_attribution
     from ..core.loading import load_model
 
+    distinct_answer_foil(args.answer, args.foil)
     output_dir(args.out, force=args.force, writes=["result.json", "dla.png"])
     model = load_model(args.model)
     one = lambda xs: xs if len(xs) > 1 else xs[0]  # noqa: E731
@@ -91,6 +96,7 @@ def _cmd_path_patch(args) -> int:
     senders = [s.split("+") if "+" in s else s for s in parse_list(args.senders, str, "senders")]
     receivers = "logits" if args.receivers == "logits" else parse_list(args.receivers, str, "receivers")
     positions = None if args.receiver_positions is None else parse_list(args.receiver_positions, int, "receiver_positions")
+    distinct_answer_foil([args.answer], [args.foil])
     output_dir(args.out, force=args.force, writes=["result.json"])
     model = load_model(args.model)
     res = path_patching(model, args.clean, args.corrupt, args.answer, args.foil, senders=senders, receivers=receivers,
@@ -102,7 +108,7 @@ def _cmd_path_patch(args) -> int:
     from ..core.io import atomic_write_text
 
     out = Path(args.out)
-    atomic_write_text(out / "result.json", json.dumps({"model": model.name, **res.to_json()}, indent=2))
+    write_json(out / "result.json", {"model": model.name, **res.to_json()}, indent=2)
     print(f"wrote {out / 'result.json'}")
     return 0
 
@@ -119,6 +125,13 @@ def _cmd_das(args) -> int:
     if len(rows) < 2:
         raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
     candidates = parse_list(args.candidates, str, "candidates")
+    if len(set(candidates)) < 2:
+        raise checks.fail("candidates", "at least 2 distinct tokens (with one, accuracy is 1.0 whatever the subspace)",
+                          args.candidates)
+    for name in ("k", "steps", "batch_size"):
+        check_int(getattr(args, name), name)
+    checks.position(args.position, "position")
+    checks.learning_rate(args.lr)
     output_dir(args.out, force=args.force, writes=["result.json", "subspace.safetensors"])
     model = load_model(args.model)
     base, source, labels = ([r[k] for _, r in rows] for k in ("base", "source", "label"))
@@ -129,7 +142,7 @@ def _cmd_das(args) -> int:
                      {"model": model.name, "site": args.site, "position": str(args.position)})
     result = {"model": model.name, "site": args.site, "k": args.k, "accuracy": res.accuracy,
               "final_loss": res.losses[-1], "losses": res.losses, "control": res.control}
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"interchange accuracy {res.accuracy:.3f} (final loss {res.losses[-1]:.4f}); control {res.control}")
     print(f"wrote {out / 'result.json'}, {out / 'subspace.safetensors'}")
     return 0 if torch.isfinite(res.basis).all() else 1
@@ -139,6 +152,7 @@ def _cmd_cross_patch(args) -> int:
     from ..patching import cross_model_patching
     from ..core.loading import load_model
 
+    distinct_answer_foil(args.answer, args.foil)
     sites = parse_list(args.sites, str, "sites")
     output_dir(args.out, force=args.force, writes=["result.json"] + [f"{site}.png" for site in sites])
     base, tuned = load_model(args.model), load_model(args.tuned)

@@ -1,10 +1,10 @@
 """Concept-ablation fine-tuning, the four-way comparison: caft."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import add_force, input_file, output_dir, parse_list, verb
+from ..core.io import write_json
 
 
 def _cmd_caft(args) -> int:
@@ -12,12 +12,13 @@ def _cmd_caft(args) -> int:
     from ..directions import load as load_directions
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
+    from ..core.io import read_safetensors
     from ..core.sites import COMPONENTS
 
     layers = parse_list(args.layers, int, "layers") if args.layers else None
     seeds = parse_list(args.seeds, int, "seeds")
     task = caft.load_task(input_file(args.task, "task"))
-    input_file(args.directions, "directions")
+    read_safetensors(input_file(args.directions, "directions"), "directions")  # whole and finite, before loading
     cfg = caft.FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                               lora_rank=args.lora_rank)
     cfg.check()
@@ -30,7 +31,7 @@ def _cmd_caft(args) -> int:
                        progress=True)
     res.update(model=model.name, task=str(args.task), directions=str(args.directions))
     caft.plot_comparison(res, out / "caft.png")
-    atomic_write_text(out / "results.json", json.dumps(res, indent=2))
+    write_json(out / "results.json", res, indent=2)
     for c, v in caft.summarize(res).items():
         print(f"{c:<10} id {v['id_acc'][0]:.3f} +- {v['id_acc'][1]:.3f}   ood {v['ood_acc'][0]:.3f} +- {v['ood_acc'][1]:.3f}")
     print(f"wrote {out / 'results.json'} and {out / 'caft.png'}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core import checks
+
 
 def parse_list(text: str, kind, arg: str) -> list:
     try:
@@ -24,21 +26,30 @@ def parse_list(text: str, kind, arg: str) -> list:
 
 
 def check_int(value, arg: str, minimum: int = 1, *, none_ok: bool = False):
-    """An int >= minimum (or None where allowed)."""
-    if value is None and none_ok:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{arg}: expected an integer >= {minimum}, got {value!r}")
-    return value
+    """An int >= minimum (or None where allowed): the library's own check (`core.checks.integer`)."""
+    return checks.integer(value, arg, minimum, none_ok=none_ok)
 
 
 def check_float(value, arg: str, *, positive: bool = False, none_ok: bool = False):
-    """A finite number (> 0 if `positive`), or None where allowed."""
-    if value is None and none_ok:
-        return None
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or (positive and not value > 0):
-        raise ValueError(f"{arg}: expected a finite number{' > 0' if positive else ''}, got {value!r}")
-    return float(value)
+    """A finite number (> 0 if `positive`), or None where allowed: `core.checks.number`."""
+    return checks.number(value, arg, positive=positive, none_ok=none_ok)
+
+
+def distinct_answer_foil(answers, foils) -> None:
+    """answer == foil gives a logit difference of 0 whatever is done: refused before any model loads."""
+    if not foils:
+        return
+    pairs = list(zip(answers, foils)) if len(answers) == len(foils) else \
+        [(a, f) for a in answers for f in foils] if 1 in (len(answers), len(foils)) else []
+    for i, (a, f) in enumerate(pairs):
+        if a == f:
+            raise ValueError(f"foil: {'pair ' + str(i) + ': ' if len(pairs) > 1 else ''}answer and foil are the same "
+                             f"({a!r}); degenerate comparison (the logit difference is 0 whatever is done)")
+
+
+def first(items: list, limit, arg: str = "limit") -> list:
+    """The first `limit` items (None: all); `limit` an int >= 1 (a slice by -1 would silently drop the last)."""
+    return list(items) if check_int(limit, arg, none_ok=True) is None else list(items)[:limit]
 
 
 def input_file(path, arg: str) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import input_file, output_dir, verb
+from ..core import checks
+from .common import check_int, first, input_file, output_dir, verb
 
 
 def _replace_arg(text: str | None):
@@ -24,38 +25,48 @@ def _cmd_counterfactual(args) -> int:
     from ..toolkit.records import read_records
     from ..core.loading import load_model
     from ..counterfactual import counterfactual_sweep, measure, sample
+    from ..counterfactual.gumbel import Settings
     from ..steering.vectors import SteeringVector, load_lines
 
+    # every argument and input file before the model loads, and before anything is written
     chosen = [x for x in (args.steer, args.edit, args.model_b) if x]
     if len(chosen) > 1:
         raise ValueError("intervention: give at most one of --steer, --edit, --model-b")
     replace = _replace_arg(args.replace_token)
+    for name in ("max_new_tokens", "batch_size"):
+        check_int(getattr(args, name), name)
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    Settings(**settings)
     if (args.observed is None) == (args.prompts is None):
         raise ValueError("observed/prompts: give exactly one of --observed FILE.jsonl or --prompts FILE.txt")
     input_file(args.observed or args.prompts, "observed" if args.observed else "prompts")
     if args.steer:
         input_file(args.steer, "steer")
+        checks.number(args.multiplier, "multiplier")
+    if args.edit:
+        from ..editing.weights import WeightEdit
+
+        edit = WeightEdit.load(args.edit)  # read and checked (finite, whole) before the model loads
+    if args.observed:
+        rows = read_records(args.observed, "observed", {"prompt": str, "continuation": str})
+        rows = first([r for _, r in rows], args.limit)
+    else:
+        prompts = first(load_lines(args.prompts, "prompts"), args.limit)
     out = output_dir(args.out, force=args.force, resumes="config.json")  # a rerun resumes its chunks
     model = load_model(args.model)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
-        from ..editing.weights import WeightEdit
-
-        intervention = WeightEdit.load(args.edit)
+        intervention = edit
     elif args.model_b:
         intervention = load_model(args.model_b)
     else:
         intervention = None
     if not chosen and replace is None and args.noise == "posterior":
         print("no intervention and no --replace-token: every counterfactual should equal its observed string")
-    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.observed:
-        rows = read_records(args.observed, "observed", {"prompt": str, "continuation": str})
-        rows = [r for _, r in rows][: args.limit]
         observed, prompts = [r["continuation"] for r in rows], [r["prompt"] for r in rows]
     else:
-        prompts = load_lines(args.prompts, "prompts")[: args.limit]
         observed = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                           batch_size=args.batch_size, **settings)
         prompts = None

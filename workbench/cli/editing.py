@@ -29,18 +29,14 @@ def _cmd_counterfact(args) -> int:
 def _cmd_edit(args) -> int:
     from ..editing.counterfact import load_requests, run_counterfact
     from ..editing.requests import edit_layers
+    from ..editing.rank_one import check_hparams
     from ..core.loading import load_model
 
     requests = load_requests(input_file(args.requests, "requests"))
-    hparams = {}
-    if args.steps is not None:
-        hparams["steps"] = check_int(args.steps, "steps")
-    if args.lr is not None:
-        hparams["lr"] = check_float(args.lr, "lr", positive=True)
-    if args.eps is not None:
-        if args.method != "ft-l":
-            raise ValueError("eps: the L-infinity radius applies to --method ft-l only")
-        hparams["eps"] = check_float(args.eps, "eps", positive=True)
+    hparams = {k: getattr(args, k) for k in ("steps", "lr", "eps") if getattr(args, k) is not None}
+    if args.eps is not None and args.method != "ft-l":
+        raise ValueError("eps: the L-infinity radius applies to --method ft-l only")
+    check_hparams(hparams, ("steps", "lr", "eps"))  # the library's own check, before the model loads
     if args.layers is not None and args.method != "memit":
         raise ValueError(f"layers: --layers is MEMIT's layer list; --method {args.method} takes --layer")
     if args.layer is not None and args.method not in ("rome", "ft-l"):

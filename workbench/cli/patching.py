@@ -1,10 +1,10 @@
 """Activation and attribution patching of one prompt pair: patch."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .common import add_force, check_float, output_dir, verb
+from .common import add_force, check_float, distinct_answer_foil, output_dir, verb
+from ..core.io import write_json
 
 
 def _cmd_patch(args) -> int:
@@ -18,6 +18,7 @@ def _cmd_patch(args) -> int:
     for arg in ("clean", "corrupt", "answer", "foil"):
         if not getattr(args, arg):
             raise ValueError(f"{arg}: expected a non-empty string")
+    distinct_answer_foil([args.answer], [args.foil])
     output_dir(args.out, force=args.force, writes=["result.json"] + [f"{s}.png" for s in sites])
     model = load_model(args.model)
     res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=sites,
@@ -34,7 +35,7 @@ def _cmd_patch(args) -> int:
     }
     for site, arr in res.items():
         arr.plot(out / f"{site}.png", title=f"{arr.name}: {args.metric}")
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+    write_json(out / "result.json", result, indent=2)
     print(f"wrote {out / 'result.json'} and {', '.join(f'{s}.png' for s in res)}")
     if args.html:  # interactive views next to the PNGs: one self-contained HTML file per component
         from ..views import save_html

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, output_dir, output_file
+from .common import add_force, check_int, input_file, output_dir, output_file
+from ..core import checks
+from ..core.io import write_json
 
 
 def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
@@ -36,7 +38,7 @@ def prepare_training(args, int_args: tuple[str, ...]):
 
     for name in int_args:
         check_int(getattr(args, name), name)
-    check_float(args.lr, "lr", positive=True)
+    checks.learning_rate(args.lr)
     if args.k > args.d_sae:
         raise ValueError(f"k: expected k <= d_sae ({args.d_sae}), got {args.k}")
     _check_texts_arg(args.texts)
@@ -60,7 +62,7 @@ def _cmd_train(args) -> int:
     print(f"wrote {out / 'sae'}")
     if args.texts == "default":
         report = evaluate_sae(model, sae, _texts("default", model, "test", args.samples, args.seed), progress=True)
-        atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
+        write_json(out / "eval.json", report, indent=2)
         print(json.dumps(report, indent=2))
     return 0
 

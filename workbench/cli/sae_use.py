@@ -2,9 +2,9 @@
 verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
-import json
 
-from .common import add_force, check_int, input_file, output_dir, output_file, parse_list, verb
+from .common import add_force, check_int, first, input_file, output_dir, output_file, parse_list, verb
+from ..core.io import write_json
 
 
 def _texts(path) -> list[str]:
@@ -21,7 +21,7 @@ def _cmd_inspect(args) -> int:
 
     latents = parse_list(args.latents, int, "latents")
     check_int(args.top_k, "top_k")
-    texts = _texts(args.texts)[: args.limit]
+    texts = first(_texts(args.texts), args.limit)
     input_file(args.sae + "/cfg.json", "sae")
     out = output_dir(args.out, force=args.force, writes=[f"latent-{i}.html" for i in latents] + ["latents.json"])
     model = load_model(args.model)
@@ -37,7 +37,7 @@ def _cmd_inspect(args) -> int:
         top = ", ".join(repr(t) for t, _ in rep.logits["top"][:5])
         print(f"latent {i}: density {100 * rep.density:.2f}%, max {rep.contexts[0]['activation'] if rep.contexts else 0:.3g}, "
               f"promotes {top}")
-    atomic_write_text(out / "latents.json", json.dumps(reports, indent=1))
+    write_json(out / "latents.json", reports, indent=1)
     print(f"wrote {len(latents)} pages and latents.json to {out}")
     return 0
 
@@ -55,7 +55,7 @@ def _cmd_diff(args) -> int:
     if read_at is None:
         raise ValueError(f"read_at: expected 'all', 'mean' or a token index, got {args.read_at!r}")
     check_int(args.top, "top")
-    texts = _texts(args.texts)[: args.limit]
+    texts = first(_texts(args.texts), args.limit)
     input_file(args.sae + "/cfg.json", "sae")
     out = output_file(args.out, force=args.force)
     base = load_model(args.model)
@@ -63,7 +63,7 @@ def _cmd_diff(args) -> int:
     sae = load_sae(args.sae, base)
     d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by)
     print(d.to_dataframe(args.top).to_string(index=False))
-    atomic_write_text(out, json.dumps(d.to_json(args.top), indent=1))
+    write_json(out, d.to_json(args.top), indent=1)
     print(f"wrote {out}")
     return 0
 

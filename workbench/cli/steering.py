@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from .common import add_force, check_float, check_int, input_file, output_dir, parse_list, verb
+from .common import add_force, check_float, check_int, first, input_file, output_dir, parse_list, verb
 
 
 def _cmd_steer(args) -> int:
@@ -33,7 +33,7 @@ def _cmd_steer(args) -> int:
     check_int(args.max_new_tokens, "max_new_tokens")
     check_int(args.batch_size, "batch_size")
     pos, neg = load_pairs(input_file(args.pairs, "pairs"))
-    prompts = load_lines(input_file(args.prompts, "prompts"), "prompts")[: args.limit]
+    prompts = first(load_lines(input_file(args.prompts, "prompts"), "prompts"), args.limit)
     neutral = load_lines(input_file(args.neutral, "neutral"), "neutral") if args.cost == "kl" else None
     if args.behaviour.startswith("words:"):
         words = input_file(args.behaviour.removeprefix("words:"), "behaviour")

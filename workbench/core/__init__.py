@@ -1,6 +1,7 @@
 """The model kernel every feature stands on: architectures (`arch`), sites (`sites`), interventions
 (`interventions`), the one hook layer (`hooks`), `Model` (`model`), loading (`loading`, `tiny`, `default_model`,
-models split over devices: `devices`), padding and generation (`generation`), and files (`io`)."""
+models split over devices: `devices`), padding and generation (`generation`), files (`io`: the one reader and
+strict JSON) and argument checks (`checks`)."""
 from .default_model import DEFAULT_MODEL
 from .generation import generate
 from .interventions import (Add, AtPositions, FromPosition, Generated, Intervention, Noise, ProjectOut, Replace, Scale,

@@ -7,12 +7,12 @@ through `generate_ids`, with interventions active through the one hook layer.
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from . import checks
 
 InterventionsFor = Callable[[int, int], list]  # (first row, one past the last row) -> interventions for those rows
 
@@ -58,14 +58,10 @@ def stop_ids(model) -> set[int]:
 
 
 def check_generation(max_new_tokens, batch_size, temperature, top_p) -> None:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+    checks.integer(max_new_tokens, "max_new_tokens")
+    checks.integer(batch_size, "batch_size")
+    checks.number(temperature, "temperature", minimum=checks.MIN_TEMPERATURE)
+    checks.number(top_p, "top_p", positive=True, maximum=1)
 
 
 @torch.no_grad()
@@ -82,6 +78,8 @@ def generate_ids(model, prompts: Sequence[str] | Sequence[Sequence[int]], interv
     """
     check_generation(max_new_tokens, batch_size, temperature, top_p)
     rows = [model.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in prompts]
+    if rows:
+        model.check_length(max(map(len, rows)) + max_new_tokens, "max_new_tokens (with the longest prompt)")
     stop = stop_ids(model)
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):

@@ -70,6 +70,22 @@ class _PositionTracker:
         self.ctx = None  # stale ids must never reach a later forward of a submodule
 
 
+def check_result(act: Tensor, site: Site, interventions) -> None:
+    """An intervened activation must be finite and small enough that the next norm's sum of squares (float32)
+    does not overflow: past that the norm gives inf or 0 and every number downstream is meaningless (an
+    intervention of 1e30 gave logits of exactly 0). One min and one max: no copy of the activation."""
+    if act.numel() == 0:
+        return
+    lo, hi = torch.aminmax(act.detach())
+    top = max(abs(float(lo)), abs(float(hi)))
+    limit = (torch.finfo(torch.float32).max / act.shape[-1]) ** 0.5
+    if not top <= limit:  # NaN fails this too
+        names = ", ".join(type(iv).__name__ for iv in interventions)
+        raise ValueError(f"interventions: {names} at {site.name} made the activation "
+                         f"{'non-finite' if top != top or top == float('inf') else f'overflow (|x| up to {top:.3g})'}; "
+                         f"expected finite values with |x| <= {limit:.3g} (the next norm's squares must fit float32)")
+
+
 class _SiteHook:
     def __init__(self, site: Site, dims, interventions: list[Intervention], cache: dict | None, detach: bool,
                  tracker: _PositionTracker | None = None):
@@ -88,6 +104,8 @@ class _SiteHook:
         ctx = self.tracker.ctx if self.tracker is not None else None
         for iv in self.interventions:
             act = iv(act, ctx) if iv.needs_positions else iv(act)
+        if self.interventions:
+            check_result(act, self.site, self.interventions)
         if self.cache is not None:
             if not self.detach and torch.is_grad_enabled() and not act.requires_grad:
                 # A frozen model (no parameter requires grad) must still give gradients w.r.t. its activations:

@@ -20,13 +20,13 @@ update is kept only where the selector's mask is true.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import KW_ONLY, dataclass, field
 
 import torch
 from torch import Tensor
 
 from .sites import Site
+from . import checks
 
 Index = int | slice | list[int] | tuple[int, ...] | range | Tensor | None
 
@@ -41,9 +41,9 @@ def as_index(sel: Index, size: int, arg: str) -> Tensor | None:
         if sel.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise ValueError(f"{arg}: expected integer indices, got a tensor of dtype {sel.dtype}")
         idx = sel.reshape(-1).long().cpu()
-    elif isinstance(sel, int) and not isinstance(sel, bool):
+    elif checks.is_int(sel):
         idx = torch.tensor([sel])
-    elif isinstance(sel, (list, tuple, range)) and all(isinstance(i, int) and not isinstance(i, bool) for i in sel):
+    elif isinstance(sel, (list, tuple, range)) and all(checks.is_int(i) for i in sel):
         idx = torch.tensor(list(sel), dtype=torch.long)
     else:
         raise ValueError(f"{arg}: expected an int, a list of ints, a slice or an integer tensor, got {sel!r}")
@@ -76,11 +76,11 @@ class PositionSelector:
 
 
 def _per_row(value, arg: str) -> Tensor:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if checks.is_int(value):
         return torch.tensor([value])
     if isinstance(value, Tensor) and value.ndim == 1 and not value.is_floating_point():
         return value.long().cpu()
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (list, tuple)) and value and all(checks.is_int(v) for v in value):
         return torch.tensor(list(value), dtype=torch.long)
     raise ValueError(f"{arg}: expected an int or a non-empty list of ints (one per batch row), got {value!r}")
 
@@ -195,8 +195,8 @@ class Intervention:
             if isinstance(v, Tensor) and v.is_floating_point():
                 if not bool(torch.isfinite(v.detach()).all()):
                     raise ValueError(f"{f.name}: holds NaN or inf; expected finite values")
-            elif isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{f.name}: expected a finite number, got {v}")
+            elif isinstance(v, float):
+                checks.number(v, f.name)
 
     def _selected(self, act: Tensor) -> Tensor:
         return act if self._index is None else act[self._index]
@@ -238,6 +238,11 @@ class Intervention:
         raise NotImplementedError
 
 
+def _scalar(v, arg: str, minimum: float | None = None) -> float:
+    """A finite number (not a bool); a one-element tensor is read as its value."""
+    return checks.number(v.item() if isinstance(v, Tensor) and v.numel() == 1 else v, arg, minimum=minimum)
+
+
 def check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
     if not isinstance(value, Tensor):
         raise ValueError(f"{arg}: expected a tensor, got {type(value).__name__}")
@@ -276,8 +281,7 @@ class Add(Intervention):
 
     def check(self, shape):
         check_value(self.vector, shape, "vector", self.site)
-        if not math.isfinite(float(self.multiplier)):
-            raise ValueError(f"multiplier: expected a finite number, got {self.multiplier}")
+        _scalar(self.multiplier, "multiplier")
 
     def update(self, x):
         return x + self.multiplier * self.vector.to(x.device, x.dtype)
@@ -290,8 +294,7 @@ class Scale(Intervention):
     factor: float = 0.0
 
     def check(self, shape):
-        if not math.isfinite(float(self.factor)):
-            raise ValueError(f"factor: expected a finite number, got {self.factor}")
+        _scalar(self.factor, "factor")
 
     def update(self, x):
         return x * self.factor
@@ -305,8 +308,7 @@ class Noise(Intervention):
     seed: int = 0
 
     def check(self, shape):
-        if not (math.isfinite(float(self.std)) and float(self.std) >= 0):
-            raise ValueError(f"std: expected a finite number >= 0, got {self.std}")
+        _scalar(self.std, "std", minimum=0)
 
     def update(self, x):
         gen = torch.Generator(device="cpu").manual_seed(self.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
@@ -72,6 +73,25 @@ class Model:
 
     # -- tokens ---------------------------------------------------------------------------------
 
+    @property
+    def n_ctx(self) -> int | None:
+        """The context length the model was trained for (max_position_embeddings / n_positions), or None."""
+        cfg = getattr(self.hf.config, "get_text_config", lambda: self.hf.config)()
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        return int(n) if n else None
+
+    def check_length(self, n_tokens: int, arg: str = "prompt") -> None:
+        """Past the context length: an error with learned positions (there is no embedding for position
+        n_ctx), a warning with rotary ones (they run, on positions the model never saw in training)."""
+        n = self.n_ctx
+        if n is None or n_tokens <= n:
+            return
+        if self.arch.rotary is None:
+            raise ValueError(f"{arg}: {n_tokens} tokens, expected at most the model's context length {n} "
+                             "(learned positions: there is no embedding past it)")
+        warnings.warn(f"{arg}: {n_tokens} tokens, past the model's context length {n}: rotary positions the model "
+                      "was not trained on; the numbers may mean little", stacklevel=3)
+
     def encode(self, inputs, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """str | list[str] | token ids [pos] or [batch, pos] -> (ids [batch, pos], mask or None).
 
@@ -87,6 +107,7 @@ class Model:
                 raise ValueError(f"tokens: expected shape [batch, pos] with pos >= 1, got {tuple(inputs.shape)}")
             if (ids < 0).any() or (ids >= self.dims.d_vocab).any():
                 raise ValueError(f"tokens: ids must lie in 0..{self.dims.d_vocab - 1}")
+            self.check_length(ids.shape[1], "tokens")
             return ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device)
         if not isinstance(inputs, (list, tuple)) or not inputs or not all(isinstance(t, str) for t in inputs):
             raise ValueError("prompt: expected a non-empty string, a non-empty list of strings, or token ids")
@@ -96,6 +117,7 @@ class Model:
         enc = self.tokenizer(list(inputs), return_tensors="pt", padding=True)
         if enc.input_ids.shape[1] == 0:
             raise ValueError("prompt: tokenizes to no tokens")
+        self.check_length(enc.input_ids.shape[1])
         mask = enc.attention_mask
         if mask.all():
             mask = None
@@ -159,6 +181,7 @@ class Model:
             if not isinstance(inputs_embeds, Tensor) or inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != d:
                 got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
                 raise ValueError(f"inputs_embeds: expected shape [batch, pos, {d}], got {got}")
+            self.check_length(inputs_embeds.shape[1], "inputs_embeds")
             return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}, tuple(inputs_embeds.shape[:2])
         ids, mask = self.encode(inputs, attention_mask)
         return {"input_ids": ids, "attention_mask": mask}, tuple(ids.shape)
@@ -191,16 +214,21 @@ class Model:
         """
         kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
         sites = self.all_sites() if sites is None else list(sites)
+        interventions = list(interventions)
         with torch.set_grad_enabled(grad), _hooks(self, interventions, sites, input_shape=shape, detach=not grad) as cache:
             logits = self.hf(**kwargs, use_cache=False).logits
+        _check_logits(logits, interventions)
         return logits, cache
 
     def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None,
                                *, inputs_embeds: Tensor | None = None) -> Tensor:
         """Logits [batch, pos, d_vocab] of a forward with `interventions` applied."""
         kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
+        interventions = list(interventions) if not isinstance(interventions, Intervention) else interventions
         with _hooks(self, interventions, input_shape=shape):
-            return self.hf(**kwargs, use_cache=False).logits
+            logits = self.hf(**kwargs, use_cache=False).logits
+        _check_logits(logits, interventions)
+        return logits
 
     @contextmanager
     def hooks(self, interventions: Iterable[Intervention] = (), cache_sites: Iterable[str | Site] = (), **kw):
@@ -209,3 +237,10 @@ class Model:
             yield cache
 
 
+def _check_logits(logits: Tensor, interventions) -> None:
+    """A forward that interventions made non-finite downstream of their site (the site itself is checked by
+    `hooks.check_result`) is refused rather than returned."""
+    if isinstance(interventions, list) and interventions and not bool(torch.isfinite(logits).all()):
+        names = ", ".join(f"{type(iv).__name__} at {getattr(iv, 'site', '?')}" for iv in interventions)
+        raise ValueError(f"interventions: with {names} the logits are not finite (an overflow downstream of the "
+                         "intervened site); expected interventions that keep the forward finite")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import checks
+
 # component -> (hook name suffix, which module of the Arch, hook before or after that module, activation width:
 # "d_model" = the residual stream's (steerable, ablatable), "heads" = [n_heads, d_head], "d_mlp")
 COMPONENTS: dict[str, tuple[str, str, str, str]] = {
@@ -54,7 +56,7 @@ class Site:
     def __post_init__(self):
         if self.component not in COMPONENTS:
             raise ValueError(f"site: unknown component {self.component!r}; expected one of {sorted(COMPONENTS)}")
-        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+        if not checks.is_int(self.layer):
             raise ValueError(f"site: layer must be an int, got {self.layer!r}")
 
     @property
@@ -102,14 +104,14 @@ def parse_site(site: str | Site, n_layers: int, layer: int | None = None) -> Sit
 
 def check_layers(layers, n_layers: int, arg: str = "layers") -> list[int]:
     """A layer index, or a non-empty collection of distinct ones, each in 0..n_layers-1; as a list, order kept."""
-    items = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    items = [layers] if checks.is_int(layers) else layers
     if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
         raise ValueError(f"{arg}: expected a layer index or a list of them, got {layers!r}")
     items = list(items)
     if not items:
         raise ValueError(f"{arg}: expected a non-empty list of layer indices, got {layers!r}")
     for l in items:
-        if not isinstance(l, int) or isinstance(l, bool) or not 0 <= l < n_layers:
+        if not checks.is_int(l) or not 0 <= l < n_layers:
             raise ValueError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n_layers - 1}")
     if len(set(items)) != len(items):
         raise ValueError(f"{arg}: repeated layers in {items}")

@@ -23,6 +23,7 @@ from ..core.interventions import Intervention
 from ..toolkit.results import Result
 from ..core.model import Model
 from .gumbel import FRESH, GivenNoise, PriorNoise, Samples, Settings, _hindsight, _texts, gumbel_decode, token_rows
+from ..core import checks
 
 
 def check_same_vocabulary(model: Model, other: Model, arg: str = "intervention") -> None:
@@ -154,13 +155,13 @@ def _replacement(model, replace, n: int) -> list:
     if len(items) != n:
         raise ValueError(f"replace: expected one (position, token) per row ({n}), got {len(items)}")
     out = []
-    for it in items:
-        if not (isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], int)):
-            raise ValueError(f"replace: expected (position, token id or one-token text), got {it!r}")
-        pos, tok = it
-        tok = model.to_single_token(tok, "replace") if isinstance(tok, str) else tok
-        if not isinstance(tok, int) or not 0 <= tok < model.dims.d_vocab:
-            raise ValueError(f"replace: token {tok!r} is not a token id in 0..{model.dims.d_vocab - 1}")
+    for i, it in enumerate(items):
+        arg = f"replace[{i}]" if isinstance(replace, list) else "replace"
+        if not (isinstance(it, tuple) and len(it) == 2):
+            raise checks.fail(arg, "(position, token id or one-token text)", it)
+        pos, tok = checks.position(it[0], f"{arg} position"), it[1]
+        tok = model.to_single_token(tok, arg) if isinstance(tok, str) else tok
+        checks.integer(tok, f"{arg} token", 0, model.dims.d_vocab - 1)
         out.append((pos, tok))
     return out
 
@@ -201,10 +202,8 @@ def counterfactuals(model: Model, prompts, continuations, intervention=None, *, 
         c_rows = token_rows(model, continuations, "continuations", special=False)
     if len(p_rows) != len(c_rows):
         raise ValueError(f"continuations: expected one per prompt ({len(p_rows)}), got {len(c_rows)}")
-    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-        raise ValueError(f"max_new_tokens: expected a positive int or None, got {max_new_tokens!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    checks.integer(max_new_tokens, "max_new_tokens", none_ok=True)
+    checks.integer(batch_size, "batch_size")
     intervention = _check_intervention(model, intervention)
     repl = _replacement(model, replace, len(p_rows))
     V = model.dims.d_vocab

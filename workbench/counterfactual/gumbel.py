@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..core.generation import check_prompts, pad_left, pad_right, stop_ids
 from ..core.arch import cache_kwarg, output_cache
+from ..core import checks
 
 # Noise streams: the sampler's prior noise, the hindsight posterior draws, fresh noise for unobserved positions.
 SAMPLE, POSTERIOR, FRESH = 0, 1, 2
@@ -48,12 +49,10 @@ class Settings:
 
     def __post_init__(self):
         t, k, p = self.temperature, self.top_k, self.top_p
-        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0):
-            raise ValueError(f"temperature: expected a number >= 0 (0 = greedy), got {t!r}")
-        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 0):
-            raise ValueError(f"top_k: expected an int >= 0 (0 = no top-k), got {k!r}")
-        if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p <= 1):
-            raise ValueError(f"top_p: expected 0 < top_p <= 1, got {p!r}")
+        if t != 0:  # 0 = greedy; below MIN_TEMPERATURE logits / t overflow and every row is NaN
+            checks.number(t, "temperature (0 = greedy)", minimum=checks.MIN_TEMPERATURE)
+        checks.integer(k, "top_k (0 = no top-k)", 0)
+        checks.number(p, "top_p", positive=True, maximum=1)
 
     @property
     def greedy(self) -> bool:
@@ -163,7 +162,7 @@ def token_rows(model, texts, arg: str, *, special: bool) -> list[list[int]]:
         if isinstance(x, str):
             check_prompts([x], arg)
             rows.append(model.tokenizer(x, add_special_tokens=special).input_ids)
-        elif isinstance(x, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+        elif isinstance(x, (list, tuple)) and all(checks.is_int(t) for t in x):
             bad = [t for t in x if not 0 <= t < model.dims.d_vocab]
             if bad:
                 raise ValueError(f"{arg}: item {i} holds token id {bad[0]}, expected 0..{model.dims.d_vocab - 1}")
@@ -189,7 +188,7 @@ def gumbel_decode(model, prefixes: Sequence[Sequence[int]], noise, settings: Set
     """
     runner = runner or model
     n = len(prefixes)
-    budget = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    budget = [max_new_tokens] * n if checks.is_int(max_new_tokens) else list(max_new_tokens)
     offsets = [0] * n if offsets is None else list(offsets)
     stop = stop_ids(model)
     kw_cache = cache_kwarg(runner.hf)
@@ -257,9 +256,9 @@ def sample(model, prompts, *, max_new_tokens: int = 20, temperature: float = 1.0
     """Seeded, batched Gumbel-max sampling: row r uses noise seeded with seed + r at every position, so the
     result does not depend on the batch size and `replay` reproduces it exactly."""
     settings = Settings(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    checks.integer(max_new_tokens, "max_new_tokens")
     prefixes = token_rows(model, prompts, "prompts", special=True)
+    model.check_length(max(map(len, prefixes)) + max_new_tokens, "max_new_tokens (with the longest prompt)")
     seeds = [seed + r for r in range(len(prefixes))]
     ids = gumbel_decode(model, prefixes, PriorNoise(seeds, model.dims.d_vocab), settings,
                         max_new_tokens=max_new_tokens, interventions=interventions, batch_size=batch_size)

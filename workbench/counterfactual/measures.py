@@ -3,12 +3,11 @@ identical fraction, normalised longest common prefix (tokens), normalised charac
 targeted-effect check (the new object appears, the old one does not)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import median
 from typing import Sequence
 
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, dumps_json, write_json
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:
@@ -85,7 +84,6 @@ def save(folder: str | Path, df, meta: dict | None = None) -> Path:
     """Write pairs.csv, pairs.jsonl and summary.json (with `meta`) into `folder`, each atomically."""
     folder = Path(folder)
     atomic_write_text(folder / "pairs.csv", df.to_csv(index=False))
-    atomic_write_text(folder / "pairs.jsonl", df.to_json(orient="records", lines=True))
-    atomic_write_text(folder / "summary.json", json.dumps({**summarize(df), "meta": meta or {}}, indent=2,
-                                                          default=str))
+    atomic_write_text(folder / "pairs.jsonl", "".join(dumps_json(r) + "\n" for r in df.to_dict("records")))
+    write_json(folder / "summary.json", {**summarize(df), "meta": meta or {}}, indent=2, default=str)
     return folder

@@ -15,6 +15,7 @@ from ..core.model import Model
 from ..toolkit.sweep import SweepFolder, content_digest
 from .decode import Counterfactuals, _check_intervention, _settings, counterfactuals, describe
 from .gumbel import Samples, token_rows
+from ..core import checks
 
 
 def counterfactual_sweep(out, model: Model, prompts, continuations, intervention=None, *, chunk: int = 16,
@@ -34,8 +35,7 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
     from ..toolkit.executors import as_run
 
     run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
+    checks.integer(chunk, "chunk")
     settings = _settings(continuations, temperature, top_k, top_p)
     if isinstance(continuations, Samples):
         p_rows, c_rows = continuations.prompt_ids, continuations.ids

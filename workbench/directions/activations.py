@@ -18,15 +18,16 @@ import torch
 from torch import Tensor
 
 from ..core.generation import check_prompts
-from ..core.io import save_safetensors
+from ..core.io import read_safetensors, save_safetensors
 from ..core.io import cache_dir
 from ..core.sites import check_layers, parse_site
+from ..core import checks
 
 ReadAt = int | str  # a token index (negative: from each text's end), "mean" (over its tokens) or "all" (every token)
 
 
 def _check_read_at(read_at) -> None:
-    if not (read_at in ("mean", "all") or (isinstance(read_at, int) and not isinstance(read_at, bool))):
+    if not (checks.is_int(read_at) or read_at in ("mean", "all")):
         raise ValueError(f"read_at: expected an int token index (negative counts from the end), 'mean' or 'all', "
                          f"got {read_at!r}")
 
@@ -50,8 +51,7 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
     """
     texts = check_prompts(list(texts) if isinstance(texts, tuple) else texts, "texts")
     _check_read_at(read_at)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    checks.integer(batch_size, "batch_size")
     layers = list(range(model.dims.n_layers)) if layers is None else check_layers(list(layers), model.dims.n_layers)
     sites = [parse_site(component, model.dims.n_layers, l).name for l in layers]
     interventions = list(interventions)
@@ -61,9 +61,7 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
         folder = Path(cache) if not isinstance(cache, bool) else cache_dir() / "activations"
         path = folder / f"{_key(model, texts, layers, component, read_at)}.safetensors"
         if path.is_file():
-            from safetensors.torch import load_file
-
-            stored = load_file(str(path))
+            stored, _ = read_safetensors(path, "cache")
             return {l: stored[f"layer.{l}"] for l in layers}
 
     out: dict[int, list[Tensor]] = {l: [] for l in layers}

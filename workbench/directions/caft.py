@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..toolkit.records import read_records
 from . import store
 from .activations import read_activations
 from ..core.sites import Site, check_residual_component
+from ..core import checks
 
 SPLITS = ("train", "id_test", "ood_test")
 OPTIONAL_SPLITS = ("concept",)  # examples with all feature combinations, for finding directions
@@ -57,6 +57,9 @@ def load_task(path: str | Path) -> dict[str, list[dict]]:
             raise ValueError(f"task: {path}:{n}: empty prompt")
         if len(ex["choices"]) < 2 or not all(isinstance(c, str) and c for c in ex["choices"]):
             raise ValueError(f"task: {path}:{n}: choices must be at least two non-empty strings")
+        if len(set(ex["choices"])) != len(ex["choices"]):
+            raise ValueError(f"task: {path}:{n}: choices {ex['choices']} repeat a choice; expected distinct choices "
+                             "(a repeated one makes the accuracy meaningless)")
         if ex["answer"] not in ex["choices"]:
             raise ValueError(f"task: {path}:{n}: answer {ex['answer']!r} is not among choices {ex['choices']}")
         task[ex["split"]].append(ex)
@@ -155,10 +158,8 @@ class FinetuneConfig:
         if self.method not in ("lora", "full"):
             raise ValueError(f"method: expected 'lora' or 'full', got {self.method!r}")
         for name in ("steps", "batch_size", "lora_rank"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+            checks.integer(getattr(self, name), name)
+        checks.learning_rate(self.lr)
 
 
 def _last_logits(model: Model, prompts: list[str]) -> Tensor:
@@ -373,9 +374,8 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
     run = as_run(run, force=force, progress=progress, workers=workers, ray_address=ray_address, executor=executor)
     cfg = config or FinetuneConfig()
     cfg.check()
-    if isinstance(seeds, int) or not isinstance(seeds, (list, tuple, range)) or not seeds or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in seeds):
-        raise ValueError(f"seeds: expected a non-empty list of ints, got {seeds!r}")
+    if not isinstance(seeds, (list, tuple, range)) or not seeds or not all(checks.is_int(x) for x in seeds):
+        raise checks.fail("seeds", "a non-empty list of ints", seeds)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)}")
     if fill not in ("zero", "mean"):

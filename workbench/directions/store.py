@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import FileProblem, parse_json, read_safetensors, save_safetensors, write_json
 from ..core.sites import check_layers
 
 FORMAT_KEY = "workbench"
@@ -60,7 +60,7 @@ def save_directions(path: str | Path, directions: dict[int | None, Tensor], meta
     meta["d_model"] = widths.pop()
     tensors = {_key(l): t.detach().float().cpu().contiguous() for l, t in sorted(directions.items(), key=lambda x: -1 if x[0] is None else x[0])}
     path = save_safetensors(path, tensors, {FORMAT_KEY: json.dumps(meta)})
-    atomic_write_text(Path(path).with_suffix(".json"), json.dumps(meta, indent=2))
+    write_json(Path(path).with_suffix(".json"), meta, indent=2)
     return Path(path)
 
 
@@ -70,21 +70,17 @@ def load_directions(path: str | Path, model=None) -> tuple[dict[int | None, Tens
     With `model`: a file of another width, or with layers the model does not have, or recorded for another
     depth, is refused; another fingerprint (same shape, other weights) gives a warning.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DirectionFileError(f"path: no direction file {path}")
     try:
-        with safe_open(str(path), "pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: report it the same way
-        raise DirectionFileError(f"path: {path} is not a readable safetensors file ({e})") from None
-    if FORMAT_KEY in header:
-        meta = json.loads(header[FORMAT_KEY])
-    else:  # 0.1 probe exports: each metadata value JSON-encoded under its own key
-        meta = {k: json.loads(v) for k, v in header.items()}
+        tensors, header = read_safetensors(path, "path")
+        if FORMAT_KEY in header:
+            meta = parse_json(header[FORMAT_KEY], "path", f"{path} metadata")
+        else:  # 0.1 probe exports: each metadata value JSON-encoded under its own key
+            meta = {k: parse_json(v, "path", f"{path} metadata {k!r}") for k, v in header.items()}
+    except FileProblem as e:
+        raise DirectionFileError(str(e)) from None
     out: dict[int | None, Tensor] = {}
     for k, t in tensors.items():
         if k == "direction":

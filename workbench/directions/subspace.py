@@ -29,6 +29,7 @@ from torch import Tensor
 from ..core.arch import weight_out_in
 from ..core.interventions import Intervention, check_value
 from ..core.sites import Site, parse_site
+from ..core import checks
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _ids(model, inputs, arg: str) -> Tensor:
 def _labels(model, labels, n: int, arg: str) -> Tensor:
     if isinstance(labels, Tensor):
         out = labels.long().reshape(-1)
-    elif isinstance(labels, (list, tuple)) and all(isinstance(x, int) for x in labels):
+    elif isinstance(labels, (list, tuple)) and all(checks.is_int(x) for x in labels):
         out = torch.tensor(labels, dtype=torch.long)
     elif isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels):
         out = torch.tensor([model.to_single_token(x, arg) for x in labels])
@@ -121,9 +122,16 @@ def prepare(model, site, base, source, labels, candidates, position: int = -1) -
     b, s = _ids(model, base, "base"), _ids(model, source, "source")
     if b.shape != s.shape:
         raise ValueError(f"source: shape {tuple(s.shape)} differs from base {tuple(b.shape)}; pairs need one length")
-    if not isinstance(position, int) or not -b.shape[1] <= position < b.shape[1]:
-        raise ValueError(f"position: expected an int in -{b.shape[1]}..{b.shape[1] - 1}, got {position!r}")
+    checks.position(position, "position", b.shape[1])
     cand = _labels(model, candidates, len(candidates) if isinstance(candidates, (list, tuple, Tensor)) else -1, "candidates")
+    ids = cand.tolist()
+    if len(ids) < 2:
+        raise checks.fail("candidates", "at least 2 distinct tokens (with one, accuracy is 1.0 whatever the "
+                          "subspace)", candidates)
+    for i, t in enumerate(ids):
+        if t in ids[:i]:
+            raise ValueError(f"candidates[{i}]: token {t} repeats candidates[{ids.index(t)}]; expected distinct "
+                             "tokens (a repeated candidate makes the accuracy meaningless)")
     y = _labels(model, labels, len(b), "labels")
     where = (y[:, None] == cand[None]).int().argmax(1)
     if not (y[:, None] == cand[None]).any(1).all():
@@ -207,11 +215,10 @@ def das(model, site, base, source, labels, candidates, *, k: int = 1, position: 
     """
     data = prepare(model, site, base, source, labels, candidates, position)
     d = data.source_act.shape[-1]
-    if not isinstance(k, int) or not 1 <= k <= d:
-        raise ValueError(f"k: expected an int in 1..{d} (the width of {data.site.name}), got {k!r}")
+    checks.integer(k, "k", 1, d)  # at most the width of the site
     for name, val in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
+        checks.integer(val, name)
+    checks.learning_rate(lr)
     rot = Rotation(d, k, seed).to(model.device)
     opt = torch.optim.Adam(rot.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)

@@ -36,6 +36,7 @@ from ..toolkit.sweep import SweepFolder, check_item_id
 from ..core.io import atomic_write_text
 from ..toolkit.records import read_records
 from .requests import EditError, target_logprobs
+from ..core import checks
 
 METRIC_KEYS = ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")
 
@@ -259,7 +260,7 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
     import math
 
     from .requests import EditRequest, edit_layers
-    from .rank_one import HPARAMS
+    from .rank_one import HPARAMS, check_hparams
 
     if isinstance(requests, (str, bytes, dict, Path)) or not isinstance(requests, (list, tuple)) or not requests:
         raise EditError("requests: expected a non-empty list of request dicts (`load_requests(path)` reads a file), "
@@ -279,12 +280,11 @@ def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_
     unknown = sorted(set(hparams or {}) - set(allowed))
     if unknown:
         raise EditError(f"hparams: unknown {unknown} for method {method!r}; expected some of {list(allowed)}")
-    if method == "memit" and not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-        raise EditError(f"lam: expected a finite weight > 0, got {lam!r}")
-    if not isinstance(gen_tokens, int) or isinstance(gen_tokens, bool) or gen_tokens < 0:
-        raise EditError(f"gen_tokens: expected an int >= 0, got {gen_tokens!r}")
-    if value_prefixes is not None and (not isinstance(value_prefixes, int) or value_prefixes < 0):
-        raise EditError(f"value_prefixes: expected an int >= 0 or None, got {value_prefixes!r}")
+    check_hparams(hparams or {}, allowed)
+    if method == "memit":
+        checks.number(lam, "lam", positive=True, error=EditError)
+    checks.integer(gen_tokens, "gen_tokens", 0, error=EditError)
+    checks.integer(value_prefixes, "value_prefixes", 0, none_ok=True, error=EditError)
     if stats is not None and not isinstance(stats, dict):
         raise EditError(f"stats: expected a dict of key-statistics options, got {type(stats).__name__}")
 
@@ -317,8 +317,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
     if method not in methods:
         raise EditError(f"method: expected one of {methods}, got {method!r}")
     if limit is not None:
-        if not isinstance(limit, int) or limit < 1:
-            raise EditError(f"limit: expected an int >= 1, got {limit!r}")
+        checks.integer(limit, "limit", error=EditError)
         requests = requests[:limit]
     check_run(model, requests, method, layer=layer, layers=layers, hparams=hparams, lam=lam, gen_tokens=gen_tokens,
               value_prefixes=value_prefixes, stats=stats)

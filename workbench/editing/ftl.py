@@ -7,7 +7,7 @@ import torch
 from ..core.arch import weight_out_in
 from ..core.generation import pad_right
 from .requests import EditError, EditRequest, already_predicted, edit_layers
-from .rank_one import default_layer
+from .rank_one import check_hparams, default_layer
 from .weights import WeightEdit, frozen
 
 
@@ -17,8 +17,7 @@ def ft_l(model, request, layer: int | None = None, *, steps: int = 25, lr: float
     request = EditRequest.of(request)
     target_ids = request.check(model)
     layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
-    if not eps > 0:
-        raise EditError(f"eps: expected a positive L-infinity radius, got {eps!r}")
+    check_hparams({"steps": steps, "lr": lr, "eps": eps}, ("steps", "lr", "eps"))  # eps: the L-infinity radius
     meta = {"method": "ft-l", "layer": layer, "request": dict(request.__dict__), "fingerprint": model.fingerprint,
             "hparams": {"steps": steps, "lr": lr, "eps": eps}}
     if already_predicted(model, request.prompt, target_ids):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from ..core import checks
 from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, as_requests, edit_layers, subject_last
-from .rank_one import HPARAMS, compute_keys, context_prefixes, default_layer, optimise_deltas
+from .rank_one import HPARAMS, check_hparams, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
 
@@ -62,11 +63,8 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     for r in requests:
         r.check(model)
     layers = edit_layers(model, default_memit_layers(model) if layers is None else layers, "layers")
-    unknown = set(hparams) - set(HPARAMS)
-    if unknown:
-        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
-    if not lam > 0:
-        raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
+    check_hparams(hparams)
+    checks.number(lam, "lam (the weight of the corpus statistics)", positive=True, error=EditError)
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
     v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
     Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
@@ -109,8 +107,7 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
     `Z` [n, d_model] are the targets at the top layer's resid_post (`memit_targets`). The model is changed
     while this runs and restored bit-exactly before returning, also on errors.
     """
-    if not lam > 0:
-        raise EditError(f"lam: expected a positive weight of the corpus statistics, got {lam!r}")
+    checks.number(lam, "lam (the weight of the corpus statistics)", positive=True, error=EditError)
     if Z.shape != (len(requests), model.dims.d_model):
         raise EditError(f"Z: expected shape [{len(requests)}, {model.dims.d_model}], got {list(Z.shape)}")
     check_covariances(model, Cs, layers)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core import checks
 from ..core.interventions import Add
 from ..core.default_model import MEASURED
 from ..core.generation import generate_ids, pad_right
@@ -39,6 +40,24 @@ from .weights import WeightEdit, frozen
 # Layer edited by default on the embedded SmolLM2-135M (30 layers), chosen from causal tracing; see the README.
 PREFIX_STARTS = ["The", "Therefore", "Because", "I", "You"]
 HPARAMS = ("steps", "lr", "kl_factor", "weight_decay", "clamp_norm")  # of the value optimisation
+
+
+def check_hparams(hparams: dict, allowed=HPARAMS) -> dict:
+    """Names among `allowed` and values that mean something: steps an int >= 1, lr a learning rate, eps and
+    clamp_norm > 0, kl_factor and weight_decay >= 0 (all finite). Shared by ROME, MEMIT, FT-L and the CLI."""
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise EditError(f"hparams: unknown {unknown}; expected some of {list(allowed)}")
+    for name, v in hparams.items():
+        if name == "steps":
+            checks.integer(v, name, error=EditError)
+        elif name == "lr":
+            checks.learning_rate(v, error=EditError)
+        elif name in ("eps", "clamp_norm"):
+            checks.number(v, name, positive=True, error=EditError)
+        else:
+            checks.number(v, name, minimum=0, error=EditError)
+    return hparams
 
 
 def default_layer(model) -> int:
@@ -120,7 +139,7 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     with torch.no_grad():
         logits0, cache = model.run_with_cache(ids, [site], attention_mask=mask)
         h0 = cache[site][torch.tensor(first_rows, device=dev), torch.tensor([pos[k] for k in first_rows], device=dev)]
-        kl_init = logits0[kl_rows_t, kl_pos].log_softmax(-1)                      # [n, vocab]
+        kl_init = logits0[kl_rows_t, kl_pos].float().log_softmax(-1)              # [n, vocab]
     h0_norm = h0.norm(dim=-1)                                                        # [n]
     delta = torch.zeros(len(requests), model.dims.d_model, device=dev, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
@@ -131,7 +150,7 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     with frozen(model):
         for it in tqdm(range(steps), disable=not progress, desc=f"optimising {len(requests)} value(s)", unit="step"):
             add = Add(site, rows=list(range(len(rows))), positions=pos, pointwise=True, vector=delta[owner_t])
-            logits = model.run_with_interventions(ids, [add], attention_mask=mask)
+            logits = model.run_with_interventions(ids, [add], attention_mask=mask).float()  # float32 loss in any dtype
             tok_logp = logits[t_row, t_pos].log_softmax(-1).gather(-1, t_tok[:, None])[:, 0]
             nll = -torch.zeros(len(requests), device=dev).index_add(0, t_req, tok_logp) / n_tok   # [n]
             kl_logp = logits[kl_rows_t, kl_pos].log_softmax(-1)
@@ -198,9 +217,7 @@ def rome_many(model, requests, layer: int | None = None, *, prefixes: list[str] 
     requests = as_requests(requests)
     targets = [r.check(model) for r in requests]
     layer = edit_layers(model, default_layer(model) if layer is None else layer)[0]
-    unknown = set(hparams) - set(HPARAMS)
-    if unknown:
-        raise EditError(f"hparams: unknown {sorted(unknown)}; expected some of {list(HPARAMS)}")
+    check_hparams(hparams)
     d = model.dims.d_mlp
     if C is not None and (not isinstance(C, Tensor) or tuple(C.shape) != (d, d)):
         raise EditError(f"C: expected a [{d}, {d}] tensor (the layer's key second moment), got "

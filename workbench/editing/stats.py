@@ -17,12 +17,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..core.model import Model
-from ..core.io import atomic_write_text, cache_dir
+from ..core import checks
+from ..core.io import cache_dir, read_safetensors, write_json
 from ..toolkit.corpora import corpus_id, corpus_tokens, read_meta, save_with_meta
 from .requests import edit_layers
+from ..core import checks
+from ..core.io import write_json
 
 
 def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_tokens: int = 32768, seed: int = 0,
@@ -33,8 +35,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     disk keyed by model fingerprint, layer, corpus and token count.
     """
     layers = edit_layers(model, layers, "layers")
-    if not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens: expected an int >= 1, got {n_tokens!r}")
+    checks.integer(n_tokens, "n_tokens")
     fp = model.fingerprint
     cid = corpus_id(corpus, seed, seq_len)
     want = {"fingerprint": fp, "corpus": cid, "n_tokens": n_tokens, "d_mlp": model.dims.d_mlp}
@@ -46,7 +47,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
             if meta != {**want, "layer": l}:
                 raise ValueError(f"stats: cache file {path} holds {meta}, not {dict(want, layer=l)}; "
                                  "it is stale or foreign, delete it to recompute")
-            out[l] = load_file(str(path))["C"]
+            out[l] = read_safetensors(path, "stats")[0]["C"]
         else:
             missing.append(l)
     if not missing:
@@ -71,7 +72,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
         C = (sums[l] / seen).float()
         path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
         save_with_meta({"C": C.contiguous()}, {**want, "layer": l}, path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps({**want, "layer": l}, indent=2))
+        write_json(path.with_suffix(".json"), {**want, "layer": l}, indent=2)
         out[l] = C
     return out
 

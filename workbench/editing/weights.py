@@ -9,7 +9,6 @@ checked before they are applied, saved as safetensors deltas with JSON metadata.
 """
 from __future__ import annotations
 
-import json
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ import torch
 from torch import Tensor
 
 from ..core.arch import weight_out_in
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import FileProblem, read_json, read_safetensors, save_safetensors
 from .requests import EditError, edit_layers
+from ..core.io import write_json
 
 # Prompts unrelated to any edit; an edit that moves their next-token distributions a lot is abnormal.
 UNRELATED_PROMPTS = [
@@ -120,20 +120,23 @@ class WeightEdit:
         """Write `deltas.safetensors` and `edit.json` (metadata) into `directory`, each atomically."""
         directory = Path(directory)
         save_safetensors(directory / "deltas.safetensors", {f"layer.{l}": d for l, d in self.deltas.items()})
-        atomic_write_text(directory / "edit.json", json.dumps({"noop": self.noop, "layers": sorted(self.deltas),
-                                                               "meta": self.meta}, indent=2, default=str))
+        write_json(directory / "edit.json", {"noop": self.noop, "layers": sorted(self.deltas), "meta": self.meta},
+                   indent=2, default=str)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "WeightEdit":
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in ("deltas.safetensors", "edit.json"):
             if not (directory / name).is_file():
                 raise EditError(f"directory: {directory} has no {name}; expected a directory written by WeightEdit.save")
-        info = json.loads((directory / "edit.json").read_text())
-        tensors = load_file(str(directory / "deltas.safetensors"))
+        try:
+            info = read_json(directory / "edit.json", "directory")
+            tensors, _ = read_safetensors(directory / "deltas.safetensors", "directory")
+        except FileProblem as e:
+            raise EditError(str(e)) from None
+        if not isinstance(info, dict) or not isinstance(info.get("layers"), list):
+            raise EditError(f"directory: {directory / 'edit.json'}: expected an object with a 'layers' list")
         deltas = {int(k.split(".")[1]): v for k, v in tensors.items()}
         if sorted(deltas) != sorted(info["layers"]):
             raise EditError(f"directory: {directory}: edit.json names layers {info['layers']}, the deltas hold {sorted(deltas)}")

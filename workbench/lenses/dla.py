@@ -23,6 +23,7 @@ from ..core.arch import final_softcap, frozen_norm, weight_out_in
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site
 from ..core.generation import check_prompts
+from ..core import checks
 from ._common import answer_ids
 
 
@@ -106,6 +107,7 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
     prompts = check_prompts(prompts)
     ans = answer_ids(model, answer, len(prompts))
     fo = None if foil is None else answer_ids(model, foil, len(prompts), "foil")
+    checks.distinct_tokens(ans, fo, unit="prompt")
     with torch.no_grad():
         stack, labels, final = decompose_resid(model, prompts, by_head=by_head)
         attrs, const = logit_attrs(model, stack, final, ans, fo)
@@ -124,6 +126,6 @@ def direct_logit_attribution(model, prompts, answer, foil=None, *, by_head: bool
             "identity_error": err,
             "answer": [model.tokenizer.decode([a]) for a in ans.tolist()],
             "foil": None if fo is None else [model.tokenizer.decode([f]) for f in fo.tolist()]}
-    return LabelledArray(values.cpu().numpy(), ("prompt", "component"),
+    return LabelledArray(values.float().cpu().numpy(), ("prompt", "component"),
                          {"prompt": list(range(len(prompts))), "component": labels + ["bias"]},
                          name="direct logit attribution", meta=meta)

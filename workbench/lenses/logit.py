@@ -38,6 +38,11 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
     prompts = check_prompts(prompts)
     L = model.dims.n_layers
     layers = list(range(L)) if layers is None else check_layers(layers, L)
+    if tuned is not None:
+        if not hasattr(tuned, "check"):
+            raise ValueError(f"tuned: expected a TunedLens (from train_tuned_lens / load_tuned_lens), got "
+                             f"{type(tuned).__name__}")
+        tuned.check(model)
     ans = answer_ids(model, answer, len(prompts))
     ids, mask = model.encode(prompts)
     last = model.last_positions(ids, mask)
@@ -59,5 +64,5 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
             "model_prob": logits[rows, last].float().softmax(-1)[rows, ans].tolist()}
     out = {}
     for key, val in (("prob", prob), ("rank", rank), ("logit", answer_logit)):
-        out[key] = LabelledArray(val.T.cpu().numpy(), ("prompt", "layer"), coords, name=f"{'tuned' if tuned is not None else 'logit'} lens: answer {key}", meta=meta)
+        out[key] = LabelledArray(val.T.float().cpu().numpy(), ("prompt", "layer"), coords, name=f"{'tuned' if tuned is not None else 'logit'} lens: answer {key}", meta=meta)
     return out

@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.io import save_safetensors
+from ..core.io import read_safetensors, save_safetensors
 from ..core.sites import Site
+from ..core import checks
 from ..core.generation import check_prompts
 from ..toolkit.sweep import FolderLock, check_not_in_package, content_digest
 from .logit import lens_logits
@@ -37,6 +38,14 @@ class TunedLens(nn.Module):
         super().__init__()
         self.A = nn.Parameter(torch.zeros(n_layers - 1, d_model, d_model))  # A_l, zero: starts as the logit lens
         self.b = nn.Parameter(torch.zeros(n_layers - 1, d_model))
+
+    def check(self, model, arg: str = "tuned") -> "TunedLens":
+        """This lens fits `model`: one translator per layer but the last, each [d_model, d_model]."""
+        want = (model.dims.n_layers - 1, model.dims.d_model, model.dims.d_model)
+        if tuple(self.A.shape) != want:
+            raise ValueError(f"{arg}: a tuned lens for a {self.A.shape[0] + 1}-layer model of width {self.A.shape[-1]}; "
+                             f"expected one for this {want[0] + 1}-layer model of width {want[1]} (A {list(want)})")
+        return self
 
     def translate(self, resid: Tensor, layer: int) -> Tensor:
         """[..., d_model] residual of `layer` -> h + A_l h + b_l (the identity for the last layer)."""
@@ -55,18 +64,17 @@ def _meta(model, config: dict, step: int) -> dict[str, str]:
 
 def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
     """(lens, metadata, tensors) from a file written by `train_tuned_lens`; refuses another model's file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"path: no such file {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = read_safetensors(path, "path")
     if meta.get("fingerprint") != model.fingerprint:
         raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
                          f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
-    tensors = load_file(str(path))
+    n, d = model.dims.n_layers - 1, model.dims.d_model  # one translator per layer but the last
+    for name, shape in (("A", (n, d, d)), ("b", (n, d))):
+        if name not in tensors or tuple(tensors[name].shape) != shape:
+            got = tuple(tensors[name].shape) if name in tensors else "missing"
+            raise ValueError(f"path: {path}: tensor {name!r} expected shape {list(shape)} ({n} translators for "
+                             f"{n + 1} layers, d_model {d}), got {got}")
     lens = TunedLens(model.dims.d_model, model.dims.n_layers).to(model.device)
     with torch.no_grad():
         lens.A.copy_(tensors["A"])
@@ -88,11 +96,9 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
     """
     texts = check_prompts(texts, "texts")
     for name, val in (("steps", steps), ("batch_size", batch_size), ("max_len", max_len), ("save_every", save_every)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {val!r}")
-    if tokens_per_step is not None and (not isinstance(tokens_per_step, int) or isinstance(tokens_per_step, bool)
-                                        or tokens_per_step < 1):
-        raise ValueError(f"tokens_per_step: expected None or an int >= 1, got {tokens_per_step!r}")
+        checks.integer(val, name)
+    checks.integer(tokens_per_step, "tokens_per_step", none_ok=True)
+    checks.learning_rate(lr)
     # keyed by the texts' content (not only their number): another corpus is another lens
     config = {"lr": lr, "batch_size": batch_size, "max_len": max_len, "seed": seed, "n_texts": len(texts),
               "texts_sha256": content_digest(list(texts))}
@@ -168,6 +174,8 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
 def lens_kl(model, texts, lens: TunedLens | None = None, max_len: int = 64) -> list[float]:
     """Per layer, mean KL(model || lens) over the tokens of `texts` (the logit lens when `lens` is None)."""
     texts = check_prompts(texts, "texts")
+    if lens is not None:
+        lens.check(model, "lens")
     L = model.dims.n_layers
     ids, mask = model.encode(texts)
     ids, mask = ids[:, :max_len], None if mask is None else mask[:, :max_len]

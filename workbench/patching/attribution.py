@@ -18,6 +18,7 @@ from .engine import run_patches
 from .grid import check_grid, grid_cells, labelled_grid, patches_for, prepare
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site
+from ..core import checks
 
 
 def _attribution_grid(model, setup, comp: str, by: str, grads: dict) -> torch.Tensor:
@@ -79,8 +80,7 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
     Returns {"attribution": {comp: LabelledArray}, "exact": {comp: LabelledArray, NaN where not
     verified}, "top": [{component, layer, position, head, attribution, exact}]}, averaged over pairs.
     """
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
+    checks.integer(top_k, "top_k")
     comps = check_grid(components, by)
     setup = prepare(model, clean, corrupted, answer, foil, comps, metric, direction, align)
     att = _attribution_arrays(model, setup, comps, by, metric, direction, False)
@@ -99,7 +99,7 @@ def attribute_then_verify(model, clean, corrupted, answer, foil=None, *, compone
             per_cell = torch.zeros(len(chosen))
             per_cell.index_add_(0, torch.tensor([w[1] for w in where]), vals.detach().cpu().float())
             grid[torch.tensor(chosen)] = per_cell / setup.pairs.n
-        arr = LabelledArray(grid.reshape(att[comp].values.shape).numpy(), att[comp].dims, att[comp].coords,
+        arr = LabelledArray(grid.reshape(att[comp].values.shape).float().numpy(), att[comp].dims, att[comp].coords,
                             name=f"{comp} exact patching of the top {top_k}", meta=dict(att[comp].meta, method="exact"))
         exact[comp] = arr
     for _, comp, idx in ranked:

@@ -11,7 +11,7 @@ import torch
 
 from ..toolkit.results import LabelledArray
 from .engine import checked_metric, last_logits
-from .grid import Setup, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
+from .grid import Setup, check_degenerate, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 
@@ -42,6 +42,7 @@ def cross_model_patching(base, tuned, prompts, answer, foil=None, *, components:
         raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
     source_model, target_model = (tuned, base) if direction == "tuned_into_base" else (base, tuned)
     pairs = make_pairs(target_model, prompts, prompts, answer, foil)
+    check_degenerate(pairs, metric, same_prompts_ok=True)  # one prompt, two models: only answer == foil
     sites = [s for s in target_model.all_sites(comps)]
     with torch.no_grad():
         # float32 last-position logits, as the engine computes them, so the baselines match the cells

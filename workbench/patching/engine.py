@@ -32,6 +32,7 @@ from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_
                          one_layer_cache, output_cache, rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
+from ..core import checks
 
 # (last-token logits [n, d_vocab], pair index [n]) -> [n], or [n, m] for several numbers per patched run
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -88,12 +89,10 @@ def bytes_per_token(model, seq_len: int) -> int:
 def token_budget(model, seq_len: int, memory_mb: float | None, max_batch_tokens: int | None) -> int:
     """How many (row, position) pairs one call may hold, from a memory budget or a direct cap."""
     if max_batch_tokens is not None:
-        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens: expected an int >= 1, got {max_batch_tokens!r}")
+        checks.integer(max_batch_tokens, "max_batch_tokens")
         budget = max_batch_tokens
     else:
-        if memory_mb is None or not memory_mb > 0:
-            raise ValueError(f"memory_mb: expected a number > 0, got {memory_mb!r}")
+        checks.number(memory_mb, "memory_mb", positive=True)
         per_row_logits = 4 * model.dims.d_vocab
         budget = int(memory_mb * 2**20 // (bytes_per_token(model, seq_len) + per_row_logits / seq_len))
     if budget < seq_len:

@@ -7,6 +7,7 @@ from ..toolkit.results import LabelledArray
 from ..core.model import Model
 from .engine import MetricFn
 from .grid import check_grid, grid_cells, labelled_grid, prepare, run_grid
+from ..core import checks
 
 
 def activation_patching(
@@ -32,8 +33,7 @@ def activation_patching(
     corrupted_metric and the engine's statistics.
     """
     comps = check_grid(components, by)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= 100:
-        raise ValueError(f"top_k: expected an integer from 0 (none) to 100 predictions per cell, got {top_k!r}")
+    checks.integer(top_k, "top_k (predictions per cell, 0 = none)", 0, 100)
     if method not in ("exact", "attribution"):
         raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
     if method == "attribution":

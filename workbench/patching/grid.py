@@ -17,6 +17,7 @@ from .engine import EngineStats, MetricFn, Patch, checked_metric, last_logits, r
 from ..core.model import Model
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site, parse_components
+from ..core import checks
 
 METRICS = ("logit_diff", "prob", "logprob", "kl", "normalized")
 GRIDS = {"position": ("layer", "position"), "head": ("layer", "head"), "position_head": ("layer", "position", "head")}
@@ -63,16 +64,13 @@ def _warn_leading_space(model: Model, prompts: list[str], texts: list[str], arg:
             return
 
 
-def check_degenerate(pairs: "Pairs", metric) -> None:
+def check_degenerate(pairs: "Pairs", metric, *, same_prompts_ok: bool = False) -> None:
     """Refuse pairs whose metric cannot say anything: answer == foil (the logit difference is 0 whatever is
-    patched) or a clean prompt identical to its corrupted one (every patch is a no-op)."""
+    patched) or a clean prompt identical to its corrupted one (every patch is a no-op; `same_prompts_ok` where
+    the two runs differ otherwise, as in cross-model patching)."""
     if pairs.foil is not None and metric in ("logit_diff", "normalized"):
-        same = (pairs.answer == pairs.foil).nonzero()
-        if len(same):
-            i = int(same[0, 0])
-            raise ValueError(f"foil: pair {i}: answer and foil are the same token ({int(pairs.answer[i])}), so the "
-                             f"{metric!r} metric (answer - foil logit difference) is 0 whatever is patched; degenerate pair")
-    if pairs.clean.shape == pairs.corrupted.shape:
+        checks.distinct_tokens(pairs.answer, pairs.foil, metric)
+    if not same_prompts_ok and pairs.clean.shape == pairs.corrupted.shape:
         same = (pairs.clean == pairs.corrupted).all(1).nonzero()
         if len(same):
             i = int(same[0, 0])
@@ -112,7 +110,7 @@ def make_pairs(model: Model, clean, corrupted, answer, foil=None, align=None) ->
         if not isinstance(align, dict) or not align:
             raise ValueError("align: expected a non-empty dict {clean position: corrupted position}")
         for c, x in align.items():
-            if not (isinstance(c, int) and 0 <= c < Tc and isinstance(x, int) and 0 <= x < Tx):
+            if not (checks.is_int(c) and 0 <= c < Tc and checks.is_int(x) and 0 <= x < Tx):
                 raise ValueError(f"align: ({c}, {x}) out of range; clean positions 0..{Tc - 1}, corrupted 0..{Tx - 1}")
         pairs_pos = sorted(align.items())
     dev = model.device
@@ -310,5 +308,5 @@ def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats
     if stats is not None:
         meta["engine"] = {"path": stats.path, "calls": stats.calls, "token_layers": stats.token_layers,
                           "padding": stats.padding, "notes": stats.notes}
-    return LabelledArray(values.detach().cpu().numpy(), dims, {d: coords[d] for d in dims},
+    return LabelledArray(values.detach().float().cpu().numpy(), dims, {d: coords[d] for d in dims},
                          name=f"{comp} patching ({direction})", meta=meta)

@@ -33,7 +33,8 @@ from torch import Tensor
 from ..core.interventions import Replace
 from ..toolkit.results import LabelledArray
 from ..core.sites import Site
-from .grid import make_pairs, metric_fn
+from .grid import check_degenerate, make_pairs, metric_fn
+from ..core import checks
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _MLP = re.compile(r"^mlp(\d+)$")
@@ -110,12 +111,10 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
     groups = _parse_senders(senders, dims)
     recv = _parse_receivers(receivers, dims, groups)
     pairs = make_pairs(model, clean, corrupted, answer, foil)
+    check_degenerate(pairs, metric)
     n, S, T = pairs.n, len(groups), pairs.clean.shape[1]
     if receiver_positions is not None:
-        bad = [p for p in ([receiver_positions] if isinstance(receiver_positions, int) else receiver_positions)
-               if not isinstance(p, int) or not -T <= p < T]
-        if bad:
-            raise ValueError(f"receiver_positions: {bad} out of range for {T}-token prompts")
+        checks.positions(receiver_positions, "receiver_positions", T)
     if receiver_input not in RECEIVER_INPUTS:
         raise ValueError(f"receiver_input: expected one of {sorted(RECEIVER_INPUTS)}, got {receiver_input!r}")
     if receiver_input != "qkv" and recv is None:
@@ -189,5 +188,5 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
             "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
             "clean_metric": fn(clean_logits[:, -1], idx).mean().item(),
             "corrupted_metric": fn(corr_logits[:, -1], idx).mean().item(), "per_pair": values.tolist()}
-    return LabelledArray(values.mean(1).cpu().numpy(), ("sender",), {"sender": labels},
+    return LabelledArray(values.mean(1).float().cpu().numpy(), ("sender",), {"sender": labels},
                          name=f"path patching -> {meta['receivers']}", meta=meta)

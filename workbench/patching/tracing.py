@@ -23,6 +23,7 @@ from .engine import Overwrite, Patch, run_patches
 from ..core.model import Model
 from ..core.sites import Site, check_choices
 from ..toolkit.results import Result
+from ..core import checks
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -107,12 +108,9 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_st
     the absolute standard deviation nu of the noise on the subject's embeddings (the paper: 3 x
     `embedding_noise_std`; `trace_facts` takes that factor as `noise_scale`)."""
     kinds = check_kinds(kinds)
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected an int >= 1, got {window!r}")
-    if not (isinstance(noise_std, (int, float)) and noise_std >= 0 and noise_std != float("inf")):
-        raise ValueError(f"noise_std: expected a finite standard deviation >= 0, got {noise_std!r}")
+    checks.integer(samples, "samples")
+    checks.integer(window, "window")
+    checks.number(noise_std, "noise_std", minimum=0)
     span = model.find_span(prompt, subject)
     answer_ids = model.tokenizer(answer, add_special_tokens=False).input_ids
     if not answer_ids:
@@ -158,7 +156,7 @@ def trace_fact(model: Model, prompt: str, subject: str, answer: str, *, noise_st
             t_idx = torch.tensor([c[0] for c in cells])
             l_idx = torch.tensor([c[1] for c in cells])
             grid[t_idx, l_idx] = per_cell.to(grid.dtype)
-        scores[kind] = grid.cpu().numpy()
+        scores[kind] = grid.float().cpu().numpy()
     return Trace(prompt, subject, answer, model.to_str_tokens(prompt), (span.start, span.stop), p_clean,
                  p_corr.mean().item(), scores,
                  {"noise_std": noise_std, "samples": samples, "window": window, "seed": seed, "kinds": kinds})
@@ -313,10 +311,8 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     elif order != "file":
         raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
     kinds = check_kinds(kinds)
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"limit: expected an int >= 1, got {limit!r}")
-    if not (isinstance(noise_scale, (int, float)) and 0 <= noise_scale < float("inf")):
-        raise ValueError(f"noise_scale: expected a finite factor >= 0, got {noise_scale!r}")
+    checks.integer(limit, "limit", none_ok=True)
+    checks.number(noise_scale, "noise_scale", minimum=0)
     config = {"model": model.name, "fingerprint": model.fingerprint, "facts_sha256": content_hash(_facts_file(facts_path)),
               "samples": samples, "noise_scale": noise_scale, "window": window, "kinds": kinds, "seed": seed,
               "trace_unknown": trace_unknown}

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..core.arch import module_device
 from ..core.interventions import Index, Intervention, as_index
 from ..core.sites import Site, parse_site
+from ..core import checks
 
 OPS = (None, "set", "scale", "add", "zero")
 
@@ -79,8 +80,7 @@ class SAEEdit(Intervention):
         self.latents_out: Tensor | None = None
         if self.max_norm is None:
             self.max_norm = self.sae.cfg.metadata.get("max_norm")
-        if self.max_norm is not None and not (isinstance(self.max_norm, (int, float)) and self.max_norm > 0):
-            raise ValueError(f"max_norm: expected a number > 0, got {self.max_norm!r}")
+        checks.number(self.max_norm, "max_norm", positive=True, none_ok=True)
 
     def check(self, shape):
         if self.heads is not None:

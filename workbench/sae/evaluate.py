@@ -20,6 +20,7 @@ import torch
 from ..core.interventions import Scale
 from ..core.sites import parse_site
 from .edit import SAEEdit
+from ..core import checks
 
 
 def _next_token_ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[float, int]:
@@ -43,10 +44,8 @@ def evaluate_sae(model, sae, texts: Sequence[str], *, skip_first: int | None = N
     texts = check_prompts(list(texts), "texts")
     site = parse_site(sae.cfg.metadata.get("hook_name"), model.dims.n_layers)
     skip = int(sae.cfg.metadata.get("skip_first", 0) or 0) if skip_first is None else skip_first
-    if not isinstance(skip, int) or skip < 0:
-        raise ValueError(f"skip_first: expected an int >= 0, got {skip_first!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    checks.integer(skip, "skip_first", 0)
+    checks.integer(batch_size, "batch_size")
 
     x = site_activations(model, texts, site, skip_first=skip, batch_size=batch_size, progress=False)
     max_norm = sae.cfg.metadata.get("max_norm")

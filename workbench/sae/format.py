@@ -19,14 +19,14 @@ where a base model's SAE reads a fine-tune on purpose).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import read_json, read_safetensors, save_safetensors
 from ..core.sites import COMPONENTS, Site, parse_site
+from ..core.io import write_json
 
 CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
@@ -94,19 +94,10 @@ def _check_files(path: Path) -> dict:
     for name in (CFG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise ValueError(f"sae: {path} has no {name}; expected SAELens's format ({CFG_FILE} + {WEIGHTS_FILE})")
-    try:
-        cfg = json.loads((path / CFG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"sae: {path / CFG_FILE} is not valid JSON ({e})") from None
+    cfg = read_json(path / CFG_FILE, "sae")
     if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
         raise ValueError(f"sae: {path / CFG_FILE} is not an SAELens config (no d_in / d_sae)")
-    from safetensors.torch import load_file
-
-    weights = path / WEIGHTS_FILE
-    try:
-        load_file(str(weights))  # checks the header against the file's size: a short file fails here
-    except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
-        raise ValueError(f"sae: {weights} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    read_safetensors(path / WEIGHTS_FILE, "sae")  # whole (header against size) and finite (a NaN: all-NaN logits)
     return cfg
 
 
@@ -181,7 +172,7 @@ def save_sae(sae, path: str | Path, *, weights_dtype: torch.dtype | None = None)
     cfg["device"] = "cpu"
     # weights first, config last: a folder whose cfg.json is new always has the new weights
     save_safetensors(path / WEIGHTS_FILE, state)
-    atomic_write_text(path / CFG_FILE, json.dumps(cfg, indent=2, default=str))
+    write_json(path / CFG_FILE, cfg, indent=2, default=str)
     return path
 
 

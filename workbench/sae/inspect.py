@@ -20,14 +20,14 @@ from ..core.arch import weight_out_in
 from ..toolkit.results import Result
 from ..core.generation import check_prompts
 from .use import check_latents, read_latents, latent_site
+from ..core import checks
 
 
 @torch.no_grad()
 def logit_effects(model, sae, latent: int, k: int = 10) -> dict:
     """The latent's decoder direction through the unembedding: {"top": [(token, value)], "bottom": [...]}."""
     (latent,) = check_latents(sae, [latent], "latent")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+    checks.integer(k, "k")
     unembed, norm = model.module("unembed"), model.module("final_norm")
     d = sae.W_dec.detach()[latent].float().to(model.device)
     gain = getattr(norm, "weight", None)
@@ -96,9 +96,8 @@ def inspect_latent(model, sae, latent: int, texts, *, site=None, top_k: int = 10
     s = latent_site(model, sae, site)
     (latent,) = check_latents(sae, [latent], "latent")
     texts = check_prompts(list(texts), "texts")
-    for arg, v in (("top_k", top_k), ("window", window)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if arg == "top_k" else 0):
-            raise ValueError(f"{arg}: expected a {'positive' if arg == 'top_k' else 'non-negative'} int, got {v!r}")
+    checks.integer(top_k, "top_k")
+    checks.integer(window, "window", 0)
     z = read_latents(model, sae, texts, site=s.name, read_at="all", batch_size=batch_size)[:, latent]  # [n_tokens]
     tokens = [model.to_str_tokens(t) for t in texts]
     where = [(i, p) for i, toks in enumerate(tokens) for p in range(len(toks))]

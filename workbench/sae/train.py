@@ -25,10 +25,12 @@ from typing import Sequence
 
 import torch
 
-from ..core.io import atomic_write_text, save_safetensors
+from ..core.io import read_json, read_safetensors, save_safetensors
 from ..core.sites import parse_site
 from ..toolkit.sweep import SweepFolder
 from .format import bind_metadata, save_sae, site_width
+from ..core import checks
+from ..core.io import write_json
 
 STDLIB_MODULES = ["argparse", "collections", "json", "os", "pathlib", "re", "string", "textwrap", "itertools",
                   "functools", "datetime", "random", "statistics", "math", "decimal", "fractions", "csv", "logging",
@@ -198,22 +200,18 @@ def _save_checkpoint(folder: SweepFolder, trainer, step: int) -> None:
              "lr_scheduler": trainer.lr_scheduler.state_dict().get("last_epoch"),
              "coefficient_schedulers": {k: s.state_dict() for k, s in trainer.coefficient_schedulers.items()},
              "scaling_factor": trainer.activation_scaler.scaling_factor}
-    atomic_write_text(ck / "state.json", json.dumps(state))
+    write_json(ck / "state.json", state)
 
 
 def _load_checkpoint(folder: SweepFolder, trainer) -> int:
     """Restore the last checkpoint into `trainer`; the step to continue from (0 without one)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     ck = folder.path / folder.items_dir
     if not (ck / "state.json").is_file() or not (ck / "state.safetensors").is_file():
         return 0
-    state = json.loads((ck / "state.json").read_text())
-    with safe_open(str(ck / "state.safetensors"), "pt") as f:
-        if (f.metadata() or {}).get("step") != str(state["step"]):
-            raise ValueError(f"out: checkpoint files in {ck} are from different steps; delete the folder or use force")
-    tensors = load_file(str(ck / "state.safetensors"))
+    state = read_json(ck / "state.json", "out")
+    tensors, meta = read_safetensors(ck / "state.safetensors", "out")
+    if not isinstance(state, dict) or meta.get("step") != str(state.get("step")):
+        raise ValueError(f"out: checkpoint files in {ck} are from different steps; delete the folder or use force")
     trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     opt = trainer.optimizer.state_dict()
     for i in list(opt["state"]) or range(len(opt["param_groups"][0]["params"])):
@@ -264,14 +262,11 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
     site = parse_site(site, model.dims.n_layers)
     for name, v, lo in (("d_sae", d_sae, 1), ("k", k, 1), ("steps", steps, 1), ("batch_size", batch_size, 1),
                         ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        checks.integer(v, name, lo)
     if k > d_sae:
         raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: expected a number > 0, got {lr!r}")
-    if stop_at is not None and (out is None or not isinstance(stop_at, int) or isinstance(stop_at, bool)
-                                or not 0 < stop_at < steps):
+    checks.learning_rate(lr)
+    if stop_at is not None and (out is None or not checks.is_int(stop_at) or not 0 < stop_at < steps):
         raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
     d_in = site_width(site, model.dims)
     folder = None

@@ -19,6 +19,7 @@ from ..core.sites import Site, parse_site
 from ..directions import store
 from ..directions.activations import read_activations
 from ..steering.vectors import SteeringVector
+from ..core import checks
 
 
 # -- the SAE, its site and its latents --------------------------------------------------------------
@@ -51,11 +52,11 @@ def latent_site(model, sae, site=None) -> Site:
 def check_latents(sae, latents, arg: str = "latents") -> list[int]:
     """A latent index or a non-empty list of distinct ones, each in 0..d_sae-1."""
     n = sae.cfg.d_sae
-    items = [latents] if isinstance(latents, int) and not isinstance(latents, bool) else latents
+    items = [latents] if checks.is_int(latents) else latents
     if isinstance(items, Tensor):
         items = items.tolist()
     if not isinstance(items, (list, tuple, range)) or not len(items) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in items):
+            checks.is_int(i) for i in items):
         raise ValueError(f"{arg}: expected a latent index or a non-empty list of them, got {latents!r}")
     bad = [i for i in items if not 0 <= i < n]
     if bad:
@@ -151,8 +152,7 @@ def latent_attribution(model, sae, clean, corrupted, answer, foil=None, *, site=
     from .edit import SAEEdit
 
     s = latent_site(model, sae, site)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= sae.cfg.d_sae:
-        raise ValueError(f"top_k: expected an int in 1..{sae.cfg.d_sae} (the SAE's latents), got {top_k!r}")
+    checks.integer(top_k, "top_k (at most the SAE's latents)", 1, sae.cfg.d_sae)
     setup = prepare(model, clean, corrupted, answer, foil, [s.component], metric, direction, align)
     idx = torch.arange(setup.pairs.n, device=model.device)
     src_pos, tgt_pos = torch.tensor(setup.source_pos), torch.tensor(setup.target_pos)

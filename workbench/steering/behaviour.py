@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import resolve
+from ..core.io import read_text
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 
@@ -30,7 +31,7 @@ def word_share(words: Iterable[str] | str | Path, *, split_apostrophes: bool = T
         path = resolve(words)
         if not path.is_file():
             raise FileNotFoundError(f"words: no word list {path}")
-        words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]
+        words = [w.strip() for w in read_text(path, "words").splitlines() if w.strip() and not w.startswith("#")]
     vocab = {w.lower() for w in words}
     if not vocab:
         raise ValueError("words: the word list is empty")

@@ -2,7 +2,6 @@
 the steered continuations under the unsteered model, or KL on neutral text), as labelled arrays."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,9 +13,10 @@ from torch import Tensor
 from ..core.generation import check_generation, check_prompts, generate_ids
 from ..core.interventions import Add
 from ..toolkit.results import LabelledArray
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, read_json
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
+from ..core.io import write_json
 
 # -- costs --------------------------------------------------------------------------------------
 
@@ -104,12 +104,12 @@ class SteeringSweep:
                 "cost": self.cost.to_json(), "best": self.best(), "samples": self.samples}
 
     def save(self, path: str | Path) -> Path:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+        write_json(path, self.to_json(), indent=1)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringSweep":
-        d = json.loads(Path(path).read_text())
+        d = read_json(path, "path")
         return cls(LabelledArray.from_json(d["behaviour"]),
                    None if d["success"] is None else LabelledArray.from_json(d["success"]),
                    LabelledArray.from_json(d["cost"]), d["baseline"], d["samples"], d["meta"])

@@ -21,7 +21,6 @@ steered continuations under the unsteered model, or KL on neutral text), as labe
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ..toolkit.records import read_records
 from ..core.sites import check_layers, check_residual_component, parse_site
 from ..directions import store
 from ..directions.activations import read_activations
+from ..core import checks
 
 METHODS = ("mean_diff", "pca", "probe")
 # The unsteered model as a sentiment classifier: log p(" positive") - log p(" negative") after this
@@ -91,13 +91,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
 
 
 def check_multiplier(m, arg: str = "multiplier") -> float:
-    try:
-        f = float(m)
-    except (TypeError, ValueError):
-        raise ValueError(f"{arg}: expected a number, got {m!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"{arg}: expected a finite number, got {m!r}")
-    return f
+    return checks.number(m, arg)
 
 
 # -- the vector ---------------------------------------------------------------------------------
@@ -110,12 +104,12 @@ def position_selector(positions) -> PositionSelector | None:
         return Generated()
     if isinstance(positions, PositionSelector):
         return positions
-    if isinstance(positions, int) and not isinstance(positions, bool):
+    if checks.is_int(positions):
         if positions < 0:
             raise ValueError(f"positions: 'from a position on' needs a position >= 0, got {positions}")
         return FromPosition(positions)
     if isinstance(positions, (list, tuple, range)) and len(positions) and all(
-            isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            checks.is_int(p) for p in positions):
         return AtPositions(list(positions))
     raise ValueError("positions: expected 'all', 'generated', an int (from that position on), "
                      f"a non-empty list of token positions, or a PositionSelector; got {positions!r}")

@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..core.generation import generate_ids
-from ..core.io import cache_dir, save_safetensors
+from ..core.io import cache_dir, parse_json, read_safetensors, read_text, save_safetensors
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
 
@@ -26,10 +25,7 @@ def save_with_meta(tensors: dict, meta: dict, path: Path) -> None:
 
 
 def read_meta(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("workbench", "{}"))
+    return parse_json(read_safetensors(path, "stats")[1].get("workbench", "{}"), "stats", path)
 
 
 def corpus_id(corpus: str | Path, seed: int, seq_len: int) -> str:
@@ -47,14 +43,14 @@ def corpus_tokens(model, corpus: str | Path = "samples", n_tokens: int = 32768, 
     """Token ids [n_seqs, seq_len] holding at least `n_tokens` tokens of the corpus (sampled text is cached)."""
     n_seqs = -(-n_tokens // seq_len)
     if str(corpus) != "samples":
-        ids = model.tokenizer(Path(corpus).read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+        ids = model.tokenizer(read_text(corpus, "corpus"), add_special_tokens=False).input_ids
         if len(ids) < n_seqs * seq_len:
             raise ValueError(f"n_tokens: the corpus {corpus} has {len(ids)} tokens, fewer than the {n_seqs * seq_len} asked for")
         return torch.tensor(ids[: n_seqs * seq_len]).reshape(n_seqs, seq_len)
     fp = fingerprint or model.fingerprint
     path = cache_dir() / "stats" / fp / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
     if path.is_file():
-        meta, ids = read_meta(path), load_file(str(path))["ids"]
+        meta, ids = read_meta(path), read_safetensors(path, "stats")[0]["ids"]
         if meta.get("fingerprint") != fp or meta.get("seed") != seed or ids.shape[1] != seq_len:
             raise ValueError(f"corpus: cached samples {path} do not match this model/seed ({meta}); delete the file")
         if len(ids) >= n_seqs:

@@ -24,6 +24,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
+from ..core import checks
 
 INSTALL = "pip install workbench[ray]"
 
@@ -40,8 +41,7 @@ def import_ray():
 def check_executor_args(workers, ray_address) -> None:
     """`workers`: None or an int >= 1; `ray_address`: None or a non-empty string ("auto", "host:6379",
     "ray://host:10001"). Giving either needs Ray installed; checked before a sweep writes anything."""
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise ValueError(f"workers: expected an int >= 1 (the number of Ray workers), got {workers!r}")
+    checks.integer(workers, "workers (the number of Ray workers)", none_ok=True)
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ValueError(f"ray_address: expected a Ray cluster address ('auto', 'host:6379', 'ray://host:10001'), "
                          f"got {ray_address!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.generation import check_prompts
+from ..core.io import read_text
 from .records import read_records
 
 __all__ = ["check_prompts", "read_lines", "read_prompts"]
@@ -16,7 +17,7 @@ def read_lines(path: str | Path, arg: str = "file") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{arg}: no file {path}")
-    lines = [l.rstrip("\n") for l in path.read_text().splitlines()]
+    lines = [l.rstrip("\n") for l in read_text(path, arg).splitlines()]  # the one file reader
     lines = [l for l in lines if l.strip() and not l.lstrip().startswith("#")]
     if not lines:
         raise ValueError(f"{arg}: {path} has no lines")

@@ -4,10 +4,9 @@ an object with the named keys of the named types; an error names the argument, t
 the expected key. Facts, edit requests, CAFT tasks, steering pairs, DAS pairs and observed strings are read here."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..core.io import read_jsonl
+from ..core.io import parse_json, read_jsonl, read_text
 
 
 def read_records(path: str | Path, what: str, keys: dict[str, type | tuple[type, ...]] | None = None, *,
@@ -19,12 +18,9 @@ def read_records(path: str | Path, what: str, keys: dict[str, type | tuple[type,
     try:
         if not path.is_file():
             raise ValueError(f"{what}: no such file {path}")
-        text = path.read_text() if json_list else ""
+        text = read_text(path, what) if json_list else ""
         if json_list and (path.suffix == ".json" or text.lstrip().startswith("[")):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{what}: {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            data = parse_json(text, what, path)  # the one file reader: "what: file: problem"
             if not isinstance(data, list):
                 raise ValueError(f"{what}: {path}: expected a JSON list of records, got {type(data).__name__}")
             rows = list(enumerate(data, 1))

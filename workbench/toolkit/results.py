@@ -2,13 +2,12 @@
 DataFrame, save to JSON and plot."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..core.io import atomic_write_text
+from ..core.io import read_json, write_json
 
 # Results sit below the views in the stack, so they never import them: `workbench.views` registers its renderers
 # here when it is imported (the `workbench` package imports it first thing), and `plot` / `view` / `show` look
@@ -51,19 +50,12 @@ class Result:
 
     def save(self, path: str | Path) -> Path:
         """Save as one JSON file (`to_json()`), written atomically; returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_json()))
+        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path):
         """The object a `save` wrote (JSON only, never a pickle)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"path: no such file {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"path: {path}: not a saved {cls.__name__} ({e})") from None
-        return cls.from_json(d)
+        return cls.from_json(read_json(path, "path"))
 
     def view(self):
         raise NotImplementedError(f"{type(self).__name__} has no interactive view")
@@ -112,6 +104,20 @@ class LabelledArray(Result):
     @classmethod
     def from_json(cls, d: dict) -> "LabelledArray":
         return cls(np.asarray(d["values"], dtype=float), tuple(d["dims"]), d["coords"], d.get("name", ""), d.get("meta", {}))
+
+    def plot_values(self) -> tuple[np.ndarray, float, str]:
+        """What a heatmap draws: (values with +-inf at the end of the colour range, the symmetric range limit
+        from the finite values, a note naming the non-finite cells or ""). NaN stays NaN (a blank cell, named
+        in the note); a plot of +-inf would otherwise be all blank (the range itself became infinite)."""
+        v = np.asarray(self.values, dtype=float)
+        finite = np.isfinite(v)
+        lim = float(np.abs(v[finite]).max()) if finite.any() else 1.0
+        lim = lim or 1.0
+        out = np.where(np.isposinf(v), lim, np.where(np.isneginf(v), -lim, v))
+        n_inf, n_nan = int(np.isinf(v).sum()), int(np.isnan(v).sum())
+        note = ", ".join(x for x in (f"{n_inf} infinite cell(s) drawn at the range's end" if n_inf else "",
+                                     f"{n_nan} NaN cell(s) blank" if n_nan else "") if x)
+        return out, lim, note
 
     def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
         """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..core.io import append_jsonl, atomic_write_text
+from ..core.io import append_jsonl, read_json, write_json
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed `workbench` package: never an output
 
@@ -275,8 +275,8 @@ class SweepFolder:
         if not cfg.is_file():
             return False
         try:
-            old = json.loads(cfg.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = read_json(cfg, "out")
+        except ValueError:
             old = {"config.json": "unreadable"}
         why = next((f"{k} was {old.get(k)!r} there, is {self.config.get(k)!r} now"
                     for k in sorted(set(old) | set(self.config))
@@ -320,7 +320,7 @@ class SweepFolder:
                     p.unlink()
                 self.stale = False
             (self.path / self.items_dir).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path / "config.json", json.dumps(self.config, indent=2))
+            write_json(self.path / "config.json", self.config, indent=2)
         except BaseException:
             self.release()
             raise
@@ -333,15 +333,15 @@ class SweepFolder:
         return self.item_path(item_id).is_file()
 
     def load(self, item_id) -> dict:
-        return json.loads(self.item_path(item_id).read_text())
+        return read_json(self.item_path(item_id), "out")
 
     def save(self, item_id, record: dict) -> Path:
         """Write one item's result atomically (a crash leaves the old file or the new one, never half)."""
-        return atomic_write_text(self.item_path(item_id), json.dumps(record))
+        return write_json(self.item_path(item_id), record)
 
     def write_json(self, name: str, obj) -> Path:
         """A summary file `<out>/<name>`, written atomically."""
-        return atomic_write_text(self.path / name, json.dumps(obj, indent=2))
+        return write_json(self.path / name, obj, indent=2)
 
     def run(self, items: Iterable[tuple], fn: Callable, model, executor, *, total: int | None = None,
             done: int = 0, progress: bool = True, desc: str = "items", unit: str = "item",

@@ -6,6 +6,7 @@ import difflib
 import html as _html
 
 from .base import View
+from ..core import checks
 
 STYLE = """<style>
 .workbench-counterfactual table {border-collapse: collapse; font-size: 13px}
@@ -46,8 +47,7 @@ def counterfactual_view(result, model, *, max_rows: int = 200, title: str | None
         if not hasattr(result, name):
             raise ValueError(f"result: expected a Counterfactuals result (from counterfactuals()), got "
                              f"{type(result).__name__}")
-    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
-        raise ValueError(f"max_rows: expected a positive int, got {max_rows!r}")
+    checks.integer(max_rows, "max_rows")
     n = len(result.ids)
     same = sum(d is None for d in result.diverged_at)
     rows = []

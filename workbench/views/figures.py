@@ -23,19 +23,18 @@ def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r"):
     """Plot a 2-D LabelledArray; rows are its first axis. Returns the matplotlib Axes."""
     if arr.values.ndim != 2:
         raise ValueError(f"arr: heatmap needs a 2-D array, got dims {arr.dims}; select or average an axis first")
-    values = arr.values
+    values, lim, note = arr.plot_values()
     rows, cols = arr.dims
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * values.shape[1] + 2), max(3, 0.18 * values.shape[0] + 1.5)))
-    lim = float(np.nanmax(np.abs(values))) or 1.0
     im = ax.imshow(values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(values.shape[1]), [str(c) for c in arr.coords[cols]], rotation=90)
     step = max(1, values.shape[0] // 15)
     ax.set_yticks(range(0, values.shape[0], step), [str(c) for c in arr.coords[rows]][::step])
     ax.set_xlabel(cols)
     ax.set_ylabel(rows)
-    ax.set_title(title or arr.name)
+    ax.set_title((title or arr.name) + (f"\n({note})" if note else ""))
     ax.figure.colorbar(im, ax=ax, label=arr.meta.get("metric", "value"))
     if path is not None:
         save_figure(ax.figure, path, close=own, dpi=120)

@@ -35,12 +35,11 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
     if arr.values.ndim not in (2, 3):
         raise ValueError(f"arr: a heatmap view needs a 2-D or 3-D array, got dims {arr.dims}; select an axis first")
     rows, cols = arr.dims[:2]
-    values = arr.values.astype(float)
-    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
-    lim = lim or 1.0
+    raw = arr.values.astype(float)
+    values, lim, note = arr.plot_values()  # +-inf drawn at the range's end, named in the title
     metric = arr.meta.get("metric", "value")
-    slices = [(None, values)] if values.ndim == 2 else \
-        [(h, values[:, :, k]) for k, h in enumerate(arr.coords[arr.dims[2]])]
+    slices = [(None, values, raw)] if values.ndim == 2 else \
+        [(h, values[:, :, k], raw[:, :, k]) for k, h in enumerate(arr.coords[arr.dims[2]])]
     extra = arr.dims[2] if values.ndim == 3 else None
     top = arr.meta.get("top_predictions")
     if top is not None and len(top["tokens"]) != values.size:
@@ -51,26 +50,27 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
                 for toks, probs in zip(top["tokens"], top["probs"])]
         said = np.array(said, dtype=object).reshape(values.shape)
     fig = go.Figure()
-    for k, (h, z) in enumerate(slices):
+    for k, (h, z, zraw) in enumerate(slices):
         labels = _cell_labels(rows, arr.coords[rows], cols, arr.coords[cols])
         if top is not None:
             labels = np.concatenate([labels, (said if extra is None else said[:, :, k])[..., None]], -1)
         head = f"{extra}: {h}<br>" if extra else ""
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=labels,
+            text=[[f"{x:.4g}" for x in row] for row in zraw.tolist()],
             zmin=-lim, zmax=lim, colorscale=colorscale, colorbar={"title": {"text": str(metric)}},
             visible=k == 0, name=f"{extra} {h}" if extra else arr.name,
             hovertemplate=f"{rows}: %{{customdata[0]}}<br>{cols}: %{{customdata[1]}}<br>{head}"
-                          f"value: %{{z:.4g}}<extra></extra>"))
+                          f"value: %{{text}}<extra></extra>"))
     fig.update_xaxes(title=cols, tickmode="array", tickvals=list(range(values.shape[1])),
                      ticktext=[str(c) for c in arr.coords[cols]], tickangle=-60)
     fig.update_yaxes(title=rows, autorange="reversed", tickmode="array", tickvals=list(range(values.shape[0])),
                      ticktext=[str(r) for r in arr.coords[rows]])
     if extra:  # a slider over the last axis: step k shows heatmap k
         steps = [{"label": str(h), "method": "update",
-                  "args": [{"visible": [i == k for i in range(len(slices))]}]} for k, (h, _) in enumerate(slices)]
+                  "args": [{"visible": [i == k for i in range(len(slices))]}]} for k, (h, _, _) in enumerate(slices)]
         fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{extra}: "}, "steps": steps}])
-    fig.update_layout(title=title or arr.name, height=max(320, 22 * values.shape[0] + 160),
+    fig.update_layout(title=(title or arr.name) + (f" ({note})" if note else ""), height=max(320, 22 * values.shape[0] + 160),
                       width=max(480, 40 * values.shape[1] + 220), margin={"b": 120})
     return plotly_view(fig, title or arr.name or "heatmap", _CLICK_SCRIPT if top is not None else None)
 
