@@ -62,7 +62,7 @@ def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
         raise ValueError(f"path: no such file {path}")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    if meta.get("fingerprint") != model.fingerprint:
+    if not model.matches_fingerprint(meta.get("fingerprint")):
         raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
                          f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
     tensors = load_file(str(path))

@@ -9,7 +9,8 @@ The corpus must be available offline. Two kinds are supported:
 
 A cache file lives at $WORKBENCH_CACHE/stats/<model fingerprint>/<corpus>/layer<l>-n<tokens>.safetensors
 with its metadata (fingerprint, layer, corpus, token count, d_mlp) inside; a file whose metadata does not
-match what was asked for is refused, never used.
+match what was asked for is refused, never used. Files keyed by the fingerprint of earlier releases
+(`Model.legacy_fingerprint`) are re-keyed to the current one, with a warning, the first time they are needed.
 """
 from __future__ import annotations
 
@@ -41,6 +42,26 @@ def _read_meta(path: Path) -> dict:
         return json.loads((f.metadata() or {}).get("workbench", "{}"))
 
 
+def stats_dir(model: Model) -> Path:
+    """$WORKBENCH_CACHE/stats/<fingerprint>; statistics found under the model's legacy fingerprint are moved here."""
+    fp = model.fingerprint
+    new = cache_dir() / "stats" / fp
+    if new.exists() or not (old := cache_dir() / "stats" / model.legacy_fingerprint).is_dir():
+        return new
+    import shutil
+    import warnings
+
+    for src in sorted(old.rglob("*")):  # the same files, the key in each one's metadata rewritten
+        if src.suffix == ".safetensors" and _read_meta(src).get("fingerprint") == old.name:
+            _atomic_save(load_file(str(src)), {**_read_meta(src), "fingerprint": fp}, new / src.relative_to(old))
+        elif src.suffix == ".json" and (meta := json.loads(src.read_text())).get("fingerprint") == old.name:
+            atomic_write_text(new / src.relative_to(old), json.dumps({**meta, "fingerprint": fp}, indent=2))
+    shutil.rmtree(old)
+    warnings.warn(f"stats: re-keyed the statistics in {old} to {new} (the model fingerprint now hashes every "
+                  "weight and no longer the folder the model was loaded from)", stacklevel=3)
+    return new
+
+
 def corpus_id(corpus: str | Path, seed: int, seq_len: int) -> str:
     if str(corpus) == "samples":
         return f"samples-seed{seed}-len{seq_len}"
@@ -61,7 +82,7 @@ def corpus_tokens(model: Model, corpus: str | Path = "samples", n_tokens: int = 
             raise ValueError(f"n_tokens: the corpus {corpus} has {len(ids)} tokens, fewer than the {n_seqs * seq_len} asked for")
         return torch.tensor(ids[: n_seqs * seq_len]).reshape(n_seqs, seq_len)
     fp = fingerprint or model.fingerprint
-    path = cache_dir() / "stats" / fp / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
+    path = (cache_dir() / "stats" / fingerprint if fingerprint else stats_dir(model)) / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
     if path.is_file():
         meta, ids = _read_meta(path), load_file(str(path))["ids"]
         if meta.get("fingerprint") != fp or meta.get("seed") != seed or ids.shape[1] != seq_len:
@@ -95,12 +116,12 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     layers = edit_layers(model, layers, "layers")
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"n_tokens: expected an int >= 1, got {n_tokens!r}")
-    fp = model.fingerprint
+    fp, root = model.fingerprint, stats_dir(model)
     cid = corpus_id(corpus, seed, seq_len)
     want = {"fingerprint": fp, "corpus": cid, "n_tokens": n_tokens, "d_mlp": model.dims.d_mlp}
     out, missing = {}, []
     for l in layers:
-        path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
+        path = root / cid / f"layer{l}-n{n_tokens}.safetensors"
         if path.is_file():
             meta = _read_meta(path)
             if meta != {**want, "layer": l}:
@@ -129,7 +150,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
         seen += take
     for l in missing:
         C = (sums[l] / seen).float()
-        path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
+        path = root / cid / f"layer{l}-n{n_tokens}.safetensors"
         _atomic_save({"C": C.contiguous()}, {**want, "layer": l}, path)
         atomic_write_text(path.with_suffix(".json"), json.dumps({**want, "layer": l}, indent=2))
         out[l] = C
