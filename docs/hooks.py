@@ -1,5 +1,6 @@
 """mkdocs hooks: serve the result figures of benchmarks/results/ under results/, and fill
-`<!-- readme: SECTION -->` with that section of the README (the Map and Architecture live there once)."""
+`<!-- readme: SECTION -->` with that section of the README (the capability table, results, Map and
+Architecture live there once)."""
 import re
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def readme_section(title: str) -> str:
             out.append(line)
     if not out:
         raise ValueError(f"README.md has no section {title!r}")
-    return "\n".join(out).strip()
+    return "\n".join(out).strip().replace("](docs/", "](")  # the README's links into docs/, seen from docs/
 
 
 def on_page_markdown(markdown, page, config, files):
