@@ -467,6 +467,7 @@ CLI = [
       setup=existing("known.jsonl")),
     R("known-out-is-folder", ["known", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--out", "{d}"], V, "folder"),
     R("known-facts-bad-json", ["known", "--model", BAD, "--facts", "{inp}/facts_badjson.jsonl", "--out", "{d}/k.jsonl"], V, "not valid json"),
+    R("known-limit", ["known", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--limit", "0", "--out", "{d}/k.jsonl"], V, "limit", "integer >= 1"),
     # counterfact, edit
     R("counterfact-out-exists", ["counterfact", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--out", "{d}/cf.jsonl"],
       V, "exists", "--force", setup=existing("cf.jsonl", '{"id": 1}\n' * 360)),

@@ -51,6 +51,17 @@ def input_file(path, arg: str) -> Path:
     return p
 
 
+def input_folder(path, arg: str, holds: str) -> Path:
+    """An input folder that must exist and hold the file `holds` (shipped folders are found by name, e.g.
+    `data/sae/<name>`; see `data.resolve`)."""
+    from ..data import resolve
+
+    p = resolve(path)
+    if not (p / holds).is_file():
+        raise ValueError(f"{arg}: expected a folder with {holds}, got {path}")
+    return p
+
+
 def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None = None,
                resumes: str | None = None) -> Path:
     """Check a folder a verb writes its results into; creates nothing.
