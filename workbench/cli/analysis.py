@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import parse_list, verb
+from .common import input_file, parse_list, verb
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
@@ -42,9 +42,7 @@ def _cmd_tuned_lens(args) -> int:
     from ..core.io import atomic_write_text
     from ..core.loading import load_model
 
-    path = Path(args.texts)
-    if not path.is_file():
-        raise ValueError(f"texts: no such file {path}")
+    path = input_file(args.texts, "texts")  # shipped text files by their data/ name too
     texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(texts) < 2:
         raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
