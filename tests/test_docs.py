@@ -99,6 +99,12 @@ def new_user():
 PAGES = [p for p in nav_pages() if any(not b["skip"] for b in code_blocks(p))]
 
 
+def _checkout_state() -> set[str]:
+    """`git status` lines (new, changed and deleted files) of the checkout, untracked files one by one."""
+    r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True)
+    return set(r.stdout.splitlines())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_examples_run_as_written(page, new_user):
@@ -106,12 +112,12 @@ def test_examples_run_as_written(page, new_user):
     work = new_user.path / "work" / page.replace("/", "_").removesuffix(".md")
     work.mkdir(parents=True)
     (work / "driver.py").write_text(f"BLOCKS = {blocks!r}\n{DRIVER}")
-    before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    before = _checkout_state()
     r = new_user.run([sys.executable, "driver.py"], cwd=work, timeout=1800)
     print(r.stdout[-5000:])
     assert r.returncode == 0, f"{page}: an example failed\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert after == before, f"{page}: the examples wrote into the checkout:\n{after}"
+    wrote = _checkout_state() - before
+    assert not wrote, f"{page}: the examples wrote into the checkout: {sorted(wrote)}"
 
 
 def test_every_runnable_block_runs_or_says_why_not():
