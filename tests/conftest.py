@@ -1,5 +1,6 @@
 import copy
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -98,16 +99,23 @@ class Outside:
     user nobody (uid 65534) when the tests run as root and `setpriv` exists, else as the current user."""
 
     def __init__(self, path):
-        from pathlib import Path
-
         self.path = Path(path)
         self.home, self.cache = self.path / "home", self.path / "cache"
         self.home.mkdir()
         self.cache.mkdir()
-        self.as_nobody = os.geteuid() == 0 and shutil.which("setpriv") is not None
+        self.as_nobody = os.geteuid() == 0 and shutil.which("setpriv") is not None and self._nobody_can_run()
         self.env = {**os.environ, "HOME": str(self.home), "WORKBENCH_CACHE": str(self.cache),
                     "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
                     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+    def _nobody_can_run(self) -> bool:
+        """Whether user nobody can start this Python and read the checkout (a private /root holding the
+        interpreter, for one, rules it out: then the commands run as the current user)."""
+        self.path.chmod(0o777)
+        init = Path(__file__).resolve().parents[1] / "workbench" / "__init__.py"
+        probe = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                 f"open({str(init)!r}).read()"]
+        return subprocess.run(probe, cwd=self.path, capture_output=True).returncode == 0
 
     def run(self, cmd, timeout=600, **kw):
         if self.as_nobody:  # everything written so far becomes nobody's to write too
