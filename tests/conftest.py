@@ -113,8 +113,11 @@ class Outside:
         interpreter, for one, rules it out: then the commands run as the current user)."""
         self.path.chmod(0o777)
         init = Path(__file__).resolve().parents[1] / "workbench" / "__init__.py"
-        probe = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                 f"open({str(init)!r}).read()"]
+        import shlex
+
+        # through a shell, as the examples start `workbench` (a direct exec by setpriv can succeed where that fails)
+        probe = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
+                 f"{shlex.quote(sys.executable)} -c {shlex.quote(f'open({str(init)!r}).read()')}"]
         return subprocess.run(probe, cwd=self.path, capture_output=True).returncode == 0
 
     def run(self, cmd, timeout=600, **kw):
