@@ -20,7 +20,21 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def device_meta(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return {"device": device, "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"device": device, "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "versions": _versions("transformers", "transformer-lens", "nnsight", "sae-lens")}
+
+
+def _versions(*dists) -> dict:
+    """Installed versions of the packages a benchmark compares against (None where not installed)."""
+    import importlib.metadata as md
+
+    def get(d):
+        try:
+            return md.version(d)
+        except md.PackageNotFoundError:
+            return None
+
+    return {d: get(d) for d in dists}
 
 
 def write_result(result: dict, name: str, device: str, out: str | None) -> Path:

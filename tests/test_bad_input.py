@@ -805,6 +805,7 @@ CLI = [
       setup=existing("known.jsonl")),
     R("known-out-is-folder", ["known", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--out", "{d}"], V, "folder"),
     R("known-facts-bad-json", ["known", "--model", BAD, "--facts", "{inp}/facts_badjson.jsonl", "--out", "{d}/k.jsonl"], V, "not valid json"),
+    R("known-limit", ["known", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--limit", "0", "--out", "{d}/k.jsonl"], V, "limit", "integer >= 1"),
     # counterfact, edit
     R("counterfact-out-exists", ["counterfact", "--model", BAD, "--facts", "{inp}/facts.jsonl", "--out", "{d}/cf.jsonl"],
       V, "exists", "--force", setup=existing("cf.jsonl", '{"id": 1}\n' * 360)),
@@ -814,6 +815,8 @@ CLI = [
     R("counterfact-known_1000-misspelt", ["counterfact", "--model", BAD, "--facts", "{inp}/known_misspelt.json",
                                           "--out", "{d}/cf.jsonl"], V, "atribute"),
     R("counterfact-n-not-int", ["counterfact", "--facts", "{inp}/facts.jsonl", "--n", "three", "--out", "{d}/cf.jsonl"], SE, "invalid int"),
+    R("edit-stats-corpus-missing", ["edit", "--model", BAD, "--requests", "{inp}/requests.jsonl", "--stats-corpus", "{inp}/nope.txt",
+                                    "--out", "{d}/e"], V, "stats_corpus", "no such file"),
     R("edit-memit-layers", ["edit", "--model", "tiny-llama", "--requests", "{inp}/requests.jsonl", "--method", "memit",
                             "--layers", "28,29,30", "--out", "{d}/e"], E, "layers", "out of range"),
     R("edit-rome-layer", ["edit", "--model", "tiny-llama", "--requests", "{inp}/requests.jsonl", "--layer", "5", "--out", "{d}/e"],

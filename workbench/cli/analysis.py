@@ -46,7 +46,7 @@ def _cmd_tuned_lens(args) -> int:
     from ..core.io import atomic_write_text
     from ..core.loading import load_model
 
-    path = Path(args.texts)
+    path = input_file(args.texts, "texts")  # shipped text files by their data/ name too
     texts = [line.strip() for line in read_text(path, "texts").splitlines() if line.strip()]
     for name in ("steps", "batch_size", "max_len", "save_every"):
         check_int(getattr(args, name), name)

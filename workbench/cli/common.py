@@ -62,6 +62,17 @@ def input_file(path, arg: str) -> Path:
     return p
 
 
+def input_folder(path, arg: str, holds: str) -> Path:
+    """An input folder that must exist and hold the file `holds` (shipped folders are found by name, e.g.
+    `data/sae/<name>`; see `data.resolve`)."""
+    from ..data import resolve
+
+    p = resolve(path)
+    if not (p / holds).is_file():
+        raise ValueError(f"{arg}: expected a folder with {holds}, got {path}")
+    return p
+
+
 def output_dir(path, *, force: bool, arg: str = "out", writes: list[str] | None = None,
                resumes: str | None = None) -> Path:
     """The one output-folder rule (`core.sweep.check_out_dir`, the same code the sweep folders use): a folder,

@@ -45,6 +45,7 @@ def _cmd_edit(args) -> int:
     check_int(args.limit, "limit", none_ok=True)
     check_int(args.value_prefixes, "value_prefixes", 0, none_ok=True)
     check_int(args.stats_tokens, "stats_tokens")
+    corpus = "samples" if args.stats_corpus == "samples" else str(input_file(args.stats_corpus, "stats_corpus"))
     check_int(args.gen_tokens, "gen_tokens", 0)
     check_float(args.lam, "lam", positive=True)
     run = check_workers(args)  # the sweep's one Run: --workers, --ray-address, --force
@@ -58,7 +59,7 @@ def _cmd_edit(args) -> int:
         edit_layers(model, layers, "layers")
     metrics = run_counterfact(model, requests, args.out, args.method, layer=args.layer,
                               layers=layers, limit=args.limit, gen_tokens=args.gen_tokens, hparams=hparams,
-                              stats={"n_tokens": args.stats_tokens}, value_prefixes=args.value_prefixes,
+                              stats={"n_tokens": args.stats_tokens, "corpus": corpus}, value_prefixes=args.value_prefixes,
                               lam=args.lam, allow_abnormal=args.allow_abnormal, run=run)
     print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
     print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
@@ -87,6 +88,8 @@ def register(sub) -> None:
     s.add_argument("--eps", type=float, default=None, help="FT-L's L-infinity radius on the weights (default 5e-4)")
     s.add_argument("--value-prefixes", type=int, default=None, help="context prefixes used in the v* optimisation (default all)")
     s.add_argument("--stats-tokens", type=int, default=32768, help="corpus tokens for the key statistics C")
+    s.add_argument("--stats-corpus", default="samples",
+                   help="text for C: 'samples' (the model's own seeded samples) or a UTF-8 text file")
     s.add_argument("--lam", type=float, default=3000.0, help="MEMIT's weight of C (3000: the README's lambda sweep)")
     s.add_argument("--gen-tokens", type=int, default=40, help="tokens generated per prompt for GE (0: skip)")
     s.add_argument("--allow-abnormal", action="store_true", help="apply edits the safety check flags as abnormal")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_int, input_file, output_dir, output_file
+from .common import add_force, check_float, check_int, input_file, input_folder, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -75,9 +75,7 @@ def _cmd_eval(args) -> int:
 
     check_int(args.batch_size, "batch_size")
     check_int(args.samples, "samples")
-    sae_dir = Path(args.sae)
-    if not sae_dir.is_dir():
-        raise ValueError(f"sae: expected a folder with cfg.json and sae_weights.safetensors, got {args.sae}")
+    sae_dir = input_folder(args.sae, "sae", "cfg.json")
     _check_texts_arg(args.texts)
     out = output_file(args.out, force=args.force) if args.out else None
     model = load_model(args.model)

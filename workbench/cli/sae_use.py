@@ -3,7 +3,7 @@ verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
 
-from .common import add_force, check_int, first, input_file, output_dir, output_file, parse_list, verb
+from .common import add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb
 from ..core.io import write_json
 
 
@@ -22,7 +22,7 @@ def _cmd_inspect(args) -> int:
     latents = parse_list(args.latents, int, "latents")
     check_int(args.top_k, "top_k")
     texts = first(_texts(args.texts), args.limit)
-    input_file(args.sae + "/cfg.json", "sae")
+    args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_dir(args.out, force=args.force, writes=[f"latent-{i}.html" for i in latents] + ["latents.json"])
     model = load_model(args.model)
     sae = load_sae(args.sae, model)
@@ -56,7 +56,7 @@ def _cmd_diff(args) -> int:
         raise ValueError(f"read_at: expected 'all', 'mean' or a token index, got {args.read_at!r}")
     check_int(args.top, "top")
     texts = first(_texts(args.texts), args.limit)
-    input_file(args.sae + "/cfg.json", "sae")
+    args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_file(args.out, force=args.force)
     base = load_model(args.model)
     ft = load_model(args.finetuned)

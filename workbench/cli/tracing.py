@@ -41,7 +41,7 @@ def _cmd_known(args) -> int:
     from ..core.loading import load_model
     from ..core.io import atomic_write_text
 
-    facts = load_facts(input_file(args.facts, "facts"))
+    facts = load_facts(input_file(args.facts, "facts"))[: check_int(args.limit, "limit", none_ok=True)]
     output_file(args.out, force=args.force)
     model = load_model(args.model)
     known = known_facts(model, facts)
@@ -81,5 +81,6 @@ def register(sub) -> None:
     s = verb(sub, "known", help="record which facts a model knows (top next token starts the object)")
     s.add_argument("--facts", default=str(DEFAULT_FACTS))
     s.add_argument("--out", required=True, help="JSONL file to write")
+    s.add_argument("--limit", type=int, default=None, help="check only the first N facts of --facts")
     add_force(s)
     s.set_defaults(fn=_cmd_known)

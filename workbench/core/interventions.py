@@ -8,7 +8,7 @@ intervention than row j in the same forward pass, which the batched patching eng
 
 The selected block has shape [rows, positions, d] (or [rows, positions, heads, d_head]); a
 `value` must broadcast to it. With `pointwise=True` the selections are instead equal-length index
-lists, element k touching (rows[k], positions[k][, heads[k]]): the block is [k, d] (or [k, d_head]),
+lists, element k touching `(rows[k], positions[k][, heads[k]])`: the block is [k, d] (or [k, d_head]),
 which lets one intervention scatter a different value into every row of a batch. All updates are out of place, so gradients flow through them
 (concept ablation during fine-tuning depends on this).
 

@@ -178,7 +178,7 @@ def token_rows(model, texts, arg: str, *, special: bool) -> list[list[int]]:
 def gumbel_decode(model, prefixes: Sequence[Sequence[int]], noise, settings: Settings, *,
                   max_new_tokens: int | Sequence[int], offsets: Sequence[int] | None = None,
                   interventions: Sequence = (), runner=None, batch_size: int = 16) -> list[list[int]]:
-    """Gumbel-max decoding with a KV cache, batched: new token ids per prefix, [n][<= max_new_tokens].
+    """Gumbel-max decoding with a KV cache, batched: new token ids per prefix, `[n][<= max_new_tokens]`.
 
     prefixes: token-id lists (left-padded per batch). noise(row, t) -> [V] gives the noise of global row `row`
     at continuation position t = offsets[row] + (tokens generated so far); offsets default to 0 (a token-level

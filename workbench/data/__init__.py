@@ -31,9 +31,10 @@ def data_path(name: str | Path) -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """`path` where it exists, else the shipped file of that name (`data/facts.jsonl` and `facts.jsonl` both
-    find it, from any directory), else `path` unchanged so the caller's own missing-file error names it."""
+    """`path` where it exists, else the shipped file or folder of that name (`data/facts.jsonl` and
+    `facts.jsonl` both find it, from any directory; `data/sae/<name>` the shipped SAE), else `path` unchanged
+    so the caller's own missing-file error names it."""
     if Path(path).exists():
         return Path(path)
     shipped = ROOT / str(path).removeprefix("data/")
-    return shipped if str(path) and shipped.is_file() else Path(path)
+    return shipped if str(path) and shipped.exists() else Path(path)

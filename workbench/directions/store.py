@@ -110,7 +110,7 @@ def check_model(directions: dict[int | None, Tensor], meta: dict, model, path: s
     if meta.get("n_layers") not in (None, d.n_layers):
         raise DirectionFileError(f"{path}: made for a model with {meta['n_layers']} layers, {model.name} has {d.n_layers}")
     fp = meta.get("model_fingerprint")
-    if fp is not None and fp != model.fingerprint:
+    if fp is not None and not model.matches_fingerprint(fp):
         warnings.warn(f"{path}: made on a model of the same shape with other weights (fingerprint {fp}, "
                       f"this one {model.fingerprint})", stacklevel=3)
 

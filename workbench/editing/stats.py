@@ -9,7 +9,8 @@ The corpus must be available offline. Two kinds are supported:
 
 A cache file lives at $WORKBENCH_CACHE/stats/<model fingerprint>/<corpus>/layer<l>-n<tokens>.safetensors
 with its metadata (fingerprint, layer, corpus, token count, d_mlp) inside; a file whose metadata does not
-match what was asked for is refused, never used.
+match what was asked for is refused, never used. Files keyed by the fingerprint of earlier releases
+(`Model.legacy_fingerprint`) are re-keyed to the current one, with a warning, the first time they are needed.
 """
 from __future__ import annotations
 
@@ -18,13 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ..core import checks
+from ..core.io import read_safetensors, write_json
 from ..core.model import Model
-from ..core import checks
-from ..core.io import cache_dir, read_safetensors, write_json
-from ..toolkit.corpora import corpus_id, corpus_tokens, read_meta, save_with_meta
+from ..toolkit.corpora import corpus_id, corpus_tokens, read_meta, save_with_meta, stats_dir
 from .requests import edit_layers
-from ..core import checks
-from ..core.io import write_json
 
 
 def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_tokens: int = 32768, seed: int = 0,
@@ -36,12 +35,12 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     """
     layers = edit_layers(model, layers, "layers")
     checks.integer(n_tokens, "n_tokens")
-    fp = model.fingerprint
+    fp, root = model.fingerprint, stats_dir(model)
     cid = corpus_id(corpus, seed, seq_len)
     want = {"fingerprint": fp, "corpus": cid, "n_tokens": n_tokens, "d_mlp": model.dims.d_mlp}
     out, missing = {}, []
     for l in layers:
-        path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
+        path = root / cid / f"layer{l}-n{n_tokens}.safetensors"
         if path.is_file():
             meta = read_meta(path)
             if meta != {**want, "layer": l}:
@@ -70,7 +69,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
         seen += take
     for l in missing:
         C = (sums[l] / seen).float()
-        path = cache_dir() / "stats" / fp / cid / f"layer{l}-n{n_tokens}.safetensors"
+        path = root / cid / f"layer{l}-n{n_tokens}.safetensors"
         save_with_meta({"C": C.contiguous()}, {**want, "layer": l}, path)
         write_json(path.with_suffix(".json"), {**want, "layer": l}, indent=2)
         out[l] = C

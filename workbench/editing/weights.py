@@ -102,7 +102,7 @@ class WeightEdit:
             if not report["ok"] and not allow_abnormal:
                 raise EditRejected("edit looks abnormal: " + "; ".join(report["reasons"]) + " (allow_abnormal=True applies it anyway)")
         fp = self.meta.get("fingerprint")
-        if fp and not allow_abnormal and self.deltas and model.fingerprint != fp:
+        if fp and not allow_abnormal and self.deltas and not model.matches_fingerprint(fp):
             raise EditRejected(f"edit was made for a model with fingerprint {fp}, this one is {model.fingerprint} "
                                "(allow_abnormal=True applies it anyway)")
         return AppliedEdit(model, self.deltas)

@@ -66,7 +66,7 @@ def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
     """(lens, metadata, tensors) from a file written by `train_tuned_lens`; refuses another model's file."""
     path = Path(path)
     tensors, meta = read_safetensors(path, "path")
-    if meta.get("fingerprint") != model.fingerprint:
+    if not model.matches_fingerprint(meta.get("fingerprint")):
         raise ValueError(f"path: {path} was trained on model {meta.get('model')!r} "
                          f"(fingerprint {meta.get('fingerprint')}), not on {model.name!r} ({model.fingerprint})")
     n, d = model.dims.n_layers - 1, model.dims.d_model  # one translator per layer but the last

@@ -78,8 +78,8 @@ def check_model(sae, model, allow_other_model: bool = False) -> None:
     if allow_other_model:
         return
     if theirs_fp is not None:
-        ours = model.fingerprint
-        if theirs_fp != ours:
+        if not model.matches_fingerprint(theirs_fp):
+            ours = model.fingerprint
             raise ValueError(f"sae: trained on model {theirs_name!r} (fingerprint {theirs_fp}), but the model is "
                              f"{model.name!r} (fingerprint {ours}); pass allow_other_model=True to use it anyway")
     elif theirs_name is not None and _norm_name(theirs_name) != _norm_name(model.name):

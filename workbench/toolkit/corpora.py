@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..core.generation import generate_ids
-from ..core.io import cache_dir, parse_json, read_safetensors, read_text, save_safetensors
+from ..core.io import cache_dir, parse_json, read_json, read_safetensors, read_text, save_safetensors, write_json
 
 START_WORDS = ["The", "In", "A", "It", "This", "When", "He", "She", "We", "I", "There", "My", "After", "One", "If", "On"]
 
@@ -26,6 +26,27 @@ def save_with_meta(tensors: dict, meta: dict, path: Path) -> None:
 
 def read_meta(path: Path) -> dict:
     return parse_json(read_safetensors(path, "stats")[1].get("workbench", "{}"), "stats", path)
+
+
+def stats_dir(model) -> Path:
+    """$WORKBENCH_CACHE/stats/<fingerprint>; corpora and statistics found under the model's legacy fingerprint
+    (earlier releases hashed the folder the model was loaded from) are moved here, with a warning."""
+    fp = model.fingerprint
+    new = cache_dir() / "stats" / fp
+    if new.exists() or not (old := cache_dir() / "stats" / model.legacy_fingerprint).is_dir():
+        return new
+    import shutil
+    import warnings
+
+    for src in sorted(old.rglob("*")):  # the same files, the key in each one's metadata rewritten
+        if src.suffix == ".safetensors" and read_meta(src).get("fingerprint") == old.name:
+            save_with_meta(read_safetensors(src, "stats")[0], {**read_meta(src), "fingerprint": fp}, new / src.relative_to(old))
+        elif src.suffix == ".json" and (meta := read_json(src, "stats")).get("fingerprint") == old.name:
+            write_json(new / src.relative_to(old), {**meta, "fingerprint": fp}, indent=2)
+    shutil.rmtree(old)
+    warnings.warn(f"stats: re-keyed the statistics in {old} to {new} (the model fingerprint now hashes every "
+                  "weight and no longer the folder the model was loaded from)", stacklevel=3)
+    return new
 
 
 def corpus_id(corpus: str | Path, seed: int, seq_len: int) -> str:
@@ -48,7 +69,7 @@ def corpus_tokens(model, corpus: str | Path = "samples", n_tokens: int = 32768, 
             raise ValueError(f"n_tokens: the corpus {corpus} has {len(ids)} tokens, fewer than the {n_seqs * seq_len} asked for")
         return torch.tensor(ids[: n_seqs * seq_len]).reshape(n_seqs, seq_len)
     fp = fingerprint or model.fingerprint
-    path = cache_dir() / "stats" / fp / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
+    path = (cache_dir() / "stats" / fingerprint if fingerprint else stats_dir(model)) / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
     if path.is_file():
         meta, ids = read_meta(path), read_safetensors(path, "stats")[0]["ids"]
         if meta.get("fingerprint") != fp or meta.get("seed") != seed or ids.shape[1] != seq_len:
