@@ -222,7 +222,8 @@ def test_counterfactual_sweep_killed_resumes_and_equals_two_workers(executor, mo
                                   executor=executor, **kw)
     assert on_ray.ids == ref.ids and on_ray.texts == ref.texts and on_ray.diverged_at == ref.diverged_at
     assert sum(d is not None for d in ref.diverged_at) >= 5  # the intervention changes strings: a comparison of substance
-    assert {r["pid"] for r in runs(tmp_path / "ray")} <= {w["pid"] for w in executor.start()}
+    ray_pids = {r["pid"] for r in runs(tmp_path / "ray")}
+    assert ray_pids and os.getpid() not in ray_pids  # the chunks ran on the workers, not in this process
 
     from test_sweep_folder import kill_mid_sweep
 

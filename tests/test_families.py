@@ -207,7 +207,10 @@ def test_qwen2_sliding_window_layers_run_on_the_suffix_path(tokenizer):
 
 # per dtype: (Spearman over all cells, Spearman over the cells whose float32 effect exceeds 1% of the largest,
 # max abs difference as a fraction of the largest cell); measured: bf16 0.66 / 0.991 / 0.050, fp16 0.953 / 0.9995 / 0.0055
-DEFAULT_MODEL_TOLERANCE = {torch.bfloat16: (0.6, 0.99, 0.075), torch.float16: (0.94, 0.999, 0.01)}
+# bf16 matmuls are computed by the CPU's own kernels, so the bf16 numbers depend on the CPU: on an AMD EPYC with
+# avx512_bf16 the effect cells rank with Spearman 0.984 against float32, with the 0.2 code as with this one (the
+# 0.99 of earlier runs was measured on another CPU). The bound is set from the lower of the two machines.
+DEFAULT_MODEL_TOLERANCE = {torch.bfloat16: (0.6, 0.98, 0.075), torch.float16: (0.94, 0.999, 0.01)}
 
 
 @pytest.mark.slow
@@ -215,7 +218,7 @@ DEFAULT_MODEL_TOLERANCE = {torch.bfloat16: (0.6, 0.99, 0.075), torch.float16: (0
 def test_half_precision_grid_on_the_default_model(default_model, dtype):
     """Real weights (SmolLM2-135M), IOI pair: the half-precision resid_pre grid against the float32 one has the
     same argmax cell and ranks the cells that carry the effect (|effect| > 1% of the largest) with Spearman
-    >= 0.99 (bf16) / 0.999 (fp16). Over all 420 cells bf16 reaches only 0.66: most cells sit within bf16's
+    >= 0.98 (bf16; CPU-dependent, see the table) / 0.999 (fp16). Over all 420 cells bf16 reaches only 0.66: most cells sit within bf16's
     rounding of the corrupted baseline, so their ranks are noise (the loop of plain bf16 forwards gives the
     same numbers: the error is the model's bf16 forward, not the engine's; the README's dtype table)."""
     args = (IOI_CLEAN, IOI_CORRUPT, " Mary", " John")
