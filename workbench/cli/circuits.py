@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .common import add_force, check_float, check_int, output_dir, output_file
-from .sae import _check_texts_arg, _texts, prepare_training
+from .sae import _check_texts_arg, _texts, evaluate_verb, prepare_training
 
 
 def _cmd_train(args) -> int:
@@ -27,25 +27,10 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from ..circuits import evaluate_transcoders, load_transcoders
-    from ..core.io import atomic_write_text
-    from ..core.loading import load_model
 
-    check_int(args.batch_size, "batch_size")
-    check_int(args.samples, "samples")
     if not Path(args.transcoders).is_dir():
         raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train`, got {args.transcoders}")
-    _check_texts_arg(args.texts)
-    out = output_file(args.out, force=args.force) if args.out else None
-    model = load_model(args.model)
-    tcs = load_transcoders(args.transcoders, model)
-    report = evaluate_transcoders(model, tcs, _texts(args.texts, model, "test", args.samples, args.seed),
-                                  batch_size=args.batch_size)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if out is not None:
-        atomic_write_text(out, text)
-        print(f"wrote {out}")
-    return 0
+    return evaluate_verb(args, args.transcoders, load_transcoders, evaluate_transcoders)
 
 
 def _cmd_graph(args) -> int:

@@ -67,27 +67,32 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
+def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
+    """The `eval` verbs' shared part (SAEs and transcoders): arguments and --out checked before the model loads,
+    then load(folder, model), evaluate(model, loaded, texts, batch_size=...), the report printed and written."""
     from ..core.io import atomic_write_text
     from ..core.loading import load_model
-    from ..sae.evaluate import evaluate_sae
-    from ..sae.format import load_sae
 
     check_int(args.batch_size, "batch_size")
     check_int(args.samples, "samples")
-    sae_dir = input_folder(args.sae, "sae", "cfg.json")
     _check_texts_arg(args.texts)
     out = output_file(args.out, force=args.force) if args.out else None
     model = load_model(args.model)
-    sae = load_sae(sae_dir, model)
-    report = evaluate_sae(model, sae, _texts(args.texts, model, "test", args.samples, args.seed),
-                          batch_size=args.batch_size, progress=True)
+    report = evaluate(model, load(folder, model), _texts(args.texts, model, "test", args.samples, args.seed),
+                      batch_size=args.batch_size, **kw)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
         atomic_write_text(out, text)
         print(f"wrote {out}")
     return 0
+
+
+def _cmd_eval(args) -> int:
+    from ..sae.evaluate import evaluate_sae
+    from ..sae.format import load_sae
+
+    return evaluate_verb(args, input_folder(args.sae, "sae", "cfg.json"), load_sae, evaluate_sae, progress=True)
 
 
 def _register_train(subs) -> None:
