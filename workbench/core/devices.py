@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch import module_device  # noqa: F401  (re-exported: where a split model's module lives)
+from . import checks
 
 
 def check_device_map(device_map) -> None:
@@ -17,7 +17,7 @@ def check_device_map(device_map) -> None:
     if device_map == "auto":
         return
     if not isinstance(device_map, dict) or not device_map:
-        raise ValueError(f"device_map: expected 'auto' or a dict of module name -> device, got {device_map!r}")
+        raise checks.fail('device_map', "'auto' or a dict of module name -> device", device_map)
     for name, dev in device_map.items():
         if not isinstance(name, str):
             raise ValueError(f"device_map: module names must be strings, got {name!r}")

@@ -22,7 +22,7 @@ def check_prompts(prompts, arg: str = "prompts") -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{arg}: expected a non-empty list of strings, got {type(prompts).__name__}")
+        raise checks.fail(arg, 'a non-empty list of strings', type(prompts).__name__)
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p:
             raise ValueError(f"{arg}: item {i} is not a non-empty string: {p!r}")

@@ -16,6 +16,7 @@ from torch import Tensor
 from .arch import eager_attention, forward_cache, module_device, pattern_unsupported
 from .interventions import Intervention, PositionContext
 from .sites import COMPONENTS, Site, parse_site
+from . import checks
 
 
 def site_shape(site: Site, batch: int, seq: int, dims) -> torch.Size:
@@ -210,7 +211,7 @@ def hooks(
     by_site: dict[Site, list[Intervention]] = defaultdict(list)
     for iv in interventions:
         if not isinstance(iv, Intervention):
-            raise ValueError(f"interventions: expected workbench Intervention objects, got {type(iv).__name__}")
+            raise checks.fail('interventions', 'workbench Intervention objects', type(iv).__name__)
         site = parse_site(iv.site, dims.n_layers)
         if input_shape is not None:
             iv.bind(site, site_shape(site, *input_shape, dims), _site_device(model, site))

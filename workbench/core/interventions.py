@@ -46,7 +46,7 @@ def as_index(sel: Index, size: int, arg: str) -> Tensor | None:
     elif isinstance(sel, (list, tuple, range)) and all(checks.is_int(i) for i in sel):
         idx = torch.tensor(list(sel), dtype=torch.long)
     else:
-        raise ValueError(f"{arg}: expected an int, a list of ints, a slice or an integer tensor, got {sel!r}")
+        raise checks.fail(arg, 'an int, a list of ints, a slice or an integer tensor', sel)
     if idx.numel() == 0:
         raise ValueError(f"{arg}: empty selection")
     bad = (idx < -size) | (idx >= size)
@@ -82,7 +82,7 @@ def _per_row(value, arg: str) -> Tensor:
         return value.long().cpu()
     if isinstance(value, (list, tuple)) and value and all(checks.is_int(v) for v in value):
         return torch.tensor(list(value), dtype=torch.long)
-    raise ValueError(f"{arg}: expected an int or a non-empty list of ints (one per batch row), got {value!r}")
+    raise checks.fail(arg, 'an int or a non-empty list of ints (one per batch row)', value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +93,7 @@ class FromPosition(PositionSelector):
 
     def __post_init__(self):
         if (_per_row(self.start, "start") < 0).any():
-            raise ValueError(f"start: expected positions >= 0, got {self.start!r}")
+            raise checks.fail('start', 'positions >= 0', self.start)
 
     def mask(self, ctx):
         start = _per_row(self.start, "start").to(ctx.position_ids.device)
@@ -245,7 +245,7 @@ def _scalar(v, arg: str, minimum: float | None = None) -> float:
 
 def check_value(value: Tensor, selected_shape: torch.Size, arg: str, site: Site) -> None:
     if not isinstance(value, Tensor):
-        raise ValueError(f"{arg}: expected a tensor, got {type(value).__name__}")
+        raise checks.fail(arg, 'a tensor', type(value).__name__)
     if not value.is_floating_point():
         raise ValueError(f"{arg}: expected a floating-point tensor, got dtype {value.dtype}")
     try:
@@ -332,12 +332,12 @@ class ProjectOut(Intervention):
         b = self.basis
         if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[1] != d or not b.is_floating_point():
             got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
-            raise ValueError(f"basis: expected a float tensor of shape [k, {d}] for {self.site.name}, got {got}")
+            raise checks.fail('basis', f'a float tensor of shape [k, {d}] for {self.site.name}', got)
         gram = b.double() @ b.double().T
         if not torch.allclose(gram, torch.eye(len(b), dtype=torch.float64), atol=1e-4):
             raise ValueError("basis: rows must be orthonormal; pass workbench.orthonormalize(basis) first")
         if self.fill not in ("zero", "mean"):
-            raise ValueError(f"fill: expected 'zero' or 'mean', got {self.fill!r}")
+            raise checks.fail('fill', "'zero' or 'mean'", self.fill)
         if self.fill == "mean":
             if not isinstance(self.mean, Tensor) or self.mean.shape != (d,):
                 got = tuple(self.mean.shape) if isinstance(self.mean, Tensor) else self.mean
@@ -354,7 +354,7 @@ def orthonormalize(directions: Tensor, tol: float = 1e-6) -> Tensor:
     if directions.ndim == 1:
         directions = directions[None]
     if directions.ndim != 2:
-        raise ValueError(f"directions: expected shape [k, d], got {tuple(directions.shape)}")
+        raise checks.fail('directions', 'shape [k, d]', tuple(directions.shape))
     q, r = torch.linalg.qr(directions.double().T)
     keep = r.diagonal().abs() > tol * r.diagonal().abs().max().clamp_min(1e-30)
     q = q[:, keep] * torch.sign(r.diagonal()[keep])

@@ -106,7 +106,7 @@ def read_text(path: str | Path, arg: str) -> str:
 
 
 def _no_constant(name: str):
-    raise ValueError(f"non-finite number {name}")
+    raise ValueError(f"{name}: a non-finite number")
 
 
 def parse_json(text: str, arg: str, where) -> object:

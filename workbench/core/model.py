@@ -15,6 +15,7 @@ from .arch import arch_for, dims_of, get_module, module_device
 from .hooks import hooks as _hooks
 from .interventions import Intervention
 from .sites import COMPONENTS, Site
+from . import checks
 
 class Model:
     """A causal LM with its tokenizer, architecture adapter, caches and interventions.
@@ -27,7 +28,7 @@ class Model:
         from transformers import PreTrainedModel
 
         if not isinstance(hf_model, PreTrainedModel):
-            raise ValueError(f"model: expected a transformers PreTrainedModel, got {type(hf_model).__name__}")
+            raise checks.fail('model', 'a transformers PreTrainedModel', type(hf_model).__name__)
         if tokenizer is None:
             raise ValueError("tokenizer: a tokenizer is required with an already-built model")
         self.arch = arch_for(hf_model)
@@ -138,7 +139,7 @@ class Model:
                 raise ValueError(f"tokens: expected integer token ids, got dtype {inputs.dtype}")
             ids = inputs[None] if inputs.ndim == 1 else inputs
             if ids.ndim != 2 or ids.shape[1] == 0:
-                raise ValueError(f"tokens: expected shape [batch, pos] with pos >= 1, got {tuple(inputs.shape)}")
+                raise checks.fail('tokens', 'shape [batch, pos] with pos >= 1', tuple(inputs.shape))
             if (ids < 0).any() or (ids >= self.dims.d_vocab).any():
                 raise ValueError(f"tokens: ids must lie in 0..{self.dims.d_vocab - 1}")
             self.check_length(ids.shape[1], "tokens")
@@ -214,7 +215,7 @@ class Model:
             d = self.dims.d_model
             if not isinstance(inputs_embeds, Tensor) or inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != d:
                 got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
-                raise ValueError(f"inputs_embeds: expected shape [batch, pos, {d}], got {got}")
+                raise checks.fail('inputs_embeds', f'shape [batch, pos, {d}]', got)
             self.check_length(inputs_embeds.shape[1], "inputs_embeds")
             return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}, tuple(inputs_embeds.shape[:2])
         ids, mask = self.encode(inputs, attention_mask)

@@ -84,7 +84,7 @@ def parse_site(site: str | Site, n_layers: int, layer: int | None = None) -> Sit
     if isinstance(site, Site):
         component, lay = site.component, site.layer
     elif not isinstance(site, str):
-        raise ValueError(f"site: expected a hook name such as 'blocks.0.hook_resid_pre', got {type(site).__name__}")
+        raise checks.fail('site', "a hook name such as 'blocks.0.hook_resid_pre'", type(site).__name__)
     elif site in COMPONENTS:
         if layer is None:
             raise ValueError(f"site: {site!r} names a component; give a layer too, or a full name like 'blocks.0.{COMPONENTS[site][0]}'")
@@ -106,10 +106,10 @@ def check_layers(layers, n_layers: int, arg: str = "layers") -> list[int]:
     """A layer index, or a non-empty collection of distinct ones, each in 0..n_layers-1; as a list, order kept."""
     items = [layers] if checks.is_int(layers) else layers
     if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
-        raise ValueError(f"{arg}: expected a layer index or a list of them, got {layers!r}")
+        raise checks.fail(arg, 'a layer index or a list of them', layers)
     items = list(items)
     if not items:
-        raise ValueError(f"{arg}: expected a non-empty list of layer indices, got {layers!r}")
+        raise checks.fail(arg, 'a non-empty list of layer indices', layers)
     for l in items:
         if not checks.is_int(l) or not 0 <= l < n_layers:
             raise ValueError(f"{arg}: layer {l!r} out of range; the model has layers 0..{n_layers - 1}")
@@ -124,7 +124,7 @@ def check_choices(value, choices, arg: str) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
     items = [c.strip() for c in items if isinstance(c, str) and c.strip()] if items is not None else None
     if not items or (not isinstance(value, str) and len(items) != len(value)):
-        raise ValueError(f"{arg}: expected a non-empty list of names from {sorted(choices)}, got {value!r}")
+        raise checks.fail(arg, f'a non-empty list of names from {sorted(choices)}', value)
     for c in items:
         if c not in choices:
             raise ValueError(f"{arg}: unknown name {c!r}; expected some of {sorted(choices)}")
@@ -141,5 +141,5 @@ def parse_components(components: str | list[str]) -> list[str]:
 def check_residual_component(component: str, arg: str = "component") -> str:
     """A component whose activations are d_model wide (a residual-stream direction can be added or projected out)."""
     if component not in RESIDUAL_WIDTH:
-        raise ValueError(f"{arg}: expected one of {RESIDUAL_WIDTH} (residual-stream-width sites), got {component!r}")
+        raise checks.fail(arg, f'one of {RESIDUAL_WIDTH} (residual-stream-width sites)', component)
     return component

@@ -5,6 +5,7 @@ import torch
 
 from .default_model import default_tokenizer
 from .model import Model
+from . import checks
 
 TINY_FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox", "mistral", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "gptj", "mixtral")
 TINY_WINDOW = 4  # the sliding window of tiny Gemma 2/3 layers: shorter than test prompts, so it matters
@@ -19,7 +20,7 @@ def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_mod
     from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config)
 
     if family not in TINY_FAMILIES:
-        raise ValueError(f"family: expected one of {TINY_FAMILIES}, got {family!r}")
+        raise checks.fail('family', f'one of {TINY_FAMILIES}', family)
     tok = tokenizer or default_tokenizer()
     vocab = len(tok)
     common = dict(vocab_size=vocab, initializer_range=0.1, bos_token_id=tok.bos_token_id,
@@ -75,4 +76,4 @@ def _new_family_config(family, n_layers, d_model, n_heads, n_kv_heads, d_mlp, co
                              **common)
     if family == "mixtral":
         return tr.MixtralConfig(**llama_like, num_local_experts=4, num_experts_per_tok=2)
-    raise ValueError(f"family: expected one of {TINY_FAMILIES}, got {family!r}")
+    raise checks.fail('family', f'one of {TINY_FAMILIES}', family)

@@ -89,7 +89,7 @@ def validate_model(model, prompt: str = VALIDATION_PROMPT) -> dict:
     """Run the checks above on `model` (a `workbench.Model`); raise `ValidationError` naming the first failure.
 
     Returns {check: largest error relative to the residual scale} for the numeric checks."""
-    arch, L, d = model.arch, model.dims.n_layers, model.dims
+    arch, L = model.arch, model.dims.n_layers
     _check_modules(model)
     ids, _ = model.encode(prompt)
     components = ["resid_pre", "resid_post", "attn_out", "mlp_out", "z", "pattern"]
