@@ -43,8 +43,7 @@ def check_executor_args(workers, ray_address) -> None:
     "ray://host:10001"). Giving either needs Ray installed; checked before a sweep writes anything."""
     checks.integer(workers, "workers (the number of Ray workers)", none_ok=True)
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-        raise ValueError(f"ray_address: expected a Ray cluster address ('auto', 'host:6379', 'ray://host:10001'), "
-                         f"got {ray_address!r}")
+        raise checks.fail('ray_address', "a Ray cluster address ('auto', 'host:6379', 'ray://host:10001')", ray_address)
     joined = "ray" in sys.modules and sys.modules["ray"] is not None and sys.modules["ray"].is_initialized()
     if ray_address is None and workers is not None and not joined and workers > (os.cpu_count() or 1):
         # a local cluster has this machine's cores: more workers than that would never all start (a cluster this
@@ -92,7 +91,7 @@ def probe_address(address: str, timeout: float = 10.0) -> None:
         hostport = address.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"ray_address: expected 'auto', 'host:port' or 'ray://host:port', got {address!r}")
+            raise checks.fail('ray_address', "'auto', 'host:port' or 'ray://host:port'", address)
         try:
             socket.create_connection((host, int(port)), timeout=timeout).close()
         except OSError as e:
@@ -138,7 +137,7 @@ def model_spec(model, **options) -> ModelSpec:
     if isinstance(model, ModelSpec):
         return model
     if not isinstance(model, Model):
-        raise ValueError(f"model: expected a workbench Model or a ModelSpec, got {type(model).__name__}")
+        raise checks.fail('model', 'a workbench Model or a ModelSpec', type(model).__name__)
     if not isinstance(model.name, str) or not model.name:
         raise ValueError("model: a model built in memory has no name to load it by on a worker; pass "
                          "model_spec=ModelSpec(name, options) naming how to load it")
@@ -212,7 +211,7 @@ class RayExecutor:
         check_executor_args(workers if address is not None else (workers or 1), address)
         ray = import_ray()
         if not isinstance(spec, ModelSpec):
-            raise ValueError(f"spec: expected a ModelSpec (see model_spec), got {type(spec).__name__}")
+            raise checks.fail('spec', 'a ModelSpec (see model_spec)', type(spec).__name__)
         self.spec, self.retries, self.started_ray, self.actors = spec, retries, False, []
         if address is not None:
             connect(ray, address)
@@ -310,7 +309,7 @@ def make_executor(model, workers: int | None = None, ray_address: str | None = N
         if workers is not None or ray_address is not None:
             raise ValueError("executor: give an executor, or workers / ray_address, not both")
         if not hasattr(executor, "map"):
-            raise ValueError(f"executor: expected InProcess() or a RayExecutor, got {type(executor).__name__}")
+            raise checks.fail('executor', 'InProcess() or a RayExecutor', type(executor).__name__)
         return executor, False
     check_executor_args(workers, ray_address)
     if workers is None and ray_address is None:
@@ -342,12 +341,12 @@ class Run:
         """Every setting checked (and Ray importable when asked for) before a sweep loads or writes anything."""
         for name in ("progress", "force"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+                raise checks.fail(name, 'True or False', getattr(self, name))
         if self.executor is not None:
             if self.workers is not None or self.ray_address is not None:
                 raise ValueError("executor: give an executor, or workers / ray_address, not both")
             if not hasattr(self.executor, "map"):
-                raise ValueError(f"executor: expected InProcess() or a RayExecutor, got {type(self.executor).__name__}")
+                raise checks.fail('executor', 'InProcess() or a RayExecutor', type(self.executor).__name__)
         check_executor_args(self.workers, self.ray_address)
         return self
 
@@ -375,8 +374,8 @@ def as_run(run: Run | None = None, *, force: bool = False, progress: bool | None
     loose = {"force": force, "workers": workers, "ray_address": ray_address, "executor": executor}
     if run is not None:
         if not isinstance(run, Run):
-            raise ValueError(f"run: expected a workbench Run (workers, ray_address, executor, progress, force), "
-                             f"got {type(run).__name__}")
+            raise checks.fail('run', 'a workbench Run (workers, ray_address, executor, progress, force)',
+                              type(run).__name__)
         given = [k for k, v in loose.items() if v not in (None, False)]
         if given:
             raise ValueError(f"run: give run=Run(...) or {', '.join(given)}=..., not both")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..core.io import append_jsonl, read_json, write_json
+from ..core import checks
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed `workbench` package: never an output
 
@@ -120,7 +121,7 @@ def check_out_dir(path, *, force: bool, arg: str = "out", writes: list[str] | No
     any other non-empty folder needs `force`. With `writes=None` and no `resumes`, any non-empty folder needs it.
     """
     if not isinstance(path, (str, Path)) or not str(path):
-        raise ValueError(f"{arg}: expected a folder name, got {path!r}")
+        raise checks.fail(arg, 'a folder name', path)
     p = check_not_in_package(path, arg)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{arg}: {p} is a file; expected a folder to write results into (an existing file is "
@@ -151,7 +152,7 @@ def check_out_file(path, *, force: bool, arg: str = "out") -> Path:
     """Check a single file a verb writes; creates nothing. An existing file needs `force`; a folder, an empty
     name and a path inside the installed package are errors."""
     if not isinstance(path, (str, Path)) or not str(path):
-        raise ValueError(f"{arg}: expected a file name, got {path!r}")
+        raise checks.fail(arg, 'a file name', path)
     p = check_not_in_package(path, arg)
     if p.is_dir():
         raise ValueError(f"{arg}: {p} is a folder; expected a file name")
@@ -263,7 +264,7 @@ class SweepFolder:
         """Check `out` against `config` (keys in `ignore` may differ, e.g. the list of items of a longer run);
         raise ValueError naming the first differing setting, unless `force` (then `start` clears the old results)."""
         if not isinstance(out, (str, Path)) or not str(out):
-            raise ValueError(f"out: expected a folder path, got {out!r}")
+            raise checks.fail('out', 'a folder path', out)
         check_out_dir(out, force=True)  # a folder, not a file, not inside the package
         self.path, self.config, self.items_dir, self.force, self.ignore = Path(out), dict(config), items, force, ignore
         self.lock = FolderLock(self.path)
