@@ -10,6 +10,7 @@ and the loaders that belong to them (`facts`, `ioi`).
 from __future__ import annotations
 
 from pathlib import Path
+from ..core import checks
 
 ROOT = Path(__file__).resolve().parent
 
@@ -20,7 +21,7 @@ def data_path(name: str | Path) -> Path:
     """The path of a shipped data file or folder (`"facts.jsonl"`, `"steering/prompts.txt"`, `"steering"`), or `name` itself where it
     names an existing file (a user's own dataset). A leading `data/` is accepted, as in 0.1's paths."""
     if not isinstance(name, (str, Path)) or not str(name):
-        raise ValueError(f"name: expected a file name or path, got {name!r}")
+        raise checks.fail('name', 'a file name or path', name)
     if Path(name).exists():
         return Path(name)
     rel = str(name).removeprefix("data/")
