@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.io import atomic_write_text
+from ..core import checks
 
 # Nothing here may reach the network: plotly.js is inlined (include_plotlyjs=True, never "cdn") and
 # circuitsvis views use `.local_src` (its `_repr_html_` probes http://google.com and `str()` uses a CDN).
@@ -45,14 +46,14 @@ def as_view(obj) -> View:
         return obj
     if hasattr(obj, "view"):
         return obj.view()
-    raise ValueError(f"view: expected a workbench View or a result with .view(), got {type(obj).__name__}")
+    raise checks.fail('view', 'a workbench View or a result with .view()', type(obj).__name__)
 
 
 def save_html(view, path: str | Path) -> Path:
     """Write `view` (a View or a result object) as one self-contained HTML file, atomically."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"path: expected a file name ending in .html, got {str(path)!r}")
+        raise checks.fail('path', 'a file name ending in .html', str(path))
     return atomic_write_text(path, as_view(view).to_html())
 
 

@@ -42,11 +42,10 @@ def counterfactual_view(result, model, *, max_rows: int = 200, title: str | None
     `model`: the Model (or tokenizer) that decodes the token ids. Save with `save_html(view, "x.html")`."""
     tokenizer = getattr(model, "tokenizer", model)
     if not hasattr(tokenizer, "decode"):
-        raise ValueError(f"model: expected a workbench Model or a tokenizer, got {type(model).__name__}")
+        raise checks.fail('model', 'a workbench Model or a tokenizer', type(model).__name__)
     for name in ("prompts", "observed_ids", "ids", "diverged_at"):
         if not hasattr(result, name):
-            raise ValueError(f"result: expected a Counterfactuals result (from counterfactuals()), got "
-                             f"{type(result).__name__}")
+            raise checks.fail('result', 'a Counterfactuals result (from counterfactuals())', type(result).__name__)
     checks.integer(max_rows, "max_rows")
     n = len(result.ids)
     same = sum(d is None for d in result.diverged_at)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .base import View
+from ..core import checks
 
 
 def _wrap(src: str, kind: str) -> str:
@@ -21,7 +22,7 @@ def token_view(tokens: list[str], values, title: str = "token values") -> View:
 
     values = np.asarray(values, dtype=float).reshape(-1)
     if len(tokens) != len(values):
-        raise ValueError(f"values: expected one value per token ({len(tokens)}), got {len(values)}")
+        raise checks.fail('values', f'one value per token ({len(tokens)})', len(values))
     src = colored_tokens(tokens=[str(t) for t in tokens], values=values.tolist()).local_src
     return View(title, f"<p>{_html.escape(title)}</p>" + _wrap(src, "circuitsvis"), "circuitsvis")
 
@@ -32,7 +33,7 @@ def attention_view(tokens: list[str], pattern, title: str = "attention patterns"
 
     pattern = torch.as_tensor(pattern, dtype=torch.float32)
     if pattern.ndim != 3 or pattern.shape[1] != len(tokens) or pattern.shape[2] != len(tokens):
-        raise ValueError(f"pattern: expected [n_heads, {len(tokens)}, {len(tokens)}], got {list(pattern.shape)}")
+        raise checks.fail('pattern', f'[n_heads, {len(tokens)}, {len(tokens)}]', list(pattern.shape))
     src = attention_patterns(tokens=[str(t) for t in tokens], attention=pattern).local_src
     return View(title, f"<p>{_html.escape(title)}</p>" + _wrap(src, "circuitsvis"), "circuitsvis")
 
