@@ -12,6 +12,7 @@ import torch
 from ..toolkit.results import LabelledArray
 from .engine import checked_metric, last_logits
 from .grid import Setup, check_degenerate, check_grid, grid_cells, labelled_grid, make_pairs, metric_fn, run_grid
+from ..core import checks
 
 DIRECTIONS = ("tuned_into_base", "base_into_tuned")
 
@@ -39,7 +40,7 @@ def cross_model_patching(base, tuned, prompts, answer, foil=None, *, components:
     check_same_shape(base, tuned)
     comps = check_grid(components, by)
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+        raise checks.fail('direction', f'one of {DIRECTIONS}', direction)
     source_model, target_model = (tuned, base) if direction == "tuned_into_base" else (base, tuned)
     pairs = make_pairs(target_model, prompts, prompts, answer, foil)
     check_degenerate(pairs, metric, same_prompts_ok=True)  # one prompt, two models: only answer == foil

@@ -115,7 +115,7 @@ def run_patches(model, target_ids: Tensor, patches: list[Patch], metric: MetricF
     (suffix where the architecture allows).
     """
     if path not in ("auto", "suffix", "full"):
-        raise ValueError(f"path: expected 'auto', 'suffix' or 'full', got {path!r}")
+        raise checks.fail('path', "'auto', 'suffix' or 'full'", path)
     T = target_ids.shape[1]
     budget = token_budget(model, T, memory_mb, max_batch_tokens)
     if not patches:

@@ -35,7 +35,7 @@ def activation_patching(
     comps = check_grid(components, by)
     checks.integer(top_k, "top_k (predictions per cell, 0 = none)", 0, 100)
     if method not in ("exact", "attribution"):
-        raise ValueError(f"method: expected 'exact' or 'attribution', got {method!r}")
+        raise checks.fail('method', "'exact' or 'attribution'", method)
     if method == "attribution":
         from .attribution import attribution_patching
 

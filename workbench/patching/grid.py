@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +42,11 @@ class Pairs:
 def _as_list(x, n: int | None, arg: str) -> list[str]:
     items = [x] if isinstance(x, str) else list(x) if isinstance(x, (list, tuple)) else None
     if not items or not all(isinstance(t, str) for t in items):
-        raise ValueError(f"{arg}: expected a string or a non-empty list of strings, got {x!r}")
+        raise checks.fail(arg, 'a string or a non-empty list of strings', x)
     if n is not None and len(items) == 1 and n > 1:
         items = items * n
     if n is not None and len(items) != n:
-        raise ValueError(f"{arg}: expected {n} entries (one per prompt pair), got {len(items)}")
+        raise checks.fail(arg, f'{n} entries (one per prompt pair)', len(items))
     return items
 
 
@@ -130,7 +129,7 @@ def metric_fn(metric: str | MetricFn, pairs: Pairs, clean_logits: Tensor, corrup
     if callable(metric):
         return metric
     if metric not in METRICS:
-        raise ValueError(f"metric: expected one of {METRICS} or a callable, got {metric!r}")
+        raise checks.fail('metric', f'one of {METRICS} or a callable', metric)
     if metric in ("logit_diff", "normalized") and pairs.foil is None:
         raise ValueError(f"foil: metric {metric!r} needs a foil token")
 
@@ -177,11 +176,11 @@ class Setup:
 
 def prepare(model: Model, clean, corrupted, answer, foil, comps, metric, direction, align=None, grad=False) -> Setup:
     if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction: expected 'denoise' (clean into corrupted) or 'noise', got {direction!r}")
+        raise checks.fail('direction', "'denoise' (clean into corrupted) or 'noise'", direction)
     pairs = make_pairs(model, clean, corrupted, answer, foil, align)
     check_degenerate(pairs, metric)
     if not callable(metric) and metric not in METRICS:
-        raise ValueError(f"metric: expected one of {METRICS} or a callable, got {metric!r}")
+        raise checks.fail('metric', f'one of {METRICS} or a callable', metric)
     if metric in ("logit_diff", "normalized") and pairs.foil is None:
         raise ValueError(f"foil: metric {metric!r} needs a foil token")
     sites = [Site(l, c) for c in comps for l in range(model.dims.n_layers)]
@@ -208,7 +207,7 @@ def check_grid(components, by: str) -> list[str]:
         raise ValueError("components: 'pattern' is not a grid component; patch attention patterns with "
                          "wb.Replace('blocks.L.attn.hook_pattern', heads=..., positions=<queries>, value=...)")
     if by not in GRIDS:
-        raise ValueError(f"by: expected one of {sorted(GRIDS)}, got {by!r}")
+        raise checks.fail('by', f'one of {sorted(GRIDS)}', by)
     if by != "position" and comps != ["z"]:
         raise ValueError(f"by: {by!r} patches heads, which needs components='z', got {comps}")
     return comps
@@ -265,11 +264,10 @@ def run_grid(model: Model, setup: Setup, comp: str, cells, *, top_k: int = 0, sk
     each patched run's top-k next tokens [n_pairs, n_cells, 2, top_k] (probabilities, token ids). Patches left
     out by `skip_identical` get the target run's own values."""
     patches, where = patches_for(setup, comp, cells, skip_identical)
-    fn = setup.fn
-    if top_k:
-        def fn(logits, idx):  # the metric, then the top-k probabilities, then their ids (exact in float32)
-            top = logits.softmax(-1).topk(top_k, -1)
-            return torch.cat([setup.fn(logits, idx)[:, None], top.values, top.indices.float()], 1)
+    def with_top_k(logits, idx):  # the metric, then the top-k probabilities, then their ids (exact in float32)
+        top = logits.softmax(-1).topk(top_k, -1)
+        return torch.cat([setup.fn(logits, idx)[:, None], top.values, top.indices.float()], 1)
+    fn = with_top_k if top_k else setup.fn
     vals, stats = run_patches(model, setup.target_ids, patches, fn, **engine)
     own = fn(setup.target_logits, torch.arange(setup.pairs.n, device=setup.target_logits.device))
     grid = own[:, None].repeat(1, len(cells), *([1] * (own.ndim - 1)))  # [n_pairs, n_cells(, 1 + 2k)]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 
 import torch
-from torch import Tensor
 
 from ..core.interventions import Replace
 from ..toolkit.results import LabelledArray
@@ -49,7 +48,7 @@ def parse_node(node, dims, arg: str) -> tuple[int, int | None]:
     elif m_mlp:
         layer, head = int(m_mlp.group(1)), None
     else:
-        raise ValueError(f"{arg}: expected 'L<layer>H<head>' or 'mlp<layer>', got {node!r}")
+        raise checks.fail(arg, "'L<layer>H<head>' or 'mlp<layer>'", node)
     if layer >= dims.n_layers:
         raise ValueError(f"{arg}: {node!r}: layer {layer} out of range; the model has layers 0..{dims.n_layers - 1}")
     if head is not None and head >= dims.n_heads:
@@ -60,12 +59,12 @@ def parse_node(node, dims, arg: str) -> tuple[int, int | None]:
 def _parse_senders(senders, dims) -> list[list[tuple[int, int | None]]]:
     """A list whose items are one node or a list of nodes patched together -> list of node groups."""
     if isinstance(senders, str) or not isinstance(senders, (list, tuple)) or not senders:
-        raise ValueError(f"senders: expected a non-empty list of nodes ('L3H1', 'mlp2') or of node lists, got {senders!r}")
+        raise checks.fail('senders', "a non-empty list of nodes ('L3H1', 'mlp2') or of node lists", senders)
     groups = []
     for item in senders:
         nodes = [item] if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
         if not nodes:
-            raise ValueError(f"senders: expected a node or a non-empty list of nodes, got {item!r}")
+            raise checks.fail('senders', 'a node or a non-empty list of nodes', item)
         groups.append([parse_node(n, dims, "senders") for n in nodes])
     return groups
 
@@ -75,7 +74,7 @@ def _parse_receivers(receivers, dims, groups) -> dict[int, list[int]] | None:
     if receivers == "logits":
         return None
     if isinstance(receivers, str) or not isinstance(receivers, (list, tuple)) or not receivers:
-        raise ValueError(f"receivers: expected 'logits' or a non-empty list of heads like ['L3H1'], got {receivers!r}")
+        raise checks.fail('receivers', "'logits' or a non-empty list of heads like ['L3H1']", receivers)
     top = max((n for g in groups for n in g), key=lambda n: n[0])
     by_layer: dict[int, list[int]] = {}
     for r in receivers:
@@ -116,7 +115,7 @@ def path_patching(model, clean, corrupted, answer, foil=None, *, senders, receiv
     if receiver_positions is not None:
         checks.positions(receiver_positions, "receiver_positions", T)
     if receiver_input not in RECEIVER_INPUTS:
-        raise ValueError(f"receiver_input: expected one of {sorted(RECEIVER_INPUTS)}, got {receiver_input!r}")
+        raise checks.fail('receiver_input', f'one of {sorted(RECEIVER_INPUTS)}', receiver_input)
     if receiver_input != "qkv" and recv is None:
         raise ValueError(f"receiver_input: {receiver_input!r} needs receiver heads, not receivers='logits'")
     comp = RECEIVER_INPUTS[receiver_input]

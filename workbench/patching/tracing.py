@@ -309,7 +309,7 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
     if order == "relations":
         facts = _round_robin(facts)
     elif order != "file":
-        raise ValueError(f"order: expected 'file' or 'relations', got {order!r}")
+        raise checks.fail('order', "'file' or 'relations'", order)
     kinds = check_kinds(kinds)
     checks.integer(limit, "limit", none_ok=True)
     checks.number(noise_scale, "noise_scale", minimum=0)
