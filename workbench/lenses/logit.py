@@ -18,6 +18,7 @@ from ..toolkit.results import LabelledArray
 from ..core.sites import Site, check_layers
 from ..core.generation import check_prompts
 from ._common import answer_ids
+from ..core import checks
 
 
 def lens_logits(model, resid: Tensor) -> Tensor:
@@ -40,8 +41,7 @@ def logit_lens(model, prompts, answer, *, layers=None, tuned=None) -> dict[str, 
     layers = list(range(L)) if layers is None else check_layers(layers, L)
     if tuned is not None:
         if not hasattr(tuned, "check"):
-            raise ValueError(f"tuned: expected a TunedLens (from train_tuned_lens / load_tuned_lens), got "
-                             f"{type(tuned).__name__}")
+            raise checks.fail('tuned', 'a TunedLens (from train_tuned_lens / load_tuned_lens)', type(tuned).__name__)
         tuned.check(model)
     ans = answer_ids(model, answer, len(prompts))
     ids, mask = model.encode(prompts)
