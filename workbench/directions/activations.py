@@ -28,8 +28,7 @@ ReadAt = int | str  # a token index (negative: from each text's end), "mean" (ov
 
 def _check_read_at(read_at) -> None:
     if not (checks.is_int(read_at) or read_at in ("mean", "all")):
-        raise ValueError(f"read_at: expected an int token index (negative counts from the end), 'mean' or 'all', "
-                         f"got {read_at!r}")
+        raise checks.fail('read_at', "an int token index (negative counts from the end), 'mean' or 'all'", read_at)
 
 
 def _key(model, texts: list[str], layers: list[int], component: str, read_at) -> str:
@@ -105,6 +104,6 @@ def collect_activations(model, prompts: list[str], layers: Iterable[int] | None 
     warnings.warn("collect_activations is read_activations(..., read_at=-1 | 'mean', cache=True)", FutureWarning,
                   stacklevel=2)
     if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce: expected one of {tuple(REDUCTIONS)}, got {reduce!r}")
+        raise checks.fail('reduce', f'one of {tuple(REDUCTIONS)}', reduce)
     return read_activations(model, prompts, layers, component=component, read_at=REDUCTIONS[reduce],
                             batch_size=batch_size, interventions=interventions, cache=cache)

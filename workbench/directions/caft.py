@@ -22,7 +22,6 @@ Task files (JSONL, one example a line): {"split": "train" | "id_test" | "ood_tes
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +124,7 @@ def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: st
               means: dict[int, Tensor] | None = None) -> list[ProjectOut]:
     """ProjectOut interventions at `blocks.{l}.hook_{component}` for every layer of `subs`, all positions."""
     if fill not in ("zero", "mean"):
-        raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
+        raise checks.fail('fill', "'zero' or 'mean'", fill)
     if fill == "mean" and (means is None or any(l not in means for l in subs)):
         raise ValueError("means: fill='mean' needs a mean activation [d_model] for every ablated layer")
     check_residual_component(component)
@@ -156,7 +155,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         if self.method not in ("lora", "full"):
-            raise ValueError(f"method: expected 'lora' or 'full', got {self.method!r}")
+            raise checks.fail('method', "'lora' or 'full'", self.method)
         for name in ("steps", "batch_size", "lora_rank"):
             checks.integer(getattr(self, name), name)
         checks.learning_rate(self.lr)
@@ -377,11 +376,11 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
     if not isinstance(seeds, (list, tuple, range)) or not seeds or not all(checks.is_int(x) for x in seeds):
         raise checks.fail("seeds", "a non-empty list of ints", seeds)
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: expected distinct seeds, got {list(seeds)}")
+        raise checks.fail('seeds', 'distinct seeds', list(seeds))
     if fill not in ("zero", "mean"):
-        raise ValueError(f"fill: expected 'zero' or 'mean', got {fill!r}")
+        raise checks.fail('fill', "'zero' or 'mean'", fill)
     if not isinstance(task, dict):
-        raise ValueError(f"task: expected {{split: [example, ...]}} (see load_task), got {type(task).__name__}")
+        raise checks.fail('task', '{split: [example, ...]} (see load_task)', type(task).__name__)
     for s in SPLITS:
         if not task.get(s):
             raise ValueError(f"task: no examples in split {s!r}")

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..core.io import FileProblem, parse_json, read_safetensors, save_safetensors, write_json
 from ..core.sites import check_layers
+from ..core import checks
 
 FORMAT_KEY = "workbench"
 
@@ -119,7 +120,7 @@ def save_direction(path: str | Path, direction: Tensor, meta: dict | None = None
     """One layer-free direction [d_model] (a probe's), e.g. for `workbench steer --direction` or `caft --directions`."""
     if not isinstance(direction, Tensor) or direction.ndim != 1 or not direction.is_floating_point():
         got = tuple(direction.shape) if isinstance(direction, Tensor) else type(direction).__name__
-        raise ValueError(f"direction: expected a float tensor of shape [d_model], got {got}")
+        raise checks.fail('direction', 'a float tensor of shape [d_model]', got)
     meta = {"kind": "direction", **(meta or {})}
     if "layer" in meta and "site" not in meta:
         meta["site"] = f"blocks.{meta['layer']}.hook_{meta.get('component', 'resid_pre')}"
@@ -165,7 +166,7 @@ def load(source, model, layers=None, *, arg: str = "directions") -> dict[int, Te
             found[int(l)] = t
     elif isinstance(source, Tensor) and source.ndim == 1:
         if layers is None:
-            raise ValueError(f"layers: one direction [d_model] needs the layers to use it at")
+            raise ValueError("layers: one direction [d_model] needs the layers to use it at")
         found = {l: source for l in layers}
     elif isinstance(source, Tensor) and source.ndim == 2:
         if source.shape[0] != n_layers and (layers is None or max(layers) >= source.shape[0]):

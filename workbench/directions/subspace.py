@@ -52,7 +52,7 @@ class SubspaceReplace(Intervention):
 def check_basis(basis, d: int, site: Site) -> None:
     if not isinstance(basis, Tensor) or basis.ndim != 2 or basis.shape[1] != d or not basis.is_floating_point():
         got = tuple(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
-        raise ValueError(f"basis: expected a float tensor of shape [k, {d}] (the width of {site.name}), got {got}")
+        raise checks.fail('basis', f'a float tensor of shape [k, {d}] (the width of {site.name})', got)
     gram = basis.detach().double() @ basis.detach().double().T
     if not torch.allclose(gram, torch.eye(len(basis), dtype=torch.float64), atol=1e-4):
         raise ValueError("basis: rows must be orthonormal; pass workbench.orthonormalize(basis) first")
@@ -80,7 +80,7 @@ def _ids(model, inputs, arg: str) -> Tensor:
         ids, _ = model.encode(inputs)
     else:
         if not isinstance(inputs, (list, tuple)) or not inputs:
-            raise ValueError(f"{arg}: expected a list of prompts or token ids [n, pos], got {type(inputs).__name__}")
+            raise checks.fail(arg, 'a list of prompts or token ids [n, pos]', type(inputs).__name__)
         ids, mask = model.encode(list(inputs))
         if mask is not None:
             raise ValueError(f"{arg}: all prompts must tokenize to one length (the intervention reads one position)")
@@ -95,9 +95,9 @@ def _labels(model, labels, n: int, arg: str) -> Tensor:
     elif isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels):
         out = torch.tensor([model.to_single_token(x, arg) for x in labels])
     else:
-        raise ValueError(f"{arg}: expected token ids or single-token strings, one per example, got {labels!r}")
+        raise checks.fail(arg, 'token ids or single-token strings, one per example', labels)
     if len(out) != n:
-        raise ValueError(f"{arg}: expected {n} entries (one per base/source pair), got {len(out)}")
+        raise checks.fail(arg, f'{n} entries (one per base/source pair)', len(out))
     return out.to(model.device)
 
 
@@ -187,7 +187,7 @@ def rowspace_split(model, site, direction: Tensor, head: int | None = None) -> t
     else:
         raise ValueError(f"site: the row-space control needs a site read by one weight matrix (mlp_post, z), got {site.name}")
     if direction.shape != (W.shape[1],):
-        raise ValueError(f"direction: expected shape [{W.shape[1]}] for {site.name}, got {tuple(direction.shape)}")
+        raise checks.fail('direction', f'shape [{W.shape[1]}] for {site.name}', tuple(direction.shape))
     W = W.detach().double()
     _, S, Vh = torch.linalg.svd(W, full_matrices=False)
     rows = Vh[S > S.max() * 1e-6]  # orthonormal basis of the row space
