@@ -27,13 +27,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.facts import answer_text
 from ..data import resolve
 from ..core.generation import generate
 from ..toolkit.sweep import SweepFolder, check_item_id
-from ..core.io import atomic_write_text
 from ..toolkit.records import read_records
 from .requests import EditError, target_logprobs
 from ..core import checks
@@ -257,7 +255,6 @@ def summarize(results: list[dict], edited_prompts=()) -> dict:
 
 def check_run(model, requests, method: str, *, layer, layers, hparams, lam, gen_tokens, value_prefixes, stats) -> None:
     """Every argument of `run_counterfact` checked before anything is written (a refused run leaves no folder)."""
-    import math
 
     from .requests import EditRequest, edit_layers
     from .rank_one import HPARAMS, check_hparams

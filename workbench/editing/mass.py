@@ -18,7 +18,7 @@ import torch
 from ..core import checks
 from ..core.arch import weight_out_in
 from .requests import EditError, EditRequest, as_requests, edit_layers, subject_last
-from .rank_one import HPARAMS, check_hparams, compute_keys, context_prefixes, default_layer, optimise_deltas
+from .rank_one import check_hparams, compute_keys, context_prefixes, default_layer, optimise_deltas
 from .weights import AppliedEdit, WeightEdit
 
 

@@ -14,7 +14,6 @@ match what was asked for is refused, never used. Files keyed by the fingerprint 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
