@@ -2,7 +2,7 @@
 the steered continuations under the unsteered model, or KL on neutral text), as labelled arrays."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,10 +13,11 @@ from torch import Tensor
 from ..core.generation import check_generation, check_prompts, generate_ids
 from ..core.interventions import Add
 from ..toolkit.results import LabelledArray
-from ..core.io import atomic_write_text, read_json
+from ..core.io import read_json
 from ..core.sites import check_layers, parse_site
 from .vectors import SteeringVector, check_multiplier, position_selector
 from ..core.io import write_json
+from ..core import checks
 
 # -- costs --------------------------------------------------------------------------------------
 
@@ -210,10 +211,10 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
     if missing:
         raise ValueError(f"layers: the steering vector has no direction for layers {missing}; it has {vector.layers}")
     if isinstance(multipliers, (int, float)) or not isinstance(multipliers, (list, tuple, np.ndarray)) or not len(multipliers):
-        raise ValueError(f"multipliers: expected a non-empty list of numbers, got {multipliers!r}")
+        raise checks.fail('multipliers', 'a non-empty list of numbers', multipliers)
     multipliers = [check_multiplier(m, "multipliers") for m in multipliers]
     if cost not in ("perplexity", "kl"):
-        raise ValueError(f"cost: expected 'perplexity' or 'kl', got {cost!r}")
+        raise checks.fail('cost', "'perplexity' or 'kl'", cost)
     if cost == "kl" and not neutral_texts:
         raise ValueError("neutral_texts: cost='kl' needs neutral texts to measure the KL on")
     if threshold is not None:

@@ -20,22 +20,18 @@ steered continuations under the unsteered model, or KL on neutral text), as labe
 """
 from __future__ import annotations
 
-import json
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..core.generation import check_generation, check_prompts, generate
 from ..core.interventions import Add, AtPositions, FromPosition, Generated, PositionSelector
-from ..toolkit.results import LabelledArray
 from ..data import resolve
-from ..core.io import atomic_write_text, save_safetensors
 from ..toolkit.prompts import read_lines
 from ..toolkit.records import read_records
 from ..core.sites import check_layers, check_residual_component, parse_site
@@ -78,7 +74,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
             raise ValueError("positives: without negatives, expected a list of (positive, negative) pairs")
     for arg, texts in (("positives", positives), ("negatives", negatives)):
         if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise ValueError(f"{arg}: expected a list of strings, got {type(texts).__name__}")
+            raise checks.fail(arg, 'a list of strings', type(texts).__name__)
         if not texts:
             raise ValueError(f"{arg}: empty; a steering vector needs at least one contrast pair")
         for i, t in enumerate(texts):
@@ -220,7 +216,7 @@ def build_steering_vector(model, positives=None, negatives=None, *, layers, meth
     from them, without pairs it is used as given.
     """
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        raise checks.fail('method', f'one of {METHODS}', method)
     check_residual_component(component)
     layers = check_layers(layers, model.dims.n_layers)
     probe = probe_directions(model, direction, layers) if method == "probe" else None
