@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from .use import read_latents, latent_site
+from ..core import checks
 
 RANK_BY = ("abs_delta", "score")
 
@@ -54,7 +53,7 @@ class LatentDiff:
 
 def _check_rank_by(rank_by):
     if rank_by not in RANK_BY:
-        raise ValueError(f"rank_by: expected one of {RANK_BY}, got {rank_by!r}")
+        raise checks.fail('rank_by', f'one of {RANK_BY}', rank_by)
 
 
 def diff_latents(base, finetuned, sae, prompts, *, site=None, read_at="all", rank_by: str = "abs_delta",

@@ -59,20 +59,20 @@ class SAEEdit(Intervention):
         from sae_lens import SAE
 
         if not isinstance(self.sae, SAE):
-            raise ValueError(f"sae: expected a sae_lens SAE (see workbench.load_sae), got {type(self.sae).__name__}")
+            raise checks.fail('sae', 'a sae_lens SAE (see workbench.load_sae)', type(self.sae).__name__)
         if self.site is None:
             self.site = self.sae.cfg.metadata.get("hook_name")
             if self.site is None:
                 raise ValueError("site: the SAE names no hook_name in its metadata; pass site= or load it with load_sae")
         if self.op not in OPS:
-            raise ValueError(f"op: expected one of {OPS}, got {self.op!r}")
+            raise checks.fail('op', f'one of {OPS}', self.op)
         if self.op in ("set", "scale", "add"):
             if self.value is None:
                 raise ValueError(f"value: op={self.op!r} needs a value (a number or a tensor over the latents)")
             if not isinstance(self.value, (int, float, Tensor)) or isinstance(self.value, bool):
-                raise ValueError(f"value: expected a number or a float tensor, got {type(self.value).__name__}")
+                raise checks.fail('value', 'a number or a float tensor', type(self.value).__name__)
             if isinstance(self.value, (int, float)) and not math.isfinite(float(self.value)):
-                raise ValueError(f"value: expected a finite number, got {self.value}")
+                raise checks.fail('value', 'a finite number', self.value)
         d_sae = self.sae.cfg.d_sae
         self._latents = as_index(self.latents, d_sae, "latents")
         if self._latents is not None and len(set(self._latents.tolist())) != len(self._latents):

@@ -27,6 +27,7 @@ import torch
 from ..core.io import read_json, read_safetensors, save_safetensors
 from ..core.sites import COMPONENTS, Site, parse_site
 from ..core.io import write_json
+from ..core import checks
 
 CFG_FILE = "cfg.json"  # sae_lens.constants.SAE_CFG_FILENAME
 WEIGHTS_FILE = "sae_weights.safetensors"  # sae_lens.constants.SAE_WEIGHTS_FILENAME
@@ -130,7 +131,7 @@ def load_sae(path_or_sae, model, *, site: str | Site | None = None, allow_other_
     elif isinstance(path_or_sae, SAE):
         sae = path_or_sae
     else:
-        raise ValueError(f"sae: expected a folder path or a sae_lens SAE, got {type(path_or_sae).__name__}")
+        raise checks.fail('sae', 'a folder path or a sae_lens SAE', type(path_or_sae).__name__)
     meta = sae.cfg.metadata
     source = meta.get("hook_name")
     bound = parse_site(site, model.dims.n_layers) if site is not None else map_hook_name(source, model)
@@ -156,7 +157,7 @@ def save_sae(sae, path: str | Path, *, weights_dtype: torch.dtype | None = None)
     """
     SAE, TrainingSAE = _sae_classes()
     if not isinstance(sae, SAE):
-        raise ValueError(f"sae: expected a sae_lens SAE, got {type(sae).__name__}")
+        raise checks.fail('sae', 'a sae_lens SAE', type(sae).__name__)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"path: {path} is a file; expected a folder for {CFG_FILE} and {WEIGHTS_FILE}")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..core.arch import weight_out_in
 from ..toolkit.results import Result

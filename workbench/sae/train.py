@@ -264,10 +264,10 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
                         ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
         checks.integer(v, name, lo)
     if k > d_sae:
-        raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
+        raise checks.fail('k', f'k <= d_sae ({d_sae})', k)
     checks.learning_rate(lr)
     if stop_at is not None and (out is None or not checks.is_int(stop_at) or not 0 < stop_at < steps):
-        raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
+        raise checks.fail('stop_at', f'a step in 1..{steps - 1} and an out folder to continue from', stop_at)
     d_in = site_width(site, model.dims)
     folder = None
     if out is not None:
@@ -288,7 +288,7 @@ def train_sae(model, texts: Sequence[str], site="blocks.15.hook_resid_pre", *, d
             acts = acts[acts.norm(dim=-1) <= max_norm]
             n_outliers = n_before - len(acts)
         if acts.ndim != 2 or acts.shape[1] != d_in:
-            raise ValueError(f"acts: expected shape [n, {d_in}] for {site.name}, got {tuple(acts.shape)}")
+            raise checks.fail('acts', f'shape [n, {d_in}] for {site.name}', tuple(acts.shape))
         if len(acts) < batch_size:
             raise ValueError(f"batch_size: {batch_size} is more than the {len(acts)} token activations of the texts")
 

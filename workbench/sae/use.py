@@ -29,7 +29,7 @@ def check_sae(sae) -> None:
     cfg = getattr(sae, "cfg", None)
     if not (callable(getattr(sae, "encode", None)) and isinstance(getattr(sae, "W_dec", None), Tensor)
             and hasattr(cfg, "d_sae") and hasattr(cfg, "d_in")):
-        raise ValueError(f"sae: expected a SAELens SAE (encode, decode, W_dec, cfg.d_sae), got {type(sae).__name__}")
+        raise checks.fail('sae', 'a SAELens SAE (encode, decode, W_dec, cfg.d_sae)', type(sae).__name__)
 
 
 def latent_site(model, sae, site=None) -> Site:
@@ -57,7 +57,7 @@ def check_latents(sae, latents, arg: str = "latents") -> list[int]:
         items = items.tolist()
     if not isinstance(items, (list, tuple, range)) or not len(items) or not all(
             checks.is_int(i) for i in items):
-        raise ValueError(f"{arg}: expected a latent index or a non-empty list of them, got {latents!r}")
+        raise checks.fail(arg, 'a latent index or a non-empty list of them', latents)
     bad = [i for i in items if not 0 <= i < n]
     if bad:
         raise ValueError(f"{arg}: latent {bad[0]} out of range; the SAE has latents 0..{n - 1}")
@@ -103,7 +103,7 @@ def latent_steering_vector(model, sae, latents, *, site=None, weights=None) -> S
     rows = decoder_rows(sae, lat)
     w = torch.ones(len(lat)) if weights is None else torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
     if w.shape != (len(lat),) or not torch.isfinite(w).all():
-        raise ValueError(f"weights: expected {len(lat)} finite numbers, one per latent, got {weights!r}")
+        raise checks.fail('weights', f'{len(lat)} finite numbers, one per latent', weights)
     meta = {"method": "sae_latent", "latents": lat, "weights": w.tolist(), "site": s.name, "model": model.name,
             "model_fingerprint": model.fingerprint, "n_layers": model.dims.n_layers}
     return SteeringVector({s.layer: w @ rows}, s.component, meta)
