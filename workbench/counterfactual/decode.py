@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..core.interventions import Intervention
 from ..toolkit.results import Result
@@ -62,8 +61,9 @@ def _check_intervention(model, intervention):
         return intervention
     if isinstance(intervention, (list, tuple)) and all(isinstance(iv, Intervention) for iv in intervention):
         return list(intervention)
-    raise ValueError("intervention: expected None, a list of Interventions (Add, ProjectOut, Replace, ...), "
-                     f"a WeightEdit or a second Model, got {type(intervention).__name__}")
+    raise checks.fail('intervention',
+                      'None, a list of Interventions (Add, ProjectOut, Replace, ...), a WeightEdit or a second Model',
+                      type(intervention).__name__)
 
 
 @contextmanager
@@ -153,7 +153,7 @@ def _replacement(model, replace, n: int) -> list:
         return [None] * n
     items = replace if isinstance(replace, list) else [replace] * n
     if len(items) != n:
-        raise ValueError(f"replace: expected one (position, token) per row ({n}), got {len(items)}")
+        raise checks.fail('replace', f'one (position, token) per row ({n})', len(items))
     out = []
     for i, it in enumerate(items):
         arg = f"replace[{i}]" if isinstance(replace, list) else "replace"
@@ -192,7 +192,7 @@ def counterfactuals(model: Model, prompts, continuations, intervention=None, *, 
     """
     settings = _settings(continuations, temperature, top_k, top_p)
     if noise not in ("posterior", "fresh"):
-        raise ValueError(f"noise: expected 'posterior' or 'fresh', got {noise!r}")
+        raise checks.fail('noise', "'posterior' or 'fresh'", noise)
     if isinstance(continuations, Samples):
         p_rows, c_rows = continuations.prompt_ids, continuations.ids
         if prompts is not None and token_rows(model, prompts, "prompts", special=True) != p_rows:
@@ -201,7 +201,7 @@ def counterfactuals(model: Model, prompts, continuations, intervention=None, *, 
         p_rows = token_rows(model, prompts, "prompts", special=True)
         c_rows = token_rows(model, continuations, "continuations", special=False)
     if len(p_rows) != len(c_rows):
-        raise ValueError(f"continuations: expected one per prompt ({len(p_rows)}), got {len(c_rows)}")
+        raise checks.fail('continuations', f'one per prompt ({len(p_rows)})', len(c_rows))
     checks.integer(max_new_tokens, "max_new_tokens", none_ok=True)
     checks.integer(batch_size, "batch_size")
     intervention = _check_intervention(model, intervention)

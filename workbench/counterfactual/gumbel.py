@@ -338,7 +338,7 @@ def hindsight_noise(model, prompts, continuations, *, temperature: float = 1.0, 
 
 def _hindsight(model, p_rows, c_rows, settings, seeds, batch_size, margin, interventions=()) -> list[Tensor]:
     if len(p_rows) != len(c_rows):
-        raise ValueError(f"continuations: expected one per prompt ({len(p_rows)}), got {len(c_rows)}")
+        raise checks.fail('continuations', f'one per prompt ({len(p_rows)})', len(c_rows))
     out = []
     for start in range(0, len(p_rows), batch_size):
         rows = range(start, min(len(p_rows), start + batch_size))

@@ -45,10 +45,10 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
         p_rows = token_rows(model, prompts, "prompts", special=True)
         c_rows = token_rows(model, continuations, "continuations", special=False)
     if len(p_rows) != len(c_rows):
-        raise ValueError(f"continuations: expected one per prompt ({len(p_rows)}), got {len(c_rows)}")
+        raise checks.fail('continuations', f'one per prompt ({len(p_rows)})', len(c_rows))
     n = len(p_rows)
     if isinstance(replace, list) and len(replace) != n:
-        raise ValueError(f"replace: expected one (position, token) per row ({n}), got {len(replace)}")
+        raise checks.fail('replace', f'one (position, token) per row ({n})', len(replace))
     checked = _check_intervention(model, intervention)
     kw = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
               max_new_tokens=max_new_tokens, noise=noise, margin=margin)
