@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from ..core.io import atomic_write_text, save_safetensors
 from .graph import Graph, prune_graph

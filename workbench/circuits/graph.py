@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..core.interventions import Replace
 from .transcoders import on_mlps
+from ..core import checks
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Replacement:
         if (why := pattern_unsupported(model.hf, model.arch)):
             raise ValueError(f"model: attention patterns cannot be frozen on this model: {why}")
         if len(transcoders) != model.dims.n_layers:
-            raise ValueError(f"transcoders: expected one per layer ({model.dims.n_layers}), got {len(transcoders)}")
+            raise checks.fail('transcoders', f'one per layer ({model.dims.n_layers})', len(transcoders))
         self.model, self.tcs, self.ids = model, list(transcoders), ids
         L = model.dims.n_layers
         self.norms = [(m, *_norm_gain(m)) for _, m in _norm_modules(model)]
@@ -234,12 +235,12 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     features (the adjacency matrix is dense, n_nodes^2 floats).
     """
     if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
+        raise checks.fail('prompt', 'a non-empty string', prompt)
     for name, v in (("max_logits", max_logits), ("batch_size", batch_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            raise checks.fail(name, 'an int >= 1', v)
     if not 0 < logit_probability <= 1:
-        raise ValueError(f"logit_probability: expected a number in (0, 1], got {logit_probability!r}")
+        raise checks.fail('logit_probability', 'a number in (0, 1]', logit_probability)
     ids, _ = model.encode(prompt)
     rep = Replacement(model, transcoders, ids)
     L, P = model.dims.n_layers, ids.shape[1]
@@ -364,7 +365,7 @@ def prune_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     without outgoing edges and features without incoming ones (circuit-tracer's `prune_graph`)."""
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0 <= v <= 1:
-            raise ValueError(f"{name}: expected a share in [0, 1], got {v!r}")
+            raise checks.fail(name, 'a share in [0, 1]', v)
     A, nf = graph.adjacency, graph.n_features
     w = _logit_weights(graph)
     first_kept = graph.embedding_index(0)  # embeddings and logits

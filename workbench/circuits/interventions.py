@@ -27,6 +27,7 @@ from torch import Tensor
 from ..core.interventions import Intervention
 from ..core.sites import Site, parse_site
 from .transcoders import on_mlps
+from ..core import checks
 
 
 @dataclass
@@ -41,12 +42,12 @@ class FeatureEdit(Intervention):
         from sae_lens.saes.transcoder import Transcoder
 
         if not isinstance(self.transcoder, Transcoder):
-            raise ValueError(f"transcoder: expected a sae_lens Transcoder, got {type(self.transcoder).__name__}")
+            raise checks.fail('transcoder', 'a sae_lens Transcoder', type(self.transcoder).__name__)
         self.features = [int(f) for f in self.features]
         if not self.features or not all(0 <= f < self.transcoder.cfg.d_sae for f in self.features):
-            raise ValueError(f"features: expected indices in 0..{self.transcoder.cfg.d_sae - 1}, got {self.features}")
+            raise checks.fail('features', f'indices in 0..{self.transcoder.cfg.d_sae - 1}', self.features)
         if not isinstance(self.factor, (int, float)) or not torch.isfinite(torch.tensor(float(self.factor))):
-            raise ValueError(f"factor: expected a finite number, got {self.factor!r}")
+            raise checks.fail('factor', 'a finite number', self.factor)
         name = self.site.name if isinstance(self.site, Site) else str(self.site)
         if not name.endswith(".hook_mlp_out"):
             raise ValueError(f"site: a FeatureEdit acts at blocks.<layer>.hook_mlp_out, got {name}")
@@ -69,7 +70,7 @@ def feature_edit_hooks(model, edits: Sequence[FeatureEdit], cache_sites=()):
     by_layer = {}
     for e in edits:
         if not isinstance(e, FeatureEdit):
-            raise ValueError(f"edits: expected FeatureEdit objects, got {type(e).__name__}")
+            raise checks.fail('edits', 'FeatureEdit objects', type(e).__name__)
         site = parse_site(e.site, model.dims.n_layers)
         by_layer.setdefault(site.layer, []).append(e)
     if model.arch.mlp_out is not None and model.arch.mlp_out != model.arch.mlp:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..core.io import atomic_write_text, save_safetensors
 from ..toolkit.sweep import SweepFolder
+from ..core import checks
 
 SET_FILE = "transcoders.json"
 
@@ -163,7 +164,7 @@ def _load_state(folder: SweepFolder, net: _Trainable, opt) -> tuple[int, Tensor 
 
 def _check_int(name, v, lo):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        raise checks.fail(name, f'an int >= {lo}', v)
 
 
 def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int = 32, steps: int = 300,
@@ -184,14 +185,14 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
                         ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
         _check_int(name, v, lo)
     if k > d_sae:
-        raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
+        raise checks.fail('k', f'k <= d_sae ({d_sae})', k)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: expected a number > 0, got {lr!r}")
+        raise checks.fail('lr', 'a number > 0', lr)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if len(texts) < texts_per_step:
-        raise ValueError(f"texts: expected at least texts_per_step={texts_per_step} non-empty texts, got {len(texts)}")
+        raise checks.fail('texts', f'at least texts_per_step={texts_per_step} non-empty texts', len(texts))
     if stop_at is not None and (out is None or not isinstance(stop_at, int) or not 0 < stop_at < steps):
-        raise ValueError(f"stop_at: expected a step in 1..{steps - 1} and an out folder to continue from, got {stop_at!r}")
+        raise checks.fail('stop_at', f'a step in 1..{steps - 1} and an out folder to continue from', stop_at)
     folder = None
     if out is not None:
         import hashlib
@@ -293,8 +294,8 @@ def save_transcoders(transcoders: Sequence, model, path: str | Path, *, weights_
 
     tcs = list(transcoders)
     if len(tcs) != model.dims.n_layers or not all(isinstance(t, Transcoder) for t in tcs):
-        raise ValueError(f"transcoders: expected {model.dims.n_layers} sae_lens Transcoders (one per layer), got "
-                         f"{[type(t).__name__ for t in tcs]}")
+        raise checks.fail('transcoders', f'{model.dims.n_layers} sae_lens Transcoders (one per layer)',
+                          [type(t).__name__ for t in tcs])
     path = Path(path)
     for l, tc in enumerate(tcs):
         save_sae(tc, path / f"layer_{l}", weights_dtype=weights_dtype)
