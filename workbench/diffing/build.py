@@ -6,6 +6,7 @@ import copy
 import torch
 
 from ..core.model import Model
+from ..core import checks
 
 
 def perturbed_copy(model: Model, scale: float = 0.02, *, seed: int = 0, blocks_only: bool = True,
@@ -14,9 +15,9 @@ def perturbed_copy(model: Model, scale: float = 0.02, *, seed: int = 0, blocks_o
     full fine-tune: a small full-rank update of every matrix). `blocks_only`: leave embeddings, final norm and
     unembedding as they are (then TuCo's alpha 0 is the base model exactly)."""
     if not isinstance(model, Model):
-        raise ValueError(f"model: expected a workbench Model, got {type(model).__name__}")
+        raise checks.fail('model', 'a workbench Model', type(model).__name__)
     if not (isinstance(scale, (int, float)) and scale >= 0):
-        raise ValueError(f"scale: expected a number >= 0, got {scale!r}")
+        raise checks.fail('scale', 'a number >= 0', scale)
     hf = copy.deepcopy(model.hf)
     blocks = model.arch.blocks + "."
     gen = torch.Generator().manual_seed(seed)

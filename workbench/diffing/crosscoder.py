@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -51,6 +50,7 @@ from ..lenses.logit import lens_logits
 from ..core.io import atomic_write_text
 from ..core.model import Model
 from ..directions import read_activations
+from ..core import checks
 
 EXCLUSIVE, SHARED = 0.1, (0.4, 0.6)  # relative decoder norm bands (Minder et al.)
 GENUINE_NU = 0.3  # nu_error below this: an exclusive latent whose direction is not in the other model
@@ -163,13 +163,13 @@ def train_crosscoder(acts: Tensor, *, n_latents: int = 256, k: int = 8, steps: i
     steps; gradients clipped to norm 1. dead_after: steps without firing before a latent counts as dead (auxk).
     """
     if not isinstance(acts, Tensor) or acts.ndim != 3 or acts.shape[1] != 2 or not acts.is_floating_point():
-        raise ValueError(f"acts: expected float activations [n_tokens, 2, d_model], got "
-                         f"{tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__}")
+        raise checks.fail('acts', 'float activations [n_tokens, 2, d_model]',
+                          tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__)
     if not torch.isfinite(acts).all():
         raise ValueError("acts: holds NaN or inf")
     for name, v in (("steps", steps), ("batch_size", batch_size), ("dead_after", dead_after)):
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            raise checks.fail(name, 'a positive int', v)
     torch.manual_seed(seed)
     cc = CrossCoder(acts.shape[-1], n_latents, k, seed=seed)
     with torch.no_grad():
@@ -233,7 +233,7 @@ class CrosscoderDiff:
     def exclusive(self, side: str = "tuned_only", genuine: bool = True) -> list[int]:
         """Latents of one class (alive), most frequent first; `genuine`: those passing the Latent Scaling check."""
         if side not in ("base_only", "tuned_only"):
-            raise ValueError(f"side: expected 'base_only' or 'tuned_only', got {side!r}")
+            raise checks.fail('side', "'base_only' or 'tuned_only'", side)
         idx = [j for j, k in enumerate(self.kind) if k == side and self.frequency[j] > 0
                and (not genuine or bool(self.nu_error[j] < GENUINE_NU))]
         return sorted(idx, key=lambda j: -float(self.frequency[j]))
@@ -241,7 +241,7 @@ class CrosscoderDiff:
     def most_moved(self, n: int = 10, side: str = "tuned") -> list[int]:
         """The n alive latents leaning furthest toward one model (`side` 'tuned' or 'base'), by relative norm."""
         if side not in ("tuned", "base"):
-            raise ValueError(f"side: expected 'tuned' or 'base', got {side!r}")
+            raise checks.fail('side', "'tuned' or 'base'", side)
         alive = [j for j in range(len(self.kind)) if self.frequency[j] > 0]
         return sorted(alive, key=lambda j: -float(self.rel_norm[j]) if side == "tuned" else float(self.rel_norm[j]))[:n]
 
@@ -284,8 +284,8 @@ def _beta(f: Tensor, d: Tensor, y: Tensor) -> float:
 def diff_crosscoder(cc: CrossCoder, acts: Tensor, *, batch_size: int = 4096) -> CrosscoderDiff:
     """Classify every latent of `cc` and run the Latent Scaling check on the exclusive ones, on paired `acts`."""
     if not isinstance(acts, Tensor) or acts.ndim != 3 or acts.shape[1:] != (2, cc.d_model):
-        raise ValueError(f"acts: expected [n_tokens, 2, {cc.d_model}], got "
-                         f"{tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__}")
+        raise checks.fail('acts', f'[n_tokens, 2, {cc.d_model}]',
+                          tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__)
     x = cc.normalize(acts.float())
     f = torch.cat([cc.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     rec = cc.decode(f)
@@ -348,7 +348,7 @@ def activation_difference(base: Model, tuned: Model, texts: Sequence[str], layer
 
     check_pair(base, tuned)
     if not isinstance(first_tokens, int) or first_tokens < 1:
-        raise ValueError(f"first_tokens: expected a positive int, got {first_tokens!r}")
+        raise checks.fail('first_tokens', 'a positive int', first_tokens)
     diffs = []
     for pos in range(first_tokens):
         short = [t for t in texts if len(base.tokenizer(t).input_ids) > pos]

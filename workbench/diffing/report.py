@@ -30,6 +30,7 @@ from .crosscoder import ActivationDifference, CrosscoderDiff, activation_differe
     paired_activations, train_crosscoder
 from .tuco import TuCo, check_pair, tuning_contribution
 from .weights import WeightDiff, weight_diff
+from ..core import checks
 
 
 def keep_probability(p: Tensor, q: Tensor, x: int) -> float:
@@ -200,10 +201,10 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     L = base.dims.n_layers
     layer = L // 2 if layer is None else layer
     if not isinstance(layer, int) or not 0 <= layer < L:
-        raise ValueError(f"layer: expected an int in 0..{L - 1}, got {layer!r}")
+        raise checks.fail('layer', f'an int in 0..{L - 1}', layer)
     for name, v in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens), ("steps", steps), ("k", k)):
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            raise checks.fail(name, 'a positive int', v)
 
     tuco = tuning_contribution(base, tuned, prompts)
     weights = weight_diff(base, tuned)

@@ -42,6 +42,7 @@ from ..patching.cross_model import check_same_shape
 from ..toolkit.results import LabelledArray
 from ..core.model import Model
 from ..counterfactual.decode import check_same_vocabulary
+from ..core import checks
 
 _SHADOW = "_workbench_base_cache"  # the base blocks' own KV cache, kept on the fine-tuned forward's cache object
 
@@ -50,7 +51,7 @@ def check_pair(base: Model, tuned: Model) -> None:
     """Refuse a base / fine-tuned pair that cannot be diffed block by block (shapes and tokenizer named)."""
     for arg, m in (("base", base), ("tuned", tuned)):
         if not isinstance(m, Model):
-            raise ValueError(f"{arg}: expected a workbench Model, got {type(m).__name__}")
+            raise checks.fail(arg, 'a workbench Model', type(m).__name__)
     check_same_shape(base, tuned)
     check_same_vocabulary(base, tuned, "tuned")
 
@@ -60,7 +61,7 @@ def _alphas(alpha, n_layers: int) -> list[float]:
     vals = [alpha] * n_layers if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) else alpha
     if not isinstance(vals, (list, tuple)) or len(vals) != n_layers or not all(
             isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) for a in vals):
-        raise ValueError(f"alpha: expected a finite number or {n_layers} finite numbers (one per layer), got {alpha!r}")
+        raise checks.fail('alpha', f'a finite number or {n_layers} finite numbers (one per layer)', alpha)
     return [float(a) for a in vals]
 
 
@@ -204,7 +205,7 @@ def tuning_contribution(base: Model, tuned: Model, prompts, *, batch_size: int =
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts: expected a non-empty list of non-empty strings")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        raise checks.fail('batch_size', 'a positive int', batch_size)
     model = scaled if scaled is not None else ScaledFineTune(base, tuned, 1.0)
     if model.alphas != [1.0] * model.dims.n_layers:
         raise ValueError(f"scaled: TuCo is measured on the fine-tuned forward (alpha 1), got alpha {model.alphas}")

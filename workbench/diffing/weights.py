@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..core.arch import weight_out_in
 from ..core.model import Model
+from ..core import checks
 
 K_TOP = 10  # Shuttleworth et al.: the top 10 singular vectors of the fine-tuned matrix
 EPSILON = 0.5  # ... are intruders when no pre-trained singular vector has |cos| >= 0.5 with them
@@ -46,11 +47,11 @@ def intruder_dimensions(w_base: Tensor, w_tuned: Tensor, *, k: int = K_TOP, epsi
         raise ValueError(f"w_tuned: expected two 2-D tensors of one shape, got "
                          f"{getattr(w_base, 'shape', w_base)} and {getattr(w_tuned, 'shape', w_tuned)}")
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive int, got {k!r}")
+        raise checks.fail('k', 'a positive int', k)
     if not (isinstance(epsilon, (int, float)) and 0 < epsilon <= 1):
-        raise ValueError(f"epsilon: expected a number in (0, 1], got {epsilon!r}")
+        raise checks.fail('epsilon', 'a number in (0, 1]', epsilon)
     if side not in ("left", "right"):
-        raise ValueError(f"side: expected 'left' or 'right', got {side!r}")
+        raise checks.fail('side', "'left' or 'right'", side)
     ub, _, vbh = _svd(w_base)
     ut, st, vth = _svd(w_tuned)
     base_vecs, tuned_vecs = (ub, ut) if side == "left" else (vbh.T, vth.T)
@@ -169,5 +170,4 @@ def as_merged(base: Model, tuned) -> Model:
     if isinstance(tuned, PeftModel):
         merged = copy.deepcopy(tuned).merge_and_unload().eval()
         return Model(merged, base.tokenizer, name=f"{base.name}+lora")
-    raise ValueError(f"tuned: expected a workbench Model, a peft PeftModel or a peft adapter folder, "
-                     f"got {type(tuned).__name__}")
+    raise checks.fail('tuned', 'a workbench Model, a peft PeftModel or a peft adapter folder', type(tuned).__name__)
