@@ -10,8 +10,6 @@ from .common import add_force, check_int, distinct_answer_foil, input_file, outp
 
 
 def _write(out: Path, result: dict, arrays: dict) -> None:
-    from ..core.io import atomic_write_text
-
     for name, arr in arrays.items():
         arr.plot(out / f"{name}.png", title=arr.name)
     write_json(out / "result.json", result, indent=2)
@@ -43,7 +41,6 @@ def _cmd_lens(args) -> int:
 
 def _cmd_tuned_lens(args) -> int:
     from ..lenses import lens_kl, train_tuned_lens
-    from ..core.io import atomic_write_text
     from ..core.loading import load_model
 
     path = input_file(args.texts, "texts")  # shipped text files by their data/ name too
@@ -52,7 +49,7 @@ def _cmd_tuned_lens(args) -> int:
         check_int(getattr(args, name), name)
     checks.learning_rate(args.lr)
     if len(texts) < 2:
-        raise ValueError(f"texts: expected at least 2 non-empty lines in {path}, got {len(texts)}")
+        raise checks.fail('texts', f'at least 2 non-empty lines in {path}', len(texts))
     held_out = max(1, len(texts) // 10)  # the last tenth is held out for the KL report
     output_dir(args.out, force=args.force, resumes="tuned_lens.safetensors")  # a rerun with more --steps resumes
     model = load_model(args.model)
@@ -105,7 +102,6 @@ def _cmd_path_patch(args) -> int:
     for s, v in zip(res.coords["sender"], res.values):
         print(f"{s} -> {args.receivers}: {args.metric} {v:+.4f}")
     print(f"clean {res.meta['clean_metric']:+.4f}, corrupted {res.meta['corrupted_metric']:+.4f}")
-    from ..core.io import atomic_write_text
 
     out = Path(args.out)
     write_json(out / "result.json", {"model": model.name, **res.to_json()}, indent=2)
@@ -117,13 +113,13 @@ def _cmd_das(args) -> int:
     import torch
 
     from ..directions import das
-    from ..core.io import atomic_write_text, save_safetensors
+    from ..core.io import save_safetensors
     from ..toolkit.records import read_records
     from ..core.loading import load_model
 
     rows = read_records(args.data, "data", {"base": str, "source": str, "label": str})
     if len(rows) < 2:
-        raise ValueError(f"data: expected at least 2 examples, got {len(rows)}")
+        raise checks.fail('data', 'at least 2 examples', len(rows))
     candidates = parse_list(args.candidates, str, "candidates")
     if len(set(candidates)) < 2:
         raise checks.fail("candidates", "at least 2 distinct tokens (with one, accuracy is 1.0 whatever the subspace)",

@@ -1,17 +1,16 @@
 """Concept-ablation fine-tuning, the four-way comparison: caft."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from .common import add_force, input_file, output_dir, parse_list, verb
 from ..core.io import write_json
+from ..core import checks
 
 
 def _cmd_caft(args) -> int:
     from ..directions import caft
     from ..directions import load as load_directions
     from ..core.loading import load_model
-    from ..core.io import atomic_write_text
     from ..core.io import read_safetensors
     from ..core.sites import COMPONENTS
 
@@ -23,7 +22,7 @@ def _cmd_caft(args) -> int:
                               lora_rank=args.lora_rank)
     cfg.check()
     if args.component not in COMPONENTS:
-        raise ValueError(f"component: expected one of {sorted(COMPONENTS)}, got {args.component!r}")
+        raise checks.fail('component', f'one of {sorted(COMPONENTS)}', args.component)
     out = output_dir(args.out, force=args.force, writes=["results.json", "caft.png"])
     model = load_model(args.model)
     subs = caft.subspaces(load_directions(args.directions, model, layers), model.dims.d_model)

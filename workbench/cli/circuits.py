@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, output_dir, output_file
-from .sae import _check_texts_arg, _texts, evaluate_verb, prepare_training
+from .common import add_force, check_float, check_int, output_dir
+from .sae import _texts, evaluate_verb, prepare_training
+from ..core import checks
 
 
 def _cmd_train(args) -> int:
@@ -29,7 +30,7 @@ def _cmd_eval(args) -> int:
     from ..circuits import evaluate_transcoders, load_transcoders
 
     if not Path(args.transcoders).is_dir():
-        raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train`, got {args.transcoders}")
+        raise checks.fail('transcoders', 'a folder written by `workbench transcoders train`', args.transcoders)
     return evaluate_verb(args, args.transcoders, load_transcoders, evaluate_transcoders)
 
 
@@ -50,9 +51,9 @@ def _cmd_graph(args) -> int:
     for name in ("node_threshold", "edge_threshold"):
         v = check_float(getattr(args, name), name)
         if not 0 <= v <= 1:
-            raise ValueError(f"{name}: expected a share in [0, 1], got {v}")
+            raise checks.fail(name, 'a share in [0, 1]', v)
     if not Path(args.transcoders).is_dir():
-        raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train`, got {args.transcoders}")
+        raise checks.fail('transcoders', 'a folder written by `workbench transcoders train`', args.transcoders)
     writes = ["graph.safetensors", "graph.json", "graph.html", "circuit_tracer.json", "summary.json"]
     out = output_dir(args.out, force=args.force, writes=writes)
     model = load_model(args.model)

@@ -17,11 +17,11 @@ def parse_list(text: str, kind, arg: str) -> list:
         items = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         what = {int: "integers", float: "numbers"}.get(kind, f"{kind.__name__}s")
-        raise ValueError(f"{arg}: expected comma-separated {what}, got {text!r}") from None
+        raise checks.fail(arg, f'comma-separated {what}', text) from None
     if not items:
         raise ValueError(f"{arg}: expected at least one value")
     if kind is float and not all(math.isfinite(x) for x in items):
-        raise ValueError(f"{arg}: expected a finite number for each item, got {text!r}")
+        raise checks.fail(arg, 'a finite number for each item', text)
     return items
 
 
@@ -69,7 +69,7 @@ def input_folder(path, arg: str, holds: str) -> Path:
 
     p = resolve(path)
     if not (p / holds).is_file():
-        raise ValueError(f"{arg}: expected a folder with {holds}, got {path}")
+        raise checks.fail(arg, f'a folder with {holds}', path)
     return p
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..core import checks
 from .common import check_int, first, input_file, output_dir, verb
@@ -17,7 +16,7 @@ def _replace_arg(text: str | None):
     except ValueError:
         pos = None
     if not sep or pos is None or not tok:
-        raise ValueError(f"replace-token: expected POS:TEXT (e.g. 7: happy), got {text!r}")
+        raise checks.fail('replace-token', 'POS:TEXT (e.g. 7: happy)', text)
     return pos, tok
 
 

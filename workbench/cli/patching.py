@@ -10,7 +10,6 @@ from ..core.io import write_json
 def _cmd_patch(args) -> int:
     from ..core.loading import load_model
     from ..patching import activation_patching
-    from ..core.io import atomic_write_text
     from ..core.sites import parse_components
 
     sites = parse_components(args.sites)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, input_folder, output_dir, output_file
+from .common import add_force, check_int, input_file, input_folder, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -40,7 +40,7 @@ def prepare_training(args, int_args: tuple[str, ...]):
         check_int(getattr(args, name), name)
     checks.learning_rate(args.lr)
     if args.k > args.d_sae:
-        raise ValueError(f"k: expected k <= d_sae ({args.d_sae}), got {args.k}")
+        raise checks.fail('k', f'k <= d_sae ({args.d_sae})', args.k)
     _check_texts_arg(args.texts)
     out = output_dir(args.out, force=args.force, resumes="config.json")
     torch.set_num_threads(args.threads)
@@ -49,7 +49,6 @@ def prepare_training(args, int_args: tuple[str, ...]):
 
 
 def _cmd_train(args) -> int:
-    from ..core.io import atomic_write_text
     from ..core.sites import parse_site
     from ..sae.evaluate import evaluate_sae
     from ..sae.train import train_sae

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .common import add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb
 from ..core.io import write_json
+from ..core import checks
 
 
 def _texts(path) -> list[str]:
@@ -27,7 +28,6 @@ def _cmd_inspect(args) -> int:
     model = load_model(args.model)
     sae = load_sae(args.sae, model)
     check_latents(sae, latents)
-    from ..core.io import atomic_write_text
 
     reports = []
     for i in latents:
@@ -43,17 +43,16 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_diff(args) -> int:
-    from ..core.io import atomic_write_text
     from ..core.loading import load_model
     from ..sae import diff_latents, load_sae
     from ..sae.diff import RANK_BY
 
     if args.rank_by not in RANK_BY:
-        raise ValueError(f"rank_by: expected one of {RANK_BY}, got {args.rank_by!r}")
+        raise checks.fail('rank_by', f'one of {RANK_BY}', args.rank_by)
     read_at = args.read_at if args.read_at in ("all", "mean") else int(args.read_at) if args.read_at.lstrip("-").isdigit() \
         else None
     if read_at is None:
-        raise ValueError(f"read_at: expected 'all', 'mean' or a token index, got {args.read_at!r}")
+        raise checks.fail('read_at', "'all', 'mean' or a token index", args.read_at)
     check_int(args.top, "top")
     texts = first(_texts(args.texts), args.limit)
     args.sae = input_folder(args.sae, "sae", "cfg.json")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from .common import add_force, check_float, check_int, first, input_file, output_dir, parse_list, verb
+from ..core import checks
 
 
 def _cmd_steer(args) -> int:
@@ -19,14 +20,15 @@ def _cmd_steer(args) -> int:
         try:
             read_at = int(args.read_at)
         except ValueError:
-            raise ValueError(f"read_at: expected a token index (negative counts from the end) or 'mean', got {args.read_at!r}") from None
+            raise checks.fail('read_at', "a token index (negative counts from the end) or 'mean'",
+                              args.read_at) from None
     if args.positions in ("all", "generated"):
         positions = args.positions
     else:
         try:
             positions = int(args.positions)
         except ValueError:
-            raise ValueError(f"positions: expected 'all', 'generated' or a position N >= 0, got {args.positions!r}") from None
+            raise checks.fail('positions', "'all', 'generated' or a position N >= 0", args.positions) from None
         check_int(positions, "positions", 0)
     check_int(args.limit, "limit", none_ok=True)
     check_float(args.threshold, "threshold", none_ok=True)
@@ -38,7 +40,7 @@ def _cmd_steer(args) -> int:
     if args.behaviour.startswith("words:"):
         words = input_file(args.behaviour.removeprefix("words:"), "behaviour")
     elif args.behaviour != "sentiment":
-        raise ValueError(f"behaviour: expected 'sentiment' or 'words:FILE', got {args.behaviour!r}")
+        raise checks.fail('behaviour', "'sentiment' or 'words:FILE'", args.behaviour)
     if args.method == "probe" and not args.direction:
         raise ValueError("direction: --method probe needs --direction FILE")
     if args.direction is not None:

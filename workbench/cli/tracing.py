@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..data.facts import DEFAULT_FACTS
 from .common import add_force, add_workers, check_float, check_int, check_workers, input_file, output_dir, output_file, verb
+from ..core import checks
 
 
 def _cmd_trace(args) -> int:
@@ -18,7 +19,7 @@ def _cmd_trace(args) -> int:
     check_int(args.samples, "samples")
     check_int(args.window, "window")
     if not check_float(args.noise_scale, "noise_scale") >= 0:
-        raise ValueError(f"noise_scale: expected a number >= 0, got {args.noise_scale!r}")
+        raise checks.fail('noise_scale', 'a number >= 0', args.noise_scale)
     load_facts(input_file(args.facts, "facts"))
     run = check_workers(args)  # the sweep's one Run: --workers, --ray-address, --force
     output_dir(args.out, force=args.force, resumes="config.json")
