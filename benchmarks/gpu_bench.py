@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")

@@ -93,7 +93,6 @@ def main() -> None:
     result["identical_results"] = all(
         all(torch.equal(torch.from_numpy(a.scores[k]), torch.from_numpy(b.scores[k])) for k in a.scores)
         for name in ("ray_1", "ray_2") for a, b in zip(ref, load_traces(tmp / name)))
-    per_fact = seconds["in_process"] / args.facts
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     result["seconds_per_fact"] = {k: round(v / args.facts, 3) for k, v in seconds.items()}
     result["speedup_2_vs_1_worker"] = round(seconds["ray_1"] / seconds["ray_2"], 2)

@@ -266,7 +266,6 @@ def test_path_patching_receivers_in_two_layers(tiny3):
                         receivers=["L1H0", "L2H1", "L2H3"])
 
     def run(ids, pre=()):
-        saved = {}
         handles = [model.module(role, l).register_forward_pre_hook(_first_arg_hook(fn), with_kwargs=True)
                    for role, l, fn in pre]
         try:

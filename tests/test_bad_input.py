@@ -14,7 +14,6 @@ passes if the argument is refused first.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -33,7 +32,6 @@ from workbench.toolkit.sweep import PACKAGE_DIR as PKG
 from workbench.toolkit import Run
 from workbench.data.facts import load_facts
 from workbench.editing import EditError, load_requests
-from workbench.editing.weights import AppliedEdit
 
 from conftest import assert_no_hooks
 

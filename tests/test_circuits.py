@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.circuits import (attribute, evaluate_transcoders, graph_scores, load_transcoders, prune_graph,
-                                save_transcoders, train_transcoders)
+from workbench.circuits import attribute, evaluate_transcoders, graph_scores, load_transcoders, prune_graph, train_transcoders
 from workbench.circuits.graph import Replacement
 
 PROMPT = "The capital of France is Paris, and Rome is in"

@@ -55,7 +55,7 @@ def test_no_intervention_counterfactual_equals_observed(tiny, family, settings):
     res = counterfactuals(model, None, obs)
     assert res.ids == obs.ids and res.texts == obs.texts and res.diverged_at == [None] * 3
     # also through the hook layer (a zero steering vector) and from text, batched differently
-    zero = [wb.Add(f"blocks.1.hook_resid_pre", vector=torch.zeros(model.dims.d_model))]
+    zero = [wb.Add("blocks.1.hook_resid_pre", vector=torch.zeros(model.dims.d_model))]
     res = counterfactuals(model, PROMPTS, obs.ids, zero, batch_size=3, **settings)
     assert res.ids == obs.ids
 

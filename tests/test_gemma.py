@@ -1,7 +1,6 @@
 """The second real model, Gemma 3 270M (post-norms, QK-norm, sliding windows, a 262k vocabulary): the identities of
 the analysis methods, validation at load and weight edits on real pretrained weights. All slow; one session fixture."""
 import pytest
-import torch
 
 from workbench.lenses import direct_logit_attribution, logit_lens
 

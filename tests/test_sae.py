@@ -157,7 +157,7 @@ def test_bad_sae_input_is_refused_with_both_shapes_and_names(tiny, tmp_path):
 
 
 def test_train_sae_reduces_error_and_resumes_exactly(tiny, tmp_path):
-    from workbench.sae.train import data_file_texts, train_sae
+    from workbench.sae.train import data_file_texts
 
     m = tiny("llama")
     texts = data_file_texts()[:60]

@@ -159,3 +159,74 @@ def test_one_version_number():
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "workbench.__version__"}
     assert wb.__version__ == "0.3.0"
+
+
+# The error-message rule (workbench/core/checks.py's docstring, docs/contributing.md): every `raise ValueError` /
+# `TypeError` in workbench is `checks.fail(...)` or a literal message "NAME: problem"; an argument check written by
+# hand ("ARG: expected WHAT, got VALUE" at the end of an f-string) must be `checks.fail`.
+MESSAGE_HEAD = r"^[\w.\[\]=' /-]+: "
+HAND_WRITTEN_FAIL = r"^[^:]+: expected .*, got \{\}$"
+
+
+def _message_lead(node: ast.expr, helpers: dict) -> str | None:
+    """The literal text of a message, with `{}` for each formatted value; None when it is not a literal. A call
+    of a function of the same module (`helpers`: name -> its `return` expression) is read through."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers:
+        return _message_lead(helpers[node.func.id], {})
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        return _message_lead(node.left, helpers)
+    return None
+
+
+def _message_rule_violations(source: str, where: str) -> list[str]:
+    import re
+
+    bad, tree = [], ast.parse(source)
+    helpers = {f.name: f.body[-1].value for f in tree.body
+               if isinstance(f, ast.FunctionDef) and isinstance(f.body[-1], ast.Return) and f.body[-1].value}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+            continue
+        func = node.exc.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name not in ("ValueError", "TypeError"):
+            continue
+        lead = _message_lead(node.exc.args[0], helpers) if node.exc.args else None
+        head = lead.replace("{}", "x") if lead else lead
+        if lead is None or not re.match(MESSAGE_HEAD, head):
+            bad.append(f"{where}:{node.lineno}: message is not 'NAME: problem'")
+        elif re.match(HAND_WRITTEN_FAIL, lead):
+            bad.append(f"{where}:{node.lineno}: 'ARG: expected WHAT, got VALUE' written by hand; use checks.fail")
+    return bad
+
+
+def test_every_value_and_type_error_follows_the_message_rule():
+    bad = [v for path in sorted(PACKAGE.rglob("*.py"))
+           for v in _message_rule_violations(path.read_text(), str(path.relative_to(ROOT)))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_message_rule_sees_a_violation():
+    assert _message_rule_violations("raise ValueError('k: expected an int >= 1, got 0')", "x") == []
+    assert _message_rule_violations("raise ValueError(f'k: expected an int >= 1, got {k!r}')", "x")
+    assert _message_rule_violations("raise ValueError(f'bad k {k}')", "x")
+    assert _message_rule_violations("raise TypeError(message)", "x")
+    assert _message_rule_violations("def m(a):\n    return f'{a} is bad'\nraise ValueError(m(1))", "x")
+    assert _message_rule_violations("def m(a):\n    return f'a: {a} is bad'\nraise ValueError(m(1))", "x") == []
+    assert _message_rule_violations("raise checks.fail('k', 'an int >= 1', k)", "x") == []
+    assert _message_rule_violations("raise ValueError(f'{arg}: expected a tensor, got dtype {d}')", "x") == []
+
+
+def test_pyflakes_finds_nothing():
+    """No unused import or name, no undefined name, in the package, the tests, the benchmarks and the scripts."""
+    from pyflakes.api import checkRecursive
+    from pyflakes.reporter import Reporter
+    import io
+
+    out = io.StringIO()
+    n = checkRecursive([str(ROOT / d) for d in ("workbench", "tests", "benchmarks", "scripts")], Reporter(out, out))
+    assert n == 0, out.getvalue()

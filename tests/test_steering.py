@@ -1,7 +1,6 @@
 import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,6 +3,13 @@
 Booleans are never numbers here (`True` is an int to Python, not to a user: `samples=True`, `replace=(True, 5)`
 are refused), and floats must be finite unless a bound says otherwise. Every check returns the value (a float
 for `number`), so a call site reads `samples = checks.integer(samples, "samples")`.
+
+The rule for every `raise ValueError` / `TypeError` in workbench (tests/test_stack.py scans the source for it):
+- a value the caller passed that is not what the function takes: `raise fail(arg, expected, got)` (or a helper
+  below, which returns the value); never the message "ARG: expected WHAT, got VALUE" written out by hand;
+- anything else (a file's content, a model's state, a combination of arguments): a literal message that names
+  what is wrong first, "NAME: problem" (NAME: an argument, a file's role or an object, e.g. "out: ... is in use",
+  f"{arg}: {path}: not valid JSON"), so every message reads the same way whichever layer raised it.
 """
 from __future__ import annotations
 
