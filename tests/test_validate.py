@@ -51,3 +51,41 @@ def test_load_model_validates_unless_told_not_to(tiny, monkeypatch):
     monkeypatch.delitem(ARCHS, "gemma2")
     with pytest.raises(ValueError, match="architecture 'gemma2' is not supported"):
         wb.load_model(m.hf, m.tokenizer, validate=False)
+
+
+def test_validation_runs_once_per_model(tiny, monkeypatch, tmp_path):
+    """A second load of the same weights reads the verdict (no forward), in-process and from the cache dir; a
+    changed weight (another fingerprint) is validated again."""
+    import copy
+
+    import torch
+
+    from workbench.core import validate
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(validate, "_PASSED", {})
+    m = tiny("llama")
+    hf = copy.deepcopy(m.hf)  # its own weights: one is changed below
+    forwards = []
+    handle = hf.get_input_embeddings().register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        def load():
+            before = len(forwards)
+            wb.load_model(hf, m.tokenizer)
+            return len(forwards) - before
+
+        assert load() == 1  # validated: one forward
+        [record] = (tmp_path / "validated").iterdir()
+        assert load() == 0  # the verdict of this process
+        validate._PASSED.clear()
+        assert load() == 0  # the verdict on disk
+        record.write_text("{not json")
+        validate._PASSED.clear()
+        assert load() == 1  # a damaged record is no verdict
+        with torch.no_grad():
+            hf.get_output_embeddings().weight[0, 0] += 1e-3  # another fingerprint
+        assert load() == 1
+        assert load() == 0
+        assert len(list((tmp_path / "validated").iterdir())) == 2
+    finally:
+        handle.remove()

@@ -44,7 +44,7 @@ def _cmd_graph(args) -> int:
     from ..views import save_html
 
     if not isinstance(args.prompt, str) or not args.prompt:
-        raise ValueError("prompt: expected a non-empty string")
+        raise checks.fail("prompt", "a non-empty string", args.prompt)
     check_int(args.max_logits, "max_logits")
     check_int(args.batch_size, "batch_size")
     check_int(args.max_feature_nodes, "max_feature_nodes", none_ok=True)

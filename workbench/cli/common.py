@@ -19,7 +19,7 @@ def parse_list(text: str, kind, arg: str) -> list:
         what = {int: "integers", float: "numbers"}.get(kind, f"{kind.__name__}s")
         raise checks.fail(arg, f'comma-separated {what}', text) from None
     if not items:
-        raise ValueError(f"{arg}: expected at least one value")
+        raise checks.fail(arg, "at least one value", text)
     if kind is float and not all(math.isfinite(x) for x in items):
         raise checks.fail(arg, 'a finite number for each item', text)
     return items

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import add_force, check_float, distinct_answer_foil, output_dir, verb
+from ..core import checks
 from ..core.io import write_json
 
 
@@ -16,7 +17,7 @@ def _cmd_patch(args) -> int:
     check_float(args.memory_mb, "memory_mb", positive=True)
     for arg in ("clean", "corrupt", "answer", "foil"):
         if not getattr(args, arg):
-            raise ValueError(f"{arg}: expected a non-empty string")
+            raise checks.fail(arg, "a non-empty string", getattr(args, arg))
     distinct_answer_foil([args.answer], [args.foil])
     output_dir(args.out, force=args.force, writes=["result.json"] + [f"{s}.png" for s in sites])
     model = load_model(args.model)

@@ -22,9 +22,17 @@ MIN_TEMPERATURE = 1e-3
 MAX_LEARNING_RATE = 10.0
 
 
+# a value's repr longer than this is cut in a message (a list of 1000 prompts is not a message)
+MAX_GOT = 200
+
+
 def fail(arg: str, expected: str, got, error: type = ValueError) -> ValueError:
-    """The one message: `raise fail("samples", "an integer >= 1", 0)` (`error`: a ValueError subclass)."""
-    return error(f"{arg}: expected {expected}, got {got!r}")
+    """The one message: `raise fail("samples", "an integer >= 1", 0)` (`error`: a ValueError subclass, or
+    TypeError). `got` is shown as its repr, cut to MAX_GOT characters."""
+    shown = repr(got)
+    if len(shown) > MAX_GOT:
+        shown = f"{shown[:MAX_GOT - 20]}... ({len(shown)} characters)"
+    return error(f"{arg}: expected {expected}, got {shown}")
 
 
 def is_int(value) -> bool:

@@ -11,7 +11,7 @@ from . import checks
 from .default_model import DEFAULT_MODEL, EMBEDDED, prepare_model
 from .model import Model
 from .tiny import tiny_model
-from .validate import validate_model
+from .validate import validate_once
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -77,9 +77,10 @@ def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.devic
     `dtype` (default float32) is honoured for every kind of model; an already-built one is used as it is, and
     another dtype for it is refused.
 
-    `validate` (default on) runs `core.validate.validate_model` on a 6-token prompt: the architecture table's
-    modules must give Hugging Face's hidden states and logits, the residual-stream identity (post-norms
-    included), attention probabilities that sum to one, and hooks that change the output; a failed check raises
+    `validate` (default on) runs `core.validate.validate_model` on a 6-token prompt, once per model (the verdict is
+    kept by fingerprint, see `core.validate.validate_once`): the architecture table's modules must give Hugging
+    Face's hidden states and logits, the residual-stream identity (post-norms included), attention probabilities
+    that sum to one, and hooks that change the output; a failed check raises
     `ValidationError` naming the check, the layer and the module. `validate=False` skips it. An already-built
     `Model` is returned as it is."""
     dtype_given = dtype is not None
@@ -94,7 +95,7 @@ def load_model(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.devic
     m = _load_split(model, tokenizer, device=device, dtype=dtype, attn_implementation=attn_implementation,
                     device_map=device_map)
     if validate:
-        validate_model(m)
+        validate_once(m)
     return m
 
 

@@ -145,7 +145,7 @@ class Model:
             self.check_length(ids.shape[1], "tokens")
             return ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device)
         if not isinstance(inputs, (list, tuple)) or not inputs or not all(isinstance(t, str) for t in inputs):
-            raise ValueError("prompt: expected a non-empty string, a non-empty list of strings, or token ids")
+            raise checks.fail("prompt", "a non-empty string, a non-empty list of strings, or token ids", inputs)
         for i, text in enumerate(inputs):
             if not text:
                 raise ValueError(f"prompt: prompt {i} is empty")
@@ -175,7 +175,7 @@ class Model:
     def to_single_token(self, text: str, arg: str = "answer") -> int:
         """The id of `text`, which must be exactly one token."""
         if not isinstance(text, str) or not text:
-            raise ValueError(f"{arg}: expected a non-empty string")
+            raise checks.fail(arg, "a non-empty string", text)
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]

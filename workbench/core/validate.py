@@ -17,8 +17,17 @@ Checks, in order (each failure names the check, the layer and the module path):
 Tolerances are relative to the largest residual value: 1e-4 in float32, 3e-2 in half precision (a wrong module
 is off by order one). The cost is one forward of three copies of a 6-token prompt with every site cached, the
 last position unembedded, and the block projections applied once more (measured in docs/models.md).
+
+`validate_once` (what `load_model` calls) runs this once per model: a pass is remembered by a key of the model's
+fingerprint (every weight), its architecture table entry, dtype, device type and attention implementation, and
+the workbench, torch and transformers versions, in this process and in `validated/KEY.json` under the cache
+dir, so a second load (and every Ray worker on the machine) reads the verdict instead of running the forward.
+A failure is never remembered.
 """
 from __future__ import annotations
+
+import hashlib
+import json
 
 import torch
 from torch import nn
@@ -166,4 +175,46 @@ def validate_model(model, prompt: str = VALIDATION_PROMPT) -> dict:
             if torch.equal(out.logits[i + 1], logits[0]):
                 _fail("intervene", mid, f"{block(mid)}.{arch.path(role)}", f"zeroing {Site(mid, comp).name} left "
                       "the logits unchanged (the hooked module is not in the forward path)")
+    return errors
+
+
+# passes of this process: key -> {check: error}
+_PASSED: dict[str, dict] = {}
+
+
+def validation_key(model) -> str:
+    """What a verdict depends on (see the module docstring), hashed to 16 hex digits."""
+    import transformers
+
+    import workbench
+
+    p = next(model.hf.parameters())
+    what = {"fingerprint": model.fingerprint, "arch": repr(model.arch), "dtype": str(p.dtype),
+            "device": p.device.type, "attn": str(getattr(model.hf.config, "_attn_implementation", None)),
+            "workbench": workbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate_once(model) -> dict:
+    """`validate_model(model)` unless this model already passed (in this process or in the cache dir)."""
+    from .io import FileProblem, cache_dir, read_json, write_json
+
+    key = validation_key(model)
+    if key in _PASSED:
+        return _PASSED[key]
+    path = cache_dir() / "validated" / f"{key}.json"
+    if path.is_file():
+        try:
+            record = read_json(path, "validated")
+        except FileProblem:  # a damaged record is no verdict: validate again and write it anew
+            record = None
+        if isinstance(record, dict) and record.get("key") == key and isinstance(record.get("errors"), dict):
+            _PASSED[key] = record["errors"]
+            return record["errors"]
+    errors = validate_model(model)
+    _PASSED[key] = errors
+    try:
+        write_json(path, {"key": key, "model": model.name, "errors": errors})
+    except OSError:  # a read-only cache dir: the verdict lives in this process only
+        pass
     return errors

@@ -156,7 +156,7 @@ def token_rows(model, texts, arg: str, *, special: bool) -> list[list[int]]:
     if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], int)):
         texts = [texts]
     if not isinstance(texts, (list, tuple)) or not texts:
-        raise ValueError(f"{arg}: expected a non-empty list of strings or token-id lists")
+        raise checks.fail(arg, "a non-empty list of strings or token-id lists", texts)
     rows = []
     for i, x in enumerate(texts):
         if isinstance(x, str):

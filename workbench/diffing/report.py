@@ -197,7 +197,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of non-empty strings")
+        raise checks.fail("prompts", "a non-empty list of non-empty strings", prompts)
     L = base.dims.n_layers
     layer = L // 2 if layer is None else layer
     if not isinstance(layer, int) or not 0 <= layer < L:

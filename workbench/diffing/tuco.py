@@ -203,7 +203,7 @@ def tuning_contribution(base: Model, tuned: Model, prompts, *, batch_size: int =
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of non-empty strings")
+        raise checks.fail("prompts", "a non-empty list of non-empty strings", prompts)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise checks.fail('batch_size', 'a positive int', batch_size)
     model = scaled if scaled is not None else ScaledFineTune(base, tuned, 1.0)

@@ -87,7 +87,7 @@ def subspaces(directions: dict[int, Tensor | list[Tensor]], d_model: int, *, tol
     dependent directions), with a warning that says so.
     """
     if not isinstance(directions, dict) or not directions:
-        raise ValueError("directions: expected a non-empty dict {layer: tensor [k, d_model]}")
+        raise checks.fail("directions", "a non-empty dict {layer: tensor [k, d_model]}", directions)
     out = {}
     for layer, dirs in directions.items():
         if isinstance(dirs, (list, tuple)):
@@ -183,7 +183,7 @@ def finetune(model: Model, examples: list[dict], *, ablate: list[ProjectOut] | N
     cfg = config or FinetuneConfig()
     cfg.check()
     if not isinstance(examples, (list, tuple)) or not examples or not all(isinstance(e, dict) for e in examples):
-        raise ValueError("examples: expected a non-empty list of example dicts (prompt, answer, choices)")
+        raise checks.fail("examples", "a non-empty list of example dicts (prompt, answer, choices)", examples)
     answers, _ = _answer_ids(model, examples)
     prompts = [ex["prompt"] for ex in examples]
     torch.manual_seed(seed)  # LoRA initialisation draws from the global generator

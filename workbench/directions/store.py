@@ -40,7 +40,8 @@ def save_directions(path: str | Path, directions: dict[int | None, Tensor], meta
     With `model`, the widths are checked against it and the metadata records its name, fingerprint and shape.
     """
     if not isinstance(directions, dict) or not directions:
-        raise ValueError("directions: expected a non-empty dict {layer or None: tensor [d_model] or [k, d_model]}")
+        raise checks.fail("directions", "a non-empty dict {layer or None: tensor [d_model] or [k, d_model]}",
+                          directions)
     if None in directions and len(directions) > 1:
         raise ValueError("directions: a layer-free `direction` (key None) cannot be mixed with per-layer ones")
     widths = set()

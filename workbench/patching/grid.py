@@ -107,7 +107,7 @@ def make_pairs(model: Model, clean, corrupted, answer, foil=None, align=None) ->
         pairs_pos = [(i, i) for i in range(Tc)]
     else:
         if not isinstance(align, dict) or not align:
-            raise ValueError("align: expected a non-empty dict {clean position: corrupted position}")
+            raise checks.fail("align", "a non-empty dict {clean position: corrupted position}", align)
         for c, x in align.items():
             if not (checks.is_int(c) and 0 <= c < Tc and checks.is_int(x) and 0 <= x < Tx):
                 raise ValueError(f"align: ({c}, {x}) out of range; clean positions 0..{Tc - 1}, corrupted 0..{Tx - 1}")

@@ -41,7 +41,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 def embedding_noise_std(model: Model, subjects: list[str]) -> float:
     """Standard deviation of the token-embedding values of `subjects` (nu = 3 x this, in the paper)."""
     if not subjects:
-        raise ValueError("subjects: expected at least one subject")
+        raise checks.fail("subjects", "at least one subject", subjects)
     with torch.no_grad():
         values = torch.cat([model.embed(s).reshape(-1) for s in subjects])
     return values.std().item()

@@ -220,7 +220,7 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
     if threshold is not None:
         threshold = check_multiplier(threshold, "threshold")
     if not callable(behaviour):
-        raise ValueError("behaviour: expected a callable (prompts, continuations) -> scores")
+        raise checks.fail("behaviour", "a callable (prompts, continuations) -> scores", behaviour)
     check_generation(max_new_tokens, batch_size, temperature, top_p)
     position_selector(positions)
 

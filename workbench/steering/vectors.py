@@ -107,8 +107,8 @@ def position_selector(positions) -> PositionSelector | None:
     if isinstance(positions, (list, tuple, range)) and len(positions) and all(
             checks.is_int(p) for p in positions):
         return AtPositions(list(positions))
-    raise ValueError("positions: expected 'all', 'generated', an int (from that position on), "
-                     f"a non-empty list of token positions, or a PositionSelector; got {positions!r}")
+    raise checks.fail("positions", "'all', 'generated', an int (from that position on), a non-empty list of token "
+                      "positions, or a PositionSelector", positions)
 
 
 @dataclass
@@ -126,7 +126,7 @@ class SteeringVector:
     def __post_init__(self):
         check_residual_component(self.component)
         if not isinstance(self.vectors, dict) or not self.vectors:
-            raise ValueError("vectors: expected a non-empty dict {layer: tensor [d_model]}")
+            raise checks.fail("vectors", "a non-empty dict {layer: tensor [d_model]}", self.vectors)
         widths = {tuple(v.shape) for v in self.vectors.values()}
         if len(widths) != 1 or len(next(iter(widths))) != 1:
             raise ValueError(f"vectors: expected tensors of one shape [d_model], got shapes {sorted(widths)}")
@@ -268,7 +268,8 @@ def _as_list(steering, multiplier) -> list[tuple[SteeringVector, float]]:
     if isinstance(steering, (list, tuple)) and steering and all(
             isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], SteeringVector) for s in steering):
         return [(s, m) for s, m in steering]
-    raise ValueError("steering: expected a SteeringVector or a non-empty list of (SteeringVector, multiplier) pairs")
+    raise checks.fail("steering", "a SteeringVector or a non-empty list of (SteeringVector, multiplier) pairs",
+                      steering)
 
 
 def steering_interventions(model, steering: SteeringSpec, multiplier: float = 1.0, *, positions="all",

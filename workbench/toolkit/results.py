@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import checks
 from ..core.io import read_json, write_json
 
 # Results sit below the views in the stack, so they never import them: `workbench.views` registers its renderers
@@ -18,7 +19,7 @@ RENDERERS: dict = {}
 def register_renderer(name: str, fn) -> None:
     """Make `fn` the renderer called `name` (what `workbench.views` does on import)."""
     if not isinstance(name, str) or not name or not callable(fn):
-        raise ValueError(f"register_renderer: expected a name and a callable, got {name!r}, {fn!r}")
+        raise checks.fail("register_renderer", "a name and a callable", (name, fn))
     RENDERERS[name] = fn
 
 

@@ -71,7 +71,7 @@ def plotly_view(fig, title: str, script: str | None = None) -> View:
 def concat(views: list[View], title: str) -> View:
     """Several views on one page; plotly.js is inlined once, before the first plotly figure."""
     if not views:
-        raise ValueError("views: expected at least one view")
+        raise checks.fail("views", "at least one view", views)
     parts, js = [], True
     for v in views:
         body = v.body if v.figure is None else _plotly_body(v.figure, js, v.script)
