@@ -207,3 +207,31 @@ def test_bad_cache_site_and_empty_prompt(tiny):
     with pytest.raises(ValueError, match="prompt"):
         m.run_with_cache("", ["blocks.0.hook_resid_pre"])
     assert_no_hooks(m)
+
+
+def test_intervened_results_are_checked_once_after_the_forward(tiny):
+    """The non-finite / overflow check of intervened activations runs after the forward (one host sync, not one per
+    hook), names the first failing site in forward order, and also covers forwards run block by block."""
+    m = tiny("llama")
+    big = torch.full((m.dims.d_model,), 1e30)
+    ivs = [wb.Add("blocks.1.hook_resid_pre", vector=big), wb.Add("blocks.0.hook_resid_post", vector=big),
+           wb.Scale("blocks.0.hook_mlp_out", factor=2.0)]
+    with pytest.raises(ValueError, match=r"^interventions: Add at blocks\.0\.hook_resid_post made the activation "
+                                         r"(overflow|non-finite)"):
+        m.run_with_interventions("Hello world", ivs)
+    assert_no_hooks(m)
+    # the check comes after the forward, not inside a hook: the forward went on to the last layer
+    ids, _ = m.encode("Hello world")
+    with pytest.raises(ValueError, match=r"^interventions: Add at blocks\.0\.hook_resid_post"):
+        with m.hooks(ivs, ["blocks.1.hook_resid_post"]) as cache:
+            m.hf(input_ids=ids)
+    assert "blocks.1.hook_resid_post" in cache
+    assert_no_hooks(m)
+    # a block called by itself, not through the model's forward: checked when the hooks block ends
+    x = torch.zeros(1, 3, m.dims.d_model)
+    with pytest.raises(ValueError, match=r"^interventions: Add at blocks\.0\.hook_resid_pre made the activation"):
+        with m.hooks([wb.Add("blocks.0.hook_resid_pre", vector=big)]):
+            m.module("block", 0)(x, position_embeddings=m.hf.model.rotary_emb(x, torch.arange(3)[None]))
+    assert_no_hooks(m)
+    # a finite intervention passes both ways
+    assert torch.isfinite(m.run_with_interventions("Hello world", [wb.Scale("blocks.0.hook_mlp_out", factor=2.0)])).all()

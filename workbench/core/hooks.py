@@ -71,16 +71,35 @@ class _PositionTracker:
         self.ctx = None  # stale ids must never reach a later forward of a submodule
 
 
-def check_result(act: Tensor, site: Site, interventions) -> None:
+class _ResultCheck:
     """An intervened activation must be finite and small enough that the next norm's sum of squares (float32)
     does not overflow: past that the norm gives inf or 0 and every number downstream is meaningless (an
-    intervention of 1e30 gave logits of exactly 0). One min and one max: no copy of the activation."""
-    if act.numel() == 0:
-        return
-    lo, hi = torch.aminmax(act.detach())
-    top = max(abs(float(lo)), abs(float(hi)))
-    limit = (torch.finfo(torch.float32).max / act.shape[-1]) ** 0.5
-    if not top <= limit:  # NaN fails this too
+    intervention of 1e30 gave logits of exactly 0).
+
+    Each hook only records max |x| of its result as a tensor (one min and one max, no copy, no host sync);
+    `check()` compares them all with their limits in one sync, after each forward of the model (and when the
+    `hooks` block ends, for forwards run block by block)."""
+
+    def __init__(self):
+        self.pending: list[tuple[Tensor, float, Site, list]] = []
+
+    def add(self, act: Tensor, site: Site, interventions) -> None:
+        if act.numel() == 0:
+            return
+        lo, hi = torch.aminmax(act.detach())
+        top = torch.maximum(lo.abs(), hi.abs())
+        self.pending.append((top, (torch.finfo(torch.float32).max / act.shape[-1]) ** 0.5, site, interventions))
+
+    def check(self, *_) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        device = pending[0][0].device
+        bad = torch.stack([(~(top <= limit)).to(device) for top, limit, _, _ in pending])  # NaN fails `<=` too
+        if not bool(bad.any()):  # the one host sync of the forward
+            return
+        top, limit, site, interventions = pending[int(bad.nonzero()[0, 0])]
+        top = abs(float(top))
         names = ", ".join(type(iv).__name__ for iv in interventions)
         raise ValueError(f"interventions: {names} at {site.name} made the activation "
                          f"{'non-finite' if top != top or top == float('inf') else f'overflow (|x| up to {top:.3g})'}; "
@@ -89,10 +108,11 @@ def check_result(act: Tensor, site: Site, interventions) -> None:
 
 class _SiteHook:
     def __init__(self, site: Site, dims, interventions: list[Intervention], cache: dict | None, detach: bool,
-                 tracker: _PositionTracker | None = None):
+                 tracker: _PositionTracker | None = None, *, results: _ResultCheck):
         self.site, self.dims, self.interventions = site, dims, interventions
         self.cache, self.detach = cache, detach
         self.tracker = tracker
+        self.results = results  # the block's: checked after each forward
         self.bound_shape: torch.Size | None = None
 
     def transform(self, x: Tensor) -> Tensor:
@@ -106,7 +126,7 @@ class _SiteHook:
         for iv in self.interventions:
             act = iv(act, ctx) if iv.needs_positions else iv(act)
         if self.interventions:
-            check_result(act, self.site, self.interventions)
+            self.results.add(act, self.site, self.interventions)
         if self.cache is not None:
             if not self.detach and torch.is_grad_enabled() and not act.requires_grad:
                 # A frozen model (no parameter requires grad) must still give gradients w.r.t. its activations:
@@ -224,8 +244,10 @@ def hooks(
     # Only interventions that select by position id need the forward's position ids tracked.
     tracker = _PositionTracker() if any(iv.needs_positions for iv in interventions) else None
     site_hooks = []
+    results = _ResultCheck()
     for site in sorted(set(by_site) | cached):
-        h = _SiteHook(site, dims, by_site.get(site, []), cache if site in cached else None, detach, tracker)
+        h = _SiteHook(site, dims, by_site.get(site, []), cache if site in cached else None, detach, tracker,
+                      results=results)
         if input_shape is not None and h.interventions:
             h.bound_shape = site_shape(site, *input_shape, dims)
         site_hooks.append(h)
@@ -241,6 +263,8 @@ def hooks(
         if tracker is not None:
             handles.append(model.hf.register_forward_pre_hook(tracker.pre, with_kwargs=True))
             handles.append(model.hf.register_forward_hook(tracker.post))
+        if by_site:
+            handles.append(model.hf.register_forward_hook(results.check))
         for h in site_hooks:
             _, where, when, _ = COMPONENTS[h.site.component]
             if when == "kernel":
@@ -251,6 +275,7 @@ def hooks(
             else:
                 handles.append(module.register_forward_hook(h.post))
         yield cache
+        results.check()  # forwards run block by block, not through model.hf
     finally:
         for handle in handles:
             handle.remove()

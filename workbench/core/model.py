@@ -274,7 +274,7 @@ class Model:
 
 def _check_logits(logits: Tensor, interventions) -> None:
     """A forward that interventions made non-finite downstream of their site (the site itself is checked by
-    `hooks.check_result`) is refused rather than returned."""
+    `hooks._ResultCheck`) is refused rather than returned."""
     if isinstance(interventions, list) and interventions and not bool(torch.isfinite(logits).all()):
         names = ", ".join(f"{type(iv).__name__} at {getattr(iv, 'site', '?')}" for iv in interventions)
         raise ValueError(f"interventions: with {names} the logits are not finite (an overflow downstream of the "
