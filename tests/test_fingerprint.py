@@ -146,10 +146,10 @@ FRESH_USER_SCRIPT = textwrap.dedent("""
 def test_shipped_sae_vectors_and_statistics_load_from_a_fresh_cache_as_another_user(outside_checkout):
     """A fresh $WORKBENCH_CACHE and HOME (the default model copied in, i.e. moved: its config names the new
     folder), as user nobody when the tests run as root."""
-    from workbench.core.default_model import DEFAULT_MODEL, embedded, prepare_default_model
+    from workbench.core.default_model import DEFAULT_MODEL, embedded, prepare_model
 
     fresh = outside_checkout
-    shutil.copytree(prepare_default_model(), fresh.cache / "models" / embedded(DEFAULT_MODEL).converted)
+    shutil.copytree(prepare_model(DEFAULT_MODEL), fresh.cache / "models" / embedded(DEFAULT_MODEL).converted)
     (fresh.path / "run.py").write_text(FRESH_USER_SCRIPT)
     r = fresh.run([sys.executable, "run.py"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

