@@ -184,14 +184,15 @@ _PASSED: dict[str, dict] = {}
 
 def validation_key(model) -> str:
     """What a verdict depends on (see the module docstring), hashed to 16 hex digits."""
+    import sys
+
     import transformers
 
-    import workbench
-
+    version = sys.modules["workbench"].__version__  # the package above core (imported first; not imported here)
     p = next(model.hf.parameters())
     what = {"fingerprint": model.fingerprint, "arch": repr(model.arch), "dtype": str(p.dtype),
             "device": p.device.type, "attn": str(getattr(model.hf.config, "_attn_implementation", None)),
-            "workbench": workbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+            "workbench": version, "torch": torch.__version__, "transformers": transformers.__version__}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
