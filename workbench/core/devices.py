@@ -20,7 +20,7 @@ def check_device_map(device_map) -> None:
         raise checks.fail('device_map', "'auto' or a dict of module name -> device", device_map)
     for name, dev in device_map.items():
         if not isinstance(name, str):
-            raise ValueError(f"device_map: module names must be strings, got {name!r}")
+            raise checks.fail("device_map", "module names that are strings", name)
         try:
             torch.device(dev)
         except (RuntimeError, TypeError):

@@ -111,7 +111,7 @@ class AtPositions(PositionSelector):
     def __post_init__(self):
         idx = _per_row(list(self.indices) if isinstance(self.indices, range) else self.indices, "positions")
         if (idx < 0).any():
-            raise ValueError(f"positions: position ids are >= 0 (no counting from the end in generation), got {self.indices!r}")
+            raise checks.fail("positions", "position ids >= 0 (no counting from the end in generation)", self.indices)
 
     def mask(self, ctx):
         idx = torch.as_tensor(list(self.indices), dtype=torch.long, device=ctx.position_ids.device)

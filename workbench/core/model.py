@@ -185,9 +185,9 @@ class Model:
     def find_span(self, prompt: str, substring: str, occurrence: int = 0) -> range:
         """Token positions covering `substring` in `prompt` (e.g. the subject of a fact)."""
         if not prompt:
-            raise ValueError("prompt: empty")
+            raise checks.fail("prompt", "a non-empty string", prompt)
         if not substring:
-            raise ValueError("substring: empty")
+            raise checks.fail("substring", "a non-empty string", substring)
         start = -1
         for _ in range(occurrence + 1):
             start = prompt.find(substring, start + 1)

@@ -57,7 +57,7 @@ class Site:
         if self.component not in COMPONENTS:
             raise ValueError(f"site: unknown component {self.component!r}; expected one of {sorted(COMPONENTS)}")
         if not checks.is_int(self.layer):
-            raise ValueError(f"site: layer must be an int, got {self.layer!r}")
+            raise checks.fail("site", "an int layer", self.layer)
 
     @property
     def name(self) -> str:
