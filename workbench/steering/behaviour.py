@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import resolve
+from ..core import checks
 from ..core.io import read_text
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
@@ -34,7 +35,7 @@ def word_share(words: Iterable[str] | str | Path, *, split_apostrophes: bool = T
         words = [w.strip() for w in read_text(path, "words").splitlines() if w.strip() and not w.startswith("#")]
     vocab = {w.lower() for w in words}
     if not vocab:
-        raise ValueError("words: the word list is empty")
+        raise checks.fail("words", "a non-empty word list", words)
 
     def tokens(text):
         out = []

@@ -76,7 +76,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
         if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
             raise checks.fail(arg, 'a list of strings', type(texts).__name__)
         if not texts:
-            raise ValueError(f"{arg}: empty; a steering vector needs at least one contrast pair")
+            raise checks.fail(arg, "at least one contrast pair (a steering vector needs one)", texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t:
                 raise ValueError(f"{arg}: item {i} is not a non-empty string: {t!r}")
@@ -102,7 +102,7 @@ def position_selector(positions) -> PositionSelector | None:
         return positions
     if checks.is_int(positions):
         if positions < 0:
-            raise ValueError(f"positions: 'from a position on' needs a position >= 0, got {positions}")
+            raise checks.fail("positions", "a position >= 0 ('from a position on')", positions)
         return FromPosition(positions)
     if isinstance(positions, (list, tuple, range)) and len(positions) and all(
             checks.is_int(p) for p in positions):
