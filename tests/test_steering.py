@@ -242,7 +242,7 @@ def test_bad_input_is_a_clear_error(tiny):
     sv = SteeringVector({1: torch.ones(64)}, meta={"n_layers": 2})
     cases = [
         (lambda: build_steering_vector(m, ["a", "b"], ["c"], layers=[0]), "1 negative examples for 2 positive"),
-        (lambda: build_steering_vector(m, [], [], layers=[0]), "positives: empty"),
+        (lambda: build_steering_vector(m, [], [], layers=[0]), "positives: expected a non-empty list"),
         (lambda: build_steering_vector(m, [("a", "b")], layers=[]), "layers: expected a non-empty"),
         (lambda: build_steering_vector(m, ["a"], ["b"], layers=[2]), "layer 2 out of range"),
         (lambda: build_steering_vector(m, ["a"], ["b"], layers=[0], method="svm"), "method"),
@@ -271,7 +271,7 @@ def test_pairs_file_errors(tmp_path):
     with pytest.raises(ValueError, match="pairs.jsonl:2"):
         load_pairs(bad)
     bad.write_text("\n")
-    with pytest.raises(ValueError, match="positives: empty"):
+    with pytest.raises(ValueError, match="positives: expected a non-empty list"):
         load_pairs(bad)
 
 

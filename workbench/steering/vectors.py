@@ -76,7 +76,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
         if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
             raise checks.fail(arg, 'a list of strings', type(texts).__name__)
         if not texts:
-            raise checks.fail(arg, "at least one contrast pair (a steering vector needs one)", texts)
+            raise checks.fail(arg, "a non-empty list (a steering vector needs at least one contrast pair)", texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t:
                 raise ValueError(f"{arg}: item {i} is not a non-empty string: {t!r}")
