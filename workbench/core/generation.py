@@ -25,7 +25,7 @@ def check_prompts(prompts, arg: str = "prompts") -> list[str]:
         raise checks.fail(arg, 'a non-empty list of strings', type(prompts).__name__)
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p:
-            raise ValueError(f"{arg}: item {i} is not a non-empty string: {p!r}")
+            raise checks.fail(f"{arg}[{i}]", "a non-empty string", p)
     return list(prompts)
 
 

@@ -48,7 +48,7 @@ def as_index(sel: Index, size: int, arg: str) -> Tensor | None:
     else:
         raise checks.fail(arg, 'an int, a list of ints, a slice or an integer tensor', sel)
     if idx.numel() == 0:
-        raise ValueError(f"{arg}: empty selection")
+        raise checks.fail(arg, "a non-empty selection", sel)
     bad = (idx < -size) | (idx >= size)
     if bad.any():
         raise ValueError(f"{arg}: index {int(idx[bad][0])} out of range; expected -{size}..{size - 1}")

@@ -138,7 +138,7 @@ def _load(model=DEFAULT_MODEL, tokenizer=None, *, device: str | torch.device | N
         m.hf.to(dtype=dtype)
         return m.to(device or "cpu")
     if not model:
-        raise ValueError("model: empty name")
+        raise checks.fail("model", "a model name or folder", model)
     check_model_path(model)
     try:
         hf, tok = _load_dir(model, device, dtype, attn_implementation)

@@ -148,7 +148,7 @@ class Model:
             raise checks.fail("prompt", "a non-empty string, a non-empty list of strings, or token ids", inputs)
         for i, text in enumerate(inputs):
             if not text:
-                raise ValueError(f"prompt: prompt {i} is empty")
+                raise checks.fail(f"prompt[{i}]", "a non-empty string", text)
         enc = self.tokenizer(list(inputs), return_tensors="pt", padding=True)
         if enc.input_ids.shape[1] == 0:
             raise ValueError("prompt: tokenizes to no tokens")

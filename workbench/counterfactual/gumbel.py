@@ -168,7 +168,7 @@ def token_rows(model, texts, arg: str, *, special: bool) -> list[list[int]]:
                 raise ValueError(f"{arg}: item {i} holds token id {bad[0]}, expected 0..{model.dims.d_vocab - 1}")
             rows.append(list(x))
         else:
-            raise ValueError(f"{arg}: item {i} is neither a string nor a list of token ids: {x!r}")
+            raise checks.fail(f"{arg}[{i}]", "a string or a list of token ids", x)
         if not rows[-1]:
             raise ValueError(f"{arg}: item {i} is empty (no tokens)")
     return rows

@@ -79,7 +79,7 @@ def _check_pairs(positives, negatives) -> tuple[list[str], list[str]]:
             raise checks.fail(arg, "a non-empty list (a steering vector needs at least one contrast pair)", texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t:
-                raise ValueError(f"{arg}: item {i} is not a non-empty string: {t!r}")
+                raise checks.fail(f"{arg}[{i}]", "a non-empty string", t)
     if len(positives) != len(negatives):
         raise ValueError(f"negatives: {len(negatives)} negative examples for {len(positives)} positive ones; "
                          "contrast pairs need one negative per positive")
