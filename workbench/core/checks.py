@@ -26,7 +26,7 @@ MAX_LEARNING_RATE = 10.0
 MAX_GOT = 200
 
 
-def fail(arg: str, expected: str, got, error: type = ValueError) -> ValueError:
+def fail(arg: str, expected: str, got, error: type = ValueError) -> Exception:
     """The one message: `raise fail("samples", "an integer >= 1", 0)` (`error`: a ValueError subclass, or
     TypeError). `got` is shown as its repr, cut to MAX_GOT characters."""
     shown = repr(got)
