@@ -42,6 +42,14 @@ def _from_package(filename: str) -> bool:
         return False
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` while a command runs: `_one_line_warning` written to stderr."""
+    try:
+        (file or sys.stderr).write(_one_line_warning(message, category, filename, lineno, line))
+    except OSError:  # stderr gone (a closed pipe): a warning is not worth a crash
+        pass
+
+
 _python_format = warnings.formatwarning
 
 
@@ -51,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["help"]:  # `workbench help VERB [SUB]` == `workbench VERB [SUB] --help`
         p.parse_args(argv[1:] + ["--help"])
     args = p.parse_args(argv)
-    before = warnings.formatwarning
-    warnings.formatwarning = _one_line_warning  # set by the command only: importing workbench changes nothing
+    before = warnings.showwarning
+    warnings.showwarning = _show_warning  # set by the command only: importing workbench changes nothing
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"workbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:
-        warnings.formatwarning = before
+        warnings.showwarning = before
 
 
 if __name__ == "__main__":
