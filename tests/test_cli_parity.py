@@ -39,6 +39,21 @@ def test_every_flag_of_every_verb_has_help():
     assert not missing, f"flags without help text: {missing}"
 
 
+DATASET_FLAGS = {"--facts", "--requests", "--data", "--texts", "--prompts", "--pairs", "--task", "--observed"}
+
+
+def test_every_verb_that_reads_a_dataset_takes_limit():
+    verbs: dict[tuple, set] = {}
+    files: dict[tuple, set] = {}  # the file-valued dataset flags (demo's --facts is a count)
+    for path, a in walk(parser()):
+        verbs.setdefault(path, set()).update(a.option_strings)
+        if a.type is None and set(a.option_strings) & DATASET_FLAGS:
+            files.setdefault(path, set()).update(a.option_strings)
+    readers = {p: verbs[p] for p in files}
+    assert len(readers) >= 15
+    assert not [" ".join(p) for p, flags in readers.items() if "--limit" not in flags]
+
+
 @pytest.mark.parametrize("verb", [["patch"], ["sae", "train"], ["bench"]])
 def test_help_verb_is_verb_dash_help(verb, capsys):
     outs = []

@@ -73,6 +73,9 @@ def _cmd_tuned_lens(args) -> int:
     write_json(out / "result.json", result, indent=2)
     print("held-out KL(model || lens) by layer, logit lens: " + " ".join(f"{x:.3f}" for x in result["kl_logit_lens"]))
     print("                                     tuned lens: " + " ".join(f"{x:.3f}" for x in result["kl_tuned_lens"]))
+    from ..toolkit.sweep import resume_note
+
+    print(resume_note("trained", "steps", {"now": len(losses), "before": args.steps - len(losses)}))
     print(f"wrote {out / 'result.json'}, {out / 'tuned_lens.safetensors'} (run again with more --steps to continue)")
     return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_force, input_file, load, names, output_dir, parse_list, verb
+from .common import add_force, first, input_file, load, names, output_dir, parse_list, verb
 from ..core.sites import RESIDUAL_WIDTH
 from ..core.io import write_json
 
@@ -16,7 +16,7 @@ def _cmd_caft(args) -> int:
 
     layers = parse_list(args.layers, int, "layers") if args.layers else None
     seeds = parse_list(args.seeds, int, "seeds")
-    task = caft.load_task(input_file(args.task, "task"))
+    task = {split: first(rows, args.limit) for split, rows in caft.load_task(input_file(args.task, "task")).items()}
     read_safetensors(input_file(args.directions, "directions"), "directions")  # whole and finite, before loading
     cfg = caft.FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                               lora_rank=args.lora_rank)
@@ -42,6 +42,7 @@ def register(sub) -> None:
     s.add_argument("--task", required=True, help="task JSONL (splits train, id_test, ood_test; see workbench.directions.caft)")
     s.add_argument("--directions", required=True,
                    help="safetensors: `layer.<n>` tensors [k, d_model], or one probe `direction` used at every --layers")
+    s.add_argument("--limit", type=int, default=None, help="use the first N rows of each split of --task (default: all)")
     s.add_argument("--layers", default=None, help="comma-separated layers to ablate at (default: those in the file)")
     s.add_argument("--component", default="resid_pre",
                    help=f"site component the subspace is projected out of, one of: {names(RESIDUAL_WIDTH)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_model, check_float, check_int, load, output_dir, output_file
+from .common import add_force, add_limit, add_model, check_float, check_int, load, output_dir, output_file
 from .sae import _check_texts_arg, _texts, add_allow_other_model, evaluate_verb, prepare_training
 
 
@@ -19,7 +19,7 @@ def _cmd_train(args) -> int:
                             checkpoint_every=args.checkpoint_every, force=args.force)
     print(f"wrote {out / 'transcoders'}")
     if args.texts == "default":
-        report = evaluate_transcoders(model, tcs, _texts("default", model, "test", args.samples, args.seed)[:48])
+        report = evaluate_transcoders(model, tcs, _texts("default", model, "test", args.samples, args.seed)[:48], progress=True)
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "layers"}, indent=2))
     return 0
@@ -31,7 +31,8 @@ def _cmd_eval(args) -> int:
     if not Path(args.transcoders).is_dir():
         raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train`, got {args.transcoders}")
     return evaluate_verb(args, args.transcoders,
-                         lambda f, m: load_transcoders(f, m, allow_other_model=args.allow_other_model), evaluate_transcoders)
+                         lambda f, m: load_transcoders(f, m, allow_other_model=args.allow_other_model), evaluate_transcoders,
+                         progress=True)
 
 
 def _cmd_graph(args) -> int:
@@ -59,7 +60,7 @@ def _cmd_graph(args) -> int:
     tcs = load_transcoders(args.transcoders, model, allow_other_model=args.allow_other_model)
     t0 = time.perf_counter()
     g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size,
-                  max_feature_nodes=args.max_feature_nodes)
+                  max_feature_nodes=args.max_feature_nodes, progress=True)
     seconds = time.perf_counter() - t0
     kept = prune_graph(g, args.node_threshold, args.edge_threshold)
     save_graph(g, out)
@@ -98,7 +99,8 @@ def register(sub) -> None:
     s.add_argument("--texts-per-step", type=int, default=8, help="texts whose tokens make one step's batch")
     s.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     s.add_argument("--skip", action="store_true", help="add a linear skip connection (JumpReLUSkipTranscoder)")
-    s.add_argument("--max-texts", type=int, default=2000, help="use the first N training texts (CPU time)")
+    s.add_argument("--max-texts", "--limit", dest="max_texts", type=int, default=2000,
+                   help="use the first N training texts (CPU time)")
     s.add_argument("--seed", type=int, default=0, help="seed of the corpus samples and the initialisation")
     s.add_argument("--checkpoint-every", type=int, default=25, help="save a resumable checkpoint every N steps")
     s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
@@ -114,6 +116,7 @@ def register(sub) -> None:
     e.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
     e.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
     e.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    add_limit(e, "texts")
     add_allow_other_model(e, "the transcoders")
     e.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
     add_force(e)

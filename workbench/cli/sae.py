@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_model, check_float, check_int, input_file, input_folder, load, output_dir, output_file
+from .common import add_force, add_limit, add_model, first, check_float, check_int, input_file, input_folder, load, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -79,11 +79,12 @@ def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
 
     check_int(args.batch_size, "batch_size")
     check_int(args.samples, "samples")
+    check_int(args.limit, "limit", none_ok=True)
     _check_texts_arg(args.texts)
     out = output_file(args.out, force=args.force) if args.out else None
     model = load(args)
-    report = evaluate(model, load(folder, model), _texts(args.texts, model, "test", args.samples, args.seed),
-                      batch_size=args.batch_size, **kw)
+    texts = first(_texts(args.texts, model, "test", args.samples, args.seed), args.limit)
+    report = evaluate(model, load(folder, model), texts, batch_size=args.batch_size, **kw)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
@@ -114,7 +115,8 @@ def _register_train(subs) -> None:
     s.add_argument("--steps", type=int, default=500, help="training steps (a rerun with more steps resumes)")
     s.add_argument("--batch-size", type=int, default=1024, help="token activations per step")
     s.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    s.add_argument("--max-texts", type=int, default=800, help="use the first N training texts (CPU time)")
+    s.add_argument("--max-texts", "--limit", dest="max_texts", type=int, default=800,
+                   help="use the first N training texts (CPU time)")
     s.add_argument("--seed", type=int, default=0, help="seed of the corpus samples and the SAE's initialisation")
     s.add_argument("--checkpoint-every", type=int, default=200, help="save a resumable checkpoint every N steps")
     s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
@@ -133,6 +135,7 @@ def _register_eval(subs) -> None:
     s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
     s.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
     s.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    add_limit(s, "texts")
     add_allow_other_model(s)
     s.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
     add_force(s)

@@ -28,8 +28,10 @@ def _cmd_inspect(args) -> int:
     check_latents(sae, latents)
     from ..core.io import atomic_write_text
 
+    from tqdm.auto import tqdm
+
     reports = []
-    for i in latents:
+    for i in tqdm(latents, desc="latents", unit="latent"):
         rep = inspect_latent(model, sae, i, texts, top_k=args.top_k)
         rep.save_html(out / f"latent-{i}.html")
         reports.append(rep.to_json())
