@@ -72,9 +72,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
+def evaluate_verb(args, folder: Path, load_from, evaluate, **kw) -> int:
     """The `eval` verbs' shared part (SAEs and transcoders): arguments and --out checked before the model loads,
-    then load(folder, model), evaluate(model, loaded, texts, batch_size=...), the report printed and written."""
+    then load_from(folder, model), evaluate(model, loaded, texts, batch_size=...), the report printed and written."""
     from ..core.io import atomic_write_text
 
     check_int(args.batch_size, "batch_size")
@@ -84,7 +84,7 @@ def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
     out = output_file(args.out, force=args.force) if args.out else None
     model = load(args)
     texts = first(_texts(args.texts, model, "test", args.samples, args.seed), args.limit)
-    report = evaluate(model, load(folder, model), texts, batch_size=args.batch_size, **kw)
+    report = evaluate(model, load_from(folder, model), texts, batch_size=args.batch_size, **kw)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
