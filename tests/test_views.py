@@ -162,13 +162,14 @@ def test_patching_heatmap_is_white_at_the_unpatched_baseline(tiny, tmp_path):
         (trace,) = grid.view().figure.data
         assert trace.zmid == pytest.approx(base) and (trace.zmin + trace.zmax) / 2 == pytest.approx(base)
         assert max(abs(trace.zmin - base), abs(trace.zmax - base)) >= np.abs(grid.values - base).max() - 1e-9
-        assert f"{run} baseline {base:.4g}" in trace.colorbar.title.text
-        assert f"white: {run} baseline" in grid.view().figure.layout.title.text
+        assert f"white: {base:.4g}" in trace.colorbar.title.text
+        assert f"(white: {run} baseline {base:.4g})" in grid.view().figure.layout.title.text
         ax = grid.plot(tmp_path / f"{direction}.png")
         lo, hi = ax.images[0].get_clim()
         assert (lo + hi) / 2 == pytest.approx(base)
     (zero,) = grid.view(centre=0).figure.data
     assert zero.zmid == 0 and zero.zmin == -zero.zmax and "white: 0" in zero.colorbar.title.text
+    assert "(white: 0)" in grid.view(centre=0).figure.layout.title.text
     with pytest.raises(ValueError, match="centre: expected 'baseline' or a finite number"):
         grid.view(centre="middle")
 

@@ -38,7 +38,7 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r", 
         raise ValueError(f"arr: a heatmap view needs a 2-D or 3-D array, got dims {arr.dims}; select an axis first")
     rows, cols = arr.dims[:2]
     raw = arr.values.astype(float)
-    mid, said = arr.colour_centre(centre)
+    mid, white = arr.colour_centre(centre)
     values, lim, note = arr.plot_values(mid)  # +-inf drawn at the range's end, named in the title
     metric = arr.meta.get("metric", "value")
     slices = [(None, values, raw)] if values.ndim == 2 else \
@@ -62,7 +62,7 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r", 
             z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=labels,
             text=[[f"{x:.4g}" for x in row] for row in zraw.tolist()],
             zmin=mid - lim, zmax=mid + lim, zmid=mid, colorscale=colorscale,
-            colorbar={"title": {"text": f"{metric}<br>white: {said}"}},
+            colorbar={"title": {"text": f"{metric}<br>white: {mid:.4g}"}},
             visible=k == 0, name=f"{extra} {h}" if extra else arr.name,
             hovertemplate=f"{rows}: %{{customdata[0]}}<br>{cols}: %{{customdata[1]}}<br>{head}"
                           f"value: %{{text}}<extra></extra>"))
@@ -74,7 +74,7 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r", 
         steps = [{"label": str(h), "method": "update",
                   "args": [{"visible": [i == k for i in range(len(slices))]}]} for k, (h, _, _) in enumerate(slices)]
         fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{extra}: "}, "steps": steps}])
-    fig.update_layout(title=(title or arr.name) + f" (white: {said}" + (f"; {note})" if note else ")"), height=max(320, 22 * values.shape[0] + 160),
+    fig.update_layout(title=(title or arr.name) + f" (white: {white}" + (f"; {note})" if note else ")"), height=max(320, 22 * values.shape[0] + 160),
                       width=min(PAGE_WIDTH, max(480, 40 * values.shape[1] + 220)), margin={"b": 120})
     return plotly_view(fig, title or arr.name or "heatmap", _CLICK_SCRIPT if top is not None else None)
 
