@@ -61,7 +61,7 @@ def _cmd_diff(args) -> int:
     base = load(args)
     ft = load(args, "finetuned")
     sae = load_sae(args.sae, base, site=args.site, allow_other_model=args.allow_other_model)
-    d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by)
+    d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by, progress=True)
     print(d.to_dataframe(args.top).to_string(index=False))
     write_json(out, d.to_json(args.top), indent=1)
     print(f"wrote {out}")
