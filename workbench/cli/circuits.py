@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_limit, add_model, check_float, check_int, load, output_dir, output_file
-from .sae import _check_texts_arg, _texts, add_allow_other_model, evaluate_verb, prepare_training
+from .common import add_force, add_model, check_float, check_int, load, output_dir, output_file
+from .sae import _check_texts_arg, _texts, add_allow_other_model, add_eval_flags, evaluate_verb, prepare_training
 
 
 def _cmd_train(args) -> int:
@@ -113,13 +113,7 @@ def register(sub) -> None:
     e.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
     e.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a text "
                                                        "file, one text a line")
-    e.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
-    e.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
-    e.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
-    add_limit(e, "texts")
-    add_allow_other_model(e, "the transcoders")
-    e.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
-    add_force(e)
+    add_eval_flags(e, "the transcoders")
     e.set_defaults(fn=_cmd_eval)
 
     g = sub.add_parser("graph", help="attribution graph of a prompt over per-layer transcoders: view, JSON, scores",

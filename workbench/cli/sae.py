@@ -26,7 +26,7 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
 def add_allow_other_model(parser, what: str = "the SAE") -> None:
     """--allow-other-model: the library's `allow_other_model=True` (use a file made for another model's fingerprint)."""
     parser.add_argument("--allow-other-model", action="store_true",
-                        help=f"use {what} although it was made for another model (or another fingerprint of this one); "
+                        help=f"use {what} even if made for another model (or another fingerprint of this one); "
                              "the library's allow_other_model=True")
 
 
@@ -132,14 +132,20 @@ def _register_eval(subs) -> None:
     s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
     s.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a "
                                                        "text file, one text a line, or a .jsonl of {\"text\": ...} records")
-    s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
-    s.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
-    s.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
-    add_limit(s, "texts")
-    add_allow_other_model(s)
-    s.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
-    add_force(s)
+    add_eval_flags(s, "the SAE")
     s.set_defaults(fn=_cmd_eval)
+
+
+def add_eval_flags(parser, what: str) -> None:
+    """The flags the `eval` verbs share (`evaluate_verb`): the default corpus, batches, --limit,
+    --allow-other-model, --out, --force."""
+    parser.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    add_limit(parser, "texts")
+    add_allow_other_model(parser, what)
+    parser.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
+    add_force(parser)
 
 
 from .sae_use import register_use  # noqa: E402  (inspect, diff)
