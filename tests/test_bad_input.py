@@ -776,7 +776,7 @@ CLI = [
     R("patch-out-has-results", ["patch", "--model", BAD, "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", " Mary",
                                 "--foil", " John", "--out", "{d}"], V, "result.json", "--force", setup=existing("result.json")),
     R("patch-sites", ["patch", "--model", BAD, "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", " Mary", "--foil", " John",
-                      "--sites", "resid_pre,mlp", "--out", "{d}/o"], V, "components", "'mlp'"),
+                      "--sites", "resid_pre,mlp", "--out", "{d}/o"], V, "sites", "'mlp'", "resid_post"),
     R("patch-memory", ["patch", "--model", BAD, "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", " Mary", "--foil", " John",
                        "--memory-mb", "-5", "--out", "{d}/o"], V, "memory_mb"),
     R("patch-empty-answer", ["patch", "--model", BAD, "--clean", CLEAN, "--corrupt", CORRUPT, "--answer", "", "--foil", " John",

@@ -334,3 +334,27 @@ def test_model_diff_report_opens_offline(tmp_path, browser):
     assert f"measured {r.agreement['measured']:.3f}" in agreement and f"exact {r.agreement['exact']:.3f}" in agreement
     assert tables >= 2  # the crosscoder's latents and the counterfactual strings
     assert not offsite
+
+
+def test_tracing_page_fits_a_laptop_screen_with_each_title_once(tiny, browser, tmp_path):
+    """The tracing sweep's page (averages and each fact's Figure 1) at 1280 x 800: nothing wider than the window, and
+    each figure's title shown once (it overflowed 1300 px and showed every title twice, issue 26)."""
+    from workbench.patching.tracing import load_traces, trace_facts
+
+    out = tmp_path / "trace"
+    summary = trace_facts(tiny("llama"), wb.data.data_path("facts.jsonl"), out, limit=2, samples=2, window=2,
+                          trace_unknown=True, figures=False, progress=False)
+    view = wb.views.trace_folder_view(load_traces(out), summary)
+    path = wb.views.save_html(view, out / "trace.html")
+    page, offsite = browser.new_page(viewport={"width": 1280, "height": 800}), []
+    guard(page, offsite)
+    page.goto(path.as_uri())
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .heatmaplayer').length >= 3", timeout=30_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    widths = page.eval_on_selector_all(".js-plotly-plot", "els => els.map(e => e.getBoundingClientRect().right)")
+    assert len(widths) == 3 and max(widths) <= 1280
+    titles = page.eval_on_selector_all(".gtitle, h3", "els => els.map(e => e.textContent)")
+    assert len(titles) == 3 and len(set(titles)) == 3, titles
+    assert sum(t.startswith("Average indirect effect over 2 facts") for t in titles) == 1
+    page.close()
+    assert offsite == []

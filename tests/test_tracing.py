@@ -105,6 +105,7 @@ def test_sweep_resumes_skips_and_summarizes(tiny4, tmp_path):
     full = trace_facts(m, facts, out, **kw)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "facts").iterdir() if p.name in stamps} == stamps
     assert full["n_traced"] == 4 and full["skipped"] == {"subject not found": 1}
+    assert first["this_run"] == {"now": 2, "before": 0} and full["this_run"] == {"now": 2, "before": 2}
     # restoring the last block's output at the last token gives back the clean prediction, so the
     # average IE there equals the average total effect
     last = full["indirect_effect"]["resid"]["last token"]["by_layer"][-1]

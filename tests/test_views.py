@@ -148,3 +148,41 @@ def test_progress_bars_use_notebook_widgets():
         bar.refresh()
         assert bar.container.children[1].value == 3  # the IntProgress widget moved
         bar.close()
+
+
+def test_patching_heatmap_is_white_at_the_unpatched_baseline(tiny, tmp_path):
+    """A cell with no effect holds the unpatched run's metric: the colour scale's middle (white) sits there, named in
+    the title and colour bar; centre=0 switches back to zero."""
+    m = tiny("llama")
+    for direction, run in (("denoise", "corrupted"), ("noise", "clean")):
+        grid = wb.patching.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome", direction=direction)["resid_pre"]
+        base = grid.meta[f"{run}_metric"]
+        # layer 0, position 0 (the BOS / first token, the same in both prompts): patching it changes nothing
+        assert grid.values[0, 0] == pytest.approx(base, abs=1e-5)
+        (trace,) = grid.view().figure.data
+        assert trace.zmid == pytest.approx(base) and (trace.zmin + trace.zmax) / 2 == pytest.approx(base)
+        assert max(abs(trace.zmin - base), abs(trace.zmax - base)) >= np.abs(grid.values - base).max() - 1e-9
+        assert f"white: {base:.4g}" in trace.colorbar.title.text
+        assert f"(white: {run} baseline {base:.4g})" in grid.view().figure.layout.title.text
+        ax = grid.plot(tmp_path / f"{direction}.png")
+        lo, hi = ax.images[0].get_clim()
+        assert (lo + hi) / 2 == pytest.approx(base)
+    (zero,) = grid.view(centre=0).figure.data
+    assert zero.zmid == 0 and zero.zmin == -zero.zmax and "white: 0" in zero.colorbar.title.text
+    assert "(white: 0)" in grid.view(centre=0).figure.layout.title.text
+    with pytest.raises(ValueError, match="centre: expected 'baseline' or a finite number"):
+        grid.view(centre="middle")
+
+
+def test_token_labels_are_one_format_everywhere(tiny):
+    from workbench.toolkit import token_labels
+
+    assert token_labels(["When", " Mary", "\n"], marked=[1]) == ["0: When", "1: Mary*", "2: '\\n'"]
+    m = tiny("llama")
+    grid = wb.patching.activation_patching(m, CLEAN, CORRUPT, " Paris", " Rome")["resid_pre"]
+    toks = m.to_str_tokens(CORRUPT)
+    assert grid.coords["position"] == token_labels(toks)
+    trace = wb.patching.trace_fact(m, CLEAN, "Eiffel Tower", " Paris", noise_std=0.5, samples=2, window=2, kinds="resid")
+    fig = trace.view().figure
+    start, stop = trace.subject_span
+    assert list(fig.layout.yaxis.ticktext) == token_labels(trace.tokens, marked=range(start, stop))

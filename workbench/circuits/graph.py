@@ -223,7 +223,8 @@ class Replacement:
 # -- the graph -------------------------------------------------------------------------------------------
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
-              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None) -> Graph:
+              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
+              progress: bool = False) -> Graph:
     """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
@@ -232,7 +233,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
     others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
     the computed rows only; `graph.meta["rows"]` lists them). max_features: refuse prompts with more active
-    features (the adjacency matrix is dense, n_nodes^2 floats).
+    features (the adjacency matrix is dense, n_nodes^2 floats). progress: a tqdm bar over the target nodes whose
+    rows are computed (rate, time left).
     """
     if not isinstance(prompt, str) or not prompt:
         raise checks.fail('prompt', 'a non-empty string', prompt)
@@ -280,8 +282,13 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             budget -= len(pick)
             yield pick.tolist()
 
+    from tqdm.auto import tqdm
+
     computed = []
+    total = len(targets) if max_feature_nodes is None or max_feature_nodes >= nf else max_feature_nodes + n_logits
+    bar = tqdm(total=total, disable=not progress, desc="attribution (backward passes)", unit="node")
     for chunk in chunks():
+        bar.update(len(chunk))
         computed += chunk
         leaves = rep.leaves(len(chunk))
         pre, logits = rep.run(leaves, logit_tokens)
@@ -295,6 +302,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             A[rows, nf:nf + L * P] = err.flatten(1).cpu()
             A[rows, nf + L * P:first_logit] = (leaves["embedding"].grad * leaves["embedding"]).sum(-1).cpu()
 
+    bar.close()
     with torch.no_grad():
         pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens)
         bias = torch.zeros(N)

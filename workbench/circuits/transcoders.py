@@ -354,11 +354,14 @@ def load_transcoders(path: str | Path, model, *, allow_other_model: bool = False
 
 @torch.no_grad()
 def evaluate_transcoders(model, transcoders: Sequence, texts: Sequence[str], *, skip_first: int = 1,
-                         batch_size: int = 8) -> dict:
+                         batch_size: int = 8, progress: bool = False) -> dict:
     """Per layer {"fve", "l0", "dead_fraction"} on the MLP outputs of `texts`, and for the whole replacement
     (every MLP's output replaced by its transcoder's, no error term) the next-token cross-entropy next to the
     clean model's and the model with every MLP zero-ablated:
-    ce_recovered = (ce_zero - ce_replaced) / (ce_zero - ce_clean). Positions before `skip_first` are left alone."""
+    ce_recovered = (ce_zero - ce_replaced) / (ce_zero - ce_clean). Positions before `skip_first` are left alone.
+    progress: a tqdm bar over the batches (rate, time left)."""
+    from tqdm.auto import tqdm
+
     from ..core.generation import check_prompts
 
     texts = check_prompts(list(texts), "texts")
@@ -369,7 +372,7 @@ def evaluate_transcoders(model, transcoders: Sequence, texts: Sequence[str], *, 
     sums_x = []
     n_tok = 0
     ce = {"clean": [0.0, 0], "replaced": [0.0, 0], "zero": [0.0, 0]}
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="transcoders eval", unit="batch"):
         ids, mask = model.encode(texts[start:start + batch_size])
         x, y = read_mlp_io(model, ids, mask, skip_first)
         sums_x.append((y.sum(1), y.pow(2).sum((1, 2)), y.shape[1]))

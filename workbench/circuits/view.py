@@ -17,6 +17,7 @@ import torch
 from ..views.base import View, plotly_view
 from .graph import Graph, Pruned, prune_graph
 from .transcoders import read_mlp_io
+from ..toolkit.results import token_labels
 
 KIND_COLOURS = {"feature": "#4c78a8", "error": "#9d9d9d", "embedding": "#59a14f", "logit": "#f28e2b"}
 
@@ -114,7 +115,7 @@ def graph_view(graph: Graph, pruned: Pruned | None = None, labels: dict[int, str
                                          line=dict(width=1, color="#333")),
                              text=text, customdata=kept, hovertemplate="%{text}<extra></extra>", name="nodes"))
     fig.update_layout(title=title or f"Attribution graph: {graph.prompt!r}", height=520, showlegend=False,
-                      xaxis=dict(tickmode="array", tickvals=list(range(P)), ticktext=[repr(t) for t in graph.str_tokens],
+                      xaxis=dict(tickmode="array", tickvals=list(range(P)), ticktext=token_labels(graph.str_tokens),
                                  title="position"),
                       yaxis=dict(tickmode="array", tickvals=[-1] + list(range(L)) + [L],
                                  ticktext=["emb"] + [f"L{l}" for l in range(L)] + ["logits"], title="layer"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, output_dir
-from .sae import _texts, evaluate_verb, prepare_training
+from .common import add_force, add_model, check_float, check_int, load, output_dir
+from .sae import _texts, add_allow_other_model, add_eval_flags, evaluate_verb, prepare_training
 from ..core import checks
 
 
@@ -20,7 +20,7 @@ def _cmd_train(args) -> int:
                             checkpoint_every=args.checkpoint_every, force=args.force)
     print(f"wrote {out / 'transcoders'}")
     if args.texts == "default":
-        report = evaluate_transcoders(model, tcs, _texts("default", model, "test", args.samples, args.seed)[:48])
+        report = evaluate_transcoders(model, tcs, _texts("default", model, "test", args.samples, args.seed)[:48], progress=True)
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "layers"}, indent=2))
     return 0
@@ -31,7 +31,9 @@ def _cmd_eval(args) -> int:
 
     if not Path(args.transcoders).is_dir():
         raise checks.fail('transcoders', 'a folder written by `workbench transcoders train`', args.transcoders)
-    return evaluate_verb(args, args.transcoders, load_transcoders, evaluate_transcoders)
+    return evaluate_verb(args, args.transcoders,
+                         lambda f, m: load_transcoders(f, m, allow_other_model=args.allow_other_model), evaluate_transcoders,
+                         progress=True)
 
 
 def _cmd_graph(args) -> int:
@@ -40,7 +42,6 @@ def _cmd_graph(args) -> int:
     from ..circuits import (attribute, feature_labels, graph_scores, graph_view, intervene, load_transcoders,
                             prune_graph, save_graph, to_circuit_tracer_json)
     from ..core.io import atomic_write_text
-    from ..core.loading import load_model
     from ..views import save_html
 
     if not isinstance(args.prompt, str) or not args.prompt:
@@ -56,11 +57,11 @@ def _cmd_graph(args) -> int:
         raise checks.fail('transcoders', 'a folder written by `workbench transcoders train`', args.transcoders)
     writes = ["graph.safetensors", "graph.json", "graph.html", "circuit_tracer.json", "summary.json"]
     out = output_dir(args.out, force=args.force, writes=writes)
-    model = load_model(args.model)
-    tcs = load_transcoders(args.transcoders, model)
+    model = load(args)
+    tcs = load_transcoders(args.transcoders, model, allow_other_model=args.allow_other_model)
     t0 = time.perf_counter()
     g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size,
-                  max_feature_nodes=args.max_feature_nodes)
+                  max_feature_nodes=args.max_feature_nodes, progress=True)
     seconds = time.perf_counter() - t0
     kept = prune_graph(g, args.node_threshold, args.edge_threshold)
     save_graph(g, out)
@@ -85,46 +86,50 @@ def _cmd_graph(args) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("transcoders", help="per-layer transcoders (SAELens format): train, eval")
+    t = sub.add_parser("transcoders", help="per-layer transcoders (SAELens format): train, eval",
+                       description="per-layer transcoders (SAELens format): train, eval")
     subs = t.add_subparsers(dest="transcoders_command", required=True)
-    s = subs.add_parser("train", help="train one transcoder per layer in one pass over the text, resumable")
-    s.add_argument("--model", default="smollm2-135m")
+    s = subs.add_parser("train", help="train one transcoder per layer in one pass over the text, resumable",
+                        description="train one transcoder per layer in one pass over the text, resumable")
+    add_model(s)
     s.add_argument("--texts", default="default", help="'default' (the SAE training corpus) or a text file, one a line")
     s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
-    s.add_argument("--d-sae", type=int, default=768)
+    s.add_argument("--d-sae", type=int, default=768, help="latents per transcoder")
     s.add_argument("--k", type=int, default=24, help="active latents per token (BatchTopK while training)")
-    s.add_argument("--steps", type=int, default=300)
-    s.add_argument("--texts-per-step", type=int, default=8)
-    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--steps", type=int, default=300, help="training steps (a rerun with more steps resumes)")
+    s.add_argument("--texts-per-step", type=int, default=8, help="texts whose tokens make one step's batch")
+    s.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     s.add_argument("--skip", action="store_true", help="add a linear skip connection (JumpReLUSkipTranscoder)")
-    s.add_argument("--max-texts", type=int, default=2000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=25)
+    s.add_argument("--max-texts", "--limit", dest="max_texts", type=int, default=2000,
+                   help="use the first N training texts (CPU time)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the corpus samples and the initialisation")
+    s.add_argument("--checkpoint-every", type=int, default=25, help="save a resumable checkpoint every N steps")
     s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     s.add_argument("--out", required=True, help="run folder: config.json, checkpoint/, transcoders/, eval.json")
     add_force(s)
     s.set_defaults(fn=_cmd_train)
-    e = subs.add_parser("eval", help="per-layer FVE, L0, dead features; CE with every MLP replaced")
-    e.add_argument("--model", default="smollm2-135m")
+    e = subs.add_parser("eval", help="per-layer FVE, L0, dead features; CE with every MLP replaced",
+                        description="per-layer FVE, L0, dead features; CE with every MLP replaced")
+    add_model(e)
     e.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
-    e.add_argument("--texts", default="default")
-    e.add_argument("--samples", type=int, default=96)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
-    add_force(e)
+    e.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a text "
+                                                       "file, one text a line")
+    add_eval_flags(e, "the transcoders")
     e.set_defaults(fn=_cmd_eval)
 
-    g = sub.add_parser("graph", help="attribution graph of a prompt over per-layer transcoders: view, JSON, scores")
-    g.add_argument("prompt")
-    g.add_argument("--model", default="smollm2-135m")
+    g = sub.add_parser("graph", help="attribution graph of a prompt over per-layer transcoders: view, JSON, scores",
+                       description="attribution graph of a prompt over per-layer transcoders: view, JSON, scores")
+    g.add_argument("prompt", help="the prompt whose next-token prediction is explained")
+    add_model(g)
     g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
-    g.add_argument("--max-logits", type=int, default=5)
+    add_allow_other_model(g, "the transcoders")
+    g.add_argument("--max-logits", type=int, default=5, help="at most N logit nodes (the most likely next tokens)")
     g.add_argument("--batch-size", type=int, default=32, help="target nodes per backward pass")
     g.add_argument("--max-feature-nodes", type=int, default=None,
                    help="compute the incoming edges of at most N features, the most influential first")
-    g.add_argument("--node-threshold", type=float, default=0.8)
-    g.add_argument("--edge-threshold", type=float, default=0.98)
+    g.add_argument("--node-threshold", type=float, default=0.8,
+                   help="pruning: keep the nodes that carry this share of the influence on the logits")
+    g.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: keep the edges that carry this share")
     g.add_argument("--out", required=True, help="folder: graph.safetensors/.json, graph.html, circuit_tracer.json, "
                                                 "summary.json")
     add_force(g)

@@ -94,11 +94,44 @@ def add_force(parser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing results at --out")
 
 
+MODEL_HELP = "the embedded default, a Hugging Face directory or hub id, or tiny-<family>"
+
+
+def add_model(parser, flag: str = "--model", default: str | None = "smollm2-135m", help: str = MODEL_HELP) -> None:
+    """`--model` (or another model flag / positional) and, once per parser, `--no-validate` (the library's
+    `load_model(validate=False)`, which its validation error names)."""
+    if flag.startswith("--"):
+        parser.add_argument(flag, default=default, help=help)
+    else:
+        parser.add_argument(flag, help=help)
+    if not any("--no-validate" in a.option_strings for a in parser._actions):
+        parser.add_argument("--no-validate", action="store_true",
+                            help="skip the architecture checks when a model loads (load_model(validate=False)); "
+                                 "for a model the architecture table does not yet describe")
+
+
+def load(args, attr: str = "model"):
+    """Load the model named by `args.<attr>`, validated unless --no-validate."""
+    from ..core.loading import load_model
+
+    return load_model(getattr(args, attr), validate=not getattr(args, "no_validate", False))
+
+
+def names(choices) -> str:
+    """Valid names for a help text or an error: 'a, b, c'."""
+    return ", ".join(sorted(choices))
+
+
+def add_limit(parser, what: str = "rows") -> None:
+    """`--limit N`: use the first N items of the dataset a verb reads."""
+    parser.add_argument("--limit", type=int, default=None, help=f"use the first N {what} of the file (default: all)")
+
+
 def verb(sub, name: str, help: str):
-    """A verb's parser with the argument every model-running verb shares (`--model`, the embedded default)."""
-    s = sub.add_parser(name, help=help)
-    s.add_argument("--model", default="smollm2-135m", help="the embedded default, a Hugging Face directory or hub id, "
-                                                            "or tiny-<family>")
+    """A verb's parser with the arguments every model-running verb shares (`--model`, the embedded default, and
+    `--no-validate`)."""
+    s = sub.add_parser(name, help=help, description=help)
+    add_model(s)
     return s
 
 

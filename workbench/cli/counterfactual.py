@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..core import checks
-from .common import check_int, first, input_file, output_dir, verb
+from .common import check_int, first, input_file, output_dir, verb, load
 
 
 def _replace_arg(text: str | None):
@@ -22,7 +22,6 @@ def _replace_arg(text: str | None):
 
 def _cmd_counterfactual(args) -> int:
     from ..toolkit.records import read_records
-    from ..core.loading import load_model
     from ..counterfactual import counterfactual_sweep, measure, sample
     from ..counterfactual.gumbel import Settings
     from ..steering.vectors import SteeringVector, load_lines
@@ -52,13 +51,13 @@ def _cmd_counterfactual(args) -> int:
     else:
         prompts = first(load_lines(args.prompts, "prompts"), args.limit)
     out = output_dir(args.out, force=args.force, resumes="config.json")  # a rerun resumes its chunks
-    model = load_model(args.model)
+    model = load(args)
     if args.steer:
         intervention = SteeringVector.load(args.steer, model).interventions(model, args.multiplier)
     elif args.edit:
         intervention = edit
     elif args.model_b:
-        intervention = load_model(args.model_b)
+        intervention = load(args, "model_b")
     else:
         intervention = None
     if not chosen and replace is None and args.noise == "posterior":
@@ -80,6 +79,9 @@ def _cmd_counterfactual(args) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print(df[["observed", "counterfactual", "identical", "prefix", "edit"]].to_string(index=False, max_colwidth=40))
     print(json.dumps({k: v for k, v in summary.items() if k != "meta"}))
+    from ..toolkit.sweep import resume_note
+
+    print(resume_note("computed", "chunks", res.meta.get("this_run")))
     written = [out / "counterfactuals.json", out / "pairs.csv", out / "pairs.jsonl", out / "summary.json"]
     if args.html:
         from ..views import counterfactual_view, save_html
@@ -101,7 +103,7 @@ def register(sub) -> None:
     s.add_argument("--html", action="store_true", help="also write counterfactuals.html (side by side, differing "
                                                       "tokens marked)")
     s.add_argument("--steer", default=None, help="steering vector (.safetensors written by `workbench steer`)")
-    s.add_argument("--multiplier", type=float, default=4.0)
+    s.add_argument("--multiplier", type=float, default=4.0, help="the steering vector's multiplier (with --steer)")
     s.add_argument("--edit", default=None, help="weight-edit directory written by WeightEdit.save")
     s.add_argument("--model-b", default=None, help="second model with the same tokenizer")
     s.add_argument("--replace-token", default=None, help="POS:TEXT, token-level counterfactual (POS over prompt + "
@@ -110,10 +112,10 @@ def register(sub) -> None:
                    help="posterior: counterfactual; fresh: interventional baseline with new noise")
     s.add_argument("--new", default=None, help="targeted effect: text that should appear")
     s.add_argument("--old", default=None, help="targeted effect: text that should disappear")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--max-new-tokens", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of both models")
+    s.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set with this mass (1: all)")
+    s.add_argument("--max-new-tokens", type=int, default=20, help="tokens sampled per prompt (with --prompts)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (row r uses seed + r)")
+    s.add_argument("--batch-size", type=int, default=16, help="rows per chunk (a chunk is the unit that resumes)")
     s.set_defaults(fn=_cmd_counterfactual)

@@ -3,14 +3,13 @@ TuCo by layer, intruder dimensions, the cross-model patching grid, the most move
 activation-difference lens, counterfactual strings base -> fine-tuned with the exact first-token agreement."""
 from __future__ import annotations
 
-from .common import add_force, check_int, output_dir
+from .common import MODEL_HELP, add_force, add_model, check_int, load, output_dir
 from .sae_use import _texts
 
 WRITES = ["report.json", "report.html"]
 
 
 def _cmd_diff(args) -> int:
-    from ..core.loading import load_model
     from ..diffing import model_diff
 
     prompts = _texts(args.prompts)[: check_int(args.limit, "limit")]
@@ -19,11 +18,11 @@ def _cmd_diff(args) -> int:
         check_int(getattr(args, name), name)
     check_int(args.layer, "layer", 0, none_ok=True)
     out = output_dir(args.out, force=args.force, writes=WRITES)
-    base = load_model(args.base)
-    tuned = load_model(args.finetuned)
+    base = load(args, "base")
+    tuned = load(args, "finetuned")
     r = model_diff(base, tuned, prompts, layer=args.layer, corpus=corpus, k=args.k, steps=args.steps,
                    n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                   patching=not args.no_patching, crosscoder=not args.no_crosscoder)
+                   patching=not args.no_patching, crosscoder=not args.no_crosscoder, progress=True)
     r.save(out)
     a = r.agreement
     print(f"TuCo (mean over prompts) {float(r.tuco.tuco.mean()):.3f}; intruder dimensions {r.weights.total_intruders}; "
@@ -33,8 +32,9 @@ def _cmd_diff(args) -> int:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("diff", help="what fine-tuning changed: one HTML report for a base / fine-tuned pair")
-    s.add_argument("base", help="the base model: the embedded default, a Hugging Face directory or hub id, or tiny-<family>")
+    s = sub.add_parser("diff", help="what fine-tuning changed: one HTML report for a base / fine-tuned pair",
+                       description="what fine-tuning changed: one HTML report for a base / fine-tuned pair")
+    add_model(s, "base", help="the base model: " + MODEL_HELP)
     s.add_argument("finetuned", help="the fine-tuned model (same forms), of the same architecture and tokenizer")
     s.add_argument("--prompts", default="data/caft_task.jsonl", help="text file (one per line) or JSONL with 'prompt'")
     s.add_argument("--limit", type=int, default=8, help="use the first N prompts")
@@ -45,7 +45,7 @@ def register(sub) -> None:
     s.add_argument("--steps", type=int, default=600, help="crosscoder training steps")
     s.add_argument("--samples", type=int, default=8, help="observed strings sampled from the base model per prompt")
     s.add_argument("--max-new-tokens", type=int, default=12, help="length of each observed string")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampled strings and the crosscoder")
     s.add_argument("--no-patching", action="store_true", help="skip the cross-model patching grid")
     s.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder")
     s.add_argument("--out", required=True, help="folder for report.json and report.html")

@@ -4,22 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_workers, check_float, check_int, check_workers, input_file, output_dir, output_file, parse_list, verb
+from .common import (add_force, add_limit, add_workers, check_float, check_int, check_workers, first, input_file, load,
+                     output_dir, output_file, parse_list, verb)
+from .tracing import FACTS_HELP
 
 
 def _cmd_counterfact(args) -> int:
     from ..editing.counterfact import build_requests
     from ..data.facts import known_facts, load_facts
-    from ..core.loading import load_model
     from ..core.io import atomic_write_text
 
-    facts = load_facts(input_file(args.facts, "facts"))
+    facts = first(load_facts(input_file(args.facts, "facts")), args.limit)
     check_int(args.n, "n", none_ok=True)
     check_int(args.neighbours, "neighbours", 0)
     out = output_file(args.out, force=args.force)
     if out.exists() and out.resolve() == input_file(args.facts, "facts").resolve():
         raise ValueError(f"out: {out} is the --facts file being read; write the requests elsewhere")
-    known = None if args.all_facts else known_facts(load_model(args.model), facts)
+    known = None if args.all_facts else known_facts(load(args), facts, progress=True)
     reqs = build_requests(facts, known, n=args.n, seed=args.seed, n_neighbours=args.neighbours)
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in reqs))
     print(f"wrote {len(reqs)} requests to {out}")
@@ -30,7 +31,6 @@ def _cmd_edit(args) -> int:
     from ..editing.counterfact import load_requests, run_counterfact
     from ..editing.requests import edit_layers
     from ..editing.rank_one import check_hparams
-    from ..core.loading import load_model
 
     requests = load_requests(input_file(args.requests, "requests"))
     hparams = {k: getattr(args, k) for k in ("steps", "lr", "eps") if getattr(args, k) is not None}
@@ -52,7 +52,7 @@ def _cmd_edit(args) -> int:
     if args.method == "memit" and (args.workers is not None or args.ray_address is not None):
         raise ValueError("workers: MEMIT makes one edit of all requests together; run it without --workers / --ray-address")
     output_dir(args.out, force=args.force, resumes="config.json")
-    model = load_model(args.model)
+    model = load(args)
     if args.layer is not None:
         edit_layers(model, args.layer, "layer")
     if layers is not None:
@@ -62,27 +62,34 @@ def _cmd_edit(args) -> int:
                               stats={"n_tokens": args.stats_tokens, "corpus": corpus}, value_prefixes=args.value_prefixes,
                               lam=args.lam, allow_abnormal=args.allow_abnormal, run=run)
     print(json.dumps({k: metrics[k] for k in ("ES", "EM", "PS", "PM", "NS", "NM", "S", "GE", "n")}))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and per-request results in {Path(args.out) / 'results'}")
+    from ..toolkit.sweep import resume_note
+
+    print(f"{resume_note('scored' if args.method == 'none' else 'edited', 'requests', metrics.get('this_run'))}; wrote {Path(args.out) / 'metrics.json'} and "
+          f"per-request results in {Path(args.out) / 'results'}")
     return 0
 
 
 def register(sub) -> None:
     s = verb(sub, "counterfact", help="build CounterFact-style edit requests from a facts file (known facts)")
-    s.add_argument("--facts", default="data/facts.jsonl")
+    s.add_argument("--facts", default="data/facts.jsonl", help=FACTS_HELP)
+    add_limit(s, "facts")
     s.add_argument("--out", required=True, help="JSONL file to write")
     add_force(s)
     s.add_argument("--n", type=int, default=None, help="at most N requests")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--neighbours", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0, help="seed of the new targets and the neighbourhood prompts")
+    s.add_argument("--neighbours", type=int, default=10, help="neighbourhood prompts (same relation, other subjects) per request")
     s.add_argument("--all-facts", action="store_true", help="use every fact, not only those the model knows")
     s.set_defaults(fn=_cmd_counterfact)
     s = verb(sub, "edit", help="ROME / MEMIT / FT-L edits scored with CounterFact metrics (resumable)")
-    s.add_argument("--requests", default="data/counterfact.jsonl")
-    s.add_argument("--method", choices=["rome", "memit", "ft-l", "none"], default="rome")
-    s.add_argument("--out", required=True)
+    s.add_argument("--requests", default="data/counterfact.jsonl",
+                   help="requests JSONL written by `workbench counterfact` (default: the shipped data/counterfact.jsonl)")
+    s.add_argument("--method", choices=["rome", "memit", "ft-l", "none"], default="rome",
+                   help="rome (one rank-one edit a request), memit (all requests in one edit), ft-l (constrained "
+                        "fine-tuning) or none (the unedited model's scores)")
+    s.add_argument("--out", required=True, help="folder for metrics.json and results/<id>.json (a rerun resumes)")
     s.add_argument("--layer", type=int, default=None, help="ROME / FT-L layer (default: the model's traced choice)")
     s.add_argument("--layers", default=None, help="MEMIT layers, comma-separated (default: 5 around the ROME layer)")
-    s.add_argument("--limit", type=int, default=None)
+    add_limit(s, "requests")
     s.add_argument("--steps", type=int, default=None, help="optimisation steps (v* / z / fine-tuning)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (v* / z / fine-tuning)")
     s.add_argument("--eps", type=float, default=None, help="FT-L's L-infinity radius on the weights (default 5e-4)")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import sys
 from pathlib import Path
 
-from .common import check_int, output_dir, verb
+from .common import check_int, output_dir, verb, load
 
 
 def _cmd_prepare(args) -> int:
@@ -41,9 +42,8 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from ..core.loading import load_model
 
-    m = load_model(args.model)
+    m = load(args)
     d = m.dims
     info = {"name": m.name, "family": m.arch.family, "n_layers": d.n_layers, "d_model": d.d_model,
             "n_heads": d.n_heads, "n_kv_heads": d.n_kv_heads, "d_head": d.d_head, "d_mlp": d.d_mlp,
@@ -63,12 +63,30 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"  # in a source checkout only
+
+
+@functools.lru_cache(maxsize=1)
+def benchmarks() -> dict[str, str]:
+    """{name: the first line of its docstring} of the scripts in benchmarks/ that `workbench bench` runs."""
+    import ast
+
+    found = {}
+    for f in sorted(BENCHMARKS.glob("*.py")) if BENCHMARKS.is_dir() else []:
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+            doc = (ast.get_docstring(tree) or "").strip()
+            found[f.stem] = doc.splitlines()[0] if doc else ""
+    return found
+
+
 def _cmd_bench(args) -> int:
     import runpy
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{args.name}.py"
-    if not script.is_file():
-        raise ValueError(f"name: no benchmark {args.name!r} (looked for {script}; benchmarks run from a source checkout)")
+    script = BENCHMARKS / f"{args.name}.py"
+    if args.name not in benchmarks():
+        raise ValueError(f"name: no benchmark {args.name!r}; expected one of {', '.join(benchmarks()) or 'none'} "
+                         f"(looked in {BENCHMARKS}; benchmarks run from a source checkout)")
     sys.path.insert(0, str(script.parent))  # benchmarks import their shared helpers (common.py)
     runpy.run_path(str(script), run_name="workbench_bench")["main"](args.rest)
     return 0
@@ -78,17 +96,23 @@ def register(sub) -> None:
     s = sub.add_parser("prepare", help="convert the embedded models into the cache (once)")
     s.add_argument("models", nargs="*", help="embedded model names (default: all of them)")
     s.set_defaults(fn=_cmd_prepare)
-    sub.add_parser("models", help="what can be loaded, what is cached").set_defaults(fn=_cmd_models)
+    sub.add_parser("models", help="what can be loaded, what is cached",
+                   description="what can be loaded, what is cached").set_defaults(fn=_cmd_models)
     s = verb(sub, "info", help="architecture facts of a model")
     s.set_defaults(fn=_cmd_info)
     s = verb(sub, "demo", help="the main demo on the default model; writes figures")
-    s.add_argument("--out", default="out/demo")
+    s.add_argument("--out", default="out/demo", help="folder for the demo's figures and summary.json")
     s.add_argument("--facts", type=int, default=20, help="known facts to trace (round-robin over relations)")
     s.add_argument("--samples", type=int, default=5, help="noised copies per fact (the paper: 10)")
     s.add_argument("--force", action="store_true",
                    help="write into a non-empty --out that holds no earlier demo (re-running the demo into its own folder needs no flag)")
     s.set_defaults(fn=_cmd_demo)
-    s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)")
-    s.add_argument("name")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    listing = "".join(f"\n  {name:<22} {doc}" for name, doc in benchmarks().items()) or \
+        "\n  (none here: benchmarks run from a source checkout)"
+    s = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. `workbench bench patching`)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run a benchmark script of benchmarks/; `workbench bench NAME --help` shows its "
+                                   "own flags. The benchmarks:" + listing)
+    s.add_argument("name", help="the benchmark (listed above)")
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags (`workbench bench NAME --help`)")
     s.set_defaults(fn=_cmd_bench)

@@ -3,27 +3,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_force, check_float, distinct_answer_foil, output_dir, verb
+from .common import add_force, check_float, distinct_answer_foil, load, names, output_dir, verb
 from ..core import checks
 from ..core.io import write_json
+from ..core.sites import COMPONENTS
+
+GRID_COMPONENTS = [c for c in COMPONENTS if c != "pattern"]  # a pattern cell is a block of rows, not a grid cell
+METRIC_HELP = ("the metric: logit_diff (answer - foil logits), normalized ((m - corrupted) / (clean - corrupted)), "
+               "prob or logprob of the answer, kl (to the clean run's distribution)")
+
+
+def parse_align(text: str | None, arg: str = "align") -> dict[int, int] | None:
+    """'0:0,1:1,3:2' -> {0: 0, 1: 1, 3: 2} (clean position: corrupted position), the library's `align=`."""
+    if text is None:
+        return None
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        align = {int(c): int(x) for c, x in pairs}
+    except ValueError:
+        raise checks.fail(arg, "comma-separated CLEAN:CORRUPT position pairs (e.g. 0:0,1:1,3:2)", text) from None
+    if not align or len(align) != len(pairs):
+        raise checks.fail(arg, "distinct CLEAN:CORRUPT position pairs (e.g. 0:0,1:1,3:2)", text)
+    return align
 
 
 def _cmd_patch(args) -> int:
-    from ..core.loading import load_model
     from ..patching import activation_patching
-    from ..core.sites import parse_components
+    from ..core.sites import check_choices
 
-    sites = parse_components(args.sites)
+    sites = check_choices(args.sites, GRID_COMPONENTS, "sites")
+    align = parse_align(args.align)
     check_float(args.memory_mb, "memory_mb", positive=True)
     for arg in ("clean", "corrupt", "answer", "foil"):
         if not getattr(args, arg):
             raise checks.fail(arg, "a non-empty string", getattr(args, arg))
     distinct_answer_foil([args.answer], [args.foil])
     output_dir(args.out, force=args.force, writes=["result.json"] + [f"{s}.png" for s in sites])
-    model = load_model(args.model)
+    model = load(args)
     res = activation_patching(model, args.clean, args.corrupt, args.answer, args.foil, components=sites,
                               method=args.method, metric=args.metric, direction=args.direction,
-                              memory_mb=args.memory_mb, progress=True)
+                              memory_mb=args.memory_mb, align=align, progress=True)
     out = Path(args.out)
     first = next(iter(res.values()))
     result = {
@@ -48,15 +67,21 @@ def _cmd_patch(args) -> int:
 
 def register(sub) -> None:
     s = verb(sub, "patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
-    s.add_argument("--clean", required=True)
-    s.add_argument("--corrupt", required=True)
+    s.add_argument("--clean", required=True, help="the clean prompt (the run whose answer is --answer)")
+    s.add_argument("--corrupt", required=True, help="the corrupted prompt (same token count, or give --align)")
     s.add_argument("--answer", required=True, help="the clean run's answer, a single token (mind the leading space)")
     s.add_argument("--foil", required=True, help="the corrupted run's answer, a single token")
-    s.add_argument("--sites", default="resid_pre,attn_out,mlp_out", help="components, comma-separated")
-    s.add_argument("--method", choices=["exact", "attribution"], default="exact")
-    s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff")
-    s.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
-    s.add_argument("--memory-mb", type=float, default=1024)
+    s.add_argument("--sites", default="resid_pre,attn_out,mlp_out",
+                   help=f"components, comma-separated, from: {names(GRID_COMPONENTS)} (default: %(default)s)")
+    s.add_argument("--align", default=None, help="when the prompts' token counts differ: which positions correspond, "
+                                                "CLEAN:CORRUPT pairs, e.g. 0:0,1:1,3:2 (the library's align=)")
+    s.add_argument("--method", choices=["exact", "attribution"], default="exact",
+                   help="exact: one patched run per cell; attribution: the gradient approximation (one backward)")
+    s.add_argument("--metric", choices=["logit_diff", "normalized", "prob", "logprob", "kl"], default="logit_diff",
+                   help=METRIC_HELP)
+    s.add_argument("--direction", choices=["denoise", "noise"], default="denoise",
+                   help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run")
+    s.add_argument("--memory-mb", type=float, default=1024, help="memory budget of the batched patched runs, MB")
     s.add_argument("--out", required=True, help="folder for result.json and one PNG per site")
     add_force(s)
     s.add_argument("--html", action="store_true", help="also write an interactive HTML view per component (opens offline)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_int, input_file, input_folder, output_dir, output_file
+from .common import add_force, add_limit, add_model, first, check_int, input_file, input_folder, load, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -23,6 +23,13 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
     return read_prompts(input_file(spec, "texts"), "texts", field=("text",))
 
 
+def add_allow_other_model(parser, what: str = "the SAE") -> None:
+    """--allow-other-model: the library's `allow_other_model=True` (use a file made for another model's fingerprint)."""
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help=f"use {what} even if made for another model (or another fingerprint of this one); "
+                             "the library's allow_other_model=True")
+
+
 def _check_texts_arg(spec: str) -> None:
     if spec != "default":
         input_file(spec, "texts")
@@ -34,8 +41,6 @@ def prepare_training(args, int_args: tuple[str, ...]):
     the training texts. Returns (out, model, texts)."""
     import torch
 
-    from ..core.loading import load_model
-
     for name in int_args:
         check_int(getattr(args, name), name)
     checks.learning_rate(args.lr)
@@ -44,7 +49,7 @@ def prepare_training(args, int_args: tuple[str, ...]):
     _check_texts_arg(args.texts)
     out = output_dir(args.out, force=args.force, resumes="config.json")
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    model = load(args)
     return out, model, _texts(args.texts, model, "train", args.samples, args.seed)[: args.max_texts]
 
 
@@ -66,19 +71,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
+def evaluate_verb(args, folder: Path, load_from, evaluate, **kw) -> int:
     """The `eval` verbs' shared part (SAEs and transcoders): arguments and --out checked before the model loads,
-    then load(folder, model), evaluate(model, loaded, texts, batch_size=...), the report printed and written."""
+    then load_from(folder, model), evaluate(model, loaded, texts, batch_size=...), the report printed and written."""
     from ..core.io import atomic_write_text
-    from ..core.loading import load_model
 
     check_int(args.batch_size, "batch_size")
     check_int(args.samples, "samples")
+    check_int(args.limit, "limit", none_ok=True)
     _check_texts_arg(args.texts)
     out = output_file(args.out, force=args.force) if args.out else None
-    model = load_model(args.model)
-    report = evaluate(model, load(folder, model), _texts(args.texts, model, "test", args.samples, args.seed),
-                      batch_size=args.batch_size, **kw)
+    model = load(args)
+    texts = first(_texts(args.texts, model, "test", args.samples, args.seed), args.limit)
+    report = evaluate(model, load_from(folder, model), texts, batch_size=args.batch_size, **kw)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
@@ -91,24 +96,28 @@ def _cmd_eval(args) -> int:
     from ..sae.evaluate import evaluate_sae
     from ..sae.format import load_sae
 
-    return evaluate_verb(args, input_folder(args.sae, "sae", "cfg.json"), load_sae, evaluate_sae, progress=True)
+    folder = input_folder(args.sae, "sae", "cfg.json")
+    return evaluate_verb(args, folder, lambda f, m: load_sae(f, m, allow_other_model=args.allow_other_model),
+                         evaluate_sae, progress=True)
 
 
 def _register_train(subs) -> None:
-    s = subs.add_parser("train", help="train a top-k SAE on the model's activations (SAELens's trainer), resumable")
-    s.add_argument("--model", default="smollm2-135m")
+    s = subs.add_parser("train", help="train a top-k SAE on the model's activations (SAELens's trainer), resumable",
+                        description="train a top-k SAE on the model's activations (SAELens's trainer), resumable")
+    add_model(s)
     s.add_argument("--site", default="blocks.15.hook_resid_pre", help="TransformerLens hook name of the site")
     s.add_argument("--texts", default="default", help="'default' (model samples + stdlib docstrings + our data "
                                                        "files) or a text file, one text a line")
     s.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
-    s.add_argument("--d-sae", type=int, default=2048)
+    s.add_argument("--d-sae", type=int, default=2048, help="latents of the SAE")
     s.add_argument("--k", type=int, default=48, help="active latents per token (top-k)")
-    s.add_argument("--steps", type=int, default=500)
+    s.add_argument("--steps", type=int, default=500, help="training steps (a rerun with more steps resumes)")
     s.add_argument("--batch-size", type=int, default=1024, help="token activations per step")
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--max-texts", type=int, default=800, help="use the first N training texts (CPU time)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=200)
+    s.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    s.add_argument("--max-texts", "--limit", dest="max_texts", type=int, default=800,
+                   help="use the first N training texts (CPU time)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the corpus samples and the SAE's initialisation")
+    s.add_argument("--checkpoint-every", type=int, default=200, help="save a resumable checkpoint every N steps")
     s.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     s.add_argument("--out", required=True, help="run folder: config.json, activations/, checkpoint/, sae/, eval.json")
     add_force(s)
@@ -116,17 +125,26 @@ def _register_train(subs) -> None:
 
 
 def _register_eval(subs) -> None:
-    s = subs.add_parser("eval", help="L0, variance explained, CE loss recovered, dead latents of an SAE")
-    s.add_argument("--model", default="smollm2-135m")
+    s = subs.add_parser("eval", help="L0, variance explained, CE loss recovered, dead latents of an SAE",
+                        description="L0, variance explained, CE loss recovered, dead latents of an SAE")
+    add_model(s)
     s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
     s.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a "
                                                        "text file, one text a line, or a .jsonl of {\"text\": ...} records")
-    s.add_argument("--samples", type=int, default=96)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
-    add_force(s)
+    add_eval_flags(s, "the SAE")
     s.set_defaults(fn=_cmd_eval)
+
+
+def add_eval_flags(parser, what: str) -> None:
+    """The flags the `eval` verbs share (`evaluate_verb`): the default corpus, batches, --limit,
+    --allow-other-model, --out, --force."""
+    parser.add_argument("--samples", type=int, default=96, help="sequences the model samples for the default corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default corpus")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    add_limit(parser, "texts")
+    add_allow_other_model(parser, what)
+    parser.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
+    add_force(parser)
 
 
 from .sae_use import register_use  # noqa: E402  (inspect, diff)
@@ -135,7 +153,8 @@ SUBVERBS = [_register_train, _register_eval, register_use]  # the `sae` sub-verb
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sae", help="sparse autoencoders: train, eval, inspect, diff (SAELens format)")
+    s = sub.add_parser("sae", help="sparse autoencoders: train, eval, inspect, diff (SAELens format)",
+                       description="sparse autoencoders: train, eval, inspect, diff (SAELens format)")
     subs = s.add_subparsers(dest="sae_command", required=True)
     for reg in SUBVERBS:
         reg(subs)

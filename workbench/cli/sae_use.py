@@ -3,7 +3,7 @@ verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
 
-from .common import add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb
+from .common import add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb, load
 from ..core.io import write_json
 from ..core import checks
 
@@ -16,7 +16,6 @@ def _texts(path) -> list[str]:
 
 
 def _cmd_inspect(args) -> int:
-    from ..core.loading import load_model
     from ..sae import inspect_latent, load_sae
     from ..sae.use import check_latents
 
@@ -25,12 +24,14 @@ def _cmd_inspect(args) -> int:
     texts = first(_texts(args.texts), args.limit)
     args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_dir(args.out, force=args.force, writes=[f"latent-{i}.html" for i in latents] + ["latents.json"])
-    model = load_model(args.model)
-    sae = load_sae(args.sae, model)
+    model = load(args)
+    sae = load_sae(args.sae, model, site=args.site, allow_other_model=args.allow_other_model)
     check_latents(sae, latents)
 
+    from tqdm.auto import tqdm
+
     reports = []
-    for i in latents:
+    for i in tqdm(latents, desc="latents", unit="latent"):
         rep = inspect_latent(model, sae, i, texts, top_k=args.top_k)
         rep.save_html(out / f"latent-{i}.html")
         reports.append(rep.to_json())
@@ -43,7 +44,6 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_diff(args) -> int:
-    from ..core.loading import load_model
     from ..sae import diff_latents, load_sae
     from ..sae.diff import RANK_BY
 
@@ -57,14 +57,23 @@ def _cmd_diff(args) -> int:
     texts = first(_texts(args.texts), args.limit)
     args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_file(args.out, force=args.force)
-    base = load_model(args.model)
-    ft = load_model(args.finetuned)
-    sae = load_sae(args.sae, base)
-    d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by)
+    base = load(args)
+    ft = load(args, "finetuned")
+    sae = load_sae(args.sae, base, site=args.site, allow_other_model=args.allow_other_model)
+    d = diff_latents(base, ft, sae, texts, read_at=read_at, rank_by=args.rank_by, progress=True)
     print(d.to_dataframe(args.top).to_string(index=False))
     write_json(out, d.to_json(args.top), indent=1)
     print(f"wrote {out}")
     return 0
+
+
+def add_sae_flags(parser) -> None:
+    """--site and --allow-other-model: the fixes `load_sae`'s errors name (site=, allow_other_model=True)."""
+    from .sae import add_allow_other_model
+
+    parser.add_argument("--site", default=None, help="the site the SAE reads, e.g. blocks.3.hook_resid_pre (default: "
+                                                    "its cfg.metadata.hook_name; the library's site=)")
+    add_allow_other_model(parser)
 
 
 def register_use(subs) -> None:
@@ -72,6 +81,7 @@ def register_use(subs) -> None:
     s = verb(subs, "inspect", help="an SAE latent's top contexts, logit effects and density, as HTML pages")
     s.add_argument("--sae", required=True, help="SAE folder (SAELens format: cfg.json + sae_weights.safetensors)")
     s.add_argument("--latents", required=True, help="comma-separated latent indices")
+    add_sae_flags(s)
     s.add_argument("--texts", default="data/caft_task.jsonl", help="text file (one per line) or JSONL with 'prompt'")
     s.add_argument("--limit", type=int, default=None, help="use the first N texts")
     s.add_argument("--top-k", type=int, default=10, help="contexts per latent")
@@ -82,6 +92,7 @@ def register_use(subs) -> None:
     s = verb(subs, "diff", help="rank SAE latents by how a fine-tune (--finetuned) changed them vs the base (--model)")
     s.add_argument("--finetuned", required=True, help="the fine-tuned model (Hugging Face directory, or a model name)")
     s.add_argument("--sae", required=True, help="SAE folder, trained on the base model")
+    add_sae_flags(s)
     s.add_argument("--texts", default="data/caft_task.jsonl", help="prompts run through both models")
     s.add_argument("--limit", type=int, default=None, help="use the first N texts")
     s.add_argument("--read-at", default="all", help="'all' tokens, 'mean', or a token index (-1: last)")

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from .common import add_force, check_float, check_int, first, input_file, output_dir, parse_list, verb
+from .common import add_force, check_float, check_int, first, input_file, load, output_dir, parse_list, verb
 from ..core import checks
 
 
 def _cmd_steer(args) -> int:
     from ..steering.behaviour import log_odds_classifier, word_share
-    from ..core.loading import load_model
     from ..core.sites import check_layers
     from ..steering import SENTIMENT_TEMPLATE, build_steering_vector, load_lines, load_pairs, sweep
 
@@ -35,6 +34,7 @@ def _cmd_steer(args) -> int:
     check_int(args.max_new_tokens, "max_new_tokens")
     check_int(args.batch_size, "batch_size")
     pos, neg = load_pairs(input_file(args.pairs, "pairs"))
+    pos, neg = first(pos, args.pairs_limit), first(neg, args.pairs_limit, "pairs_limit")
     prompts = first(load_lines(input_file(args.prompts, "prompts"), "prompts"), args.limit)
     neutral = load_lines(input_file(args.neutral, "neutral"), "neutral") if args.cost == "kl" else None
     if args.behaviour.startswith("words:"):
@@ -48,7 +48,7 @@ def _cmd_steer(args) -> int:
             raise ValueError(f"direction: only used with --method probe, not {args.method}")
         input_file(args.direction, "direction")
     out = output_dir(args.out, force=args.force, writes=["vector.safetensors", "sweep.png", "sweep.json"])
-    model = load_model(args.model)
+    model = load(args)
     check_layers(layers, model.dims.n_layers)
     if args.behaviour == "sentiment":
         behaviour, threshold, name = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative"), 0.0, \
@@ -82,6 +82,7 @@ def _cmd_steer(args) -> int:
 def register(sub) -> None:
     s = verb(sub, "steer", help="build a steering vector from contrast pairs and sweep layers x multipliers")
     s.add_argument("--pairs", required=True, help='JSONL of {"positive": ..., "negative": ...}')
+    s.add_argument("--pairs-limit", type=int, default=None, help="use the first N contrast pairs (default: all)")
     s.add_argument("--layers", required=True, help="comma-separated layers, e.g. 3,6,9")
     s.add_argument("--multipliers", required=True, help="comma-separated multipliers, e.g. 0,2,4,8")
     s.add_argument("--out", required=True, help="folder for vector.safetensors, sweep.json and sweep.png")
@@ -90,16 +91,20 @@ def register(sub) -> None:
     s.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     s.add_argument("--behaviour", default="sentiment", help="'sentiment' (the unsteered model's log-odds) or 'words:FILE'")
     s.add_argument("--threshold", type=float, default=None, help="success when behaviour > this (0 for sentiment, 0.3 for words)")
-    s.add_argument("--method", choices=["mean_diff", "pca", "probe"], default="mean_diff")
+    s.add_argument("--method", choices=["mean_diff", "pca", "probe"], default="mean_diff",
+                   help="mean_diff (mean of positive - negative), pca (first principal component of the differences) "
+                        "or probe (a direction from --direction)")
     s.add_argument("--direction", default=None, help="probe direction: a safetensors file with a 'direction' tensor")
     s.add_argument("--read-at", default="-1", help="token to read (negative counts from the end) or 'mean'")
-    s.add_argument("--component", default="resid_pre", choices=["resid_pre", "resid_post", "attn_out", "mlp_out"])
+    s.add_argument("--component", default="resid_pre", choices=["resid_pre", "resid_post", "attn_out", "mlp_out"],
+                   help="the site the vector is read from and added to (at each of --layers)")
     s.add_argument("--positions", default="all", help="'all', 'generated', or N (from position N on)")
-    s.add_argument("--cost", choices=["perplexity", "kl"], default="perplexity")
+    s.add_argument("--cost", choices=["perplexity", "kl"], default="perplexity",
+                   help="the price of steering: perplexity of the continuations, or KL on --neutral text")
     s.add_argument("--neutral", default="data/steering/neutral.txt", help="neutral text for --cost kl")
-    s.add_argument("--max-new-tokens", type=int, default=20)
+    s.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt")
     s.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampling (with --sample)")
+    s.add_argument("--batch-size", type=int, default=32, help="prompts generated together")
     s.add_argument("--html", action="store_true", help="also write sweep.html: a multiplier slider over the continuations")
     s.set_defaults(fn=_cmd_steer)

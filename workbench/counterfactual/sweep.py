@@ -76,7 +76,7 @@ def counterfactual_sweep(out, model: Model, prompts, continuations, intervention
         records = [sweep.load(i) for i, _ in items]
     rows = {f: [x for r in records for x in r[f]] for f in Counterfactuals.FIELDS}
     meta = records[-1]["meta"] if records else {}
-    return Counterfactuals(**rows, settings=settings, meta={**meta, "folder": str(sweep.path)})
+    return Counterfactuals(**rows, settings=settings, meta={**meta, "folder": str(sweep.path), "this_run": sweep.counts})
 
 
 def _chunk_item(model: Model, p: dict) -> dict:

@@ -62,11 +62,14 @@ def answer_text(fact: dict) -> str:
     return fact["object"] if fact["prompt"].endswith((" ", "\n")) else " " + fact["object"]
 
 
-def known_facts(model, facts: list[dict], batch_size: int = 64) -> list[bool]:
-    """Whether the model's top next token after each prompt starts the object (the paper's "known facts")."""
+def known_facts(model, facts: list[dict], batch_size: int = 64, *, progress: bool = False) -> list[bool]:
+    """Whether the model's top next token after each prompt starts the object (the paper's "known facts");
+    `progress`: a tqdm bar over the batches (rate and time left) on stderr."""
+    from tqdm.auto import tqdm
+
     known = []
     with torch.no_grad():
-        for i in range(0, len(facts), batch_size):
+        for i in tqdm(range(0, len(facts), batch_size), disable=not progress, desc="checking facts", unit="batch"):
             chunk = facts[i:i + batch_size]
             ids, mask = model.encode([f["prompt"] for f in chunk])
             logits = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits

@@ -156,11 +156,12 @@ def _auxk(cc: CrossCoder, err: Tensor, pre: Tensor, dead: Tensor) -> Tensor:
 
 def train_crosscoder(acts: Tensor, *, n_latents: int = 256, k: int = 8, steps: int = 1500, batch_size: int = 512,
                      lr: float | None = None, auxk_alpha: float = 1 / 32, dead_after: int = 50,
-                     seed: int = 0) -> CrossCoder:
+                     seed: int = 0, progress: bool = False) -> CrossCoder:
     """Train a BatchTopK crosscoder on paired activations [n_tokens, 2, d] (module docstring: loss and schedule).
 
     lr: default 2e-4 / sqrt(n_latents / 2^14) (dictionary_learning's rule), linearly decayed over the last 20% of
     steps; gradients clipped to norm 1. dead_after: steps without firing before a latent counts as dead (auxk).
+    progress: a tqdm bar over the steps (rate, time left).
     """
     if not isinstance(acts, Tensor) or acts.ndim != 3 or acts.shape[1] != 2 or not acts.is_floating_point():
         raise checks.fail('acts', 'float activations [n_tokens, 2, d_model]',
@@ -185,7 +186,9 @@ def train_crosscoder(acts: Tensor, *, n_latents: int = 256, k: int = 8, steps: i
     gen = torch.Generator().manual_seed(seed)
     since_fired = torch.zeros(n_latents, dtype=torch.long)
     threshold, beta = -1.0, 0.99
-    for step in range(steps):
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(steps), disable=not progress, desc="crosscoder", unit="step"):
         x = x_all[torch.randint(len(x_all), (batch_size,), generator=gen)]
         pre = cc.pre_acts(x)
         f = cc.encode(x, batch_topk=True)

@@ -180,13 +180,14 @@ def _patching_grid(base: Model, tuned: Model, prompts: list[str]) -> LabelledArr
 def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None = None,
                corpus: Sequence[str] | None = None, n_latents: int | None = None, k: int = 8, steps: int = 600,
                n_samples: int = 8, max_new_tokens: int = 12, seed: int = 0, patching: bool = True,
-               crosscoder: bool = True) -> ModelDiff:
+               crosscoder: bool = True, progress: bool = False) -> ModelDiff:
     """What fine-tuning changed from `base` to `tuned` (a Model, peft model or adapter folder; see `weight_diff`).
 
     prompts: strings for TuCo, patching and counterfactual strings. layer: where the crosscoder and the lens read
     (default the middle layer). corpus: texts for the crosscoder (default the prompts). n_latents: crosscoder width
     (default 4 x d_model); k, steps: its BatchTopK k and training steps. n_samples: observed strings sampled from
-    the base model per prompt (seeded) for the counterfactuals.
+    the base model per prompt (seeded) for the counterfactuals. progress: a tqdm bar over the crosscoder's steps
+    (the part that takes long).
     """
     from ..counterfactual import counterfactuals, sample
     from .weights import as_merged
@@ -215,7 +216,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     if crosscoder:
         acts = paired_activations(base, tuned, texts, layer)
         cc = train_crosscoder(acts, n_latents=n_latents or 4 * base.dims.d_model, k=k, steps=steps,
-                              batch_size=min(512, len(acts)), seed=seed)
+                              batch_size=min(512, len(acts)), seed=seed, progress=progress)
         cdiff = diff_crosscoder(cc, acts)
         tokens = [t for x in texts for t in base.to_str_tokens(x)]
         latent_tokens = _latent_tokens(cc, acts, tokens, cdiff.most_moved(10, "tuned") + cdiff.most_moved(5, "base"))

@@ -39,7 +39,7 @@ def _key(model, texts: list[str], layers: list[int], component: str, read_at) ->
 @torch.no_grad()
 def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None = None, *, component: str = "resid_pre",
                      read_at: ReadAt = -1, batch_size: int = 32, interventions: Iterable = (),
-                     cache: bool | str | Path = False) -> dict[int, Tensor]:
+                     cache: bool | str | Path = False, progress: bool = False) -> dict[int, Tensor]:
     """{layer: float32 activations} at `blocks.{layer}.hook_{component}` (default: every layer), on the CPU.
 
     read_at: an int reads one token per text, [n_texts, d] (-1 = each text's last real token; a
@@ -47,7 +47,10 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
     returns every real token of every text, [n_tokens, d] (texts in order, tokens in order).
     `interventions` are applied during the runs and activations are read after them (such runs are
     not cached). `cache`: True keeps results under $WORKBENCH_CACHE/activations, a path keeps them there.
+    `progress`: a tqdm bar over the batches (rate, time left).
     """
+    from tqdm.auto import tqdm
+
     texts = check_prompts(list(texts) if isinstance(texts, tuple) else texts, "texts")
     _check_read_at(read_at)
     checks.integer(batch_size, "batch_size")
@@ -64,7 +67,8 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
             return {l: stored[f"layer.{l}"] for l in layers}
 
     out: dict[int, list[Tensor]] = {l: [] for l in layers}
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=f"activations of {model.name}",
+                      unit="batch"):
         chunk = texts[start:start + batch_size]
         ids, mask = model.encode(chunk)
         lengths = model.last_positions(ids, mask) + 1  # [batch] real tokens per row

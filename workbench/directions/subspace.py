@@ -205,14 +205,17 @@ class DASResult:
 
 
 def das(model, site, base, source, labels, candidates, *, k: int = 1, position: int = -1, steps: int = 200,
-        lr: float = 1e-2, batch_size: int = 64, seed: int = 0, eval_data: tuple | None = None) -> DASResult:
+        lr: float = 1e-2, batch_size: int = 64, seed: int = 0, eval_data: tuple | None = None,
+        progress: bool = False) -> DASResult:
     """Learn a k-dimensional subspace at `site` whose interchange turns base outputs into counterfactual ones.
 
     base, source: equal-length prompt lists or token ids [n, pos]; labels: the counterfactual output token
     per pair; candidates: the output tokens compared (the high-level model's output values). The model's
     weights are not changed (only the rotation gets gradients). eval_data: (base, source, labels) to
-    report accuracy on instead of the training pairs.
+    report accuracy on instead of the training pairs. progress: a tqdm bar over the steps (rate, time left).
     """
+    from tqdm.auto import tqdm
+
     data = prepare(model, site, base, source, labels, candidates, position)
     d = data.source_act.shape[-1]
     checks.integer(k, "k", 1, d)  # at most the width of the site
@@ -223,7 +226,7 @@ def das(model, site, base, source, labels, candidates, *, k: int = 1, position: 
     opt = torch.optim.Adam(rot.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), disable=not progress, desc=f"DAS at {data.site.name}", unit="step"):
         rows = torch.randint(len(data.base), (min(batch_size, len(data.base)),), generator=gen).to(model.device)
         logits = _intervened_logits(model, data, rot.basis, rows)
         loss = nn.functional.cross_entropy(logits.float(), data.labels[rows])  # DAS eq. 3

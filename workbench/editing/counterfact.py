@@ -345,9 +345,10 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
                         "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
                 sweep.run([(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
                           done=len(requests) - len(todo), progress=run.progress, desc=f"{method} edits", unit="edit")
-                return _counterfact_metrics(sweep, requests, method, layer, config, out)
-            return _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats,
-                                        value_prefixes, lam, gen_tokens, allow_abnormal, run.progress, config, out)
+                return {**_counterfact_metrics(sweep, requests, method, layer, config, out), "this_run": sweep.counts}
+            metrics = _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats,
+                                           value_prefixes, lam, gen_tokens, allow_abnormal, run.progress, config, out)
+            return {**metrics, "this_run": {"now": len(todo), "before": len(requests) - len(todo)}}
 
 
 def _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats, value_prefixes,

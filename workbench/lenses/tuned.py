@@ -84,7 +84,7 @@ def load_tuned_lens(path, model) -> tuple[TunedLens, dict, dict]:
 
 def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 8, max_len: int = 64,
                      seed: int = 0, path=None, save_every: int = 50,
-                     tokens_per_step: int | None = None) -> tuple[TunedLens, list[float]]:
+                     tokens_per_step: int | None = None, progress: bool = False) -> tuple[TunedLens, list[float]]:
     """Train the translators on `texts` for `steps` Adam steps in total; returns (lens, loss per step run here).
 
     With `path`, the state is saved there every `save_every` steps and at the end, and a run finding a file
@@ -138,7 +138,10 @@ def train_tuned_lens(model, texts, *, steps: int = 100, lr: float = 1e-3, batch_
 
         sites = [Site(l, "resid_post") for l in range(L - 1)]
         losses = []
-        for step in range(start, steps):
+        from tqdm.auto import tqdm
+
+        for step in tqdm(range(start, steps), total=steps, initial=start, disable=not progress, desc="tuned lens",
+                         unit="step"):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the batch depends only on (seed, step)
             rows = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
             ids, mask = model.encode([texts[i] for i in rows])

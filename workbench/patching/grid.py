@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .engine import EngineStats, MetricFn, Patch, checked_metric, last_logits, run_patches
 from ..core.model import Model
-from ..toolkit.results import LabelledArray
+from ..toolkit.results import LabelledArray, token_labels
 from ..core.sites import Site, parse_components
 from ..core import checks
 
@@ -291,7 +291,7 @@ def labelled_grid(grid: Tensor, setup: Setup, comp, by, metric, direction, stats
     dims = GRIDS[by]
     values = grid.reshape(pairs.n, *shape)
     coords = {"layer": list(range(L)), "head": list(range(H)),
-              "position": [f"{p}:{target_tokens[p]}" for p in setup.target_pos]}
+              "position": token_labels([target_tokens[p] for p in setup.target_pos], setup.target_pos)}
     if per_pair:
         dims, coords = ("pair", *dims), {**coords, "pair": list(range(pairs.n))}
     else:

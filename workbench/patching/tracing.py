@@ -355,6 +355,8 @@ def trace_facts(model: Model, facts_path, out, *, limit: int | None = None, samp
             from ..views.figures import average_effect_figures
 
             average_effect_figures(summary, sweep.path)
+    # traced by this call and by earlier runs of the folder (not written to summary.json: it describes the results)
+    summary["this_run"] = {"now": sweep.counts["now"], "before": n_traced - len(todo)}
     return summary
 
 

@@ -57,14 +57,15 @@ def _check_rank_by(rank_by):
 
 
 def diff_latents(base, finetuned, sae, prompts, *, site=None, read_at="all", rank_by: str = "abs_delta",
-                 eps: float = 1e-3, batch_size: int = 32) -> LatentDiff:
+                 eps: float = 1e-3, batch_size: int = 32, progress: bool = False) -> LatentDiff:
     """Rank the SAE's latents by how much their activations change from `base` to `finetuned` on `prompts`
-    (the same tokens through both; read_at as in `read_activations`: "all" tokens, an index, or "mean")."""
+    (the same tokens through both; read_at as in `read_activations`: "all" tokens, an index, or "mean").
+    progress: tqdm bars over each model's batches."""
     _check_rank_by(rank_by)
     if base.dims != finetuned.dims:
         raise ValueError(f"finetuned: must have the same architecture and sizes as base ({base.dims} vs {finetuned.dims})")
     s = latent_site(base, sae, site)
-    kw = dict(site=s.name, read_at=read_at, batch_size=batch_size)
+    kw = dict(site=s.name, read_at=read_at, batch_size=batch_size, progress=progress)
     z_base, z_ft = read_latents(base, sae, prompts, **kw), read_latents(finetuned, sae, prompts, **kw)
     d = (z_ft - z_base).double()
     delta = d.mean(0)

@@ -76,12 +76,13 @@ def encode(sae, acts: Tensor, batch: int = 4096) -> Tensor:
     return out.reshape(*acts.shape[:-1], sae.cfg.d_sae)
 
 
-def read_latents(model, sae, texts, *, site=None, read_at="all", batch_size: int = 32, interventions=()) -> Tensor:
+def read_latents(model, sae, texts, *, site=None, read_at="all", batch_size: int = 32, interventions=(),
+                 progress: bool = False) -> Tensor:
     """Latent activations on `texts` through the one activation reader: read_at "all" -> [n_tokens, d_sae]
     (every real token, texts in order), an int or "mean" -> [n_texts, d_sae]."""
     s = latent_site(model, sae, site)
     acts = read_activations(model, texts, [s.layer], component=s.component, read_at=read_at, batch_size=batch_size,
-                            interventions=interventions)[s.layer]
+                            interventions=interventions, progress=progress)[s.layer]
     return encode(sae, acts)
 
 

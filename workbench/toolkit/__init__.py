@@ -7,10 +7,11 @@ from .executors import (INSTALL, InProcess, ModelSpec, RayExecutor, Run, as_run,
                         model_spec, run_items, start_local_cluster)
 from .prompts import check_prompts, read_lines, read_prompts
 from .records import read_records
-from .results import LabelledArray, Result, register_renderer
-from .sweep import FolderLock, Sweep, SweepFolder, check_item_id, check_out_dir, check_out_file, content_digest, content_hash
+from .results import LabelledArray, Result, register_renderer, token_labels
+from .sweep import (FolderLock, Sweep, SweepFolder, check_item_id, check_out_dir, check_out_file, content_digest, content_hash,
+                    resume_note)
 
 __all__ = ["Run", "as_run", "connect", "Result", "Sweep", "FolderLock", "check_out_dir", "check_out_file", "content_digest",
            "content_hash", "InProcess", "RayExecutor", "ModelSpec", "model_spec", "make_executor", "run_items", "check_executor_args",
            "INSTALL", "start_local_cluster", "LabelledArray", "register_renderer", "SweepFolder", "check_item_id",
-           "read_records", "check_prompts", "read_lines", "read_prompts", "corpus_tokens"]
+           "read_records", "check_prompts", "read_lines", "read_prompts", "corpus_tokens", "resume_note", "token_labels"]

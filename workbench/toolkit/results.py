@@ -69,6 +69,15 @@ class Result:
         return renderer("save_html")(self, path)
 
 
+def token_labels(tokens, positions=None, marked=()) -> list[str]:
+    """The one label of a token position, in every view and result: "0: When", "1: Mary" (the token without its
+    surrounding spaces; a token of spaces or newlines by its repr, "7: '\\n'"); positions in `marked` (e.g. a
+    subject span) get a star: "2: Eiffel*". positions: the index shown for each token (default 0, 1, ...)."""
+    positions = range(len(tokens)) if positions is None else positions
+    marked = set(marked)
+    return [f"{p}: {str(t).strip() or repr(str(t))}" + ("*" if p in marked else "") for p, t in zip(positions, tokens)]
+
+
 @dataclass
 class LabelledArray(Result):
     """`values` with named axes (`dims`) and a label list per axis (`coords`), plus free-form `meta`."""
@@ -106,27 +115,49 @@ class LabelledArray(Result):
     def from_json(cls, d: dict) -> "LabelledArray":
         return cls(np.asarray(d["values"], dtype=float), tuple(d["dims"]), d["coords"], d.get("name", ""), d.get("meta", {}))
 
-    def plot_values(self) -> tuple[np.ndarray, float, str]:
-        """What a heatmap draws: (values with +-inf at the end of the colour range, the symmetric range limit
-        from the finite values, a note naming the non-finite cells or ""). NaN stays NaN (a blank cell, named
-        in the note); a plot of +-inf would otherwise be all blank (the range itself became infinite)."""
+    def colour_centre(self, centre="baseline") -> tuple[float, str]:
+        """(the value a heatmap draws white, what it is). centre="baseline": the unpatched run's metric, where a
+        cell with no effect lands (a patching grid: the corrupted run when denoising, the clean run when noising;
+        a cross-model grid: the target model; meta["baseline"] if set), or 0 when the array names none; a number:
+        that number."""
+        if centre != "baseline":
+            if isinstance(centre, bool) or not isinstance(centre, (int, float)) or not np.isfinite(centre):
+                raise checks.fail("centre", "'baseline' or a finite number", centre)
+            return float(centre), f"{centre:g}"
+        m = self.meta
+        if "baseline" in m:
+            return float(m["baseline"]), f"baseline {m['baseline']:.4g}"
+        if m.get("direction") in ("denoise", "noise") and "corrupted_metric" in m:
+            run = "corrupted" if m["direction"] == "denoise" else "clean"
+            return float(m[f"{run}_metric"]), f"{run} baseline {m[f'{run}_metric']:.4g}"
+        if "target_metric" in m:
+            return float(m["target_metric"]), f"unpatched target {m['target_metric']:.4g}"
+        return 0.0, "0"
+
+    def plot_values(self, centre: float = 0.0) -> tuple[np.ndarray, float, str]:
+        """What a heatmap draws: (values with +-inf at the end of the colour range, the range's half-width
+        around `centre` from the finite values, a note naming the non-finite cells or ""). NaN stays NaN (a blank
+        cell, named in the note); a plot of +-inf would otherwise be all blank (the range itself became infinite)."""
         v = np.asarray(self.values, dtype=float)
         finite = np.isfinite(v)
-        lim = float(np.abs(v[finite]).max()) if finite.any() else 1.0
+        lim = float(np.abs(v[finite] - centre).max()) if finite.any() else 1.0
         lim = lim or 1.0
-        out = np.where(np.isposinf(v), lim, np.where(np.isneginf(v), -lim, v))
+        out = np.where(np.isposinf(v), centre + lim, np.where(np.isneginf(v), centre - lim, v))
         n_inf, n_nan = int(np.isinf(v).sum()), int(np.isnan(v).sum())
         note = ", ".join(x for x in (f"{n_inf} infinite cell(s) drawn at the range's end" if n_inf else "",
                                      f"{n_nan} NaN cell(s) blank" if n_nan else "") if x)
         return out, lim, note
 
-    def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r"):
-        """Heatmap of a 2-D array (first axis down, second across), centred at zero; saved to `path` if given."""
-        return renderer("heatmap_figure")(self, path=path, ax=ax, title=title, cmap=cmap)
+    def plot(self, path: str | Path | None = None, ax=None, title: str | None = None, cmap: str = "RdBu_r",
+             centre="baseline"):
+        """Heatmap of a 2-D array (first axis down, second across), white at `centre` (see `colour_centre`: the
+        unpatched baseline of a patching grid, so cells with no effect are white; or a number, e.g. 0); saved to
+        `path` if given."""
+        return renderer("heatmap_figure")(self, path=path, ax=ax, title=title, cmap=cmap, centre=centre)
 
     # Interactive views (workbench.views): a hoverable plotly heatmap, in a notebook or saved as one HTML file.
-    def view(self, title: str | None = None):
-        return renderer("labelled_heatmap")(self, title)
+    def view(self, title: str | None = None, centre="baseline"):
+        return renderer("labelled_heatmap")(self, title, centre=centre)
 
     def show(self, title: str | None = None) -> None:
         renderer("show")(self.view(title))

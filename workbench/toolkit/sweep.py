@@ -269,6 +269,7 @@ class SweepFolder:
         self.path, self.config, self.items_dir, self.force, self.ignore = Path(out), dict(config), items, force, ignore
         self.lock = FolderLock(self.path)
         self.stale = self._compare()
+        self.counts = {"now": 0, "before": 0}  # items run by this object's `run`, and found done (`resume_note`)
 
     def _compare(self) -> bool:
         """True if the folder holds another configuration's results (refused unless `force`)."""
@@ -356,8 +357,10 @@ class SweepFolder:
         record)` runs after each write (figures). Records are the same on every executor (seeds belong to items)."""
         from tqdm.auto import tqdm
 
+        items = list(items)
         todo = [(i, p) for i, p in items if not self.done(i)]
         total = (done + len(todo)) if total is None else total
+        self.counts = {"now": 0, "before": done + len(items) - len(todo)}
         bar = tqdm(total=total, initial=done, disable=not progress, desc=desc, unit=unit)
         bar.set_postfix(workers=getattr(executor, "workers", 1))
         try:
@@ -368,9 +371,19 @@ class SweepFolder:
                 append_jsonl(self.path / "runs.jsonl", {"id": item_id, **info})
                 if on_record is not None:
                     on_record(item_id, record)
+                self.counts["now"] += 1
                 bar.update(1)
         finally:
             bar.close()
+
+
+def resume_note(did: str, noun: str, counts: dict | None) -> str:
+    """What a sweep did, counting this run and earlier ones apart: "traced 0 facts now, 2 before (resumed)", or
+    "traced 2 facts" when nothing was done before. `counts`: {"now", "before"} (`SweepFolder.counts`)."""
+    counts = counts or {"now": 0, "before": 0}
+    if not counts["before"]:
+        return f"{did} {counts['now']} {noun}"
+    return f"{did} {counts['now']} {noun} now, {counts['before']} before (resumed)"
 
 
 Sweep = SweepFolder  # the short name: `Sweep(out, config, force=...).start().run(items, fn, model, executor)`

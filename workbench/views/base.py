@@ -12,6 +12,7 @@ from ..core import checks
 # Nothing here may reach the network: plotly.js is inlined (include_plotlyjs=True, never "cdn") and
 # circuitsvis views use `.local_src` (its `_repr_html_` probes http://google.com and `str()` uses a CDN).
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+PAGE_WIDTH = 1200  # px: the widest figure, so that a page fits a laptop screen (1280 x 800) without scrolling sideways
 
 
 @dataclass
@@ -69,14 +70,16 @@ def plotly_view(fig, title: str, script: str | None = None) -> View:
 
 
 def concat(views: list[View], title: str) -> View:
-    """Several views on one page; plotly.js is inlined once, before the first plotly figure."""
+    """Several views on one page; plotly.js is inlined once, before the first plotly figure. Each title shows
+    once: a plotly figure draws its own, other views get a heading."""
     if not views:
         raise checks.fail("views", "at least one view", views)
     parts, js = [], True
     for v in views:
         body = v.body if v.figure is None else _plotly_body(v.figure, js, v.script)
         js = js and v.figure is None
-        parts.append(f"<h3>{_html.escape(v.title)}</h3>\n{body}")
+        parts.append(body if v.figure is not None and v.figure.layout.title.text else
+                     f"<h3>{_html.escape(v.title)}</h3>\n{body}")
     return View(title, "\n".join(parts), views[0].kind if len({v.kind for v in views}) == 1 else "html")
 
 

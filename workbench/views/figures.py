@@ -6,6 +6,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..toolkit.results import token_labels
+
 
 def save_figure(fig, path=None, close: bool = True, dpi: int = 110):
     """Lay out `fig`; with a path, write it there (folders made) and close it unless the caller owns it
@@ -19,23 +21,25 @@ def save_figure(fig, path=None, close: bool = True, dpi: int = 110):
     return fig
 
 
-def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r"):
-    """Plot a 2-D LabelledArray; rows are its first axis. Returns the matplotlib Axes."""
+def heatmap(arr, path=None, ax=None, title=None, cmap="RdBu_r", centre="baseline"):
+    """Plot a 2-D LabelledArray; rows are its first axis; white at `centre` (`LabelledArray.colour_centre`: a
+    patching grid's unpatched baseline, or a number). Returns the matplotlib Axes."""
     if arr.values.ndim != 2:
         raise ValueError(f"arr: heatmap needs a 2-D array, got dims {arr.dims}; select or average an axis first")
-    values, lim, note = arr.plot_values()
+    mid, said = arr.colour_centre(centre)
+    values, lim, note = arr.plot_values(mid)
     rows, cols = arr.dims
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * values.shape[1] + 2), max(3, 0.18 * values.shape[0] + 1.5)))
-    im = ax.imshow(values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    im = ax.imshow(values, cmap=cmap, vmin=mid - lim, vmax=mid + lim, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(values.shape[1]), [str(c) for c in arr.coords[cols]], rotation=90)
     step = max(1, values.shape[0] // 15)
     ax.set_yticks(range(0, values.shape[0], step), [str(c) for c in arr.coords[rows]][::step])
     ax.set_xlabel(cols)
     ax.set_ylabel(rows)
-    ax.set_title((title or arr.name) + (f"\n({note})" if note else ""))
-    ax.figure.colorbar(im, ax=ax, label=arr.meta.get("metric", "value"))
+    ax.set_title((title or arr.name) + f"\n(white: {said}" + (f"; {note})" if note else ")"))
+    ax.figure.colorbar(im, ax=ax, label=f"{arr.meta.get('metric', 'value')} (white: {said})")
     if path is not None:
         save_figure(ax.figure, path, close=own, dpi=120)
     return ax
@@ -49,7 +53,7 @@ def trace_figure(trace, path=None):
     kinds = list(trace.scores)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.32 * len(trace.tokens) + 1.6), squeeze=False)
     start, stop = trace.subject_span
-    labels = [f"{t}*" if start <= i < stop else t for i, t in enumerate(trace.tokens)]
+    labels = token_labels(trace.tokens, marked=range(start, stop))
     for ax, kind in zip(axes[0], kinds):
         cmap, name = _TRACE_STYLE.get(kind, ("Blues", kind))
         scores = trace.scores[kind]

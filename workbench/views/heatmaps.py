@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import View, plotly_view
+from .base import PAGE_WIDTH, View, plotly_view
+from ..toolkit.results import token_labels
 
 _TRACE_COLORS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 # A click on a cell writes the cell's third customdata entry (the patched run's top predictions) under the figure.
@@ -25,9 +26,10 @@ def _cell_labels(row_name, rows, col_name, cols) -> np.ndarray:
     return np.stack(np.broadcast_arrays(r[:, None], c[None, :]), -1)
 
 
-def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") -> View:
+def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r", centre="baseline") -> View:
     """A 2-D LabelledArray (rows: its first axis, e.g. layer; columns: its second, e.g. position "3: Paris"
-    or head) as a heatmap centred at zero; hovering a cell shows both labels and the value. A 3-D array
+    or head) as a heatmap white at `centre` ("baseline": a patching grid's unpatched run, so cells with no effect
+    are white; or a number, e.g. 0; see `LabelledArray.colour_centre`), named in the title; hovering a cell shows both labels and the value. A 3-D array
     (layer, position, head) gets a slider over its last axis, one heatmap per entry. A patching grid run with
     `top_k` (meta["top_predictions"]) shows a cell's patched-run top predictions when it is clicked."""
     import plotly.graph_objects as go
@@ -36,7 +38,8 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
         raise ValueError(f"arr: a heatmap view needs a 2-D or 3-D array, got dims {arr.dims}; select an axis first")
     rows, cols = arr.dims[:2]
     raw = arr.values.astype(float)
-    values, lim, note = arr.plot_values()  # +-inf drawn at the range's end, named in the title
+    mid, white = arr.colour_centre(centre)
+    values, lim, note = arr.plot_values(mid)  # +-inf drawn at the range's end, named in the title
     metric = arr.meta.get("metric", "value")
     slices = [(None, values, raw)] if values.ndim == 2 else \
         [(h, values[:, :, k], raw[:, :, k]) for k, h in enumerate(arr.coords[arr.dims[2]])]
@@ -58,7 +61,8 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), customdata=labels,
             text=[[f"{x:.4g}" for x in row] for row in zraw.tolist()],
-            zmin=-lim, zmax=lim, colorscale=colorscale, colorbar={"title": {"text": str(metric)}},
+            zmin=mid - lim, zmax=mid + lim, zmid=mid, colorscale=colorscale,
+            colorbar={"title": {"text": f"{metric}<br>white: {mid:.4g}"}},
             visible=k == 0, name=f"{extra} {h}" if extra else arr.name,
             hovertemplate=f"{rows}: %{{customdata[0]}}<br>{cols}: %{{customdata[1]}}<br>{head}"
                           f"value: %{{text}}<extra></extra>"))
@@ -70,8 +74,8 @@ def labelled_heatmap(arr, title: str | None = None, colorscale: str = "RdBu_r") 
         steps = [{"label": str(h), "method": "update",
                   "args": [{"visible": [i == k for i in range(len(slices))]}]} for k, (h, _, _) in enumerate(slices)]
         fig.update_layout(sliders=[{"active": 0, "currentvalue": {"prefix": f"{extra}: "}, "steps": steps}])
-    fig.update_layout(title=(title or arr.name) + (f" ({note})" if note else ""), height=max(320, 22 * values.shape[0] + 160),
-                      width=max(480, 40 * values.shape[1] + 220), margin={"b": 120})
+    fig.update_layout(title=(title or arr.name) + f" (white: {white}" + (f"; {note})" if note else ")"), height=max(320, 22 * values.shape[0] + 160),
+                      width=min(PAGE_WIDTH, max(480, 40 * values.shape[1] + 220)), margin={"b": 120})
     return plotly_view(fig, title or arr.name or "heatmap", _CLICK_SCRIPT if top is not None else None)
 
 
@@ -83,7 +87,7 @@ def trace_heatmaps(trace) -> View:
 
     kinds = list(trace.scores)
     start, stop = trace.subject_span
-    tokens = [f"{i}: {t}*" if start <= i < stop else f"{i}: {t}" for i, t in enumerate(trace.tokens)]
+    tokens = token_labels(trace.tokens, marked=range(start, stop))
     answer = trace.answer.strip()
     fig = make_subplots(1, len(kinds), subplot_titles=[_TRACE_NAMES.get(k, k) for k in kinds], horizontal_spacing=0.1)
     for n, kind in enumerate(kinds):
@@ -102,7 +106,7 @@ def trace_heatmaps(trace) -> View:
         fig.update_xaxes(title="layer" if kind == "resid" else f"center of a {trace.config.get('window', '')}-layer window",
                          tickmode="array", tickvals=list(range(0, z.shape[1], max(1, z.shape[1] // 10))), row=1, col=n + 1)
     title = (f"{trace.prompt} → {answer}: p(clean) = {trace.p_clean:.3f}, p(corrupted) = {trace.p_corrupted:.3f}")
-    fig.update_layout(title=title, height=24 * len(tokens) + 200, width=320 * len(kinds) + 200)
+    fig.update_layout(title=title, height=24 * len(tokens) + 200, width=min(PAGE_WIDTH, 320 * len(kinds) + 200))
     return plotly_view(fig, title)
 
 
@@ -130,7 +134,7 @@ def trace_average_heatmaps(summary: dict) -> View:
                          ticktext=groups if n == 0 else [""] * len(groups), row=1, col=n + 1)
         fig.update_xaxes(title="layer", tickmode="array", tickvals=list(range(0, width, max(1, width // 10))), row=1, col=n + 1)
     title = f"Average indirect effect over {summary['n_traced']} facts"
-    fig.update_layout(title=title, height=380, width=420 * len(kinds) + 200)
+    fig.update_layout(title=title, height=380, width=min(PAGE_WIDTH, 360 * len(kinds) + 160))
     return plotly_view(fig, title)
 
 
