@@ -38,23 +38,36 @@ def random_transcoders(model, d_sae=24, seed=0, skip=False, threshold=0.6):
     return out
 
 
-@pytest.mark.parametrize("family,skip", [("llama", False), ("gpt2", False), ("qwen2", True)])
+@pytest.mark.parametrize("family,skip", [("llama", False), ("gpt2", False), ("qwen2", True), ("gemma2", False)])
 def test_replacement_identities(family, skip):
+    from workbench.core.arch import final_logits
+
     model = wb.tiny_model(family)
     tcs = random_transcoders(model, skip=skip)
     ids = model.to_tokens(PROMPT)
-    # 1. the replacement (stored patterns and scales, transcoders + error nodes) reproduces the model's logits
-    rep = Replacement(model, tcs, ids)
-    _, logits = rep.run(rep.leaves(1))
     with torch.no_grad():
         real = model.hf(input_ids=ids).logits[0, -1]
-    assert (logits[0] - real).abs().max() < 1e-4
-    # 2. every target = its incoming edges (one backward each) + its value with all sources at zero (a forward)
-    g = attribute(model, PROMPT, tcs, batch_size=64)
-    assert g.n_features > 20
-    targets = list(range(g.n_features)) + list(range(g.logit_index(0), g.n_nodes))
-    got = g.adjacency.sum(1) + g.bias
-    assert (got - g.target_values)[targets].abs().max() < 1e-4
+        # the logits before any final soft-cap, from the final residual (independent of the graph code)
+        resid = model.run_with_cache(ids, [f"blocks.{model.dims.n_layers - 1}.hook_resid_post"])[1]
+        z = model.module("unembed")(model.module("final_norm")(next(iter(resid.values()))))[0, -1]
+    assert torch.allclose(final_logits(model.hf, model.arch, z), real, atol=1e-5)
+    # 1. the replacement (stored patterns and scales, transcoders + error nodes) reproduces the model's logits
+    # (before the soft-cap, for Gemma 2; the soft-cap of them is the model's output)
+    rep = Replacement(model, tcs, ids)
+    _, logits = rep.run(rep.leaves(1))
+    assert (logits[0] - z).abs().max() < 1e-4
+    assert (final_logits(model.hf, model.arch, logits[0]) - real).abs().max() < 1e-4
+    # 2. every target = its incoming edges (one backward each) + its value with all sources at zero (a forward),
+    # with each logit's target the logit minus the mean logit (circuit-tracer's), or the raw logit
+    for target in ("demeaned", "raw"):
+        g = attribute(model, PROMPT, tcs, batch_size=64, logit_target=target)
+        assert g.n_features > 20 and g.meta["logit_target"] == target
+        targets = list(range(g.n_features)) + list(range(g.logit_index(0), g.n_nodes))
+        got = g.adjacency.sum(1) + g.bias
+        assert (got - g.target_values)[targets].abs().max() < 1e-4
+        expected = z[g.logit_tokens] - (z.mean() if target == "demeaned" else 0)
+        assert (g.target_values[g.logit_index(0):] - expected).abs().max() < 1e-4
+        assert torch.allclose(g.logit_probabilities, torch.softmax(real, -1)[g.logit_tokens], atol=1e-5)
     # features' real pre-activations, recomputed here from the MLP inputs (independent of the graph code)
     layer, pos, feat = g.active_features[0].tolist()
     assert abs(g.target_values[0] - (rep.mlp_in[layer][0, pos] @ tcs[layer].W_enc[:, feat] + tcs[layer].b_enc[feat])) < 1e-4
@@ -268,8 +281,7 @@ def test_graph_refusals():
         attribute(model, PROMPT, tcs, batch_size=0)
     with pytest.raises(ValueError, match="max_features"):
         attribute(model, PROMPT, tcs, max_features=3)
-    gemma2 = wb.tiny_model("gemma2")  # tanh soft-capped logits are not linear in the residual stream
-    with pytest.raises(ValueError, match="soft-caps"):
-        attribute(gemma2, PROMPT, random_transcoders(gemma2))
+    with pytest.raises(ValueError, match="logit_target"):
+        attribute(model, PROMPT, tcs, logit_target="mean")
     with pytest.raises(ValueError, match="node_threshold"):
         prune_graph(attribute(model, "one two", tcs), node_threshold=1.5)

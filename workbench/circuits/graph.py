@@ -6,11 +6,20 @@ The local replacement model of one prompt is the real model with
     MLPs                  y_l = sum_f a_f W_dec[f] + b_dec (+ x W_skip^T) + e_l,  e_l = y_l - transcoder_l(x_l)
 so it reproduces the real logits exactly and is affine in its sources: the embeddings (resid_pre of block 0,
 per position), the active features' activations a_f and the error vectors e_l. Every target t (a feature's
-pre-activation x_l W_enc[:, f] + b_enc[f], or a top output logit) is then
+pre-activation x_l W_enc[:, f] + b_enc[f], or a top output logit's target, below) is then
 
     t = sum_s A[t, s] + bias_t,    A[t, s] = (dt / d source_s) . source_s   (activation x gradient, exact here)
 
-and bias_t is t with every source at zero (the model's biases and the encoder bias). A row of A is one
+and bias_t is t with every source at zero (the model's biases and the encoder bias). A logit's target is, as in
+circuit-tracer (`compute_salient_logits`: the unembedding column minus the mean column), the logit minus the mean
+logit over the vocabulary,
+
+    t_logit(v) = z_v - mean_u z_u,    z = final_norm(resid) W_U (+ b_U)                     logit_target="demeaned"
+
+(what moves one token's probability against the rest, not what lifts every logit alike), or the raw logit z_v
+(logit_target="raw"). z is the unembedding's output before any final soft-cap c tanh(z / c) (Gemma 2): the
+soft-cap is monotone and not linear, so targets are taken before it, as the lenses' direct logit attribution
+does. A row of A is one
 backward pass of the frozen model; a batch of B copies of the prompt, each row with its own target, gives B
 rows per backward. Nodes are ordered as circuit-tracer's: [active features (layer, pos, feature), errors
 (layer, pos), embeddings (pos), logits]; rows of A are targets, columns sources.
@@ -23,6 +32,7 @@ rather than errors, the completeness score the influence-weighted share of incom
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -123,10 +133,6 @@ class Replacement:
     def __init__(self, model, transcoders, ids: Tensor):
         from ..core.arch import pattern_unsupported
 
-        cfg = model.hf.config.get_text_config()
-        if getattr(cfg, "final_logit_softcapping", None):
-            raise ValueError(f"model: {model.arch.family} soft-caps its logits (tanh), so logits are not linear in the "
-                             "residual stream; attribution graphs need a family without final_logit_softcapping")
         if (why := pattern_unsupported(model.hf, model.arch)):
             raise ValueError(f"model: attention patterns cannot be frozen on this model: {why}")
         if len(transcoders) != model.dims.n_layers:
@@ -150,8 +156,10 @@ class Replacement:
         sites = [f"blocks.{l}.attn.hook_pattern" for l in range(L)] + ["blocks.0.hook_resid_pre"]
         handles = [m.register_forward_hook(record) for m, *_ in self.norms]
         try:
-            with torch.no_grad(), model.hooks(cache_sites=sites) as cache, on_mlps(model, catch):
-                self.logits = model.hf(input_ids=ids).logits[0, -1].float()
+            with torch.no_grad(), model.hooks(cache_sites=sites) as cache, on_mlps(model, catch), \
+                    _unembedded(model) as z:
+                model.hf(input_ids=ids, logits_to_keep=1)
+                self.logits = z[0][0, -1].float()  # [d_vocab]: the unembedding's output, before any soft-cap
         finally:
             for h in handles:
                 h.remove()
@@ -181,9 +189,11 @@ class Replacement:
         return {"embedding": leaf(self.embedding), "acts": [leaf(a) for a in self.acts],
                 "errors": [leaf(e) for e in self.errors]}
 
-    def run(self, leaves: dict, logit_tokens: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def run(self, leaves: dict, logit_tokens: Tensor | None = None,
+            logit_target: str = "raw") -> tuple[list[Tensor], Tensor]:
         """The frozen forward: ([per layer feature pre-activations [B, n_active_l]], logits [B, d_vocab] at the last
-        position, or [B, n_logits] for `logit_tokens`)."""
+        position (the unembedding's output, before any soft-cap), or [B, n_logits], the targets of `logit_tokens`:
+        raw logits, or minus the mean logit for logit_target="demeaned")."""
         model, B = self.model, leaves["embedding"].shape[0]
         pre_out: list[Tensor | None] = [None] * len(self.tcs)
 
@@ -211,22 +221,52 @@ class Replacement:
         ivs.append(Replace("blocks.0.hook_resid_pre", value=leaves["embedding"]))
         handles = [m.register_forward_hook(frozen_norm) for m, *_ in self.norms]
         try:
-            with model.hooks(ivs), on_mlps(model, replace_mlp):
-                logits = model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1).logits[:, -1].float()
+            with model.hooks(ivs), on_mlps(model, replace_mlp), _unembedded(model) as z:
+                model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
-        return pre_out, logits if logit_tokens is None else logits[:, logit_tokens]
+        logits = z[0][:, -1].float()
+        return pre_out, logits if logit_tokens is None else logit_targets(logits, logit_tokens, logit_target)
+
+
+LOGIT_TARGETS = ("demeaned", "raw")
+
+
+def logit_targets(logits: Tensor, tokens: Tensor, logit_target: str = "demeaned") -> Tensor:
+    """[..., n_tokens]: the logits of `tokens` (logits [..., d_vocab]), minus the mean logit for "demeaned"."""
+    if logit_target not in LOGIT_TARGETS:
+        raise ValueError(f"logit_target: expected one of {LOGIT_TARGETS}, got {logit_target!r}")
+    picked = logits[..., tokens]
+    return picked - logits.mean(-1, keepdim=True) if logit_target == "demeaned" else picked
+
+
+@contextmanager
+def _unembedded(model):
+    """While in the body, the list yielded holds the unembedding's output of the last forward (logits before any
+    final soft-cap, [batch, pos, d_vocab])."""
+    out: list[Tensor] = []
+
+    def hook(module, args, output):
+        out[:] = [output]
+
+    handle = model.module("unembed").register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
 
 
 # -- the graph -------------------------------------------------------------------------------------------
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
-              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None) -> Graph:
+              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
+              logit_target: str = "demeaned") -> Graph:
     """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
-    `logit_probability`, at most `max_logits`. batch_size: targets per backward pass. max_feature_nodes: compute
+    `logit_probability`, at most `max_logits`; each node's target is its logit minus the mean logit
+    (logit_target="demeaned", circuit-tracer's) or the raw logit ("raw"), before any final soft-cap. batch_size: targets per backward pass. max_feature_nodes: compute
     the incoming edges of at most this many features, chosen as circuit-tracer does: the logits' rows first, then,
     batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
     others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
@@ -240,10 +280,14 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     if not 0 < logit_probability <= 1:
         raise ValueError(f"logit_probability: expected a number in (0, 1], got {logit_probability!r}")
+    if logit_target not in LOGIT_TARGETS:
+        raise ValueError(f"logit_target: expected one of {LOGIT_TARGETS}, got {logit_target!r}")
     ids, _ = model.encode(prompt)
     rep = Replacement(model, transcoders, ids)
     L, P = model.dims.n_layers, ids.shape[1]
-    probs = torch.softmax(rep.logits, -1)
+    from ..core.arch import final_logits
+
+    probs = torch.softmax(final_logits(model.hf, model.arch, rep.logits), -1)  # the model's own, soft-capped
     top = probs.topk(min(max_logits, len(probs)))
     n_logits = min(int((top.values.cumsum(0) < logit_probability).sum()) + 1, len(top.values))
     logit_tokens, logit_p = top.indices[:n_logits], top.values[:n_logits]
@@ -283,7 +327,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     for chunk in chunks():
         computed += chunk
         leaves = rep.leaves(len(chunk))
-        pre, logits = rep.run(leaves, logit_tokens)
+        pre, logits = rep.run(leaves, logit_tokens, logit_target)
         col = torch.tensor([t if t < nf else nf + (t - first_logit) for t in chunk])
         all_targets(pre, logits)[torch.arange(len(chunk)), col].sum().backward()
         with torch.no_grad():
@@ -295,20 +339,21 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             A[rows, nf + L * P:first_logit] = (leaves["embedding"].grad * leaves["embedding"]).sum(-1).cpu()
 
     with torch.no_grad():
-        pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens)
+        pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens, logit_target)
         bias = torch.zeros(N)
         bias[targets] = all_targets(pre0, logits0)[0].cpu()
         done = set(computed)
         bias[[t for t in targets if t not in done]] = 0.0  # rows not computed: no identity to keep
         values = torch.zeros(N)
         values[:nf] = torch.cat(rep.pre).cpu()
-        values[first_logit:] = rep.logits[logit_tokens].cpu()
+        values[first_logit:] = logit_targets(rep.logits, logit_tokens, logit_target).cpu()
     tok = model.tokenizer
     return Graph(prompt=prompt, tokens=ids[0].cpu(), str_tokens=[tok.decode([t]) for t in ids[0].tolist()],
                  active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
                  meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae,
+                       "logit_target": logit_target,
                        "rows": sorted(computed)})
 
 

@@ -12,7 +12,7 @@ what the rest of the model sees otherwise. The MLP input is caught by a hook on 
 The graph's prediction (`predicted_effect`) is the same edit in the linear local replacement: with
 W[t, g] = A[t, g] / a_g the effect of one unit of feature g on target t, every feature's change solves
     da_f = (c_f - 1) a_f + c_f sum_g W[f, g] da_g         (c_f = factor for edited features, else 1)
-and the logits move by sum_g W[logit, g] da_g. It is exact in the frozen model while no feature crosses its
+and the logit nodes' targets (see graph.py: logit minus mean logit, or raw) move by sum_g W[logit, g] da_g. It is exact in the frozen model while no feature crosses its
 threshold; the measured change also holds whatever the frozen attention patterns, norm scales and errors miss.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..core.interventions import Intervention
 from ..core.sites import Site, parse_site
+from .graph import _unembedded, logit_targets
 from .transcoders import on_mlps
 
 
@@ -119,13 +120,20 @@ def predicted_effect(graph, nodes: Sequence[int], factor: float = 0.0) -> Tensor
 
 
 def intervene(model, graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -> dict:
-    """Scale feature `nodes` of `graph` by `factor` in the real model; {"tokens", "predicted", "measured",
-    "clean"}: the graph's logit tokens (as strings), the predicted and measured change of their logits, and the
-    clean logits."""
+    """Scale feature `nodes` of `graph` by `factor` in the real model; {"tokens", "logit_target", "predicted",
+    "measured", "clean"}: the graph's logit tokens (as strings), what their values are (the graph's logit target:
+    "demeaned", each logit minus the mean logit, or "raw"; before any final soft-cap), the predicted and measured
+    change of those values, and their clean values."""
     edits = graph_edits(graph, transcoders, nodes, factor)
     ids = graph.tokens[None].to(model.device)
-    with torch.no_grad():
-        clean = model.hf(input_ids=ids).logits[0, -1, graph.logit_tokens].float().cpu()
-    edited = run_with_feature_edits(model, ids, edits)[0, -1, graph.logit_tokens].float().cpu()
-    return {"tokens": graph.meta.get("logit_str"), "predicted": predicted_effect(graph, nodes, factor).tolist(),
-            "measured": (edited - clean).tolist(), "clean": clean.tolist()}
+    target = graph.meta.get("logit_target", "raw")
+    toks = graph.logit_tokens.to(model.device)
+    with torch.no_grad(), _unembedded(model) as z:
+        model.hf(input_ids=ids, logits_to_keep=1)
+        clean = logit_targets(z[0][0, -1].float(), toks, target).cpu()
+        with feature_edit_hooks(model, edits):
+            model.hf(input_ids=ids, logits_to_keep=1)
+        edited = logit_targets(z[0][0, -1].float(), toks, target).cpu()
+    return {"tokens": graph.meta.get("logit_str"), "logit_target": target,
+            "predicted": predicted_effect(graph, nodes, factor).tolist(), "measured": (edited - clean).tolist(),
+            "clean": clean.tolist()}

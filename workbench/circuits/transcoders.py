@@ -168,20 +168,23 @@ def _check_int(name, v, lo):
 
 def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int = 32, steps: int = 300,
                       texts_per_step: int = 8, lr: float = 1e-3, skip: bool = False, seed: int = 0, skip_first: int = 1,
-                      out: str | Path | None = None, checkpoint_every: int = 50, force: bool = False,
+                      updates_per_step: int = 1, out: str | Path | None = None, checkpoint_every: int = 50, force: bool = False,
                       stop_at: int | None = None, progress: bool = True) -> list | None:
     """One JumpReLU transcoder per layer of `model` (SAELens classes; see the module docstring), trained together.
 
     texts: training text; each step reads `texts_per_step` of them (every real token but the first
     `skip_first` of each). d_sae latents, k active per token on average (BatchTopK). skip: add a linear skip
-    connection (`JumpReLUSkipTranscoder`). out: a resumable run folder (config.json, checkpoint/ every
+    connection (`JumpReLUSkipTranscoder`). updates_per_step: Adam updates per forward pass, each on a seeded
+    share of the step's tokens (the model's forward costs most of a step on a CPU; more updates per forward
+    train more for nearly the same time). out: a resumable run folder (config.json, checkpoint/ every
     `checkpoint_every` steps, transcoders/ at the end). stop_at: stop after this step, checkpointed, and return
     None (call again to continue). Returns the transcoders, one per layer, in eval mode.
     """
     from tqdm.auto import tqdm
 
     for name, v, lo in (("d_sae", d_sae, 1), ("k", k, 1), ("steps", steps, 1), ("texts_per_step", texts_per_step, 1),
-                        ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
+                        ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0),
+                        ("updates_per_step", updates_per_step, 1)):
         _check_int(name, v, lo)
     if k > d_sae:
         raise ValueError(f"k: expected k <= d_sae ({d_sae}), got {k}")
@@ -198,7 +201,8 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
 
         config = {"model": model.name, "fingerprint": model.fingerprint, "kind": "per_layer", "d_sae": d_sae, "k": k,
                   "steps": steps, "texts_per_step": texts_per_step, "lr": lr, "skip": skip, "seed": seed,
-                  "skip_first": skip_first, "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
+                  "skip_first": skip_first, **({"updates_per_step": updates_per_step} if updates_per_step > 1 else {}),
+                  "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
         folder = SweepFolder(out, config, items="checkpoint", force=force, ignore=("steps",)).start()
 
     try:  # the folder's lock is released however training ends (done, stopped at `stop_at`, or an error)
@@ -221,19 +225,22 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
             x, y = x * scales[:, None, :1], y * scales[:, None, 1:]
             for g in opt.param_groups:  # cosine decay to lr / 10
                 g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-            y_hat, acts, smallest = net(x, k)
-            # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
-            loss = (y_hat - y).pow(2).sum(-1).mean(-1).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                net.threshold.copy_(smallest if step == 0 else 0.99 * net.threshold + 0.01 * smallest)
-                net.fired += (acts > 0).sum(1)
+            order = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed * 7919 + step))
+            for i, part in enumerate(order.chunk(updates_per_step)):
+                xb, yb = x[:, part], y[:, part]
+                y_hat, acts, smallest = net(xb, k)
+                # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
+                loss = (y_hat - yb).pow(2).sum(-1).mean(-1).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    net.threshold.copy_(smallest if step == 0 and i == 0 else 0.99 * net.threshold + 0.01 * smallest)
+                    net.fired += (acts > 0).sum(1)
             bar.update(1)
             if (step + 1) % 25 == 0 or step + 1 in (1, steps):
                 with torch.no_grad():
-                    fve = 1 - (y_hat - y).pow(2).sum((-1, -2)) / (y - y.mean(1, keepdim=True)).pow(2).sum((-1, -2))
+                    fve = 1 - (y_hat - yb).pow(2).sum((-1, -2)) / (yb - yb.mean(1, keepdim=True)).pow(2).sum((-1, -2))
                 history.append({"step": step + 1, "loss": float(loss.detach()) / n, "fve": fve.tolist()})
                 bar.set_postfix(mean_fve=f"{fve.mean():.3f}")
             if folder is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps or step + 1 == stop_at):
