@@ -35,6 +35,7 @@ from ..core.io import atomic_write_text, save_safetensors
 from ..toolkit.sweep import SweepFolder
 
 SET_FILE = "transcoders.json"
+DEFAULT_TRANSCODERS = "transcoders/smollm2-135m"  # the set shipped in workbench/data (float16; see docs/circuits.md)
 
 
 # -- the MLPs' inputs and outputs -------------------------------------------------------------------------
@@ -354,6 +355,15 @@ def load_transcoders(path: str | Path, model, *, allow_other_model: bool = False
         check_model(tc, model, allow_other_model)
         out.append(tc.eval().requires_grad_(False))
     return out
+
+
+def default_transcoders(model=None) -> list:
+    """The per-layer transcoder set shipped with the package for the default model (`DEFAULT_TRANSCODERS` in
+    workbench/data: d_sae 512, float16 on disk, built by `benchmarks/circuits_default.py`), loaded and checked."""
+    from ..core.loading import load_model
+    from ..data import data_path
+
+    return load_transcoders(data_path(DEFAULT_TRANSCODERS), model if model is not None else load_model())
 
 
 # -- evaluation ------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ def _cmd_train(args) -> int:
     from ..core.io import atomic_write_text
 
     out, model, texts = prepare_training(args, ("d_sae", "k", "steps", "texts_per_step", "samples", "threads",
-                                                "checkpoint_every", "max_texts"))
+                                                "checkpoint_every", "max_texts", "updates_per_step"))
     tcs = train_transcoders(model, texts, d_sae=args.d_sae, k=args.k, steps=args.steps,
                             texts_per_step=args.texts_per_step, lr=args.lr, skip=args.skip, seed=args.seed, out=out,
+                            updates_per_step=args.updates_per_step,
                             checkpoint_every=args.checkpoint_every, force=args.force)
     print(f"wrote {out / 'transcoders'}")
     if args.texts == "default":
@@ -36,8 +37,8 @@ def _cmd_eval(args) -> int:
 def _cmd_graph(args) -> int:
     import time
 
-    from ..circuits import (attribute, feature_labels, graph_scores, graph_view, intervene, load_transcoders,
-                            prune_graph, save_graph, to_circuit_tracer_json)
+    from ..circuits import (LOGIT_TARGETS, attribute, default_transcoders, feature_labels, graph_scores, graph_view,
+                            intervene, load_transcoders, prune_graph, save_graph, to_circuit_tracer_json)
     from ..core.io import atomic_write_text
     from ..core.loading import load_model
     from ..views import save_html
@@ -51,15 +52,18 @@ def _cmd_graph(args) -> int:
         v = check_float(getattr(args, name), name)
         if not 0 <= v <= 1:
             raise ValueError(f"{name}: expected a share in [0, 1], got {v}")
-    if not Path(args.transcoders).is_dir():
-        raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train`, got {args.transcoders}")
+    if args.logit_target not in LOGIT_TARGETS:
+        raise ValueError(f"logit_target: expected one of {LOGIT_TARGETS}, got {args.logit_target!r}")
+    if args.transcoders != "default" and not Path(args.transcoders).is_dir():
+        raise ValueError(f"transcoders: expected 'default' or a folder written by `workbench transcoders train`, "
+                         f"got {args.transcoders}")
     writes = ["graph.safetensors", "graph.json", "graph.html", "circuit_tracer.json", "summary.json"]
     out = output_dir(args.out, force=args.force, writes=writes)
     model = load_model(args.model)
-    tcs = load_transcoders(args.transcoders, model)
+    tcs = default_transcoders(model) if args.transcoders == "default" else load_transcoders(args.transcoders, model)
     t0 = time.perf_counter()
     g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size,
-                  max_feature_nodes=args.max_feature_nodes)
+                  max_feature_nodes=args.max_feature_nodes, logit_target=args.logit_target)
     seconds = time.perf_counter() - t0
     kept = prune_graph(g, args.node_threshold, args.edge_threshold)
     save_graph(g, out)
@@ -94,6 +98,8 @@ def register(sub) -> None:
     s.add_argument("--k", type=int, default=24, help="active latents per token (BatchTopK while training)")
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--texts-per-step", type=int, default=8)
+    s.add_argument("--updates-per-step", type=int, default=1, help="Adam updates per forward, each on a share of "
+                   "the step's tokens")
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--skip", action="store_true", help="add a linear skip connection (JumpReLUSkipTranscoder)")
     s.add_argument("--max-texts", type=int, default=2000)
@@ -117,7 +123,10 @@ def register(sub) -> None:
     g = sub.add_parser("graph", help="attribution graph of a prompt over per-layer transcoders: view, JSON, scores")
     g.add_argument("prompt")
     g.add_argument("--model", default="smollm2-135m")
-    g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
+    g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/), "
+                   "or 'default': the set shipped for the default model")
+    g.add_argument("--logit-target", default="demeaned", help="each logit node's target: 'demeaned' (the logit minus "
+                   "the mean logit, circuit-tracer's) or 'raw'")
     g.add_argument("--max-logits", type=int, default=5)
     g.add_argument("--batch-size", type=int, default=32, help="target nodes per backward pass")
     g.add_argument("--max-feature-nodes", type=int, default=None,
