@@ -9,7 +9,10 @@ positive one): predicted vs measured.
 
 Corpus: the docstrings of Python's standard library and our data files (`workbench.sae.train`), 5 % held out.
 
-    python benchmarks/circuits_default.py --run runs/tc-default [--steps 50]
+    python benchmarks/circuits_default.py --run runs/tc-default --save workbench/data/transcoders/smollm2-135m
+
+rebuilds the set shipped with the package (`workbench.circuits.default_transcoders`: these defaults, float16 on
+disk) and evaluates it as loaded.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--d-sae", type=int, default=768)
     ap.add_argument("--k", type=int, default=24)
-    ap.add_argument("--updates-per-step", type=int, default=4)
+    ap.add_argument("--updates-per-step", type=int, default=1)
     ap.add_argument("--texts-per-step", type=int, default=6)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)

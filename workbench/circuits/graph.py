@@ -126,18 +126,67 @@ def _norm_gain(module) -> tuple[str, float, Tensor, Tensor | None]:
     return kind, eps, a, None
 
 
+class Coders:
+    """Per-layer transcoders (a list, SAELens classes) or one `CrossLayerTranscoder`, behind one interface: layer l's
+    encoder, and the decoder rows from the features read at layer l to MLP m (m = l only, for per-layer ones)."""
+
+    def __init__(self, transcoders, n_layers: int):
+        from .clt import CrossLayerTranscoder
+
+        self.clt = transcoders if isinstance(transcoders, CrossLayerTranscoder) else None
+        self.tcs = None if self.clt is not None else list(transcoders)
+        n = self.clt.n_layers if self.clt is not None else len(self.tcs)
+        if n != n_layers:
+            raise ValueError(f"transcoders: expected one per layer ({n_layers}) or a cross-layer transcoder over "
+                             f"{n_layers} layers, got {n}")
+        self.n_layers = n_layers
+        self.d_sae = self.clt.d_sae if self.clt is not None else self.tcs[0].cfg.d_sae
+        self.dtype = self.clt.dtype if self.clt is not None else self.tcs[0].dtype
+
+    def W_enc(self, l: int) -> Tensor:  # [d_model, d_sae]
+        return self.clt.W_enc[l] if self.clt is not None else self.tcs[l].W_enc
+
+    def b_enc(self, l: int) -> Tensor:  # [d_sae]
+        return self.clt.b_enc[l] if self.clt is not None else self.tcs[l].b_enc
+
+    def encode(self, l: int, x: Tensor) -> Tensor:
+        return self.clt.encode(l, x) if self.clt is not None else self.tcs[l].encode(x)
+
+    def sources(self, m: int) -> range:
+        """The layers whose features write to MLP m."""
+        return range(m + 1) if self.clt is not None else range(m, m + 1)
+
+    def decoder(self, l: int, m: int) -> Tensor:  # [d_sae, d_model]
+        return self.clt.decoder(l, m) if self.clt is not None else self.tcs[m].W_dec
+
+    def b_dec(self, m: int) -> Tensor:
+        return self.clt.b_dec[m] if self.clt is not None else self.tcs[m].b_dec
+
+    def skip(self, m: int, x: Tensor) -> Tensor | float:
+        """x W_skip^T of a skip transcoder, else 0."""
+        tc = None if self.tcs is None else self.tcs[m]
+        return x @ tc.W_skip.T if tc is not None and hasattr(tc, "W_skip") else 0.0
+
+    def reconstruct(self, m: int, x: Tensor, acts: list[Tensor]) -> Tensor:
+        """MLP m's output as the transcoders write it, from its input x and every layer's activations acts[l]."""
+        out = self.b_dec(m) + self.skip(m, x)
+        for l in self.sources(m):
+            out = out + acts[l] @ self.decoder(l, m)
+        return out
+
+
 class Replacement:
     """The local replacement model of `ids` (one prompt): the real forward's patterns, norm scales, MLP inputs and
-    outputs, transcoder activations and errors are recorded once; `run` is the frozen forward."""
+    outputs, transcoder activations and errors are recorded once; `run` is the frozen forward. `transcoders`: one
+    per layer, or a `CrossLayerTranscoder` (features at layer l write to every MLP m >= l)."""
 
     def __init__(self, model, transcoders, ids: Tensor):
         from ..core.arch import pattern_unsupported
 
         if (why := pattern_unsupported(model.hf, model.arch)):
             raise ValueError(f"model: attention patterns cannot be frozen on this model: {why}")
-        if len(transcoders) != model.dims.n_layers:
-            raise ValueError(f"transcoders: expected one per layer ({model.dims.n_layers}), got {len(transcoders)}")
-        self.model, self.tcs, self.ids = model, list(transcoders), ids
+        self.coders = Coders(transcoders, model.dims.n_layers)
+        self.model, self.ids = model, ids
         L = model.dims.n_layers
         self.norms = [(m, *_norm_gain(m)) for _, m in _norm_modules(model)]
         scales: dict[torch.nn.Module, Tensor] = {}
@@ -167,18 +216,21 @@ class Replacement:
         self.patterns = [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)]
         self.embedding = cache["blocks.0.hook_resid_pre"][0].float()  # [pos, d_model]
         self.mlp_in, self.mlp_out = xs, ys
-        # transcoder features and errors, per layer
+        # transcoder features per layer, then each MLP's error: its output minus what the transcoders write
         self.pre, self.active, self.acts, self.errors = [], [], [], []
+        c, full = self.coders, []
         with torch.no_grad():
-            for l, tc in enumerate(self.tcs):
-                x = xs[l][0].to(tc.dtype)
-                pre = x @ tc.W_enc + tc.b_enc  # [pos, d_sae]
-                a = tc.encode(x)
+            for l in range(L):
+                x = xs[l][0].to(c.dtype)
+                pre = x @ c.W_enc(l) + c.b_enc(l)  # [pos, d_sae]
+                a = c.encode(l, x)
+                full.append(a)
                 idx = (a > 0).nonzero()  # [n_active, 2] (pos, feature)
                 self.pre.append(pre[idx[:, 0], idx[:, 1]].float())
                 self.active.append(idx)
                 self.acts.append(a[idx[:, 0], idx[:, 1]].float())
-                self.errors.append((ys[l][0] - tc(x).float()))  # [pos, d_model]
+            for m in range(L):
+                self.errors.append(ys[m][0] - c.reconstruct(m, xs[m][0].to(c.dtype), full).float())  # [pos, d_model]
 
     def leaves(self, batch: int, zero: bool = False) -> dict:
         """The sources as leaf tensors [batch, ...] requiring grad (copies of the real values, or zeros)."""
@@ -195,7 +247,8 @@ class Replacement:
         position (the unembedding's output, before any soft-cap), or [B, n_logits], the targets of `logit_tokens`:
         raw logits, or minus the mean logit for logit_target="demeaned")."""
         model, B = self.model, leaves["embedding"].shape[0]
-        pre_out: list[Tensor | None] = [None] * len(self.tcs)
+        c = self.coders
+        pre_out: list[Tensor | None] = [None] * c.n_layers
 
         def frozen_norm(module, args, output):
             _, kind, eps, a, b = next(n for n in self.norms if n[0] is module)
@@ -205,16 +258,17 @@ class Replacement:
             return (y if b is None else y + b).to(output.dtype)
 
         def replace_mlp(layer, x, y):
-            tc, idx = self.tcs[layer], self.active[layer]
+            idx = self.active[layer]
             xf = x.float()
             # targets: pre-activations of this layer's active features, x[pos] . W_enc[:, f] + b_enc[f]
-            pre_out[layer] = (xf[:, idx[:, 0]] * tc.W_enc.T[idx[:, 1]]).sum(-1) + tc.b_enc[idx[:, 1]]
-            # output: sum_f a_f W_dec[f] + b_dec (+ x W_skip^T) + error
-            contrib = leaves["acts"][layer][..., None] * tc.W_dec[idx[:, 1]]  # [B, n_active, d_model]
-            out = torch.zeros(B, x.shape[1], tc.cfg.d_out, dtype=contrib.dtype, device=x.device)
-            out = out.index_add(1, idx[:, 0], contrib) + tc.b_dec + leaves["errors"][layer]
-            if hasattr(tc, "W_skip"):
-                out = out + xf @ tc.W_skip.T
+            pre_out[layer] = (xf[:, idx[:, 0]] * c.W_enc(layer).T[idx[:, 1]]).sum(-1) + c.b_enc(layer)[idx[:, 1]]
+            # output: sum over source layers l (l = layer for per-layer transcoders, l <= layer for a CLT) of
+            # sum_f a_f W_dec[l -> layer][f], + b_dec (+ x W_skip^T) + error
+            out = leaves["errors"][layer] + c.b_dec(layer) + c.skip(layer, xf)
+            for l in c.sources(layer):
+                src = self.active[l]
+                contrib = leaves["acts"][l][..., None] * c.decoder(l, layer)[src[:, 1]]  # [B, n_active_l, d_model]
+                out = out.index_add(1, src[:, 0], contrib)
             return out.to(y.dtype)
 
         ivs = [Replace(f"blocks.{l}.attn.hook_pattern", value=p) for l, p in enumerate(self.patterns)]
@@ -262,7 +316,8 @@ def _unembedded(model):
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
               batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
               logit_target: str = "demeaned") -> Graph:
-    """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
+    """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders` (a list, one per
+    layer) or a `CrossLayerTranscoder` (a feature's edges then reach every later layer's MLP output).
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
     `logit_probability`, at most `max_logits`; each node's target is its logit minus the mean logit
@@ -352,7 +407,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
                  active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
-                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae,
+                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": rep.coders.d_sae,
+                       "transcoders": "clt" if rep.coders.clt is not None else "per_layer",
                        "logit_target": logit_target,
                        "rows": sorted(computed)})
 

@@ -96,6 +96,9 @@ def run_with_feature_edits(model, inputs, edits: Sequence[FeatureEdit]) -> Tenso
 
 def graph_edits(graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -> list[FeatureEdit]:
     """FeatureEdits for feature nodes of `graph` (one per layer and position), each scaled by `factor`."""
+    if graph.meta.get("transcoders") == "clt" or not isinstance(transcoders, (list, tuple)):
+        raise ValueError("transcoders: interventions on cross-layer transcoder features are not supported yet; "
+                         "expected the per-layer transcoders the graph was built from")
     groups: dict[tuple[int, int], list[int]] = {}
     for i in nodes:
         if not 0 <= int(i) < graph.n_features:
