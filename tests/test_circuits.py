@@ -326,9 +326,10 @@ def test_cli_transcoders_and_graph(tmp_path, capsys):
     assert (run / "transcoders" / "transcoders.json").is_file()
     out = tmp_path / "graph"
     assert main(["graph", PROMPT, "--model", "tiny-llama", "--transcoders", str(run / "transcoders"),
-                 "--out", str(out)]) == 0
+                 "--logit-target", "raw", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kept_nodes"] > 0 and 0 <= summary["replacement"] <= 1
+    assert summary.get("top_feature_off", {"logit_target": "raw"})["logit_target"] == "raw"
     assert json.loads((out / "circuit_tracer.json").read_text())["metadata"]["prompt"] == PROMPT
     assert (out / "graph.html").stat().st_size > 1e6  # plotly.js inlined
     # refused before any work: the folder holds a graph, another model's transcoders

@@ -418,7 +418,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
 def normalize_matrix(A: Tensor) -> Tensor:
     """|A| with each row scaled to sum 1 (rows of zeros stay zero)."""
     a = A.abs()
-    return a / a.sum(1, keepdim=True).clamp(min=1e-10)
+    return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))  # in place: one n_nodes^2 copy, not two
 
 
 def influence(A_norm: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Tensor:
@@ -441,8 +441,11 @@ def _logit_weights(graph: Graph) -> Tensor:
 
 
 def _threshold(scores: Tensor, share: float) -> Tensor:
-    """The score above which the largest scores hold `share` of the total."""
-    s = scores.sort(descending=True).values
+    """The score above which the largest scores hold `share` of the total (zeros, most of a graph's entries when
+    few rows are computed, add nothing to the total and are not sorted)."""
+    s = scores[scores > 0].sort(descending=True).values
+    if len(s) == 0:
+        return torch.tensor(0.0)
     cum = s.cumsum(0) / s.sum().clamp(min=1e-30)
     return s[min(int(torch.searchsorted(cum, torch.tensor(share))), len(s) - 1)]
 
@@ -472,11 +475,8 @@ def prune_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     node_inf = influence(normalize_matrix(A), w)
     node_mask = node_inf >= _threshold(node_inf, node_threshold)
     node_mask[first_kept:] = True
-    pruned = A.clone()
-    pruned[~node_mask] = 0
-    pruned[:, ~node_mask] = 0
-    pn = normalize_matrix(pruned)
-    edge_scores = pn * (influence(pn, w) + w)[:, None]
+    pn = normalize_matrix(A * (node_mask[:, None] & node_mask[None, :]))  # edges between kept nodes only
+    edge_scores = pn.mul_((influence(pn, w) + w)[:, None])  # in place (memory: n_nodes^2 floats each)
     edge_mask = edge_scores >= _threshold(edge_scores.flatten(), edge_threshold)
     while True:
         old = node_mask.clone()

@@ -55,8 +55,8 @@ def _cmd_graph(args) -> int:
     if args.logit_target not in LOGIT_TARGETS:
         raise ValueError(f"logit_target: expected one of {LOGIT_TARGETS}, got {args.logit_target!r}")
     if args.transcoders != "default" and not Path(args.transcoders).is_dir():
-        raise ValueError(f"transcoders: expected 'default' or a folder written by `workbench transcoders train`, "
-                         f"got {args.transcoders}")
+        raise ValueError(f"transcoders: expected a folder written by `workbench transcoders train` (or 'default', "
+                         f"the shipped set), got {args.transcoders}")
     writes = ["graph.safetensors", "graph.json", "graph.html", "circuit_tracer.json", "summary.json"]
     out = output_dir(args.out, force=args.force, writes=writes)
     model = load_model(args.model)
