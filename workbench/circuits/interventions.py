@@ -111,15 +111,23 @@ def graph_edits(graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -
 
 def predicted_effect(graph, nodes: Sequence[int], factor: float = 0.0) -> Tensor:
     """The change of the graph's logit nodes [n_logits] when feature `nodes` are scaled by `factor`, in the
-    graph's linear model (see the module docstring)."""
+    graph's linear model (see the module docstring). Only features whose incoming edges were computed (R) can
+    respond; the others move by (c_f - 1) a_f alone, so the system is solved on R:
+        (I - c_R W[R, R]) da_R = (c_R - 1) a_R + c_R W[R, not R] da_(not R)."""
     nf = graph.n_features
-    a = graph.activation_values
-    W = graph.adjacency[:, :nf] / a.clamp(min=1e-12)  # effect per unit of each feature's activation
-    c = torch.ones(nf)
+    a = graph.activation_values.double()
+    c = torch.ones(nf, dtype=torch.float64)
     c[torch.as_tensor(list(nodes), dtype=torch.long)] = float(factor)
-    lhs = torch.eye(nf) - c[:, None] * W[:nf]
-    da = torch.linalg.solve(lhs.double(), ((c - 1) * a).double()).float()
-    return W[graph.logit_index(0):] @ da
+    da = (c - 1) * a  # exact for the features that have no computed incoming edges
+    R = graph.adjacency[:nf].any(1).nonzero()[:, 0]
+    if len(R):
+        W_R = graph.adjacency[R, :nf].double() / a.clamp(min=1e-12)  # effect per unit of each source's activation
+        rest = torch.ones(nf, dtype=torch.bool)
+        rest[R] = False
+        lhs = torch.eye(len(R), dtype=torch.float64) - c[R, None] * W_R[:, R]
+        da[R] = torch.linalg.solve(lhs, da[R] + c[R] * (W_R[:, rest] @ da[rest]))
+    W_logits = graph.adjacency[graph.logit_index(0):, :nf].double() / a.clamp(min=1e-12)
+    return (W_logits @ da).float()
 
 
 def intervene(model, graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -> dict:
