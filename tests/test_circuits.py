@@ -37,23 +37,36 @@ def random_transcoders(model, d_sae=24, seed=0, skip=False, threshold=0.6):
     return out
 
 
-@pytest.mark.parametrize("family,skip", [("llama", False), ("gpt2", False), ("qwen2", True)])
+@pytest.mark.parametrize("family,skip", [("llama", False), ("gpt2", False), ("qwen2", True), ("gemma2", False)])
 def test_replacement_identities(family, skip):
+    from workbench.core.arch import final_logits
+
     model = wb.tiny_model(family)
     tcs = random_transcoders(model, skip=skip)
     ids = model.to_tokens(PROMPT)
-    # 1. the replacement (stored patterns and scales, transcoders + error nodes) reproduces the model's logits
-    rep = Replacement(model, tcs, ids)
-    _, logits = rep.run(rep.leaves(1))
     with torch.no_grad():
         real = model.hf(input_ids=ids).logits[0, -1]
-    assert (logits[0] - real).abs().max() < 1e-4
-    # 2. every target = its incoming edges (one backward each) + its value with all sources at zero (a forward)
-    g = attribute(model, PROMPT, tcs, batch_size=64)
-    assert g.n_features > 20
-    targets = list(range(g.n_features)) + list(range(g.logit_index(0), g.n_nodes))
-    got = g.adjacency.sum(1) + g.bias
-    assert (got - g.target_values)[targets].abs().max() < 1e-4
+        # the logits before any final soft-cap, from the final residual (independent of the graph code)
+        resid = model.run_with_cache(ids, [f"blocks.{model.dims.n_layers - 1}.hook_resid_post"])[1]
+        z = model.module("unembed")(model.module("final_norm")(next(iter(resid.values()))))[0, -1]
+    assert torch.allclose(final_logits(model.hf, model.arch, z), real, atol=1e-5)
+    # 1. the replacement (stored patterns and scales, transcoders + error nodes) reproduces the model's logits
+    # (before the soft-cap, for Gemma 2; the soft-cap of them is the model's output)
+    rep = Replacement(model, tcs, ids)
+    _, logits = rep.run(rep.leaves(1))
+    assert (logits[0] - z).abs().max() < 1e-4
+    assert (final_logits(model.hf, model.arch, logits[0]) - real).abs().max() < 1e-4
+    # 2. every target = its incoming edges (one backward each) + its value with all sources at zero (a forward),
+    # with each logit's target the logit minus the mean logit (circuit-tracer's), or the raw logit
+    for target in ("demeaned", "raw"):
+        g = attribute(model, PROMPT, tcs, batch_size=64, logit_target=target)
+        assert g.n_features > 20 and g.meta["logit_target"] == target
+        targets = list(range(g.n_features)) + list(range(g.logit_index(0), g.n_nodes))
+        got = g.adjacency.sum(1) + g.bias
+        assert (got - g.target_values)[targets].abs().max() < 1e-4
+        expected = z[g.logit_tokens] - (z.mean() if target == "demeaned" else 0)
+        assert (g.target_values[g.logit_index(0):] - expected).abs().max() < 1e-4
+        assert torch.allclose(g.logit_probabilities, torch.softmax(real, -1)[g.logit_tokens], atol=1e-5)
     # features' real pre-activations, recomputed here from the MLP inputs (independent of the graph code)
     layer, pos, feat = g.active_features[0].tolist()
     assert abs(g.target_values[0] - (rep.mlp_in[layer][0, pos] @ tcs[layer].W_enc[:, feat] + tcs[layer].b_enc[feat])) < 1e-4
@@ -64,6 +77,75 @@ def test_replacement_identities(family, skip):
         assert (g.active_features[src, 0] < l).all() and (g.active_features[src, 1] <= p).all()
     s = graph_scores(g)
     assert 0 < s["replacement"] <= 1 and 0 < s["completeness"] <= 1
+
+
+def random_clt(model, d_sae=16, seed=0, threshold=0.6):
+    """A seeded random cross-layer transcoder (features at layer l write to every MLP m >= l)."""
+    from workbench.circuits import CrossLayerTranscoder
+
+    g = torch.Generator().manual_seed(seed)
+    L, d = model.dims.n_layers, model.dims.d_model
+    clt = CrossLayerTranscoder(L, d, d_sae)
+    with torch.no_grad():
+        clt.W_enc.copy_(torch.randn(L, d, d_sae, generator=g) / d ** 0.5)
+        clt.b_enc.copy_(torch.randn(L, d_sae, generator=g) * 0.1)
+        clt.threshold.fill_(threshold)
+        clt.b_dec.copy_(torch.randn(L, d, generator=g) * 0.01)
+        for w in clt.W_dec:
+            w.copy_(torch.randn(w.shape, generator=g) * 0.1)
+    return clt.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_clt_replacement_identities(family):
+    model = wb.tiny_model(family)
+    clt = random_clt(model)
+    ids = model.to_tokens(PROMPT)
+    with torch.no_grad():
+        real = model.hf(input_ids=ids).logits[0, -1]
+    rep = Replacement(model, clt, ids)
+    _, logits = rep.run(rep.leaves(1))
+    assert (logits[0] - real).abs().max() < 1e-4
+    # the errors: each MLP's output minus sum_{l <= m} a_l W_dec[l -> m] + b_dec[m], recomputed here
+    acts = [clt.encode(l, rep.mlp_in[l][0]) for l in range(model.dims.n_layers)]
+    last = model.dims.n_layers - 1
+    y_hat = clt.b_dec[last] + sum(acts[l] @ clt.W_dec[l][:, last - l] for l in range(last + 1))
+    assert torch.allclose(rep.errors[last], rep.mlp_out[last][0] - y_hat, atol=1e-5)
+    g = attribute(model, PROMPT, clt, batch_size=64)
+    assert g.meta["transcoders"] == "clt" and g.n_features > 20
+    targets = list(range(g.n_features)) + list(range(g.logit_index(0), g.n_nodes))
+    assert ((g.adjacency.sum(1) + g.bias) - g.target_values)[targets].abs().max() < 1e-4
+    # a layer-0 feature reaches the logits directly through every later MLP: its direct edge into the top logit
+    # equals a_f times the gradient of that logit along sum_m W_dec[0 -> m][f] (all MLP outputs), which is what
+    # the per-layer decomposition of the same CLT cannot give; here: it is non-zero for some layer-0 feature
+    layer0 = (g.active_features[:, 0] == 0).nonzero()[:, 0]
+    assert g.adjacency[g.logit_index(0), layer0].abs().max() > 0
+    # files: our format (cfg.json + clt_weights.safetensors), refused for another model
+    import tempfile
+
+    from workbench.circuits import load_clt, save_clt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        back = load_clt(save_clt(clt, tmp), model)
+        assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), clt.state_dict().values()))
+        with pytest.raises(ValueError, match="layers"):
+            load_clt(tmp, wb.tiny_model(family, n_layers=3))
+
+
+def test_clt_training_reduces_error(tmp_path):
+    from workbench.sae.train import data_file_texts
+
+    model = wb.tiny_model("llama")
+    texts = data_file_texts()[:40]
+    clt = train_transcoders(model, texts, d_sae=32, k=4, steps=20, texts_per_step=4, lr=3e-3, kind="clt",
+                            out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "clt" / "clt_weights.safetensors").is_file()
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all(b > a + 0.05 for a, b in zip(hist[0]["fve"], hist[-1]["fve"]))  # every layer: measured +0.14, +0.20
+    # what a layer-0 feature writes to the last MLP was learned (it starts at zero)
+    assert clt.W_dec[0][:, -1].abs().max() > 0
+    g = attribute(model, "one two three", clt)
+    assert ((g.adjacency.sum(1) + g.bias) - g.target_values)[:g.n_features].abs().max() < 1e-4
 
 
 def planted_gpt2():
@@ -243,9 +325,10 @@ def test_cli_transcoders_and_graph(tmp_path, capsys):
     assert (run / "transcoders" / "transcoders.json").is_file()
     out = tmp_path / "graph"
     assert main(["graph", PROMPT, "--model", "tiny-llama", "--transcoders", str(run / "transcoders"),
-                 "--out", str(out)]) == 0
+                 "--logit-target", "raw", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kept_nodes"] > 0 and 0 <= summary["replacement"] <= 1
+    assert summary.get("top_feature_off", {"logit_target": "raw"})["logit_target"] == "raw"
     assert json.loads((out / "circuit_tracer.json").read_text())["metadata"]["prompt"] == PROMPT
     assert (out / "graph.html").stat().st_size > 1e6  # plotly.js inlined
     # refused before any work: the folder holds a graph, another model's transcoders
@@ -267,8 +350,7 @@ def test_graph_refusals():
         attribute(model, PROMPT, tcs, batch_size=0)
     with pytest.raises(ValueError, match="max_features"):
         attribute(model, PROMPT, tcs, max_features=3)
-    gemma2 = wb.tiny_model("gemma2")  # tanh soft-capped logits are not linear in the residual stream
-    with pytest.raises(ValueError, match="soft-caps"):
-        attribute(gemma2, PROMPT, random_transcoders(gemma2))
+    with pytest.raises(ValueError, match="logit_target"):
+        attribute(model, PROMPT, tcs, logit_target="mean")
     with pytest.raises(ValueError, match="node_threshold"):
         prune_graph(attribute(model, "one two", tcs), node_threshold=1.5)

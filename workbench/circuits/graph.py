@@ -6,11 +6,20 @@ The local replacement model of one prompt is the real model with
     MLPs                  y_l = sum_f a_f W_dec[f] + b_dec (+ x W_skip^T) + e_l,  e_l = y_l - transcoder_l(x_l)
 so it reproduces the real logits exactly and is affine in its sources: the embeddings (resid_pre of block 0,
 per position), the active features' activations a_f and the error vectors e_l. Every target t (a feature's
-pre-activation x_l W_enc[:, f] + b_enc[f], or a top output logit) is then
+pre-activation x_l W_enc[:, f] + b_enc[f], or a top output logit's target, below) is then
 
     t = sum_s A[t, s] + bias_t,    A[t, s] = (dt / d source_s) . source_s   (activation x gradient, exact here)
 
-and bias_t is t with every source at zero (the model's biases and the encoder bias). A row of A is one
+and bias_t is t with every source at zero (the model's biases and the encoder bias). A logit's target is, as in
+circuit-tracer (`compute_salient_logits`: the unembedding column minus the mean column), the logit minus the mean
+logit over the vocabulary,
+
+    t_logit(v) = z_v - mean_u z_u,    z = final_norm(resid) W_U (+ b_U)                     logit_target="demeaned"
+
+(what moves one token's probability against the rest, not what lifts every logit alike), or the raw logit z_v
+(logit_target="raw"). z is the unembedding's output before any final soft-cap c tanh(z / c) (Gemma 2): the
+soft-cap is monotone and not linear, so targets are taken before it, as the lenses' direct logit attribution
+does. A row of A is one
 backward pass of the frozen model; a batch of B copies of the prompt, each row with its own target, gives B
 rows per backward. Nodes are ordered as circuit-tracer's: [active features (layer, pos, feature), errors
 (layer, pos), embeddings (pos), logits]; rows of A are targets, columns sources.
@@ -23,6 +32,7 @@ rather than errors, the completeness score the influence-weighted share of incom
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -117,22 +127,67 @@ def _norm_gain(module) -> tuple[str, float, Tensor, Tensor | None]:
     return kind, eps, a, None
 
 
+class Coders:
+    """Per-layer transcoders (a list, SAELens classes) or one `CrossLayerTranscoder`, behind one interface: layer l's
+    encoder, and the decoder rows from the features read at layer l to MLP m (m = l only, for per-layer ones)."""
+
+    def __init__(self, transcoders, n_layers: int):
+        from .clt import CrossLayerTranscoder
+
+        self.clt = transcoders if isinstance(transcoders, CrossLayerTranscoder) else None
+        self.tcs = None if self.clt is not None else list(transcoders)
+        n = self.clt.n_layers if self.clt is not None else len(self.tcs)
+        if n != n_layers:
+            raise checks.fail("transcoders", f"one per layer ({n_layers}) or a cross-layer transcoder over {n_layers} "
+                              "layers", n)
+        self.n_layers = n_layers
+        self.d_sae = self.clt.d_sae if self.clt is not None else self.tcs[0].cfg.d_sae
+        self.dtype = self.clt.dtype if self.clt is not None else self.tcs[0].dtype
+
+    def W_enc(self, l: int) -> Tensor:  # [d_model, d_sae]
+        return self.clt.W_enc[l] if self.clt is not None else self.tcs[l].W_enc
+
+    def b_enc(self, l: int) -> Tensor:  # [d_sae]
+        return self.clt.b_enc[l] if self.clt is not None else self.tcs[l].b_enc
+
+    def encode(self, l: int, x: Tensor) -> Tensor:
+        return self.clt.encode(l, x) if self.clt is not None else self.tcs[l].encode(x)
+
+    def sources(self, m: int) -> range:
+        """The layers whose features write to MLP m."""
+        return range(m + 1) if self.clt is not None else range(m, m + 1)
+
+    def decoder(self, l: int, m: int) -> Tensor:  # [d_sae, d_model]
+        return self.clt.decoder(l, m) if self.clt is not None else self.tcs[m].W_dec
+
+    def b_dec(self, m: int) -> Tensor:
+        return self.clt.b_dec[m] if self.clt is not None else self.tcs[m].b_dec
+
+    def skip(self, m: int, x: Tensor) -> Tensor | float:
+        """x W_skip^T of a skip transcoder, else 0."""
+        tc = None if self.tcs is None else self.tcs[m]
+        return x @ tc.W_skip.T if tc is not None and hasattr(tc, "W_skip") else 0.0
+
+    def reconstruct(self, m: int, x: Tensor, acts: list[Tensor]) -> Tensor:
+        """MLP m's output as the transcoders write it, from its input x and every layer's activations acts[l]."""
+        out = self.b_dec(m) + self.skip(m, x)
+        for l in self.sources(m):
+            out = out + acts[l] @ self.decoder(l, m)
+        return out
+
+
 class Replacement:
     """The local replacement model of `ids` (one prompt): the real forward's patterns, norm scales, MLP inputs and
-    outputs, transcoder activations and errors are recorded once; `run` is the frozen forward."""
+    outputs, transcoder activations and errors are recorded once; `run` is the frozen forward. `transcoders`: one
+    per layer, or a `CrossLayerTranscoder` (features at layer l write to every MLP m >= l)."""
 
     def __init__(self, model, transcoders, ids: Tensor):
         from ..core.arch import pattern_unsupported
 
-        cfg = model.hf.config.get_text_config()
-        if getattr(cfg, "final_logit_softcapping", None):
-            raise ValueError(f"model: {model.arch.family} soft-caps its logits (tanh), so logits are not linear in the "
-                             "residual stream; attribution graphs need a family without final_logit_softcapping")
         if (why := pattern_unsupported(model.hf, model.arch)):
             raise ValueError(f"model: attention patterns cannot be frozen on this model: {why}")
-        if len(transcoders) != model.dims.n_layers:
-            raise checks.fail('transcoders', f'one per layer ({model.dims.n_layers})', len(transcoders))
-        self.model, self.tcs, self.ids = model, list(transcoders), ids
+        self.coders = Coders(transcoders, model.dims.n_layers)
+        self.model, self.ids = model, ids
         L = model.dims.n_layers
         self.norms = [(m, *_norm_gain(m)) for _, m in _norm_modules(model)]
         scales: dict[torch.nn.Module, Tensor] = {}
@@ -151,8 +206,10 @@ class Replacement:
         sites = [f"blocks.{l}.attn.hook_pattern" for l in range(L)] + ["blocks.0.hook_resid_pre"]
         handles = [m.register_forward_hook(record) for m, *_ in self.norms]
         try:
-            with torch.no_grad(), model.hooks(cache_sites=sites) as cache, on_mlps(model, catch):
-                self.logits = model.hf(input_ids=ids).logits[0, -1].float()
+            with torch.no_grad(), model.hooks(cache_sites=sites) as cache, on_mlps(model, catch), \
+                    _unembedded(model) as z:
+                model.hf(input_ids=ids, logits_to_keep=1)
+                self.logits = z[0][0, -1].float()  # [d_vocab]: the unembedding's output, before any soft-cap
         finally:
             for h in handles:
                 h.remove()
@@ -160,18 +217,21 @@ class Replacement:
         self.patterns = [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)]
         self.embedding = cache["blocks.0.hook_resid_pre"][0].float()  # [pos, d_model]
         self.mlp_in, self.mlp_out = xs, ys
-        # transcoder features and errors, per layer
+        # transcoder features per layer, then each MLP's error: its output minus what the transcoders write
         self.pre, self.active, self.acts, self.errors = [], [], [], []
+        c, full = self.coders, []
         with torch.no_grad():
-            for l, tc in enumerate(self.tcs):
-                x = xs[l][0].to(tc.dtype)
-                pre = x @ tc.W_enc + tc.b_enc  # [pos, d_sae]
-                a = tc.encode(x)
+            for l in range(L):
+                x = xs[l][0].to(c.dtype)
+                pre = x @ c.W_enc(l) + c.b_enc(l)  # [pos, d_sae]
+                a = c.encode(l, x)
+                full.append(a)
                 idx = (a > 0).nonzero()  # [n_active, 2] (pos, feature)
                 self.pre.append(pre[idx[:, 0], idx[:, 1]].float())
                 self.active.append(idx)
                 self.acts.append(a[idx[:, 0], idx[:, 1]].float())
-                self.errors.append((ys[l][0] - tc(x).float()))  # [pos, d_model]
+            for m in range(L):
+                self.errors.append(ys[m][0] - c.reconstruct(m, xs[m][0].to(c.dtype), full).float())  # [pos, d_model]
 
     def leaves(self, batch: int, zero: bool = False) -> dict:
         """The sources as leaf tensors [batch, ...] requiring grad (copies of the real values, or zeros)."""
@@ -182,11 +242,14 @@ class Replacement:
         return {"embedding": leaf(self.embedding), "acts": [leaf(a) for a in self.acts],
                 "errors": [leaf(e) for e in self.errors]}
 
-    def run(self, leaves: dict, logit_tokens: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def run(self, leaves: dict, logit_tokens: Tensor | None = None,
+            logit_target: str = "raw") -> tuple[list[Tensor], Tensor]:
         """The frozen forward: ([per layer feature pre-activations [B, n_active_l]], logits [B, d_vocab] at the last
-        position, or [B, n_logits] for `logit_tokens`)."""
+        position (the unembedding's output, before any soft-cap), or [B, n_logits], the targets of `logit_tokens`:
+        raw logits, or minus the mean logit for logit_target="demeaned")."""
         model, B = self.model, leaves["embedding"].shape[0]
-        pre_out: list[Tensor | None] = [None] * len(self.tcs)
+        c = self.coders
+        pre_out: list[Tensor | None] = [None] * c.n_layers
 
         def frozen_norm(module, args, output):
             _, kind, eps, a, b = next(n for n in self.norms if n[0] is module)
@@ -196,39 +259,70 @@ class Replacement:
             return (y if b is None else y + b).to(output.dtype)
 
         def replace_mlp(layer, x, y):
-            tc, idx = self.tcs[layer], self.active[layer]
+            idx = self.active[layer]
             xf = x.float()
             # targets: pre-activations of this layer's active features, x[pos] . W_enc[:, f] + b_enc[f]
-            pre_out[layer] = (xf[:, idx[:, 0]] * tc.W_enc.T[idx[:, 1]]).sum(-1) + tc.b_enc[idx[:, 1]]
-            # output: sum_f a_f W_dec[f] + b_dec (+ x W_skip^T) + error
-            contrib = leaves["acts"][layer][..., None] * tc.W_dec[idx[:, 1]]  # [B, n_active, d_model]
-            out = torch.zeros(B, x.shape[1], tc.cfg.d_out, dtype=contrib.dtype, device=x.device)
-            out = out.index_add(1, idx[:, 0], contrib) + tc.b_dec + leaves["errors"][layer]
-            if hasattr(tc, "W_skip"):
-                out = out + xf @ tc.W_skip.T
+            pre_out[layer] = (xf[:, idx[:, 0]] * c.W_enc(layer).T[idx[:, 1]]).sum(-1) + c.b_enc(layer)[idx[:, 1]]
+            # output: sum over source layers l (l = layer for per-layer transcoders, l <= layer for a CLT) of
+            # sum_f a_f W_dec[l -> layer][f], + b_dec (+ x W_skip^T) + error
+            out = leaves["errors"][layer] + c.b_dec(layer) + c.skip(layer, xf)
+            for l in c.sources(layer):
+                src = self.active[l]
+                contrib = leaves["acts"][l][..., None] * c.decoder(l, layer)[src[:, 1]]  # [B, n_active_l, d_model]
+                out = out.index_add(1, src[:, 0], contrib)
             return out.to(y.dtype)
 
         ivs = [Replace(f"blocks.{l}.attn.hook_pattern", value=p) for l, p in enumerate(self.patterns)]
         ivs.append(Replace("blocks.0.hook_resid_pre", value=leaves["embedding"]))
         handles = [m.register_forward_hook(frozen_norm) for m, *_ in self.norms]
         try:
-            with model.hooks(ivs), on_mlps(model, replace_mlp):
-                logits = model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1).logits[:, -1].float()
+            with model.hooks(ivs), on_mlps(model, replace_mlp), _unembedded(model) as z:
+                model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
-        return pre_out, logits if logit_tokens is None else logits[:, logit_tokens]
+        logits = z[0][:, -1].float()
+        return pre_out, logits if logit_tokens is None else logit_targets(logits, logit_tokens, logit_target)
+
+
+LOGIT_TARGETS = ("demeaned", "raw")
+
+
+def logit_targets(logits: Tensor, tokens: Tensor, logit_target: str = "demeaned") -> Tensor:
+    """[..., n_tokens]: the logits of `tokens` (logits [..., d_vocab]), minus the mean logit for "demeaned"."""
+    if logit_target not in LOGIT_TARGETS:
+        raise checks.fail("logit_target", f"one of {LOGIT_TARGETS}", logit_target)
+    picked = logits[..., tokens]
+    return picked - logits.mean(-1, keepdim=True) if logit_target == "demeaned" else picked
+
+
+@contextmanager
+def _unembedded(model):
+    """While in the body, the list yielded holds the unembedding's output of the last forward (logits before any
+    final soft-cap, [batch, pos, d_vocab])."""
+    out: list[Tensor] = []
+
+    def hook(module, args, output):
+        out[:] = [output]
+
+    handle = model.module("unembed").register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
 
 
 # -- the graph -------------------------------------------------------------------------------------------
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
               batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
-              progress: bool = False) -> Graph:
-    """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
+              logit_target: str = "demeaned", progress: bool = False) -> Graph:
+    """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders` (a list, one per
+    layer) or a `CrossLayerTranscoder` (a feature's edges then reach every later layer's MLP output).
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
-    `logit_probability`, at most `max_logits`. batch_size: targets per backward pass. max_feature_nodes: compute
+    `logit_probability`, at most `max_logits`; each node's target is its logit minus the mean logit
+    (logit_target="demeaned", circuit-tracer's) or the raw logit ("raw"), before any final soft-cap. batch_size: targets per backward pass. max_feature_nodes: compute
     the incoming edges of at most this many features, chosen as circuit-tracer does: the logits' rows first, then,
     batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
     others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
@@ -243,10 +337,14 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             raise checks.fail(name, 'an int >= 1', v)
     if not 0 < logit_probability <= 1:
         raise checks.fail('logit_probability', 'a number in (0, 1]', logit_probability)
+    if logit_target not in LOGIT_TARGETS:
+        raise checks.fail("logit_target", f"one of {LOGIT_TARGETS}", logit_target)
     ids, _ = model.encode(prompt)
     rep = Replacement(model, transcoders, ids)
     L, P = model.dims.n_layers, ids.shape[1]
-    probs = torch.softmax(rep.logits, -1)
+    from ..core.arch import final_logits
+
+    probs = torch.softmax(final_logits(model.hf, model.arch, rep.logits), -1)  # the model's own, soft-capped
     top = probs.topk(min(max_logits, len(probs)))
     n_logits = min(int((top.values.cumsum(0) < logit_probability).sum()) + 1, len(top.values))
     logit_tokens, logit_p = top.indices[:n_logits], top.values[:n_logits]
@@ -291,7 +389,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         bar.update(len(chunk))
         computed += chunk
         leaves = rep.leaves(len(chunk))
-        pre, logits = rep.run(leaves, logit_tokens)
+        pre, logits = rep.run(leaves, logit_tokens, logit_target)
         col = torch.tensor([t if t < nf else nf + (t - first_logit) for t in chunk])
         all_targets(pre, logits)[torch.arange(len(chunk)), col].sum().backward()
         with torch.no_grad():
@@ -304,20 +402,22 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
 
     bar.close()
     with torch.no_grad():
-        pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens)
+        pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens, logit_target)
         bias = torch.zeros(N)
         bias[targets] = all_targets(pre0, logits0)[0].cpu()
         done = set(computed)
         bias[[t for t in targets if t not in done]] = 0.0  # rows not computed: no identity to keep
         values = torch.zeros(N)
         values[:nf] = torch.cat(rep.pre).cpu()
-        values[first_logit:] = rep.logits[logit_tokens].cpu()
+        values[first_logit:] = logit_targets(rep.logits, logit_tokens, logit_target).cpu()
     tok = model.tokenizer
     return Graph(prompt=prompt, tokens=ids[0].cpu(), str_tokens=[tok.decode([t]) for t in ids[0].tolist()],
                  active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
-                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae,
+                 meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": rep.coders.d_sae,
+                       "transcoders": "clt" if rep.coders.clt is not None else "per_layer",
+                       "logit_target": logit_target,
                        "rows": sorted(computed)})
 
 
@@ -326,7 +426,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
 def normalize_matrix(A: Tensor) -> Tensor:
     """|A| with each row scaled to sum 1 (rows of zeros stay zero)."""
     a = A.abs()
-    return a / a.sum(1, keepdim=True).clamp(min=1e-10)
+    return a.div_(a.sum(1, keepdim=True).clamp(min=1e-10))  # in place: one n_nodes^2 copy, not two
 
 
 def influence(A_norm: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Tensor:
@@ -349,8 +449,11 @@ def _logit_weights(graph: Graph) -> Tensor:
 
 
 def _threshold(scores: Tensor, share: float) -> Tensor:
-    """The score above which the largest scores hold `share` of the total."""
-    s = scores.sort(descending=True).values
+    """The score above which the largest scores hold `share` of the total (zeros, most of a graph's entries when
+    few rows are computed, add nothing to the total and are not sorted)."""
+    s = scores[scores > 0].sort(descending=True).values
+    if len(s) == 0:
+        return torch.tensor(0.0)
     cum = s.cumsum(0) / s.sum().clamp(min=1e-30)
     return s[min(int(torch.searchsorted(cum, torch.tensor(share))), len(s) - 1)]
 
@@ -380,11 +483,8 @@ def prune_graph(graph: Graph, node_threshold: float = 0.8, edge_threshold: float
     node_inf = influence(normalize_matrix(A), w)
     node_mask = node_inf >= _threshold(node_inf, node_threshold)
     node_mask[first_kept:] = True
-    pruned = A.clone()
-    pruned[~node_mask] = 0
-    pruned[:, ~node_mask] = 0
-    pn = normalize_matrix(pruned)
-    edge_scores = pn * (influence(pn, w) + w)[:, None]
+    pn = normalize_matrix(A * (node_mask[:, None] & node_mask[None, :]))  # edges between kept nodes only
+    edge_scores = pn.mul_((influence(pn, w) + w)[:, None])  # in place (memory: n_nodes^2 floats each)
     edge_mask = edge_scores >= _threshold(edge_scores.flatten(), edge_threshold)
     while True:
         old = node_mask.clone()

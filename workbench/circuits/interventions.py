@@ -12,7 +12,7 @@ what the rest of the model sees otherwise. The MLP input is caught by a hook on 
 The graph's prediction (`predicted_effect`) is the same edit in the linear local replacement: with
 W[t, g] = A[t, g] / a_g the effect of one unit of feature g on target t, every feature's change solves
     da_f = (c_f - 1) a_f + c_f sum_g W[f, g] da_g         (c_f = factor for edited features, else 1)
-and the logits move by sum_g W[logit, g] da_g. It is exact in the frozen model while no feature crosses its
+and the logit nodes' targets (see graph.py: logit minus mean logit, or raw) move by sum_g W[logit, g] da_g. It is exact in the frozen model while no feature crosses its
 threshold; the measured change also holds whatever the frozen attention patterns, norm scales and errors miss.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..core.interventions import Intervention
 from ..core.sites import Site, parse_site
+from .graph import _unembedded, logit_targets
 from .transcoders import on_mlps
 from ..core import checks
 
@@ -96,6 +97,9 @@ def run_with_feature_edits(model, inputs, edits: Sequence[FeatureEdit]) -> Tenso
 
 def graph_edits(graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -> list[FeatureEdit]:
     """FeatureEdits for feature nodes of `graph` (one per layer and position), each scaled by `factor`."""
+    if graph.meta.get("transcoders") == "clt" or not isinstance(transcoders, (list, tuple)):
+        raise ValueError("transcoders: interventions on cross-layer transcoder features are not supported yet; "
+                         "expected the per-layer transcoders the graph was built from")
     groups: dict[tuple[int, int], list[int]] = {}
     for i in nodes:
         if not 0 <= int(i) < graph.n_features:
@@ -108,25 +112,40 @@ def graph_edits(graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -
 
 def predicted_effect(graph, nodes: Sequence[int], factor: float = 0.0) -> Tensor:
     """The change of the graph's logit nodes [n_logits] when feature `nodes` are scaled by `factor`, in the
-    graph's linear model (see the module docstring)."""
+    graph's linear model (see the module docstring). Only features whose incoming edges were computed (R) can
+    respond; the others move by (c_f - 1) a_f alone, so the system is solved on R:
+        (I - c_R W[R, R]) da_R = (c_R - 1) a_R + c_R W[R, not R] da_(not R)."""
     nf = graph.n_features
-    a = graph.activation_values
-    W = graph.adjacency[:, :nf] / a.clamp(min=1e-12)  # effect per unit of each feature's activation
-    c = torch.ones(nf)
+    a = graph.activation_values.double()
+    c = torch.ones(nf, dtype=torch.float64)
     c[torch.as_tensor(list(nodes), dtype=torch.long)] = float(factor)
-    lhs = torch.eye(nf) - c[:, None] * W[:nf]
-    da = torch.linalg.solve(lhs.double(), ((c - 1) * a).double()).float()
-    return W[graph.logit_index(0):] @ da
+    da = (c - 1) * a  # exact for the features that have no computed incoming edges
+    R = graph.adjacency[:nf].any(1).nonzero()[:, 0]
+    if len(R):
+        W_R = graph.adjacency[R, :nf].double() / a.clamp(min=1e-12)  # effect per unit of each source's activation
+        rest = torch.ones(nf, dtype=torch.bool)
+        rest[R] = False
+        lhs = torch.eye(len(R), dtype=torch.float64) - c[R, None] * W_R[:, R]
+        da[R] = torch.linalg.solve(lhs, da[R] + c[R] * (W_R[:, rest] @ da[rest]))
+    W_logits = graph.adjacency[graph.logit_index(0):, :nf].double() / a.clamp(min=1e-12)
+    return (W_logits @ da).float()
 
 
 def intervene(model, graph, transcoders, nodes: Sequence[int], factor: float = 0.0) -> dict:
-    """Scale feature `nodes` of `graph` by `factor` in the real model; {"tokens", "predicted", "measured",
-    "clean"}: the graph's logit tokens (as strings), the predicted and measured change of their logits, and the
-    clean logits."""
+    """Scale feature `nodes` of `graph` by `factor` in the real model; {"tokens", "logit_target", "predicted",
+    "measured", "clean"}: the graph's logit tokens (as strings), what their values are (the graph's logit target:
+    "demeaned", each logit minus the mean logit, or "raw"; before any final soft-cap), the predicted and measured
+    change of those values, and their clean values."""
     edits = graph_edits(graph, transcoders, nodes, factor)
     ids = graph.tokens[None].to(model.device)
-    with torch.no_grad():
-        clean = model.hf(input_ids=ids).logits[0, -1, graph.logit_tokens].float().cpu()
-    edited = run_with_feature_edits(model, ids, edits)[0, -1, graph.logit_tokens].float().cpu()
-    return {"tokens": graph.meta.get("logit_str"), "predicted": predicted_effect(graph, nodes, factor).tolist(),
-            "measured": (edited - clean).tolist(), "clean": clean.tolist()}
+    target = graph.meta.get("logit_target", "raw")
+    toks = graph.logit_tokens.to(model.device)
+    with torch.no_grad(), _unembedded(model) as z:
+        model.hf(input_ids=ids, logits_to_keep=1)
+        clean = logit_targets(z[0][0, -1].float(), toks, target).cpu()
+        with feature_edit_hooks(model, edits):
+            model.hf(input_ids=ids, logits_to_keep=1)
+        edited = logit_targets(z[0][0, -1].float(), toks, target).cpu()
+    return {"tokens": graph.meta.get("logit_str"), "logit_target": target,
+            "predicted": predicted_effect(graph, nodes, factor).tolist(), "measured": (edited - clean).tolist(),
+            "clean": clean.tolist()}

@@ -36,6 +36,7 @@ from ..toolkit.sweep import SweepFolder
 from ..core import checks
 
 SET_FILE = "transcoders.json"
+DEFAULT_TRANSCODERS = "transcoders/smollm2-135m"  # the set shipped in workbench/data (float16; see docs/circuits.md)
 
 
 # -- the MLPs' inputs and outputs -------------------------------------------------------------------------
@@ -95,6 +96,28 @@ class _Trainable(torch.nn.Module):
         y = torch.einsum("nts,nsd->ntd", acts, self.W_dec) + self.b_dec[:, None]
         if self.W_skip is not None:
             y = y + torch.einsum("ntd,nod->nto", x, self.W_skip)
+        smallest = torch.where(top.values > 0, top.values, torch.inf).min(-1).values
+        return y, acts, smallest
+
+
+class _TrainableCLT(_Trainable):
+    """A cross-layer transcoder as stacked parameters: W_dec [n, d_sae, n, d_model], source layer l writing to
+    targets m >= l only (a fixed mask); the per-layer initialisation on the diagonal l = m, zeros elsewhere."""
+
+    def __init__(self, n: int, d_model: int, d_sae: int, seed: int):
+        super().__init__(n, d_model, d_sae, False, seed)
+        w = torch.zeros(n, d_sae, n, d_model)
+        w[torch.arange(n), :, torch.arange(n)] = self.W_dec.detach()
+        self.W_dec = torch.nn.Parameter(w)
+        self.register_buffer("mask", torch.ones(n, n).triu()[:, None, :, None])  # [source, 1, target, 1]
+
+    def forward(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        pre = torch.relu(torch.einsum("ntd,nds->nts", x, self.W_enc) + self.b_enc[:, None])
+        flat = pre.flatten(1)
+        top = flat.topk(k * x.shape[1], dim=-1)
+        acts = torch.zeros_like(flat).scatter(-1, top.indices, top.values).view_as(pre)
+        # y_hat_m = sum_{l <= m} a_l W_dec[l, :, m] + b_dec[m]
+        y = torch.einsum("lts,lsmd->mtd", acts, self.W_dec * self.mask) + self.b_dec[:, None]
         smallest = torch.where(top.values > 0, top.values, torch.inf).min(-1).values
         return y, acts, smallest
 
@@ -169,23 +192,33 @@ def _check_int(name, v, lo):
 
 def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int = 32, steps: int = 300,
                       texts_per_step: int = 8, lr: float = 1e-3, skip: bool = False, seed: int = 0, skip_first: int = 1,
-                      out: str | Path | None = None, checkpoint_every: int = 50, force: bool = False,
+                      updates_per_step: int = 1, kind: str = "per_layer", out: str | Path | None = None, checkpoint_every: int = 50, force: bool = False,
                       stop_at: int | None = None, progress: bool = True) -> list | None:
     """One JumpReLU transcoder per layer of `model` (SAELens classes; see the module docstring), trained together.
 
     texts: training text; each step reads `texts_per_step` of them (every real token but the first
     `skip_first` of each). d_sae latents, k active per token on average (BatchTopK). skip: add a linear skip
-    connection (`JumpReLUSkipTranscoder`). out: a resumable run folder (config.json, checkpoint/ every
+    connection (`JumpReLUSkipTranscoder`). updates_per_step: Adam updates per forward pass, each on a seeded
+    share of the step's tokens (the model's forward costs most of a step on a CPU; more updates per forward
+    train more for nearly the same time). kind: "per_layer" (one transcoder per MLP) or "clt" (one cross-layer
+    transcoder: features read at each layer's MLP input write to that and every later MLP's output; see clt.py;
+    its decoder holds n_layers^2 / 2 d_sae x d_model matrices, so it is for small models or narrow widths). out: a resumable run folder (config.json, checkpoint/ every
     `checkpoint_every` steps, transcoders/ at the end). stop_at: stop after this step, checkpointed, and return
-    None (call again to continue). Returns the transcoders, one per layer, in eval mode.
+    None (call again to continue). Returns the transcoders, one per layer (a CrossLayerTranscoder for "clt"), in
+    eval mode.
     """
     from tqdm.auto import tqdm
 
     for name, v, lo in (("d_sae", d_sae, 1), ("k", k, 1), ("steps", steps, 1), ("texts_per_step", texts_per_step, 1),
-                        ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0)):
+                        ("checkpoint_every", checkpoint_every, 1), ("skip_first", skip_first, 0),
+                        ("updates_per_step", updates_per_step, 1)):
         _check_int(name, v, lo)
     if k > d_sae:
         raise checks.fail('k', f'k <= d_sae ({d_sae})', k)
+    if kind not in ("per_layer", "clt"):
+        raise checks.fail("kind", "'per_layer' or 'clt'", kind)
+    if kind == "clt" and skip:
+        raise ValueError("skip: a cross-layer transcoder has no skip connection; expected skip=False with kind='clt'")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise checks.fail('lr', 'a number > 0', lr)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -197,15 +230,16 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
     if out is not None:
         import hashlib
 
-        config = {"model": model.name, "fingerprint": model.fingerprint, "kind": "per_layer", "d_sae": d_sae, "k": k,
+        config = {"model": model.name, "fingerprint": model.fingerprint, "kind": kind, "d_sae": d_sae, "k": k,
                   "steps": steps, "texts_per_step": texts_per_step, "lr": lr, "skip": skip, "seed": seed,
-                  "skip_first": skip_first, "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
+                  "skip_first": skip_first, **({"updates_per_step": updates_per_step} if updates_per_step > 1 else {}),
+                  "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]}
         folder = SweepFolder(out, config, items="checkpoint", force=force, ignore=("steps",)).start()
 
     try:  # the folder's lock is released however training ends (done, stopped at `stop_at`, or an error)
         n, d = model.dims.n_layers, model.dims.d_model
         reader = _no_logits_model(model)
-        net = _Trainable(n, d, d_sae, skip, seed)
+        net = _TrainableCLT(n, d, d_sae, seed) if kind == "clt" else _Trainable(n, d, d_sae, skip, seed)
         params = [p for p in (net.W_enc, net.W_dec, net.b_enc, net.b_dec, net.W_skip) if p is not None]
         opt = torch.optim.Adam(params, lr=lr)
         start, scales = _load_state(folder, net, opt) if folder is not None else (0, None)
@@ -222,19 +256,23 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
             x, y = x * scales[:, None, :1], y * scales[:, None, 1:]
             for g in opt.param_groups:  # cosine decay to lr / 10
                 g["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-            y_hat, acts, smallest = net(x, k)
-            # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
-            loss = (y_hat - y).pow(2).sum(-1).mean(-1).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                net.threshold.copy_(smallest if step == 0 else 0.99 * net.threshold + 0.01 * smallest)
-                net.fired += (acts > 0).sum(1)
+            parts = [slice(None)] if updates_per_step == 1 else \
+                torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed * 7919 + step)).chunk(updates_per_step)
+            for i, part in enumerate(parts):
+                xb, yb = x[:, part], y[:, part]
+                y_hat, acts, smallest = net(xb, k)
+                # loss: squared error per token, summed over layers (each layer's parameters see only their own term)
+                loss = (y_hat - yb).pow(2).sum(-1).mean(-1).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    net.threshold.copy_(smallest if step == 0 and i == 0 else 0.99 * net.threshold + 0.01 * smallest)
+                    net.fired += (acts > 0).sum(1)
             bar.update(1)
             if (step + 1) % 25 == 0 or step + 1 in (1, steps):
                 with torch.no_grad():
-                    fve = 1 - (y_hat - y).pow(2).sum((-1, -2)) / (y - y.mean(1, keepdim=True)).pow(2).sum((-1, -2))
+                    fve = 1 - (y_hat - yb).pow(2).sum((-1, -2)) / (yb - yb.mean(1, keepdim=True)).pow(2).sum((-1, -2))
                 history.append({"step": step + 1, "loss": float(loss.detach()) / n, "fve": fve.tolist()})
                 bar.set_postfix(mean_fve=f"{fve.mean():.3f}")
             if folder is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps or step + 1 == stop_at):
@@ -243,9 +281,17 @@ def train_transcoders(model, texts: Sequence[str], *, d_sae: int = 1024, k: int 
                 bar.close()
                 return None
         bar.close()
-        tcs = _to_saelens(net, scales, model, d_sae, k, skip, texts_per_step * steps)
+        if kind == "clt":
+            tcs = _to_clt(net, scales, model, k, texts_per_step * steps)
+        else:
+            tcs = _to_saelens(net, scales, model, d_sae, k, skip, texts_per_step * steps)
         if folder is not None:
-            save_transcoders(tcs, model, folder.path / "transcoders")
+            if kind == "clt":
+                from .clt import save_clt
+
+                save_clt(tcs, folder.path / "clt")
+            else:
+                save_transcoders(tcs, model, folder.path / "transcoders")
             folder.write_json("history.json", history)
         return tcs
     finally:
@@ -281,6 +327,27 @@ def _to_saelens(net: _Trainable, scales: Tensor, model, d_sae: int, k: int, skip
         meta["train_dead_fraction"] = float((net.fired[l] == 0).float().mean())
         out.append(tc.eval().requires_grad_(False))
     return out
+
+
+def _to_clt(net: _TrainableCLT, scales: Tensor, model, k: int, n_texts: int):
+    """The trained stack as a CrossLayerTranscoder, scales folded in: W_enc[l]' = c_in[l] W_enc[l],
+    W_dec[l][:, m]' = W_dec[l, :, m] / c_out[m], b_dec[m]' = b_dec[m] / c_out[m]."""
+    from .clt import CrossLayerTranscoder
+
+    n, d, s = model.dims.n_layers, model.dims.d_model, net.W_enc.shape[-1]
+    meta = {"model_name": model.name, "workbench_fingerprint": model.fingerprint, "hook_name": "blocks.{l}.hook_mlp_in",
+            "hook_name_out": "blocks.{m}.hook_mlp_out", "train_k": k, "train_texts": n_texts,
+            "train_dead_fraction": [float((net.fired[l] == 0).float().mean()) for l in range(n)]}
+    clt = CrossLayerTranscoder(n, d, s, d, meta)
+    c_in, c_out = scales[:, 0], scales[:, 1]
+    with torch.no_grad():
+        clt.W_enc.copy_(net.W_enc * c_in[:, None, None])
+        clt.b_enc.copy_(net.b_enc)
+        clt.threshold.copy_(net.threshold[:, None].expand(n, s))
+        clt.b_dec.copy_(net.b_dec / c_out[:, None])
+        for l in range(n):
+            clt.W_dec[l].copy_(net.W_dec[l, :, l:] / c_out[None, l:, None])
+    return clt.eval().requires_grad_(False)
 
 
 # -- files -----------------------------------------------------------------------------------------------
@@ -348,6 +415,15 @@ def load_transcoders(path: str | Path, model, *, allow_other_model: bool = False
         check_model(tc, model, allow_other_model)
         out.append(tc.eval().requires_grad_(False))
     return out
+
+
+def default_transcoders(model=None) -> list:
+    """The per-layer transcoder set shipped with the package for the default model (`DEFAULT_TRANSCODERS` in
+    workbench/data: d_sae 512, float16 on disk, built by `benchmarks/circuits_default.py`), loaded and checked."""
+    from ..core.loading import load_model
+    from ..data import data_path
+
+    return load_transcoders(data_path(DEFAULT_TRANSCODERS), model if model is not None else load_model())
 
 
 # -- evaluation ------------------------------------------------------------------------------------------

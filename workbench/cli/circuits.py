@@ -14,12 +14,13 @@ def _cmd_train(args) -> int:
     from ..core.io import atomic_write_text
 
     out, model, texts = prepare_training(args, ("d_sae", "k", "steps", "texts_per_step", "samples", "threads",
-                                                "checkpoint_every", "max_texts"))
+                                                "checkpoint_every", "max_texts", "updates_per_step"))
     tcs = train_transcoders(model, texts, d_sae=args.d_sae, k=args.k, steps=args.steps,
                             texts_per_step=args.texts_per_step, lr=args.lr, skip=args.skip, seed=args.seed, out=out,
+                            updates_per_step=args.updates_per_step, kind=args.kind,
                             checkpoint_every=args.checkpoint_every, force=args.force)
-    print(f"wrote {out / 'transcoders'}")
-    if args.texts == "default":
+    print(f"wrote {out / ('clt' if args.kind == 'clt' else 'transcoders')}")
+    if args.texts == "default" and args.kind == "per_layer":  # the per-layer evaluation (a CLT has none yet)
         report = evaluate_transcoders(model, tcs, _texts("default", model, "test", args.samples, args.seed)[:48], progress=True)
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2))
         print(json.dumps({k: v for k, v in report.items() if k != "layers"}, indent=2))
@@ -39,8 +40,8 @@ def _cmd_eval(args) -> int:
 def _cmd_graph(args) -> int:
     import time
 
-    from ..circuits import (attribute, feature_labels, graph_scores, graph_view, intervene, load_transcoders,
-                            prune_graph, save_graph, to_circuit_tracer_json)
+    from ..circuits import (LOGIT_TARGETS, attribute, default_transcoders, feature_labels, graph_scores, graph_view,
+                            intervene, load_transcoders, prune_graph, save_graph, to_circuit_tracer_json)
     from ..core.io import atomic_write_text
     from ..views import save_html
 
@@ -53,15 +54,19 @@ def _cmd_graph(args) -> int:
         v = check_float(getattr(args, name), name)
         if not 0 <= v <= 1:
             raise checks.fail(name, 'a share in [0, 1]', v)
-    if not Path(args.transcoders).is_dir():
-        raise checks.fail('transcoders', 'a folder written by `workbench transcoders train`', args.transcoders)
+    if args.logit_target not in LOGIT_TARGETS:
+        raise checks.fail("logit_target", f"one of {LOGIT_TARGETS}", args.logit_target)
+    if args.transcoders != "default" and not Path(args.transcoders).is_dir():
+        raise checks.fail("transcoders", "a folder written by `workbench transcoders train` (or 'default', the shipped "
+                          "set)", args.transcoders)
     writes = ["graph.safetensors", "graph.json", "graph.html", "circuit_tracer.json", "summary.json"]
     out = output_dir(args.out, force=args.force, writes=writes)
     model = load(args)
-    tcs = load_transcoders(args.transcoders, model, allow_other_model=args.allow_other_model)
+    tcs = default_transcoders(model) if args.transcoders == "default" else \
+        load_transcoders(args.transcoders, model, allow_other_model=args.allow_other_model)
     t0 = time.perf_counter()
     g = attribute(model, args.prompt, tcs, max_logits=args.max_logits, batch_size=args.batch_size,
-                  max_feature_nodes=args.max_feature_nodes, progress=True)
+                  max_feature_nodes=args.max_feature_nodes, logit_target=args.logit_target, progress=True)
     seconds = time.perf_counter() - t0
     kept = prune_graph(g, args.node_threshold, args.edge_threshold)
     save_graph(g, out)
@@ -98,7 +103,11 @@ def register(sub) -> None:
     s.add_argument("--k", type=int, default=24, help="active latents per token (BatchTopK while training)")
     s.add_argument("--steps", type=int, default=300, help="training steps (a rerun with more steps resumes)")
     s.add_argument("--texts-per-step", type=int, default=8, help="texts whose tokens make one step's batch")
+    s.add_argument("--updates-per-step", type=int, default=1, help="Adam updates per forward, each on a share of "
+                   "the step's tokens")
     s.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
+    s.add_argument("--kind", choices=["per_layer", "clt"], default="per_layer",
+                   help="per_layer: one transcoder per MLP; clt: one cross-layer transcoder (no --skip)")
     s.add_argument("--skip", action="store_true", help="add a linear skip connection (JumpReLUSkipTranscoder)")
     s.add_argument("--max-texts", "--limit", dest="max_texts", type=int, default=2000,
                    help="use the first N training texts (CPU time)")
@@ -121,8 +130,11 @@ def register(sub) -> None:
                        description="attribution graph of a prompt over per-layer transcoders: view, JSON, scores")
     g.add_argument("prompt", help="the prompt whose next-token prediction is explained")
     add_model(g)
-    g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
+    g.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/), "
+                   "or 'default': the set shipped for the default model")
     add_allow_other_model(g, "the transcoders")
+    g.add_argument("--logit-target", default="demeaned", help="each logit node's target: 'demeaned' (the logit minus "
+                   "the mean logit, circuit-tracer's) or 'raw'")
     g.add_argument("--max-logits", type=int, default=5, help="at most N logit nodes (the most likely next tokens)")
     g.add_argument("--batch-size", type=int, default=32, help="target nodes per backward pass")
     g.add_argument("--max-feature-nodes", type=int, default=None,
