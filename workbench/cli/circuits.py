@@ -108,6 +108,7 @@ def register(sub) -> None:
     e.add_argument("--transcoders", required=True, help="folder written by `transcoders train` (its transcoders/)")
     e.add_argument("--texts", default="default")
     e.add_argument("--samples", type=int, default=96)
+    e.add_argument("--limit", type=int, default=None, help="use the first N texts")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, check_float, check_int, input_file, input_folder, output_dir, output_file
+from .common import add_force, check_float, check_int, first, input_file, input_folder, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -75,11 +75,12 @@ def evaluate_verb(args, folder: Path, load, evaluate, **kw) -> int:
 
     check_int(args.batch_size, "batch_size")
     check_int(args.samples, "samples")
+    check_int(args.limit, "limit", none_ok=True)
     _check_texts_arg(args.texts)
     out = output_file(args.out, force=args.force) if args.out else None
     model = load_model(args.model)
-    report = evaluate(model, load(folder, model), _texts(args.texts, model, "test", args.samples, args.seed),
-                      batch_size=args.batch_size, **kw)
+    texts = first(_texts(args.texts, model, "test", args.samples, args.seed), args.limit)
+    report = evaluate(model, load(folder, model), texts, batch_size=args.batch_size, **kw)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
@@ -123,6 +124,7 @@ def _register_eval(subs) -> None:
     s.add_argument("--texts", default="default", help="'default' (the held-out part of the default corpus) or a "
                                                        "text file, one text a line, or a .jsonl of {\"text\": ...} records")
     s.add_argument("--samples", type=int, default=96)
+    s.add_argument("--limit", type=int, default=None, help="use the first N texts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--out", default=None, help="JSON file for the numbers (printed either way)")
