@@ -249,6 +249,10 @@ def test_cli_sae_train_then_eval(tmp_path, capsys):
                  "--out", str(tmp_path / "eval.json")]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["l0"] <= 4 and 0 < report["variance_explained"] <= 1 and report["site"] == "blocks.1.hook_resid_pre"
+    assert report["n_texts"] == 40
+    assert main(["sae", "eval", "--model", "tiny-llama", "--sae", str(out / "sae"), "--texts", str(texts),
+                 "--limit", "3", "--out", str(tmp_path / "eval3.json")]) == 0
+    assert json.loads((tmp_path / "eval3.json").read_text())["n_texts"] == 3  # the first 3 texts only
     # another model's SAE is refused by eval, naming both
     assert main(["sae", "eval", "--model", "tiny-gpt2", "--sae", str(out / "sae"), "--texts", str(texts)]) == 2
     assert "tiny-llama" in capsys.readouterr().err

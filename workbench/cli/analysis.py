@@ -147,7 +147,8 @@ def _cmd_das(args) -> int:
     result = {"model": model.name, "site": args.site, "k": args.k, "accuracy": res.accuracy,
               "final_loss": res.losses[-1], "losses": res.losses, "control": res.control}
     write_json(out / "result.json", result, indent=2)
-    print(f"interchange accuracy {res.accuracy:.3f} (final loss {res.losses[-1]:.4f}); control {res.control}")
+    control = res.control or "none (the row-space control needs --k 1 at an mlp_post site)"
+    print(f"interchange accuracy {res.accuracy:.3f} (final loss {res.losses[-1]:.4f}); control {control}")
     print(f"wrote {out / 'result.json'}, {out / 'subspace.safetensors'}")
     return 0 if torch.isfinite(res.basis).all() else 1
 
