@@ -270,7 +270,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         w[first_logit:] = logit_p.cpu()
         budget = max_feature_nodes
         while budget > 0:
-            inf = influence(normalize_matrix(A), w)[:nf].masked_fill(done[:nf], -1.0)
+            rows = torch.tensor(computed)
+            inf = _partial_influence(A[rows], rows, w)[:nf].masked_fill(done[:nf], -1.0)
             pick = inf.topk(min(batch_size, budget)).indices
             pick = pick[inf[pick] > 0]
             if len(pick) == 0:
@@ -279,20 +280,34 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             budget -= len(pick)
             yield pick.tolist()
 
+    # one forward of B copies of the prompt, kept for every backward (as circuit-tracer does): copy b carries the
+    # chunk's b-th target; each backward starts from the chunk's targets only, so it stops at their deepest layer
+    B = min(max(batch_size, n_logits), len(targets))  # the logits' rows come as one chunk
+    leaves = rep.leaves(B)
+    pre, logits = rep.run(leaves, logit_tokens)
+    sources = [leaves["embedding"], *leaves["acts"], *leaves["errors"]]
+    layer_start = torch.tensor([0] + [len(a) for a in rep.active]).cumsum(0)
     computed = []
     for chunk in chunks():
         computed += chunk
-        leaves = rep.leaves(len(chunk))
-        pre, logits = rep.run(leaves, logit_tokens)
-        col = torch.tensor([t if t < nf else nf + (t - first_logit) for t in chunk])
-        all_targets(pre, logits)[torch.arange(len(chunk)), col].sum().backward()
+        t, b = torch.tensor(chunk), torch.arange(len(chunk))
+        f = t < nf
+        layer = features[t[f], 0]
+        picked = [pre[l][b[f][layer == l], t[f][layer == l] - layer_start[l]] for l in layer.unique().tolist()]
+        picked.append(logits[b[~f], t[~f] - first_logit])
+        grads = torch.autograd.grad(torch.cat(picked).sum(), sources, retain_graph=True, allow_unused=True)
         with torch.no_grad():
-            rows = torch.tensor(chunk)
-            # activation x gradient, per source kind
-            A[rows, :nf] = torch.cat([g.grad * g for g in leaves["acts"]], -1).cpu()
-            err = torch.stack([(e.grad * e).sum(-1) for e in leaves["errors"]], 1)  # [B, L, pos]
-            A[rows, nf:nf + L * P] = err.flatten(1).cpu()
-            A[rows, nf + L * P:first_logit] = (leaves["embedding"].grad * leaves["embedding"]).sum(-1).cpu()
+            # activation x gradient, per source kind (a source the targets do not reach: zero)
+            n = len(chunk)
+            ge, ga, gr = grads[0], grads[1:L + 1], grads[L + 1:]
+            A[t, :nf] = torch.cat([(g[:n] * a[:n]) if g is not None else torch.zeros_like(a[:n])
+                                   for g, a in zip(ga, leaves["acts"])], -1).cpu()
+            err = torch.stack([(g[:n] * e[:n]).sum(-1) if g is not None else e.new_zeros(e[:n].shape[:-1])
+                               for g, e in zip(gr, leaves["errors"])], 1)  # [n, L, pos]
+            A[t, nf:nf + L * P] = err.flatten(1).cpu()
+            if ge is not None:
+                A[t, nf + L * P:first_logit] = (ge[:n] * leaves["embedding"][:n]).sum(-1).cpu()
+    del pre, logits, leaves, sources
 
     with torch.no_grad():
         pre0, logits0 = rep.run(rep.leaves(1, zero=True), logit_tokens)
@@ -329,6 +344,20 @@ def influence(A_norm: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Te
         if not cur.any():
             return total
         cur = cur @ A_norm
+        total += cur
+    raise RuntimeError(f"influence: no convergence after {max_iter} steps; the adjacency matrix has a cycle")
+
+
+def _partial_influence(rows_A: Tensor, rows: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Tensor:
+    """`influence(normalize_matrix(A), w)` for an A whose only non-zero rows are `rows` (rows_A = A[rows]): paths
+    run through computed rows only, so the series is taken on those (circuit-tracer's partial influences)."""
+    An = normalize_matrix(rows_A)  # [n_rows, n_nodes]
+    cur = logit_weights[rows] @ An
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur[rows] @ An
+        if not cur.any():
+            return total
         total += cur
     raise RuntimeError(f"influence: no convergence after {max_iter} steps; the adjacency matrix has a cycle")
 
