@@ -14,6 +14,10 @@ Definitions matched on our side:
   We give our `attribute` the same tokens; our graph keeps position-0 features and errors as nodes, so the
   comparison is over the nodes both graphs have (every node but position 0's features and errors); an edge
   between two shared nodes is the same quantity in both (gradient x source value in the same frozen model).
+- max_feature_nodes (the long prompts): circuit-tracer's graph holds only the features whose rows it computed;
+  ours is asked for the same (`uncomputed="drop"`). Both pick the features batch by batch by influence on the
+  logits, ours with position 0's features among the candidates, so the two sets overlap without being equal;
+  edges are compared on the rows both computed.
 - logit targets: circuit-tracer's are the logit minus the mean logit over the vocabulary (demeaned unembedding).
   Where our `attribute` has `logit_target` it is passed "demeaned"; otherwise the logit rows are recomputed here
   in the same frozen replacement model with that target (and the time counted in ours).
@@ -85,6 +89,8 @@ def ours(job: dict, out: Path) -> None:
         raise ValueError(f"tokens: our tokenizer reads the decoded prompt as {ids[0].tolist()}, not {job['tokens']}")
     demeaned = "logit_target" in inspect.signature(attribute).parameters
     kw = {"logit_target": "demeaned"} if demeaned else {}
+    if job.get("uncomputed", "keep") != "keep":
+        kw["uncomputed"] = job["uncomputed"]
 
     def run():
         g = attribute(model, prompt, tcs, max_logits=job["max_logits"], logit_probability=job["logit_probability"],
@@ -221,7 +227,8 @@ def main(argv=None) -> dict:
     for name, (tokens, feature_nodes) in cases.items():
         job = {"model_dir": str(model_dir()), "transcoders": str(Path(args.transcoders).resolve()), "tokens": tokens,
                "batch_size": args.batch_size, "max_feature_nodes": feature_nodes, "max_logits": 5,
-               "logit_probability": 0.95, "repeats": args.repeats if name == "short" else 1, "threads": args.threads}
+               "logit_probability": 0.95, "repeats": args.repeats if name == "short" else 1, "threads": args.threads,
+               "uncomputed": "keep" if feature_nodes is None else "drop"}
         work = Path(args.work) / name
         m_ours, g_ours = _run_side(me, job, work, "ours")
         m_ct, g_ct = _run_side(ct, job, work, "tracer")

@@ -8,8 +8,10 @@ JumpReLUTranscoder folders layer_<l>/), "tokens": [ids, special token first], "b
 (null: every feature's row), "max_logits", "logit_probability", "repeats", "threads"}.
 
 The model is TransformerLens's (circuit-tracer's default backend), built from the local config and weights: no
-downloads (HF_HUB_OFFLINE=1). TransformerLens's Llama config reader leaves RoPE's base at 10,000, so it is set
-from the config's rope_theta here. The transcoders are converted in memory into circuit-tracer's
+downloads (HF_HUB_OFFLINE=1). The folder was written by transformers 5 (RoPE base under "rope_parameters"), which
+both transformers 4.57 and TransformerLens's Llama config reader miss (they fall back to a base of 10,000), so the
+base is set from the config here, and the TransformerLens model is checked against the Hugging Face one
+(`tl_vs_hf_logit_gap`). The transcoders are converted in memory into circuit-tracer's
 SingleLayerTranscoder (W_enc transposed; JumpReLU with the SAELens threshold), reading MLP input (`mlp.hook_in`,
 ln2's output) and writing MLP output (`mlp.hook_out`), as workbench's `blocks.<l>.hook_mlp_in/out`.
 

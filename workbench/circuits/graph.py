@@ -222,7 +222,8 @@ class Replacement:
 # -- the graph -------------------------------------------------------------------------------------------
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
-              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None) -> Graph:
+              batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
+              uncomputed: str = "keep") -> Graph:
     """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders`.
 
     Logit nodes: the most likely next tokens at the last position until their probabilities sum to
@@ -230,8 +231,11 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     the incoming edges of at most this many features, chosen as circuit-tracer does: the logits' rows first, then,
     batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
     others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
-    the computed rows only; `graph.meta["rows"]` lists them). max_features: refuse prompts with more active
-    features (the adjacency matrix is dense, n_nodes^2 floats).
+    the computed rows only; `graph.meta["rows"]` lists them). uncomputed="drop" leaves those features out of the
+    graph instead, as circuit-tracer does: the graph then holds max_feature_nodes features, and its memory no longer
+    grows with the square of all active features (a long prompt has tens of thousands), at the cost of their
+    edges into the computed rows. max_features: refuse prompts with more active features (the adjacency matrix
+    is dense, n_nodes^2 floats).
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
@@ -240,6 +244,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     if not 0 < logit_probability <= 1:
         raise ValueError(f"logit_probability: expected a number in (0, 1], got {logit_probability!r}")
+    if uncomputed not in ("keep", "drop"):
+        raise ValueError(f"uncomputed: expected 'keep' or 'drop', got {uncomputed!r}")
     ids, _ = model.encode(prompt)
     rep = Replacement(model, transcoders, ids)
     L, P = model.dims.n_layers, ids.shape[1]
@@ -254,14 +260,17 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         raise ValueError(f"max_features: the prompt has {nf} active features, more than {max_features}")
     N = nf + (L + 1) * P + n_logits
     first_logit = nf + (L + 1) * P
-    A = torch.zeros(N, N)
     targets = list(range(nf)) + list(range(first_logit, N))
+    every_row = max_feature_nodes is None or max_feature_nodes >= nf
+    # R holds the computed rows: every node's row (R is the adjacency matrix) or, with max_feature_nodes, the
+    # rows in the order computed ([max_feature_nodes + n_logits, N], circuit-tracer's layout)
+    R = torch.zeros(N if every_row else max_feature_nodes + n_logits, N)
 
     def all_targets(pre, logits):
         return torch.cat(pre + [logits], -1)  # [B, n_features + n_logits], in node order
 
     def chunks():
-        if max_feature_nodes is None or max_feature_nodes >= nf:
+        if every_row:
             yield from (targets[s:s + batch_size] for s in range(0, len(targets), batch_size))
             return
         yield list(range(first_logit, N))
@@ -270,8 +279,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         w[first_logit:] = logit_p.cpu()
         budget = max_feature_nodes
         while budget > 0:
-            rows = torch.tensor(computed)
-            inf = _partial_influence(A[rows], rows, w)[:nf].masked_fill(done[:nf], -1.0)
+            inf = _partial_influence(R[:len(computed)], torch.tensor(computed), w)[:nf].masked_fill(done[:nf], -1.0)
             pick = inf.topk(min(batch_size, budget)).indices
             pick = pick[inf[pick] > 0]
             if len(pick) == 0:
@@ -289,8 +297,9 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     layer_start = torch.tensor([0] + [len(a) for a in rep.active]).cumsum(0)
     computed = []
     for chunk in chunks():
-        computed += chunk
         t, b = torch.tensor(chunk), torch.arange(len(chunk))
+        slot = t if every_row else torch.arange(len(computed), len(computed) + len(chunk))
+        computed += chunk
         f = t < nf
         layer = features[t[f], 0]
         picked = [pre[l][b[f][layer == l], t[f][layer == l] - layer_start[l]] for l in layer.unique().tolist()]
@@ -300,13 +309,13 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
             # activation x gradient, per source kind (a source the targets do not reach: zero)
             n = len(chunk)
             ge, ga, gr = grads[0], grads[1:L + 1], grads[L + 1:]
-            A[t, :nf] = torch.cat([(g[:n] * a[:n]) if g is not None else torch.zeros_like(a[:n])
+            R[slot, :nf] = torch.cat([(g[:n] * a[:n]) if g is not None else torch.zeros_like(a[:n])
                                    for g, a in zip(ga, leaves["acts"])], -1).cpu()
             err = torch.stack([(g[:n] * e[:n]).sum(-1) if g is not None else e.new_zeros(e[:n].shape[:-1])
                                for g, e in zip(gr, leaves["errors"])], 1)  # [n, L, pos]
-            A[t, nf:nf + L * P] = err.flatten(1).cpu()
+            R[slot, nf:nf + L * P] = err.flatten(1).cpu()
             if ge is not None:
-                A[t, nf + L * P:first_logit] = (ge[:n] * leaves["embedding"][:n]).sum(-1).cpu()
+                R[slot, nf + L * P:first_logit] = (ge[:n] * leaves["embedding"][:n]).sum(-1).cpu()
     del pre, logits, leaves, sources
 
     with torch.no_grad():
@@ -318,9 +327,24 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         values = torch.zeros(N)
         values[:nf] = torch.cat(rep.pre).cpu()
         values[first_logit:] = rep.logits[logit_tokens].cpu()
+    acts = torch.cat(rep.acts).cpu()
+    if every_row:
+        A = R
+    elif uncomputed == "keep":
+        A = torch.zeros(N, N)
+        A[computed] = R[:len(computed)]
+    else:  # the computed features and every other node, in node order
+        kept = torch.tensor(sorted(t for t in computed if t < nf) + list(range(nf, N)), dtype=torch.long)
+        new = torch.full((N,), -1, dtype=torch.long)
+        new[kept] = torch.arange(len(kept))
+        A = torch.zeros(len(kept), len(kept))
+        A[new[computed]] = R[:len(computed), kept]
+        features, acts, bias, values = features[kept[kept < nf]], acts[kept[kept < nf]], bias[kept], values[kept]
+        computed = new[computed].tolist()
+    del R
     tok = model.tokenizer
     return Graph(prompt=prompt, tokens=ids[0].cpu(), str_tokens=[tok.decode([t]) for t in ids[0].tolist()],
-                 active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
+                 active_features=features, activation_values=acts, adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
                  meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": transcoders[0].cfg.d_sae,
