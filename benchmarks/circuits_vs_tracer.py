@@ -30,10 +30,8 @@ import argparse
 import inspect
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -44,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "circuit_tracer"))
-from peak_rss import PeakRSS  # noqa: E402
+from measure import timed  # noqa: E402
 
 SHORT = "The Eiffel Tower is in the city of"
 LONG = ("The river runs through the old town, past the market square where farmers sell apples, cheese and bread "
@@ -99,23 +97,12 @@ def ours(job: dict, out: Path) -> None:
             g.adjacency[g.logit_index(0):, :g.logit_index(0)] = _demeaned_logit_rows(model, tcs, g)
         return g
 
-    with PeakRSS() as mem:
-        t0, c0 = time.perf_counter(), time.process_time()
-        g = run()
-        first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
-    seconds, cpu = [], []
-    for _ in range(job["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        run()
-        seconds.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    g, timing = timed(run, job["repeats"])
     save_file({"adjacency": g.adjacency.contiguous(), "active_features": g.active_features.long().contiguous(),
                "rows": torch.tensor(g.meta["rows"]), "logit_tokens": g.logit_tokens.long(),
                "logit_probabilities": g.logit_probabilities.float(), "tokens": g.tokens.long()},
               str(out / "ours.safetensors"))
-    meta = {"first_seconds": first, "seconds": seconds, "median_seconds": statistics.median(seconds or [first]),
-            "first_cpu_seconds": first_cpu, "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu or [first_cpu]),
-            "peak_rss_mb": mem.peak_mb, "added_rss_mb": mem.added_mb, "threads": torch.get_num_threads(),
+    meta = {**timing, "threads": torch.get_num_threads(),
             "logit_target": "demeaned (attribute's logit_target)" if demeaned else
             "demeaned (logit rows recomputed by the benchmark; attribute has no logit_target here)"}
     (out / "ours.json").write_text(json.dumps(meta, indent=2))

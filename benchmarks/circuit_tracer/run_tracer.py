@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peak_rss import PeakRSS  # noqa: E402
+from measure import timed  # noqa: E402
 
 
 def load_transcoders(folder: Path, n_layers: int):
@@ -119,16 +117,7 @@ def main(job_path: str, out_dir: str) -> None:
         return attribute(tokens, model, max_n_logits=job["max_logits"], desired_logit_prob=job["logit_probability"],
                          batch_size=job["batch_size"], max_feature_nodes=job["max_feature_nodes"])
 
-    with PeakRSS() as mem:
-        t0, c0 = time.perf_counter(), time.process_time()
-        g = run()
-        first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
-    seconds, cpu = [], []
-    for _ in range(job["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        run()
-        seconds.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    g, timing = timed(run, job["repeats"])
     save_file({"adjacency": g.adjacency_matrix.float().contiguous(), "active_features": g.active_features.long().contiguous(),
                "selected_features": g.selected_features.long(), "activation_values": g.activation_values.float(),
                "logit_tokens": torch.tensor([t.vocab_idx for t in g.logit_targets]),
@@ -136,9 +125,7 @@ def main(job_path: str, out_dir: str) -> None:
               str(out / "tracer.safetensors"))
     import importlib.metadata as md
 
-    meta = {"first_seconds": first, "seconds": seconds, "median_seconds": statistics.median(seconds or [first]),
-            "first_cpu_seconds": first_cpu, "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu or [first_cpu]),
-            "peak_rss_mb": mem.peak_mb, "added_rss_mb": mem.added_mb, "tl_vs_hf_logit_gap": gap,
+    meta = {**timing, "tl_vs_hf_logit_gap": gap,
             "threads": torch.get_num_threads(),
             "versions": {p: md.version(p) for p in ("circuit-tracer", "transformer-lens", "transformers", "torch")}}
     (out / "tracer.json").write_text(json.dumps(meta, indent=2))
