@@ -3,7 +3,9 @@ compared node by node, the time per graph and the peak memory measured in one ru
 
 circuit-tracer pins transformers<=4.57.3, so it runs from its own environment (`benchmarks/circuit_tracer/setup.sh`
 builds it, default /work/ct-venv) through `benchmarks/circuit_tracer/run_tracer.py`; both sides run as child
-processes of this script, one after the other, with the same thread count, and write their graphs as
+processes of this script (one after the other, or with --together at the same time, so that on a shared machine
+both see the same load), with the same thread count, time their graphs the same way (`circuit_tracer/measure.py`:
+wall and CPU seconds, peak RSS above what the process held before the graph) and write their graphs as
 safetensors that this script compares. Model: the default SmolLM2-135M (a Llama; circuit-tracer runs it through
 TransformerLens). Transcoders: a set trained with `workbench.circuits.train_transcoders` (`--transcoders`, or
 trained here into `--run` if absent: d_sae 256, k 8, 20 steps).
@@ -22,7 +24,8 @@ Definitions matched on our side:
   Where our `attribute` has `logit_target` it is passed "demeaned"; otherwise the logit rows are recomputed here
   in the same frozen replacement model with that target (and the time counted in ours).
 
-    python benchmarks/circuits_vs_tracer.py [--ct-python /work/ct-venv/bin/python] [--long 32]
+    python benchmarks/circuits_vs_tracer.py [--ct-python /work/ct-venv/bin/python] [--long 32] [--repeats 3]
+    python benchmarks/circuits_vs_tracer.py --repeats 0 --together     # what the committed JSON ran
 """
 from __future__ import annotations
 
@@ -162,15 +165,23 @@ def compare(a: dict, b: dict, n_layers: int, top_k: int = 1000) -> dict:
 
 # -- the driver -------------------------------------------------------------------------------------------
 
-def _run_side(cmd: list[str], job: dict, out: Path, name: str) -> tuple[dict, dict]:
+def _run_sides(sides: dict[str, list[str]], job: dict, out: Path, together: bool) -> dict[str, tuple[dict, dict]]:
+    """Run each side's command on `job` (one after the other, or at the same time); {name: (meta, graph)}."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(job["threads"]),
            "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run(cmd + [str(out / "job.json"), str(out)], env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{name} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return json.loads((out / f"{name}.json").read_text()), load_file(str(out / f"{name}.safetensors"))
+    procs = {}
+    for name, cmd in sides.items():
+        procs[name] = subprocess.Popen(cmd + [str(out / "job.json"), str(out)], env=env, stdout=subprocess.DEVNULL,
+                                       stderr=open(out / f"{name}.log", "w"))
+        if not together:
+            procs[name].wait()
+    for name, p in procs.items():
+        if p.wait() != 0:
+            raise RuntimeError(f"{name} failed ({p.returncode}):\n{(out / f'{name}.log').read_text()[-4000:]}")
+    return {name: (json.loads((out / f"{name}.json").read_text()), load_file(str(out / f"{name}.safetensors")))
+            for name in sides}
 
 
 def main(argv=None) -> dict:
@@ -186,7 +197,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--run", default="runs/tc-vs-tracer", help="training folder if --transcoders is absent")
     ap.add_argument("--work", default="runs/circuits-vs-tracer", help="where the two sides write their graphs")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="warm graphs timed after the first (cold) one")
+    ap.add_argument("--together", action="store_true",
+                    help="run the two sides at the same time (on a busy shared machine: both see the same load; "
+                         "compare CPU seconds)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--long", type=int, nargs="*", default=[32], help="token counts of the long-prompt cases")
     ap.add_argument("--long-feature-nodes", type=int, default=256)
@@ -214,11 +228,11 @@ def main(argv=None) -> dict:
     for name, (tokens, feature_nodes) in cases.items():
         job = {"model_dir": str(model_dir()), "transcoders": str(Path(args.transcoders).resolve()), "tokens": tokens,
                "batch_size": args.batch_size, "max_feature_nodes": feature_nodes, "max_logits": 5,
-               "logit_probability": 0.95, "repeats": args.repeats if name == "short" else 1, "threads": args.threads,
+               "logit_probability": 0.95, "repeats": args.repeats, "threads": args.threads,
                "uncomputed": "keep" if feature_nodes is None else "drop"}
         work = Path(args.work) / name
-        m_ours, g_ours = _run_side(me, job, work, "ours")
-        m_ct, g_ct = _run_side(ct, job, work, "tracer")
+        got = _run_sides({"ours": me, "tracer": ct}, job, work, args.together)
+        (m_ours, g_ours), (m_ct, g_ct) = got["ours"], got["tracer"]
         versions = m_ct["versions"]
         row = {"tokens": len(tokens), "max_feature_nodes": feature_nodes, "batch_size": args.batch_size,
                "active_features_ours": len(g_ours["active_features"]),
@@ -234,12 +248,15 @@ def main(argv=None) -> dict:
                "peak_added_rss_mb_tracer": round(m_ct["added_rss_mb"], 1),
                "memory_ratio_tracer_over_ours": m_ct["added_rss_mb"] / max(m_ours["added_rss_mb"], 1e-9),
                "tracer_tl_vs_hf_logit_gap": m_ct["tl_vs_hf_logit_gap"], "logit_target_ours": m_ours["logit_target"],
+               "timing_ours": m_ours, "timing_tracer": m_ct,
                "edges": compare(g_ours, g_ct, L)}
         results[name] = row
         print(name, json.dumps(row, indent=1))
     result = {**device_meta("cpu"), "threads": args.threads, "tracer_versions": versions, "model": "smollm2-135m",
               "transcoders": json.loads((Path(args.transcoders) / "transcoders.json").read_text()),
-              "machine": "2 shared CPU cores (other jobs running); both sides run one after the other in this run",
+              "machine": "2 CPU cores shared with other jobs (load average 15 to 30 while it ran)",
+              "sides_run": "at the same time" if args.together else "one after the other",
+              "repeats": args.repeats,
               "cases": results}
     write_result(result, "circuits-vs-tracer", "cpu", args.out)
     return result
