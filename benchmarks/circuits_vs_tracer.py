@@ -67,6 +67,11 @@ def _demeaned_logit_rows(model, tcs, g) -> torch.Tensor:
     from workbench.circuits.graph import Replacement
 
     rep = Replacement(model, tcs, g.tokens[None])
+    # columns: the graph's features among all active ones (uncomputed="drop" keeps some), then the other nodes
+    full = {(l, int(p), int(f)): i for i, (l, (p, f)) in
+            enumerate((l, pf) for l, idx in enumerate(rep.active) for pf in idx.tolist())}
+    cols = [full[tuple(x)] for x in g.active_features.tolist()]
+    cols = torch.tensor(cols + list(range(len(full), len(full) + g.logit_index(0) - g.n_features)))
     n = len(g.logit_tokens)
     leaves = rep.leaves(n)
     _, logits = rep.run(leaves)  # [n, d_vocab]
@@ -74,7 +79,7 @@ def _demeaned_logit_rows(model, tcs, g) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([torch.cat([a.grad * a for a in leaves["acts"]], -1),
                           torch.stack([(e.grad * e).sum(-1) for e in leaves["errors"]], 1).flatten(1),
-                          (leaves["embedding"].grad * leaves["embedding"]).sum(-1)], -1)
+                          (leaves["embedding"].grad * leaves["embedding"]).sum(-1)], -1)[:, cols]
 
 
 def ours(job: dict, out: Path) -> None:
@@ -165,8 +170,15 @@ def compare(a: dict, b: dict, n_layers: int, top_k: int = 1000) -> dict:
 
 # -- the driver -------------------------------------------------------------------------------------------
 
-def _run_sides(sides: dict[str, list[str]], job: dict, out: Path, together: bool) -> dict[str, tuple[dict, dict]]:
-    """Run each side's command on `job` (one after the other, or at the same time); {name: (meta, graph)}."""
+def _run_sides(sides: dict[str, list[str]], job: dict, out: Path, together: bool,
+               reuse: bool = False) -> dict[str, tuple[dict, dict]]:
+    """Run each side's command on `job` (one after the other, or at the same time); {name: (meta, graph)}.
+    reuse: where `out` already holds both sides' results of this very job, read them instead."""
+    done = out / "job.json"
+    if reuse and done.is_file() and json.loads(done.read_text()) == job and all(
+            (out / f"{n}.json").is_file() and (out / f"{n}.safetensors").is_file() for n in sides):
+        return {n: (json.loads((out / f"{n}.json").read_text()), load_file(str(out / f"{n}.safetensors")))
+                for n in sides}
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(job["threads"]),
@@ -204,6 +216,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--long", type=int, nargs="*", default=[32], help="token counts of the long-prompt cases")
     ap.add_argument("--long-feature-nodes", type=int, default=256)
+    ap.add_argument("--reuse", action="store_true", help="read a case's results where --work holds them for the same job")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not Path(args.transcoders).is_dir():
@@ -231,7 +244,7 @@ def main(argv=None) -> dict:
                "logit_probability": 0.95, "repeats": args.repeats, "threads": args.threads,
                "uncomputed": "keep" if feature_nodes is None else "drop"}
         work = Path(args.work) / name
-        got = _run_sides({"ours": me, "tracer": ct}, job, work, args.together)
+        got = _run_sides({"ours": me, "tracer": ct}, job, work, args.together, args.reuse)
         (m_ours, g_ours), (m_ct, g_ct) = got["ours"], got["tracer"]
         versions = m_ct["versions"]
         row = {"tokens": len(tokens), "max_feature_nodes": feature_nodes, "batch_size": args.batch_size,
