@@ -210,12 +210,18 @@ class Replacement:
         ivs = [Replace(f"blocks.{l}.attn.hook_pattern", value=p) for l, p in enumerate(self.patterns)]
         ivs.append(Replace("blocks.0.hook_resid_pre", value=leaves["embedding"]))
         handles = [m.register_forward_hook(frozen_norm) for m, *_ in self.norms]
+        # the weights are constants here: a forward that tracks them would keep every linear layer's input
+        weights = [w for w in model.hf.parameters() if w.requires_grad]
         try:
+            for w in weights:
+                w.requires_grad_(False)
             with model.hooks(ivs), on_mlps(model, replace_mlp):
                 logits = model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1).logits[:, -1].float()
         finally:
             for h in handles:
                 h.remove()
+            for w in weights:
+                w.requires_grad_(True)
         return pre_out, logits if logit_tokens is None else logits[:, logit_tokens]
 
 
