@@ -354,3 +354,32 @@ def test_graph_refusals():
         attribute(model, PROMPT, tcs, logit_target="mean")
     with pytest.raises(ValueError, match="node_threshold"):
         prune_graph(attribute(model, "one two", tcs), node_threshold=1.5)
+
+
+def test_batching_and_partial_influence():
+    """The graph does not depend on how targets are batched (one forward of B copies, one backward per batch
+    from that batch's targets only); the influence taken on the computed rows only (what `max_feature_nodes`
+    ranks by) equals the full series on the matrix whose other rows are zero; uncomputed="drop" is the "keep"
+    graph without the features whose rows were not computed."""
+    from workbench.circuits.graph import _partial_influence, influence, normalize_matrix
+
+    model = wb.tiny_model("llama")
+    tcs = random_transcoders(model)
+    g1, g2 = attribute(model, PROMPT, tcs, batch_size=5), attribute(model, PROMPT, tcs, batch_size=64)
+    assert (g1.adjacency - g2.adjacency).abs().max() < 1e-5 * g2.adjacency.abs().max()
+    rows = torch.tensor(list(range(0, g2.n_features, 3)) + list(range(g2.logit_index(0), g2.n_nodes)))
+    A = torch.zeros_like(g2.adjacency)
+    A[rows] = g2.adjacency[rows]
+    w = torch.zeros(g2.n_nodes)
+    w[g2.logit_index(0):] = g2.logit_probabilities
+    full, part = influence(normalize_matrix(A), w), _partial_influence(A[rows], rows, w)
+    assert full.abs().max() > 0 and torch.allclose(part, full, rtol=1e-5, atol=1e-7)
+    # max_feature_nodes with uncomputed="drop": the "keep" graph restricted to its computed features and all
+    # other nodes (circuit-tracer's layout), node for node
+    keep = attribute(model, PROMPT, tcs, batch_size=5, max_feature_nodes=12)
+    drop = attribute(model, PROMPT, tcs, batch_size=5, max_feature_nodes=12, uncomputed="drop")
+    fr = [r for r in keep.meta["rows"] if r < keep.n_features]
+    assert len(fr) == drop.n_features == 12 and torch.equal(drop.active_features, keep.active_features[fr])
+    kept = torch.tensor(fr + list(range(keep.n_features, keep.n_nodes)))
+    assert torch.allclose(drop.adjacency, keep.adjacency[kept][:, kept], atol=1e-6)
+    assert torch.equal(drop.bias, keep.bias[kept]) and torch.equal(drop.target_values, keep.target_values[kept])

@@ -275,12 +275,18 @@ class Replacement:
         ivs = [Replace(f"blocks.{l}.attn.hook_pattern", value=p) for l, p in enumerate(self.patterns)]
         ivs.append(Replace("blocks.0.hook_resid_pre", value=leaves["embedding"]))
         handles = [m.register_forward_hook(frozen_norm) for m, *_ in self.norms]
+        # the weights are constants here: a forward that tracks them would keep every linear layer's input
+        weights = [w for w in model.hf.parameters() if w.requires_grad]
         try:
+            for w in weights:
+                w.requires_grad_(False)
             with model.hooks(ivs), on_mlps(model, replace_mlp), _unembedded(model) as z:
                 model.hf(input_ids=self.ids.expand(B, -1), logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
+            for w in weights:
+                w.requires_grad_(True)
         logits = z[0][:, -1].float()
         return pre_out, logits if logit_tokens is None else logit_targets(logits, logit_tokens, logit_target)
 
@@ -316,7 +322,7 @@ def _unembedded(model):
 
 def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_probability: float = 0.95,
               batch_size: int = 32, max_feature_nodes: int | None = None, max_features: int | None = None,
-              logit_target: str = "demeaned", progress: bool = False) -> Graph:
+              logit_target: str = "demeaned", uncomputed: str = "keep", progress: bool = False) -> Graph:
     """The attribution graph of `prompt` (see the module docstring) over per-layer `transcoders` (a list, one per
     layer) or a `CrossLayerTranscoder` (a feature's edges then reach every later layer's MLP output).
 
@@ -326,9 +332,12 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
     the incoming edges of at most this many features, chosen as circuit-tracer does: the logits' rows first, then,
     batch by batch, the not yet computed features of most influence on the logits through the rows so far (the
     others stay sources only: their rows are zero, and the identity `row sum + bias = pre-activation` holds for
-    the computed rows only; `graph.meta["rows"]` lists them). max_features: refuse prompts with more active
-    features (the adjacency matrix is dense, n_nodes^2 floats). progress: a tqdm bar over the target nodes whose
-    rows are computed (rate, time left).
+    the computed rows only; `graph.meta["rows"]` lists them). uncomputed="drop" leaves those features out of the
+    graph instead, as circuit-tracer does: the graph then holds max_feature_nodes features, and its memory no longer
+    grows with the square of all active features (a long prompt has tens of thousands), at the cost of their
+    edges into the computed rows. max_features: refuse prompts with more active features (the adjacency matrix
+    is dense, n_nodes^2 floats). progress: a tqdm bar over the target nodes whose rows are computed (rate, time
+    left).
     """
     if not isinstance(prompt, str) or not prompt:
         raise checks.fail('prompt', 'a non-empty string', prompt)
@@ -339,6 +348,8 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         raise checks.fail('logit_probability', 'a number in (0, 1]', logit_probability)
     if logit_target not in LOGIT_TARGETS:
         raise checks.fail("logit_target", f"one of {LOGIT_TARGETS}", logit_target)
+    if uncomputed not in ("keep", "drop"):
+        raise checks.fail("uncomputed", "'keep' or 'drop'", uncomputed)
     ids, _ = model.encode(prompt)
     rep = Replacement(model, transcoders, ids)
     L, P = model.dims.n_layers, ids.shape[1]
@@ -355,14 +366,17 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         raise ValueError(f"max_features: the prompt has {nf} active features, more than {max_features}")
     N = nf + (L + 1) * P + n_logits
     first_logit = nf + (L + 1) * P
-    A = torch.zeros(N, N)
     targets = list(range(nf)) + list(range(first_logit, N))
+    every_row = max_feature_nodes is None or max_feature_nodes >= nf
+    # R holds the computed rows: every node's row (R is the adjacency matrix) or, with max_feature_nodes, the
+    # rows in the order computed ([max_feature_nodes + n_logits, N], circuit-tracer's layout)
+    R = torch.zeros(N if every_row else max_feature_nodes + n_logits, N)
 
     def all_targets(pre, logits):
         return torch.cat(pre + [logits], -1)  # [B, n_features + n_logits], in node order
 
     def chunks():
-        if max_feature_nodes is None or max_feature_nodes >= nf:
+        if every_row:
             yield from (targets[s:s + batch_size] for s in range(0, len(targets), batch_size))
             return
         yield list(range(first_logit, N))
@@ -371,7 +385,7 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         w[first_logit:] = logit_p.cpu()
         budget = max_feature_nodes
         while budget > 0:
-            inf = influence(normalize_matrix(A), w)[:nf].masked_fill(done[:nf], -1.0)
+            inf = _partial_influence(R[:len(computed)], torch.tensor(computed), w)[:nf].masked_fill(done[:nf], -1.0)
             pick = inf.topk(min(batch_size, budget)).indices
             pick = pick[inf[pick] > 0]
             if len(pick) == 0:
@@ -382,23 +396,38 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
 
     from tqdm.auto import tqdm
 
+    # one forward of B copies of the prompt, kept for every backward (as circuit-tracer does): copy b carries the
+    # chunk's b-th target; each backward starts from the chunk's targets only, so it stops at their deepest layer
+    B = min(max(batch_size, n_logits), len(targets))  # the logits' rows come as one chunk
+    leaves = rep.leaves(B)
+    pre, logits = rep.run(leaves, logit_tokens, logit_target)
+    sources = [leaves["embedding"], *leaves["acts"], *leaves["errors"]]
+    layer_start = torch.tensor([0] + [len(a) for a in rep.active]).cumsum(0)
     computed = []
     total = len(targets) if max_feature_nodes is None or max_feature_nodes >= nf else max_feature_nodes + n_logits
     bar = tqdm(total=total, disable=not progress, desc="attribution (backward passes)", unit="node")
     for chunk in chunks():
         bar.update(len(chunk))
+        t, b = torch.tensor(chunk), torch.arange(len(chunk))
+        slot = t if every_row else torch.arange(len(computed), len(computed) + len(chunk))
         computed += chunk
-        leaves = rep.leaves(len(chunk))
-        pre, logits = rep.run(leaves, logit_tokens, logit_target)
-        col = torch.tensor([t if t < nf else nf + (t - first_logit) for t in chunk])
-        all_targets(pre, logits)[torch.arange(len(chunk)), col].sum().backward()
+        f = t < nf
+        layer = features[t[f], 0]
+        picked = [pre[l][b[f][layer == l], t[f][layer == l] - layer_start[l]] for l in layer.unique().tolist()]
+        picked.append(logits[b[~f], t[~f] - first_logit])
+        grads = torch.autograd.grad(torch.cat(picked).sum(), sources, retain_graph=True, allow_unused=True)
         with torch.no_grad():
-            rows = torch.tensor(chunk)
-            # activation x gradient, per source kind
-            A[rows, :nf] = torch.cat([g.grad * g for g in leaves["acts"]], -1).cpu()
-            err = torch.stack([(e.grad * e).sum(-1) for e in leaves["errors"]], 1)  # [B, L, pos]
-            A[rows, nf:nf + L * P] = err.flatten(1).cpu()
-            A[rows, nf + L * P:first_logit] = (leaves["embedding"].grad * leaves["embedding"]).sum(-1).cpu()
+            # activation x gradient, per source kind (a source the targets do not reach: zero)
+            n = len(chunk)
+            ge, ga, gr = grads[0], grads[1:L + 1], grads[L + 1:]
+            R[slot, :nf] = torch.cat([(g[:n] * a[:n]) if g is not None else torch.zeros_like(a[:n])
+                                   for g, a in zip(ga, leaves["acts"])], -1).cpu()
+            err = torch.stack([(g[:n] * e[:n]).sum(-1) if g is not None else e.new_zeros(e[:n].shape[:-1])
+                               for g, e in zip(gr, leaves["errors"])], 1)  # [n, L, pos]
+            R[slot, nf:nf + L * P] = err.flatten(1).cpu()
+            if ge is not None:
+                R[slot, nf + L * P:first_logit] = (ge[:n] * leaves["embedding"][:n]).sum(-1).cpu()
+    del pre, logits, leaves, sources
 
     bar.close()
     with torch.no_grad():
@@ -410,9 +439,23 @@ def attribute(model, prompt: str, transcoders, *, max_logits: int = 5, logit_pro
         values = torch.zeros(N)
         values[:nf] = torch.cat(rep.pre).cpu()
         values[first_logit:] = logit_targets(rep.logits, logit_tokens, logit_target).cpu()
+    acts = torch.cat(rep.acts).cpu()
+    if every_row:
+        A = R
+    elif uncomputed == "keep":
+        A = torch.zeros(N, N)
+        A[computed] = R[:len(computed)]
+    else:  # the computed features and every other node, in node order
+        kept = torch.tensor(sorted(t for t in computed if t < nf) + list(range(nf, N)), dtype=torch.long)
+        new = torch.full((N,), -1, dtype=torch.long)
+        new[kept] = torch.arange(len(kept))
+        A = torch.zeros(len(kept), len(kept))
+        A[new[computed]] = R[:len(computed), kept]
+        features, acts, bias, values = features[kept[kept < nf]], acts[kept[kept < nf]], bias[kept], values[kept]
+        computed = new[computed].tolist()
     tok = model.tokenizer
     return Graph(prompt=prompt, tokens=ids[0].cpu(), str_tokens=[tok.decode([t]) for t in ids[0].tolist()],
-                 active_features=features, activation_values=torch.cat(rep.acts).cpu(), adjacency=A, bias=bias,
+                 active_features=features, activation_values=acts, adjacency=A, bias=bias,
                  target_values=values, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_p.cpu(),
                  n_layers=L, model_name=model.name,
                  meta={"logit_str": [tok.decode([t]) for t in logit_tokens.tolist()], "d_sae": rep.coders.d_sae,
@@ -438,6 +481,20 @@ def influence(A_norm: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Te
         if not cur.any():
             return total
         cur = cur @ A_norm
+        total += cur
+    raise RuntimeError(f"influence: no convergence after {max_iter} steps; the adjacency matrix has a cycle")
+
+
+def _partial_influence(rows_A: Tensor, rows: Tensor, logit_weights: Tensor, max_iter: int = 1000) -> Tensor:
+    """`influence(normalize_matrix(A), w)` for an A whose only non-zero rows are `rows` (rows_A = A[rows]): paths
+    run through computed rows only, so the series is taken on those (circuit-tracer's partial influences)."""
+    An = normalize_matrix(rows_A)  # [n_rows, n_nodes]
+    cur = logit_weights[rows] @ An
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur[rows] @ An
+        if not cur.any():
+            return total
         total += cur
     raise RuntimeError(f"influence: no convergence after {max_iter} steps; the adjacency matrix has a cycle")
 
