@@ -309,3 +309,34 @@ def test_workbench_diff_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "out" / "report.html").stat().st_size > 1e6  # plotly.js inlined
     assert main(args) == 2 and "report.json exists" in capsys.readouterr().err
     assert main(["diff", "tiny-llama", "tiny-gpt2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_model_diff_reports_the_most_moved_sae_latents():
+    """The SAE section is the mean change of each latent at the prompts' last token, computed here from the two
+    models' own cached residuals and the SAE's own encoder; the shipped SAE is used only for the default model."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from workbench.diffing import model_diff
+
+    base = wb.tiny_model("llama")
+    tuned = perturbed_copy(base, 0.1, seed=1)
+    cfg = TopKSAEConfig(d_in=base.dims.d_model, d_sae=48, k=6)
+    cfg.metadata.hook_name, cfg.metadata.model_name = "blocks.1.hook_resid_pre", base.name
+    sae = TopKSAE(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    kw = dict(patching=False, crosscoder=False, n_samples=1, max_new_tokens=1)
+    r = model_diff(base, tuned, PROMPTS, sae=sae, **kw)
+    with torch.no_grad():
+        z = []
+        for m in (base, tuned):
+            z.append(torch.stack([sae.encode(m.run_with_cache(p, ["blocks.1.hook_resid_pre"])[1]
+                                              ["blocks.1.hook_resid_pre"][0, -1].float()) for p in PROMPTS]))
+    delta = (z[1] - z[0]).mean(0)
+    assert delta.abs().max() > 0.01  # the fine-tune moved some latent
+    torch.testing.assert_close(r.sae_latents.delta, delta, atol=1e-5, rtol=0)
+    assert r.sae_latents.order[0] == int(delta.abs().argmax())
+    assert len(r.to_json()["sae_latents"]["top"]) == 20 and "SAE: most moved latents" in r.view().body
+    assert model_diff(base, tuned, PROMPTS, **kw).sae_latents is None  # "default": not the default model's family
