@@ -5,13 +5,13 @@ The default model (SmolLM2-135M) is fine-tuned on the CAFT sentiment task (workb
 prompts; cross-entropy of the answer token " A" / " B" at the last position) four ways, each for the same number of
 steps (epochs) so every run saturates the task:
 
-  full        every parameter of the trained blocks, AdamW lr 1e-5 (the usual full fine-tuning rate)
-  lora_r1/8/64 LoRA (peft) on every linear layer of the trained blocks, alpha = 2 r, AdamW lr 5e-4
+  full        every parameter of the trained blocks, AdamW lr 2e-5 (the usual full fine-tuning rate)
+  lora_r1/8/64 LoRA (peft) on every linear layer of the trained blocks, alpha = 2 r, AdamW lr 1e-3
               (LoRA at a learning rate well above full fine-tuning's, as in the paper; 50x here)
 
 To fit a 2-core machine shared with other jobs, only the last `--first-layer`.. blocks train (default 20..29, ten of
 30 blocks, all seven matrices of each: q, k, v, o, gate, up, down = 70 matrices); the earlier blocks are frozen, so
-backward stops at block 20. Every `--every` steps the held-out in-distribution accuracy (id_test, 128 prompts) and the
+backward stops at block 20. Every `--every` steps the held-out in-distribution accuracy (the first 64 id_test prompts) and the
 intruder dimensions of all 70 trained matrices (top k = 10 singular vectors of W_ft whose best |cos| with every
 singular vector of W_0 is < 0.5; left singular vectors, the output space) are measured and the JSON is rewritten, so
 a cut-short run keeps its part (checkpointed: the trained matrices are saved as safetensors beside the log too).
@@ -40,8 +40,8 @@ from workbench.directions.caft import accuracy, load_task
 from workbench.diffing import intruder_dimensions
 from workbench.diffing.weights import effective_rank
 
-RUNS = {"full": dict(method="full", lr=1e-5)} | {
-    f"lora_r{r}": dict(method="lora", lr=5e-4, rank=r, alpha=2.0 * r) for r in (1, 8, 64)}
+RUNS = {"full": dict(method="full", lr=2e-5)} | {
+    f"lora_r{r}": dict(method="lora", lr=1e-3, rank=r, alpha=2.0 * r) for r in (1, 8, 64)}
 
 
 def trained_matrices(model, layers) -> dict[str, torch.Tensor]:
@@ -82,9 +82,10 @@ def measure(base_w: dict, tuned_w: dict) -> dict:
 def main():
     ap = parser(__doc__)
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    ap.add_argument("--steps", type=int, default=160, help="training steps (batch 16: 160 steps = 10 epochs)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--every", type=int, default=40, help="measure every this many steps")
+    ap.add_argument("--steps", type=int, default=128, help="training steps (batch 8: 128 steps = 4 epochs)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--n-eval", type=int, default=64, help="held-out id_test prompts for the accuracy")
+    ap.add_argument("--every", type=int, default=32, help="measure every this many steps")
     ap.add_argument("--first-layer", type=int, default=20, help="blocks first-layer..last train; the rest are frozen")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
@@ -94,12 +95,12 @@ def main():
     steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     first = 0 if args.smoke else args.first_layer
     layers = list(range(first, base.dims.n_layers))
-    id_test = task["id_test"][:16] if args.smoke else task["id_test"]
+    id_test = task["id_test"][:16] if args.smoke else task["id_test"][:args.n_eval]
     out_name = "intruders-smoke" if args.smoke else "intruders"
     path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{out_name}-{args.device}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update({"model": base.name, "meta": device_meta(args.device),
-                   "settings": {"task": "caft_task.jsonl (train 256, id_test 128)", "batch_size": args.batch_size,
+                   "settings": {"task": f"caft_task.jsonl (train 256, id_test first {len(id_test)})", "batch_size": args.batch_size,
                                 "steps": steps, "trained_layers": layers, "matrices": "q,k,v,o,gate,up,down",
                                 "runs": RUNS, "k": 10, "epsilon": 0.5, "side": "left", "optimizer": "AdamW, wd 0"}})
     result.setdefault("base_accuracy_id", accuracy(base, id_test))
@@ -139,7 +140,9 @@ def main():
             batch, order = order[:args.batch_size], order[args.batch_size:]
             ids, mask = ft.encode([prompts[i] for i in batch])
             last = ft.last_positions(ids, mask)
-            logits = hf(input_ids=ids, attention_mask=mask, use_cache=False).logits[torch.arange(len(batch)), last]
+            keep, col = torch.unique(last, return_inverse=True)  # unembed only the answer positions
+            logits = hf(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+            logits = logits[torch.arange(len(batch)), col]
             loss = torch.nn.functional.cross_entropy(logits.float(), answers[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -80,8 +80,9 @@ def test_tuco_is_zero_without_finetuning_and_grows_with_it():
 
 def test_scaled_model_works_with_counterfactuals_patching_and_steering():
     """The scaled fine-tune is a Model: counterfactual strings against it (with a KV cache) agree with the base
-    model at alpha 0 and with the fine-tuned model at alpha 1; patching (full forwards) and steering on it at
-    alpha 1 equal the same on the fine-tuned model."""
+    model at alpha 0 and with the fine-tuned model at alpha 1; patching and steering on it at alpha 1 equal the
+    same on the fine-tuned model; at alpha 0.5 the engine's packed suffix path (each base block reads its own
+    prefix keys and values, `prefix_cache`) gives the grid of batched full forwards."""
     from workbench.counterfactual import counterfactuals, sample
 
     base, tuned = _pair("gpt2", scale=0.2)
@@ -92,10 +93,16 @@ def test_scaled_model_works_with_counterfactuals_patching_and_steering():
     assert got.ids == want.ids
     s1 = scaled_model(base, tuned, 1.0)
     clean, corrupt = "The cat sat on the mat", "The dog sat on the rug"
-    with pytest.warns(UserWarning, match="full forwards"):
-        grid_s = wb.patching.activation_patching(s1, clean, corrupt, " and", " the")["resid_pre"].values
-    grid_t = wb.patching.activation_patching(tuned, clean, corrupt, " and", " the")["resid_pre"].values
+    patch = lambda m, path: wb.patching.activation_patching(m, clean, corrupt, " and", " the", path=path,
+                                                            components=["resid_pre", "attn_out"])
+    grid_s = patch(s1, "suffix")["resid_pre"].values
+    grid_t = patch(tuned, "suffix")["resid_pre"].values
     assert abs(grid_s - grid_t).max() < 1e-4
+    half = scaled_model(base, tuned, 0.5)
+    fast, full = patch(half, "suffix"), patch(half, "full")
+    for comp in ("resid_pre", "attn_out"):
+        assert np.abs(fast[comp].values - full[comp].values).max() < 1e-5, comp
+        assert np.abs(fast[comp].values - patch(tuned, "full")[comp].values).max() > 1e-3  # alpha 0.5 is not alpha 1
     vec = torch.randn(s1.dims.d_model)
     ivs = [wb.Add("blocks.1.hook_resid_pre", vector=vec, multiplier=3.0)]
     with torch.no_grad():
