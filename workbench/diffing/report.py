@@ -207,7 +207,7 @@ def _patching_grid(base: Model, tuned: Model, prompts: list[str]) -> LabelledArr
 def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None = None,
                corpus: Sequence[str] | None = None, n_latents: int | None = None, k: int = 8, steps: int = 600,
                n_samples: int = 8, max_new_tokens: int = 12, seed: int = 0, patching: bool = True,
-               crosscoder: bool = True, sae="default") -> ModelDiff:
+               crosscoder: bool = True, sae="default", matrices: str | None = None) -> ModelDiff:
     """What fine-tuning changed from `base` to `tuned` (a Model, peft model or adapter folder; see `weight_diff`).
 
     prompts: strings for TuCo, patching and counterfactual strings. layer: where the crosscoder and the lens read
@@ -215,7 +215,8 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     (default 4 x d_model); k, steps: its BatchTopK k and training steps. n_samples: observed strings sampled from
     the base model per prompt (seeded) for the counterfactuals. sae: an SAE of the base model (a SAELens SAE or its
     folder) whose latents are diffed at the prompts' last token; "default": the shipped SAE when `base` is the default
-    model (by name), else none; None: no SAE section.
+    model (by name), else none; None: no SAE section. matrices: a regular expression on the block-relative module
+    names the weight section reads (`weight_diff`; default every matrix).
     """
     from ..counterfactual import counterfactuals, sample
     from .weights import as_merged
@@ -236,7 +237,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
 
     tuco = tuning_contribution(base, tuned, prompts)
-    weights = weight_diff(base, tuned)
+    weights = weight_diff(base, tuned, matrices=matrices)
     grid = _patching_grid(base, tuned, prompts) if patching else None
 
     cdiff, latent_tokens = None, {}
