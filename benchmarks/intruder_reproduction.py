@@ -18,6 +18,7 @@ singular vector of W_0 is < 0.5; left singular vectors, the output space) are me
 a cut-short run keeps its part (checkpointed: the trained matrices are saved as safetensors beside the log too).
 
     nice -n 10 python benchmarks/intruder_reproduction.py --runs full lora_r1 lora_r8 lora_r64 [--steps 192]
+    python benchmarks/intruder_reproduction.py --grow     (then: intruders of W_0 + c dW, c = 1, 2, 4, 8, from the saved runs)
     python benchmarks/intruder_reproduction.py --smoke                        (tiny model, seconds)
 
 Writes benchmarks/results/intruders-<device>.json (one key per run; runs given separately are merged into it).
@@ -114,6 +115,18 @@ def last_logits(hf, streams: list[torch.Tensor]) -> torch.Tensor:
     return logits[torch.arange(len(streams)), col].float()
 
 
+def grown(base_w: dict, tuned_w: dict, multipliers=(1, 2, 4, 8), k: int = 10, epsilon: float = 0.5) -> dict:
+    """Intruders of W_0 + c dW for each multiplier c (the update grown as by longer or faster training), all matrices:
+    how far the measured update is from producing intruder dimensions."""
+    out = {}
+    for c in multipliers:
+        n = 0
+        for key, w0 in base_w.items():
+            n += intruder_dimensions(w0, w0 + c * (tuned_w[key] - w0), k=k, epsilon=epsilon)["intruders"]
+        out[str(c)] = n
+    return out
+
+
 def main():
     ap = parser(__doc__)
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -123,6 +136,8 @@ def main():
     ap.add_argument("--every", type=int, default=48, help="measure every this many steps")
     ap.add_argument("--first-layer", type=int, default=26, help="blocks first-layer..last train; the rest are frozen")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--grow", action="store_true", help="only count intruders of W_0 + c dW (c = 1, 2, 4, 8) from the "
+                    "trained matrices saved by earlier runs, into the JSON")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     base = wb.tiny_model("llama") if args.smoke else wb.load_model(device=args.device)
@@ -139,10 +154,21 @@ def main():
                                 "batch_size": args.batch_size, "steps": steps, "trained_layers": layers,
                                 "matrices": "q,k,v,o,gate,up,down of each trained block", "runs": RUNS, "k": 10,
                                 "epsilon": 0.5, "side": "left", "optimizer": "AdamW, weight decay 0, constant lr"}})
-    result.setdefault("base_accuracy_id", accuracy(base, id_test))
+    if "base_accuracy_id" not in result:
+        result["base_accuracy_id"] = accuracy(base, id_test)
     result.setdefault("runs", {})
     block = lambda hf, l: hf.get_submodule(base.arch.blocks)[l]
     base_w = trained_matrices({l: block(base.hf, l) for l in layers})
+    saved = Path(__file__).resolve().parents[1] / ".cache" / "intruders"
+    if args.grow:
+        from safetensors.torch import load_file
+
+        for name in args.runs:
+            if (saved / f"{name}.safetensors").is_file() and name in result["runs"]:
+                result["runs"][name]["grown_update_intruders"] = grown(base_w, load_file(saved / f"{name}.safetensors"))
+                print(name, result["runs"][name]["grown_update_intruders"], flush=True)
+                write_result(result, out_name, args.device, args.out)
+        return
     t0 = time.time()
     train_x = prefix_stream(base, [ex["prompt"] for ex in task["train"]], first)
     test_x = prefix_stream(base, [ex["prompt"] for ex in id_test], first)
@@ -204,7 +230,7 @@ def main():
         if not args.smoke:  # the trained matrices, so a later analysis needs no retraining
             from safetensors.torch import save_file
 
-            ckpt = Path(__file__).resolve().parents[1] / ".cache" / "intruders" / f"{name}.safetensors"
+            ckpt = saved / f"{name}.safetensors"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in trained_matrices({l: block(hf, l) for l in layers}).items()},
                       str(ckpt))
