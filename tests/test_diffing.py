@@ -80,8 +80,9 @@ def test_tuco_is_zero_without_finetuning_and_grows_with_it():
 
 def test_scaled_model_works_with_counterfactuals_patching_and_steering():
     """The scaled fine-tune is a Model: counterfactual strings against it (with a KV cache) agree with the base
-    model at alpha 0 and with the fine-tuned model at alpha 1; patching (full forwards) and steering on it at
-    alpha 1 equal the same on the fine-tuned model."""
+    model at alpha 0 and with the fine-tuned model at alpha 1; patching and steering on it at alpha 1 equal the
+    same on the fine-tuned model; at alpha 0.5 the engine's packed suffix path (each base block reads its own
+    prefix keys and values, `prefix_cache`) gives the grid of batched full forwards."""
     from workbench.counterfactual import counterfactuals, sample
 
     base, tuned = _pair("gpt2", scale=0.2)
@@ -92,10 +93,16 @@ def test_scaled_model_works_with_counterfactuals_patching_and_steering():
     assert got.ids == want.ids
     s1 = scaled_model(base, tuned, 1.0)
     clean, corrupt = "The cat sat on the mat", "The dog sat on the rug"
-    with pytest.warns(UserWarning, match="full forwards"):
-        grid_s = wb.patching.activation_patching(s1, clean, corrupt, " and", " the")["resid_pre"].values
-    grid_t = wb.patching.activation_patching(tuned, clean, corrupt, " and", " the")["resid_pre"].values
+    patch = lambda m, path: wb.patching.activation_patching(m, clean, corrupt, " and", " the", path=path,
+                                                            components=["resid_pre", "attn_out"])
+    grid_s = patch(s1, "suffix")["resid_pre"].values
+    grid_t = patch(tuned, "suffix")["resid_pre"].values
     assert abs(grid_s - grid_t).max() < 1e-4
+    half = scaled_model(base, tuned, 0.5)
+    fast, full = patch(half, "suffix"), patch(half, "full")
+    for comp in ("resid_pre", "attn_out"):
+        assert np.abs(fast[comp].values - full[comp].values).max() < 1e-5, comp
+        assert np.abs(fast[comp].values - patch(tuned, "full")[comp].values).max() > 1e-3  # alpha 0.5 is not alpha 1
     vec = torch.randn(s1.dims.d_model)
     ivs = [wb.Add("blocks.1.hook_resid_pre", vector=vec, multiplier=3.0)]
     with torch.no_grad():
@@ -309,3 +316,34 @@ def test_workbench_diff_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "out" / "report.html").stat().st_size > 1e6  # plotly.js inlined
     assert main(args) == 2 and "report.json exists" in capsys.readouterr().err
     assert main(["diff", "tiny-llama", "tiny-gpt2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_model_diff_reports_the_most_moved_sae_latents():
+    """The SAE section is the mean change of each latent at the prompts' last token, computed here from the two
+    models' own cached residuals and the SAE's own encoder; the shipped SAE is used only for the default model."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from workbench.diffing import model_diff
+
+    base = wb.tiny_model("llama")
+    tuned = perturbed_copy(base, 0.1, seed=1)
+    cfg = TopKSAEConfig(d_in=base.dims.d_model, d_sae=48, k=6)
+    cfg.metadata.hook_name, cfg.metadata.model_name = "blocks.1.hook_resid_pre", base.name
+    sae = TopKSAE(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    kw = dict(patching=False, crosscoder=False, n_samples=1, max_new_tokens=1)
+    r = model_diff(base, tuned, PROMPTS, sae=sae, **kw)
+    with torch.no_grad():
+        z = []
+        for m in (base, tuned):
+            z.append(torch.stack([sae.encode(m.run_with_cache(p, ["blocks.1.hook_resid_pre"])[1]
+                                              ["blocks.1.hook_resid_pre"][0, -1].float()) for p in PROMPTS]))
+    delta = (z[1] - z[0]).mean(0)
+    assert delta.abs().max() > 0.01  # the fine-tune moved some latent
+    torch.testing.assert_close(r.sae_latents.delta, delta, atol=1e-5, rtol=0)
+    assert r.sae_latents.order[0] == int(delta.abs().argmax())
+    assert len(r.to_json()["sae_latents"]["top"]) == 20 and "SAE: most moved latents" in r.view().body
+    assert model_diff(base, tuned, PROMPTS, **kw).sae_latents is None  # "default": not the default model's family

@@ -1,6 +1,6 @@
 """`workbench diff BASE FINETUNED --out DIR`: one report on what a fine-tune changed (workbench.diffing.model_diff):
 TuCo by layer, intruder dimensions, the cross-model patching grid, the most moved crosscoder latents, the
-activation-difference lens, counterfactual strings base -> fine-tuned with the exact first-token agreement."""
+activation-difference lens, the most moved SAE latents, counterfactual strings base -> fine-tuned with the exact first-token agreement."""
 from __future__ import annotations
 
 from .common import MODEL_HELP, add_force, add_model, check_int, load, output_dir
@@ -22,7 +22,8 @@ def _cmd_diff(args) -> int:
     tuned = load(args, "finetuned")
     r = model_diff(base, tuned, prompts, layer=args.layer, corpus=corpus, k=args.k, steps=args.steps,
                    n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                   patching=not args.no_patching, crosscoder=not args.no_crosscoder, progress=True)
+                   patching=not args.no_patching, crosscoder=not args.no_crosscoder,
+                   sae=None if args.sae == "none" else args.sae, progress=True)
     r.save(out)
     a = r.agreement
     print(f"TuCo (mean over prompts) {float(r.tuco.tuco.mean()):.3f}; intruder dimensions {r.weights.total_intruders}; "
@@ -48,6 +49,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the sampled strings and the crosscoder")
     s.add_argument("--no-patching", action="store_true", help="skip the cross-model patching grid")
     s.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder")
+    s.add_argument("--sae", default="default", help="SAE folder of the base model whose most moved latents are "
+                   "reported; 'default': the shipped SAE when BASE is the default model; 'none': no SAE section")
     s.add_argument("--out", required=True, help="folder for report.json and report.html")
     add_force(s)
     s.set_defaults(fn=_cmd_diff)

@@ -205,6 +205,16 @@ class Model:
             return torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
         return mask.long().sum(1) - 1
 
+    def prefix_cache(self, cache, layer: int, rows: Tensor):
+        """The KV cache one block, run alone on a suffix, reads for its prefix (the patching engine's fast path):
+        `layer`'s keys and values of `cache` (a full forward's) for batch `rows`. A model whose blocks keep more
+        state than their own keys and values overrides it (`diffing.ScaledFineTune`: the base blocks' cache)."""
+        from .arch import layer_kv, one_layer_cache
+
+        keys, values = layer_kv(cache, layer)
+        rows = rows.to(keys.device)
+        return one_layer_cache(keys[rows], values[rows], layer)
+
     # -- running --------------------------------------------------------------------------------
 
     def _forward_kwargs(self, inputs, attention_mask, inputs_embeds) -> tuple[dict, tuple[int, int]]:

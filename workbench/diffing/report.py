@@ -2,7 +2,8 @@
 
 Sections: TuCo by layer and per prompt (`tuco`), intruder dimensions and update size per layer (`weights`), the
 cross-model patching grid (`analysis.cross_model`), the most moved crosscoder latents and the activation-difference
-lens (`crosscoder`), and counterfactual strings base -> fine-tuned (`counterfactual`) with the exact Gumbel-max
+lens (`crosscoder`), the most moved latents of an SAE trained on the base model (`sae.diff_latents`; by default the
+shipped SAE, layer 15 of the default model, when the pair is of the default model's family), and counterfactual strings base -> fine-tuned (`counterfactual`) with the exact Gumbel-max
 first-token agreement beside the measured one. Exact agreement (shared Gumbel noise, temperature 1): for next-token
 distributions p (base) and q (fine-tuned), an observed first token x sampled from p is kept by the counterfactual
 with probability
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.default_model import DEFAULT_MODEL
 from ..core.io import atomic_write_text
 from ..toolkit.results import LabelledArray
 from ..core.model import Model
@@ -73,6 +75,7 @@ class ModelDiff:
     agreement: dict
     meta: dict = field(default_factory=dict)
     tokenizer: object = field(default=None, repr=False)
+    sae_latents: object | None = None  # a sae.LatentDiff: the SAE's latents moved most at the prompts' last token
 
     def to_json(self) -> dict:
         return {"base": self.base, "tuned": self.tuned, "prompts": self.prompts, "meta": self.meta,
@@ -82,6 +85,7 @@ class ModelDiff:
                 "crosscoder": None if self.crosscoder is None else {**self.crosscoder.to_json(),
                                                                     "latent_tokens": self.latent_tokens},
                 "lens": None if self.lens is None else self.lens.to_json(),
+                "sae_latents": None if self.sae_latents is None else self.sae_latents.to_json(top=20),
                 "counterfactuals": None if self.counterfactuals is None else
                 self.counterfactuals.to_dataframe().to_dict(orient="records"),
                 "agreement": self.agreement}
@@ -124,6 +128,15 @@ class ModelDiff:
                 f"<p>{counts}; FVU {self.crosscoder.fvu:.3f}</p><table class='latents' border=1><tr><th>latent</th>"
                 "<th>class</th><th>relative norm</th><th>frequency</th><th>nu (error)</th><th>top tokens</th></tr>"
                 f"{rows}</table>")))
+        if self.sae_latents is not None:
+            d = self.sae_latents
+            rows = "".join(f"<tr><td>{j}</td><td>{float(d.delta[j]):+.3f}</td><td>{float(d.base_mean[j]):.3f}</td>"
+                           f"<td>{float(d.ft_mean[j]):.3f}</td><td>{float(d.score[j]):.2f}</td></tr>" for j in d.order[:10])
+            parts.append(views.View("SAE: most moved latents", (
+                f"<p>SAE at {_html.escape(d.meta['site'])} (trained on the base model), read at each prompt's last "
+                f"token; ranked by |mean change|</p><table class='sae-latents' border=1><tr><th>latent</th>"
+                f"<th>change (tuned - base)</th><th>base mean</th><th>tuned mean</th><th>change / base std</th></tr>"
+                f"{rows}</table>")))
         if self.lens is not None:
             top = ", ".join(f"{_html.escape(repr(t))} ({v:.2f})" for t, v in self.lens.top_tokens)
             parts.append(views.View("Activation-difference lens", (
@@ -157,6 +170,21 @@ def _latent_tokens(cc, acts: Tensor, tokens: list[str], latents: list[int], n: i
     return out
 
 
+def _sae_latents(base: Model, tuned: Model, prompts: list[str], sae):
+    """The SAE latents moved most from base to tuned at each prompt's last token (`sae.diff_latents`), or None."""
+    from ..sae import default_sae, diff_latents, load_sae
+
+    if sae is None:
+        return None
+    if isinstance(sae, str) and sae == "default":
+        if base.name.split("+")[0] != DEFAULT_MODEL:  # the shipped SAE reads the default model only
+            return None
+        sae = default_sae(base)
+    else:
+        sae = load_sae(sae, base)
+    return diff_latents(base, tuned, sae, prompts, read_at=-1)
+
+
 def _patching_grid(base: Model, tuned: Model, prompts: list[str]) -> LabelledArray | None:
     """Cross-model patching (fine-tuned into base) of resid_pre on the prompts of the most common length; the
     answer is the fine-tuned model's top next token, the foil the base model's (prompts where they agree drop out)."""
@@ -180,14 +208,18 @@ def _patching_grid(base: Model, tuned: Model, prompts: list[str]) -> LabelledArr
 def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None = None,
                corpus: Sequence[str] | None = None, n_latents: int | None = None, k: int = 8, steps: int = 600,
                n_samples: int = 8, max_new_tokens: int = 12, seed: int = 0, patching: bool = True,
-               crosscoder: bool = True, progress: bool = False) -> ModelDiff:
+               crosscoder: bool = True, sae="default", matrices: str | None = None,
+               progress: bool = False) -> ModelDiff:
     """What fine-tuning changed from `base` to `tuned` (a Model, peft model or adapter folder; see `weight_diff`).
 
     prompts: strings for TuCo, patching and counterfactual strings. layer: where the crosscoder and the lens read
     (default the middle layer). corpus: texts for the crosscoder (default the prompts). n_latents: crosscoder width
     (default 4 x d_model); k, steps: its BatchTopK k and training steps. n_samples: observed strings sampled from
-    the base model per prompt (seeded) for the counterfactuals. progress: a tqdm bar over the crosscoder's steps
-    (the part that takes long).
+    the base model per prompt (seeded) for the counterfactuals. sae: an SAE of the base model (a SAELens SAE or its
+    folder) whose latents are diffed at the prompts' last token; "default": the shipped SAE when `base` is the default
+    model (by name), else none; None: no SAE section. matrices: a regular expression on the block-relative module
+    names the weight section reads (`weight_diff`; default every matrix). progress: a tqdm bar over the
+    crosscoder's steps (the part that takes long).
     """
     from ..counterfactual import counterfactuals, sample
     from .weights import as_merged
@@ -208,7 +240,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
             raise checks.fail(name, 'a positive int', v)
 
     tuco = tuning_contribution(base, tuned, prompts)
-    weights = weight_diff(base, tuned)
+    weights = weight_diff(base, tuned, matrices=matrices)
     grid = _patching_grid(base, tuned, prompts) if patching else None
 
     cdiff, latent_tokens = None, {}
@@ -221,6 +253,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
         tokens = [t for x in texts for t in base.to_str_tokens(x)]
         latent_tokens = _latent_tokens(cc, acts, tokens, cdiff.most_moved(10, "tuned") + cdiff.most_moved(5, "base"))
     lens = activation_difference(base, tuned, texts, layer)
+    sae_latents = _sae_latents(base, tuned, prompts, sae)
 
     # counterfactual strings: observed strings sampled from the base model, replayed under the fine-tuned one
     rows = [p for p in prompts for _ in range(n_samples)]
@@ -235,5 +268,6 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     agreement = {"measured": float(np.mean(measured)), "exact": float(np.mean(exact)), "n": len(measured),
                  "exact_unconditional": float(np.mean(uncond)), "per_row_exact": exact, "per_row_measured": measured}
     out = ModelDiff(base.name, tuned.name, prompts, tuco, weights, grid, cdiff, latent_tokens, lens, cf, agreement,
-                    {"layer": layer, "n_corpus": len(texts), "n_samples": n_samples, "seed": seed}, base.tokenizer)
+                    {"layer": layer, "n_corpus": len(texts), "n_samples": n_samples, "seed": seed}, base.tokenizer,
+                    sae_latents)
     return out

@@ -29,7 +29,6 @@ z, ...) are the fine-tuned block's own internals on it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -112,8 +111,8 @@ class ScaledFineTune(Model):
     """The fine-tuned model with its fine-tuning component scaled by `alpha` per layer (TuCo's steering).
 
     `alpha`: one number or one per layer; change it with `set_alpha` (no rebuild). Shares the weights of `base`
-    and `tuned` (the module tree of `tuned` is copied, its parameters are not). Patching runs it as batched full
-    forwards (the packed suffix path re-uses one KV cache per block, which the base blocks cannot share).
+    and `tuned` (the module tree of `tuned` is copied, its parameters are not). Patching takes the engine's packed
+    suffix path: `prefix_cache` hands each base block its own keys and values of the target run's prefix.
     """
 
     def __init__(self, base: Model, tuned: Model, alpha: float | Sequence[float] = 1.0):
@@ -121,7 +120,6 @@ class ScaledFineTune(Model):
         shared = {id(t): t for t in (*tuned.hf.parameters(), *tuned.hf.buffers())}
         hf = copy.deepcopy(tuned.hf, memo=shared)  # new module objects (own hooks), the same weight tensors
         super().__init__(hf, tuned.tokenizer, name=tuned.name)
-        self.arch = dataclasses.replace(self.arch, suffix=False)
         self.base, self.tuned = base, tuned
         self._record: dict | None = None
         self.set_alpha(alpha)
@@ -130,6 +128,16 @@ class ScaledFineTune(Model):
             block = self.module("block", l)
             block.register_forward_pre_hook(split.pre, with_kwargs=True)
             block.register_forward_hook(split.post, with_kwargs=True)  # first: the hook layer's sites see the mix
+
+    def prefix_cache(self, cache, layer: int, rows):
+        """The fine-tuned block's prefix keys and values, carrying the base block's own (from the same forward's
+        shadow cache) for `_BlockSplit.post` to pass to the base block."""
+        shadow = getattr(cache, _SHADOW, None)
+        if shadow is None:
+            raise ValueError("cache: not filled by a forward of this scaled model (no base-block cache on it)")
+        past = super().prefix_cache(cache, layer, rows)
+        setattr(past, _SHADOW, super().prefix_cache(shadow, layer, rows))
+        return past
 
     def set_alpha(self, alpha: float | Sequence[float]) -> "ScaledFineTune":
         self.alphas = _alphas(alpha, self.dims.n_layers)

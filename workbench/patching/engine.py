@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_cache, layer_kv, module_device,
-                         one_layer_cache, output_cache, rotary_tables, suffix_unsupported)
+from ..core.arch import (attention_window, cache_kwarg, float32_logits, full_kv_cache, module_device, output_cache,
+                         rotary_tables, suffix_unsupported)
 from ..core.interventions import Replace
 from ..core.sites import Site
 from ..core import checks
@@ -308,7 +308,7 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
             else:
                 target = model.hf(inputs_embeds=target_embeds, use_cache=True, **full_cache)
         resid = [cache[s.name] for s in resid_sites]  # per layer [n_pairs, T, d_model]
-        kv = [layer_kv(output_cache(target), l) for l in range(dims.n_layers)]  # [n_pairs, kv_heads, T, d_head]
+        target_cache = output_cache(target)  # per layer [n_pairs, kv_heads, T, d_head] keys and values
         stats.calls += 1
         stats.token_layers += n_pairs * T * dims.n_layers
         stats.unembedded += n_pairs * T
@@ -347,8 +347,7 @@ def _run_suffix(model, target_ids, patches, metric, budget, pack_tokens, progres
                     src = resid[l]
                     h[tuple(j.to(d) for j in joining)] = src[pack_pair[joining[0]].to(src.device),
                                                               slot_pos[joining].to(src.device)].to(d)
-                rows_kv = pack_pair[:nb].to(kv[l][0].device)
-                past = one_layer_cache(kv[l][0][rows_kv], kv[l][1][rows_kv], l)
+                past = model.prefix_cache(target_cache, l, pack_pair[:nb])
                 kwargs = {"attention_mask": masks[windows[l]][:nb, :, :w, :T + w].to(d),
                           "position_ids": positions[:nb, :w].to(d), "use_cache": True, cache_key: past}
                 if rope is not None:
