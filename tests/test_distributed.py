@@ -325,3 +325,15 @@ def test_device_map_split_over_cuda_and_cpu_matches_the_unsplit_model():
     assert split.module("block", 0).self_attn.q_proj.weight.device.type == "cuda"
     assert split.module("block", 1).self_attn.q_proj.weight.device.type == "cpu"
     _same_everywhere(ref, split, exact=False)  # GPU and CPU kernels round differently
+
+
+def test_steering_sweep_on_two_workers_equals_in_process(executor, tmp_path):
+    from test_sweep_folder import STEER_KW, assert_same_steering, steering_inputs
+
+    m, vec, prompts, words = steering_inputs()
+    ref = wb.steering.sweep(m, vec, prompts, behaviour=words, **STEER_KW)
+    on_ray = wb.steering.sweep(m, vec, prompts, behaviour=words, out=tmp_path / "ray", run=wb.toolkit.Run(executor=executor),
+                               **STEER_KW)
+    assert_same_steering(on_ray, ref)
+    log = runs(tmp_path / "ray")
+    assert sorted(r["id"] for r in log) == list(range(9)) and os.getpid() not in {r["pid"] for r in log}  # on the workers

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,3 +241,42 @@ def test_caft_seeds_resume_after_sigkill_with_identical_results(tmp_path, one_th
     assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(seeds) - first)  # only the missing seeds
     with pytest.raises(ValueError, match="task_sha256"):  # another task into the same folder: refused
         wb.directions.caft.compare(model, {**task, "train": task["train"][:-1]}, subs, seeds=seeds, out=out, **CAFT_KW)
+
+
+# steering sweeps: each (layer, multiplier) cell is an item (9 cells: unsteered + 2 layers x 4 multipliers)
+STEER_KW = dict(multipliers=[0.0, 2.0, 4.0, 8.0], max_new_tokens=8, batch_size=2)
+
+
+def steering_inputs():
+    """The tiny model, a seeded random steering vector for its 2 layers, two prompts and a word-share behaviour."""
+    from workbench.steering import SteeringVector
+    from workbench.steering.behaviour import word_share
+
+    model = wb.tiny_model("llama")
+    g = torch.Generator().manual_seed(0)
+    vec = SteeringVector({l: torch.randn(model.dims.d_model, generator=g) for l in range(model.dims.n_layers)},
+                         meta={"n_layers": model.dims.n_layers})
+    return model, vec, ["The cat sat on", "Once upon a time"], word_share(["the", "a", "myst"])
+
+
+def assert_same_steering(a, b):
+    assert a.samples == b.samples  # every continuation and its score, cell by cell
+    assert a.baseline == b.baseline and np.array_equal(a.behaviour.values, b.behaviour.values)
+    assert np.array_equal(a.cost.values, b.cost.values)  # bit for bit (one torch thread on both sides)
+
+
+def test_steering_sweep_resumes_after_sigkill_with_identical_results(tmp_path, one_thread):
+    model, vec, prompts, words = steering_inputs()
+    ref = wb.steering.sweep(model, vec, prompts, behaviour=words, **STEER_KW)  # in memory, uninterrupted
+    assert len({s["continuation"] for s in ref.samples}) > 4  # the multipliers change the text: a comparison of substance
+    out = tmp_path / "steer"
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; m, v, p, w = t.steering_inputs(); "
+        f"wb.steering.sweep(m, v, p, behaviour=w, out={str(out)!r}, **t.STEER_KW)", out / "cells", 9, at_least=2)
+    res = wb.steering.sweep(model, vec, prompts, behaviour=words, out=out, **STEER_KW)
+    assert_same_steering(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(range(9)) - first)  # only the missing cells
+    assert type(ref).load(out / "sweep.json").samples == ref.samples
+    with pytest.raises(ValueError, match="prompts_sha256"):  # other prompts into the same folder: refused
+        wb.steering.sweep(model, vec, prompts[:1], behaviour=words, out=out, **STEER_KW)
