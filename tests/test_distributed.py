@@ -337,3 +337,13 @@ def test_steering_sweep_on_two_workers_equals_in_process(executor, tmp_path):
     assert_same_steering(on_ray, ref)
     log = runs(tmp_path / "ray")
     assert sorted(r["id"] for r in log) == list(range(9)) and os.getpid() not in {r["pid"] for r in log}  # on the workers
+
+
+def test_patching_over_pairs_on_two_workers_equals_in_process(executor, model, tmp_path):
+    from test_sweep_folder import PAIRS, PATCH_KW, assert_same_grids
+
+    ref = wb.patching.patch_pairs(model, PAIRS, **PATCH_KW)
+    on_ray = wb.patching.patch_pairs(model, PAIRS, tmp_path / "ray", run=wb.toolkit.Run(executor=executor), **PATCH_KW)
+    assert_same_grids(on_ray, ref)
+    log = runs(tmp_path / "ray")
+    assert sorted(r["id"] for r in log) == list(range(8)) and os.getpid() not in {r["pid"] for r in log}  # on the workers

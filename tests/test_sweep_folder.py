@@ -280,3 +280,41 @@ def test_steering_sweep_resumes_after_sigkill_with_identical_results(tmp_path, o
     assert type(ref).load(out / "sweep.json").samples == ref.samples
     with pytest.raises(ValueError, match="prompts_sha256"):  # other prompts into the same folder: refused
         wb.steering.sweep(model, vec, prompts[:1], behaviour=words, out=out, **STEER_KW)
+
+
+# patching over many pairs: each chunk of pairs is an item (8 pairs, one per chunk)
+NAMES = [("Mary", "John"), ("Alice", "Bob"), ("Tom", "Anna"), ("Paul", "Lisa"), ("Mark", "Jane"), ("Eric", "Emma"),
+         ("Sam", "Kate"), ("Jack", "Rose")]
+PAIRS = [{"clean": f"When {a} and {b} went to the store, {b} gave a drink to", "answer": f" {a}", "foil": f" {b}",
+          "corrupted": f"When {a} and {b} went to the store, {a} gave a drink to"} for a, b in NAMES]
+PATCH_KW = dict(components=["resid_pre", "attn_out"], chunk=1)
+
+
+def assert_same_grids(a, b):
+    assert a.keys() == b.keys()
+    for comp in a:
+        assert np.array_equal(a[comp].values, b[comp].values), comp  # bit for bit (one torch thread on both sides)
+        assert a[comp].coords == b[comp].coords and a[comp].meta == b[comp].meta
+
+
+def test_patching_over_pairs_resumes_after_sigkill_with_identical_results(tmp_path, one_thread):
+    model = wb.tiny_model("llama")
+    ref = wb.patching.patch_pairs(model, PAIRS, **PATCH_KW)  # in memory, uninterrupted
+    # the grids are activation_patching's over the whole batch (an independent reference: one batch, one engine run)
+    whole = wb.patching.activation_patching(model, *([p[k] for p in PAIRS] for k in ("clean", "corrupted", "answer", "foil")),
+                                            components=PATCH_KW["components"])
+    for comp in whole:
+        assert np.allclose(ref[comp].values, whole[comp].values, atol=1e-5) and ref[comp].shape == whole[comp].shape
+        assert ref[comp].meta["n_pairs"] == 8 and abs(ref[comp].values).max() > 0.1
+    out = tmp_path / "pairs"
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))  # the file form, as the CLI reads it
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; "
+        f"wb.patching.patch_pairs(wb.tiny_model('llama'), {str(tmp_path / 'pairs.jsonl')!r}, {str(out)!r}, **t.PATCH_KW)",
+        out / "chunks", 8, at_least=2)
+    res = wb.patching.patch_pairs(model, tmp_path / "pairs.jsonl", out, **PATCH_KW)
+    assert_same_grids(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(range(8)) - first)  # only the missing chunks
+    with pytest.raises(ValueError, match="pairs_sha256"):  # other pairs into the same folder: refused
+        wb.patching.patch_pairs(model, PAIRS[:-1] + PAIRS[:1], out, **PATCH_KW)
