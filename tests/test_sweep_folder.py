@@ -318,3 +318,18 @@ def test_patching_over_pairs_resumes_after_sigkill_with_identical_results(tmp_pa
     assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(range(8)) - first)  # only the missing chunks
     with pytest.raises(ValueError, match="pairs_sha256"):  # other pairs into the same folder: refused
         wb.patching.patch_pairs(model, PAIRS[:-1] + PAIRS[:1], out, **PATCH_KW)
+
+
+def test_cli_patch_pairs_writes_the_sweeps_grids(tmp_path, one_thread):
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:4]))
+    args = ["patch", "--model", "tiny-llama", "--pairs", str(tmp_path / "pairs.jsonl"), "--sites", "resid_pre",
+            "--chunk", "2", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    grids = json.loads((tmp_path / "out" / "grids.json").read_text())
+    want = wb.patching.patch_pairs(wb.tiny_model("llama"), PAIRS[:4], components="resid_pre", chunk=2)["resid_pre"]
+    assert np.array_equal(np.asarray(grids["resid_pre"]["values"], dtype=np.float32), want.values)
+    assert sorted(p.name for p in (tmp_path / "out" / "chunks").iterdir()) == ["0.json", "1.json"]
+    assert (tmp_path / "out" / "resid_pre.png").is_file()
+    assert main(args) == 0  # the same command again: resumes (nothing left to run)
+    assert main(args[:-2] + ["--clean", "a", "--out", str(tmp_path / "both")]) == 2  # a file of pairs or one pair
+    assert not (tmp_path / "both").exists()

@@ -80,6 +80,8 @@ def patch_pairs(model: Model, pairs, out=None, *, components="resid_pre", by: st
     if path not in ("auto", "suffix", "full"):
         raise checks.fail("path", "'auto', 'suffix' or 'full'", path)
     foil = [r["foil"] for r in rows] if "foil" in rows[0] else None
+    if foil is None and metric in ("logit_diff", "normalized"):
+        raise ValueError(f"foil: metric {metric!r} needs a foil token in every pair")
     # every pair checked (single tokens, shared lengths, no degenerate pair) before anything is written
     check_degenerate(make_pairs(model, *([r[k] for r in rows] for k in KEYS[:3]), foil, align), metric)
     kw = {"components": comps, "by": by, "metric": metric, "direction": direction, "align": align, "path": path,
