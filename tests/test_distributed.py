@@ -347,3 +347,17 @@ def test_patching_over_pairs_on_two_workers_equals_in_process(executor, model, t
     assert_same_grids(on_ray, ref)
     log = runs(tmp_path / "ray")
     assert sorted(r["id"] for r in log) == list(range(8)) and os.getpid() not in {r["pid"] for r in log}  # on the workers
+
+
+def test_rome_chunks_on_two_workers_equal_in_process(executor, model, tmp_path):
+    from workbench.editing.counterfact import run_counterfact
+    from test_sweep_folder import ROME_KW, assert_same_counterfact, rome_requests, same_metrics
+
+    reqs = rome_requests()
+    a = run_counterfact(model, reqs, tmp_path / "a", "rome", **ROME_KW)
+    b = run_counterfact(model, reqs, tmp_path / "b", "rome", run=wb.toolkit.Run(executor=executor, progress=False),
+                        **{k: v for k, v in ROME_KW.items() if k != "progress"})
+    assert_same_counterfact(tmp_path / "a", tmp_path / "b", reqs)
+    assert same_metrics(a, b)
+    log = runs(tmp_path / "b")
+    assert sorted(r["id"] for r in log) == sorted(r["id"] for r in reqs) and os.getpid() not in {r["pid"] for r in log}

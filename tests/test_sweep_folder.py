@@ -333,3 +333,47 @@ def test_cli_patch_pairs_writes_the_sweeps_grids(tmp_path, one_thread):
     assert main(args) == 0  # the same command again: resumes (nothing left to run)
     assert main(args[:-2] + ["--clean", "a", "--out", str(tmp_path / "both")]) == 2  # a file of pairs or one pair
     assert not (tmp_path / "both").exists()
+
+
+# ROME with chunk > 1 in CounterFact: each chunk of requests is an item whose results are one file per request
+ROME_KW = dict(chunk=2, hparams={"steps": 3}, stats={"n_tokens": 512, "progress": False}, gen_tokens=0, progress=False)
+
+
+def rome_requests():
+    from workbench.data.facts import load_facts
+    from workbench.editing.counterfact import build_requests
+
+    return build_requests(load_facts(wb.data.data_path("facts.jsonl"))[:40], None, n=6, n_neighbours=2)
+
+
+def assert_same_counterfact(a, b, reqs):
+    for r in reqs:
+        ra, rb = (json.loads((x / "results" / f"{r['id']}.json").read_text()) for x in (a, b))
+        for key in ("rewrite", "paraphrase", "neighborhood", "relative_norm", "value_opt"):
+            assert ra[key] == rb[key], key
+
+
+def same_metrics(a: dict, b: dict) -> bool:
+    """CounterFact summaries equal, NaN included (GE with gen_tokens=0), timings excluded."""
+    drop = lambda m: json.dumps({k: v for k, v in m.items() if k != "seconds_per_edit"}, sort_keys=True)
+    return drop(a) == drop(b)
+
+
+def test_rome_chunks_resume_after_sigkill_with_identical_results(tmp_path, one_thread):
+    from workbench.editing.counterfact import run_counterfact
+
+    model, reqs = wb.tiny_model("llama"), rome_requests()
+    ref = run_counterfact(model, reqs, tmp_path / "ref", "rome", **ROME_KW)
+    ids = [r["id"] for r in reqs]
+    assert sorted(json.loads(l)["id"] for l in (tmp_path / "ref" / "runs.jsonl").read_text().splitlines()) == sorted(ids)
+    out = tmp_path / "rome"
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; from workbench.editing.counterfact import run_counterfact; "
+        f"run_counterfact(wb.tiny_model('llama'), t.rome_requests(), {str(out)!r}, 'rome', **t.ROME_KW)",
+        out / "results", 6, at_least=2)
+    res = run_counterfact(model, reqs, out, "rome", **ROME_KW)
+    assert_same_counterfact(tmp_path / "ref", out, reqs)
+    assert same_metrics(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(ids) - first)  # only the missing chunks' requests
+    assert len(first) % 2 == 0  # whole chunks: a chunk's value optimisation is one batch
