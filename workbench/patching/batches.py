@@ -92,13 +92,7 @@ def patch_pairs(model: Model, pairs, out=None, *, components="resid_pre", by: st
               "pairs_sha256": content_digest(rows), "n_pairs": len(rows), "chunk": chunk,
               **{k: v for k, v in kw.items() if k != "align"}, "align": content_digest(align)},
         items="chunks", force=run.force)
-    with run.executor_for(model) as ex:
-        if folder is None:  # not resumable: the same items on the same executor, kept in memory
-            records = {i: r for i, r, _ in ex.map(model, _chunk_item, items)}
-        else:
-            with folder.start():
-                folder.run(items, _chunk_item, model, ex, progress=run.progress, desc="patching pairs", unit="chunk")
-                records = {i: folder.load(i) for i, _ in items}
+    records = run.records(model, items, _chunk_item, folder, desc="patching pairs", unit="chunk")
     grids = {comp: _joined([LabelledArray.from_json(records[i][comp]) for i, _ in items], per_pair) for comp in comps}
     if folder is not None:
         folder.write_json("grids.json", {comp: g.to_json() for comp, g in grids.items()})

@@ -250,13 +250,7 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
               "multipliers": multipliers, "prompts_sha256": content_digest(prompts), "positions": repr(positions),
               "cost": cost, "neutral_sha256": content_digest(neutral_texts), "seed": seed, **gen},
         items="cells", force=run.force)
-    with run.executor_for(model) as ex:
-        if folder is None:  # not resumable: the same items on the same executor, kept in memory
-            records = {c: r for c, r, _ in ex.map(model, _cell_item, items)}
-        else:
-            with folder.start():
-                folder.run(items, _cell_item, model, ex, progress=run.progress, desc="steering sweep", unit="cell")
-                records = {c: folder.load(c) for c, _ in items}
+    records = run.records(model, items, _cell_item, folder, desc="steering sweep", unit="cell")
     new_ids = [ids for c in range(len(cells)) for ids in records[c]["ids"]]
     texts = [t for c in range(len(cells)) for t in records[c]["texts"]]
     cost_cells = np.array([records[c]["cost"] for c in range(len(cells))])
