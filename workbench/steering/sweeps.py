@@ -250,6 +250,11 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
               "multipliers": multipliers, "prompts_sha256": content_digest(prompts), "positions": repr(positions),
               "cost": cost, "neutral_sha256": content_digest(neutral_texts), "seed": seed, **gen},
         items="cells", force=run.force)
+    if folder is not None:
+        # a multiplier that overflows the residual stream is refused at the forward (core.hooks.check_result):
+        # every steered cell steps once on the first prompt, in one batch, before anything is written
+        generate_ids(model, [prompts[0]] * (len(cells) - 1), lambda a, b: _row_adds(model, vector, cells[1 + a:1 + b],
+                     positions), max_new_tokens=1, batch_size=batch_size)
     records = run.records(model, items, _cell_item, folder, desc="steering sweep", unit="cell")
     new_ids = [ids for c in range(len(cells)) for ids in records[c]["ids"]]
     texts = [t for c in range(len(cells)) for t in records[c]["texts"]]
