@@ -324,3 +324,39 @@ def test_device_map_split_over_cuda_and_cpu_matches_the_unsplit_model():
     assert split.module("block", 0).self_attn.q_proj.weight.device.type == "cuda"
     assert split.module("block", 1).self_attn.q_proj.weight.device.type == "cpu"
     _same_everywhere(ref, split, exact=False)  # GPU and CPU kernels round differently
+
+
+def test_steering_sweep_on_two_workers_equals_in_process(executor, tmp_path):
+    from test_sweep_folder import STEER_KW, assert_same_steering, steering_inputs
+
+    m, vec, prompts, words = steering_inputs()
+    ref = wb.steering.sweep(m, vec, prompts, behaviour=words, **STEER_KW)
+    on_ray = wb.steering.sweep(m, vec, prompts, behaviour=words, out=tmp_path / "ray", run=wb.toolkit.Run(executor=executor),
+                               **STEER_KW)
+    assert_same_steering(on_ray, ref)
+    log = runs(tmp_path / "ray")
+    assert sorted(r["id"] for r in log) == list(range(9)) and os.getpid() not in {r["pid"] for r in log}  # on the workers
+
+
+def test_patching_over_pairs_on_two_workers_equals_in_process(executor, model, tmp_path):
+    from test_sweep_folder import PAIRS, PATCH_KW, assert_same_grids
+
+    ref = wb.patching.patch_pairs(model, PAIRS, **PATCH_KW)
+    on_ray = wb.patching.patch_pairs(model, PAIRS, tmp_path / "ray", run=wb.toolkit.Run(executor=executor), **PATCH_KW)
+    assert_same_grids(on_ray, ref)
+    log = runs(tmp_path / "ray")
+    assert sorted(r["id"] for r in log) == list(range(8)) and os.getpid() not in {r["pid"] for r in log}  # on the workers
+
+
+def test_rome_chunks_on_two_workers_equal_in_process(executor, model, tmp_path):
+    from workbench.editing.counterfact import run_counterfact
+    from test_sweep_folder import ROME_KW, assert_same_counterfact, rome_requests, same_metrics
+
+    reqs = rome_requests()
+    a = run_counterfact(model, reqs, tmp_path / "a", "rome", **ROME_KW)
+    b = run_counterfact(model, reqs, tmp_path / "b", "rome", run=wb.toolkit.Run(executor=executor, progress=False),
+                        **{k: v for k, v in ROME_KW.items() if k != "progress"})
+    assert_same_counterfact(tmp_path / "a", tmp_path / "b", reqs)
+    assert same_metrics(a, b)
+    log = runs(tmp_path / "b")
+    assert sorted(r["id"] for r in log) == sorted(r["id"] for r in reqs) and os.getpid() not in {r["pid"] for r in log}

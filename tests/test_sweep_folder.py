@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,3 +241,139 @@ def test_caft_seeds_resume_after_sigkill_with_identical_results(tmp_path, one_th
     assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(seeds) - first)  # only the missing seeds
     with pytest.raises(ValueError, match="task_sha256"):  # another task into the same folder: refused
         wb.directions.caft.compare(model, {**task, "train": task["train"][:-1]}, subs, seeds=seeds, out=out, **CAFT_KW)
+
+
+# steering sweeps: each (layer, multiplier) cell is an item (9 cells: unsteered + 2 layers x 4 multipliers)
+STEER_KW = dict(multipliers=[0.0, 2.0, 4.0, 8.0], max_new_tokens=8, batch_size=2)
+
+
+def steering_inputs():
+    """The tiny model, a seeded random steering vector for its 2 layers, two prompts and a word-share behaviour."""
+    from workbench.steering import SteeringVector
+    from workbench.steering.behaviour import word_share
+
+    model = wb.tiny_model("llama")
+    g = torch.Generator().manual_seed(0)
+    vec = SteeringVector({l: torch.randn(model.dims.d_model, generator=g) for l in range(model.dims.n_layers)},
+                         meta={"n_layers": model.dims.n_layers})
+    return model, vec, ["The cat sat on", "Once upon a time"], word_share(["the", "a", "myst"])
+
+
+def assert_same_steering(a, b):
+    assert a.samples == b.samples  # every continuation and its score, cell by cell
+    assert a.baseline == b.baseline and np.array_equal(a.behaviour.values, b.behaviour.values)
+    assert np.array_equal(a.cost.values, b.cost.values)  # bit for bit (one torch thread on both sides)
+
+
+def test_steering_sweep_resumes_after_sigkill_with_identical_results(tmp_path, one_thread):
+    model, vec, prompts, words = steering_inputs()
+    ref = wb.steering.sweep(model, vec, prompts, behaviour=words, **STEER_KW)  # in memory, uninterrupted
+    assert len({s["continuation"] for s in ref.samples}) > 4  # the multipliers change the text: a comparison of substance
+    out = tmp_path / "steer"
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; m, v, p, w = t.steering_inputs(); "
+        f"wb.steering.sweep(m, v, p, behaviour=w, out={str(out)!r}, **t.STEER_KW)", out / "cells", 9, at_least=2)
+    res = wb.steering.sweep(model, vec, prompts, behaviour=words, out=out, **STEER_KW)
+    assert_same_steering(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(range(9)) - first)  # only the missing cells
+    assert type(ref).load(out / "sweep.json").samples == ref.samples
+    with pytest.raises(ValueError, match="prompts_sha256"):  # other prompts into the same folder: refused
+        wb.steering.sweep(model, vec, prompts[:1], behaviour=words, out=out, **STEER_KW)
+
+
+# patching over many pairs: each chunk of pairs is an item (8 pairs, one per chunk)
+NAMES = [("Mary", "John"), ("Alice", "Bob"), ("Tom", "Anna"), ("Paul", "Lisa"), ("Mark", "Jane"), ("Eric", "Emma"),
+         ("Sam", "Kate"), ("Jack", "Rose")]
+PAIRS = [{"clean": f"When {a} and {b} went to the store, {b} gave a drink to", "answer": f" {a}", "foil": f" {b}",
+          "corrupted": f"When {a} and {b} went to the store, {a} gave a drink to"} for a, b in NAMES]
+PATCH_KW = dict(components=["resid_pre", "attn_out"], chunk=1)
+
+
+def assert_same_grids(a, b):
+    assert a.keys() == b.keys()
+    for comp in a:
+        assert np.array_equal(a[comp].values, b[comp].values), comp  # bit for bit (one torch thread on both sides)
+        assert a[comp].coords == b[comp].coords and a[comp].meta == b[comp].meta
+
+
+def test_patching_over_pairs_resumes_after_sigkill_with_identical_results(tmp_path, one_thread):
+    model = wb.tiny_model("llama")
+    ref = wb.patching.patch_pairs(model, PAIRS, **PATCH_KW)  # in memory, uninterrupted
+    # the grids are activation_patching's over the whole batch (an independent reference: one batch, one engine run)
+    whole = wb.patching.activation_patching(model, *([p[k] for p in PAIRS] for k in ("clean", "corrupted", "answer", "foil")),
+                                            components=PATCH_KW["components"])
+    for comp in whole:
+        assert np.allclose(ref[comp].values, whole[comp].values, atol=1e-5) and ref[comp].shape == whole[comp].shape
+        assert ref[comp].meta["n_pairs"] == 8 and abs(ref[comp].values).max() > 0.1
+    out = tmp_path / "pairs"
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS))  # the file form, as the CLI reads it
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; "
+        f"wb.patching.patch_pairs(wb.tiny_model('llama'), {str(tmp_path / 'pairs.jsonl')!r}, {str(out)!r}, **t.PATCH_KW)",
+        out / "chunks", 8, at_least=2)
+    res = wb.patching.patch_pairs(model, tmp_path / "pairs.jsonl", out, **PATCH_KW)
+    assert_same_grids(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(range(8)) - first)  # only the missing chunks
+    with pytest.raises(ValueError, match="pairs_sha256"):  # other pairs into the same folder: refused
+        wb.patching.patch_pairs(model, PAIRS[:-1] + PAIRS[:1], out, **PATCH_KW)
+
+
+def test_cli_patch_pairs_writes_the_sweeps_grids(tmp_path, one_thread):
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:4]))
+    args = ["patch", "--model", "tiny-llama", "--pairs", str(tmp_path / "pairs.jsonl"), "--sites", "resid_pre",
+            "--chunk", "2", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    grids = json.loads((tmp_path / "out" / "grids.json").read_text())
+    want = wb.patching.patch_pairs(wb.tiny_model("llama"), PAIRS[:4], components="resid_pre", chunk=2)["resid_pre"]
+    assert np.array_equal(np.asarray(grids["resid_pre"]["values"], dtype=np.float32), want.values)
+    assert sorted(p.name for p in (tmp_path / "out" / "chunks").iterdir()) == ["0.json", "1.json"]
+    assert (tmp_path / "out" / "resid_pre.png").is_file()
+    assert main(args) == 0  # the same command again: resumes (nothing left to run)
+    assert main(args[:-2] + ["--clean", "a", "--out", str(tmp_path / "both")]) == 2  # a file of pairs or one pair
+    assert not (tmp_path / "both").exists()
+
+
+# ROME with chunk > 1 in CounterFact: each chunk of requests is an item whose results are one file per request
+ROME_KW = dict(chunk=2, hparams={"steps": 3}, stats={"n_tokens": 512, "progress": False}, gen_tokens=0, progress=False)
+
+
+def rome_requests():
+    from workbench.data.facts import load_facts
+    from workbench.editing.counterfact import build_requests
+
+    return build_requests(load_facts(wb.data.data_path("facts.jsonl"))[:40], None, n=6, n_neighbours=2)
+
+
+def assert_same_counterfact(a, b, reqs):
+    for r in reqs:
+        ra, rb = (json.loads((x / "results" / f"{r['id']}.json").read_text()) for x in (a, b))
+        for key in ("rewrite", "paraphrase", "neighborhood", "relative_norm", "value_opt"):
+            assert ra[key] == rb[key], key
+
+
+def same_metrics(a: dict, b: dict) -> bool:
+    """CounterFact summaries equal, NaN included (GE with gen_tokens=0), timings excluded."""
+    drop = lambda m: json.dumps({k: v for k, v in m.items() if k != "seconds_per_edit"}, sort_keys=True)
+    return drop(a) == drop(b)
+
+
+def test_rome_chunks_resume_after_sigkill_with_identical_results(tmp_path, one_thread):
+    from workbench.editing.counterfact import run_counterfact
+
+    model, reqs = wb.tiny_model("llama"), rome_requests()
+    ref = run_counterfact(model, reqs, tmp_path / "ref", "rome", **ROME_KW)
+    ids = [r["id"] for r in reqs]
+    assert sorted(json.loads(l)["id"] for l in (tmp_path / "ref" / "runs.jsonl").read_text().splitlines()) == sorted(ids)
+    out = tmp_path / "rome"
+    pid, first = kill_mid_sweep(
+        f"import test_sweep_folder as t, workbench as wb; from workbench.editing.counterfact import run_counterfact; "
+        f"run_counterfact(wb.tiny_model('llama'), t.rome_requests(), {str(out)!r}, 'rome', **t.ROME_KW)",
+        out / "results", 6, at_least=2)
+    res = run_counterfact(model, reqs, out, "rome", **ROME_KW)
+    assert_same_counterfact(tmp_path / "ref", out, reqs)
+    assert same_metrics(res, ref)
+    rerun = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rerun if r["pid"] != pid) == sorted(set(ids) - first)  # only the missing chunks' requests
+    assert len(first) % 2 == 0  # whole chunks: a chunk's value optimisation is one batch

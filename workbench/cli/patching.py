@@ -1,9 +1,10 @@
-"""Activation and attribution patching of one prompt pair: patch."""
+"""Activation and attribution patching of one prompt pair, or of a file of pairs as a resumable sweep: patch."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_force, check_float, distinct_answer_foil, load, names, output_dir, verb
+from .common import (add_force, add_workers, check_float, check_int, check_workers, distinct_answer_foil, input_file,
+                     load, names, output_dir, verb)
 from ..core import checks
 from ..core.io import write_json
 from ..core.sites import COMPONENTS
@@ -34,6 +35,10 @@ def _cmd_patch(args) -> int:
     sites = check_choices(args.sites, GRID_COMPONENTS, "sites")
     align = parse_align(args.align)
     check_float(args.memory_mb, "memory_mb", positive=True)
+    if args.pairs is not None:
+        return _patch_pairs(args, sites)
+    if args.workers is not None or args.ray_address is not None:
+        raise ValueError("workers: --workers / --ray-address run a sweep over a file of pairs (--pairs FILE)")
     for arg in ("clean", "corrupt", "answer", "foil"):
         if not getattr(args, arg):
             raise checks.fail(arg, "a non-empty string", getattr(args, arg))
@@ -65,12 +70,41 @@ def _cmd_patch(args) -> int:
     return 0
 
 
+def _patch_pairs(args, sites) -> int:
+    """`patch --pairs FILE`: every pair of the file, `--chunk` pairs per item of the one sweep driver (resumable in
+    --out; on Ray with --workers / --ray-address); writes grids.json (mean over the pairs) and one PNG per site."""
+    from ..patching import patch_pairs, read_pairs
+
+    given = [a for a in ("clean", "corrupt", "answer", "foil") if getattr(args, a) is not None]
+    if given:
+        raise ValueError(f"pairs: give --pairs FILE or --{given[0]} (one pair), not both")
+    if args.method != "exact":
+        raise ValueError(f"method: --pairs runs exact patching, got {args.method!r}")
+    check_int(args.chunk, "chunk")
+    run = check_workers(args)
+    pairs = read_pairs(input_file(args.pairs, "pairs"))
+    if "foil" in pairs[0]:
+        distinct_answer_foil([p["answer"] for p in pairs], [p["foil"] for p in pairs])
+    out = output_dir(args.out, force=args.force, resumes="config.json")
+    model = load(args)
+    grids = patch_pairs(model, pairs, out, components=sites, metric=args.metric, direction=args.direction,
+                        chunk=args.chunk, memory_mb=args.memory_mb, run=run)
+    for site, arr in grids.items():
+        arr.plot(out / f"{site}.png", title=f"{arr.name}: {args.metric}, mean of {arr.meta['n_pairs']} pairs")
+    print(f"wrote {out / 'grids.json'} and {', '.join(f'{s}.png' for s in grids)}")
+    return 0
+
+
 def register(sub) -> None:
-    s = verb(sub, "patch", help="activation or attribution patching of one prompt pair; writes result.json and PNGs")
-    s.add_argument("--clean", required=True, help="the clean prompt (the run whose answer is --answer)")
-    s.add_argument("--corrupt", required=True, help="the corrupted prompt (same token count, or give --align)")
-    s.add_argument("--answer", required=True, help="the clean run's answer, a single token (mind the leading space)")
-    s.add_argument("--foil", required=True, help="the corrupted run's answer, a single token")
+    s = verb(sub, "patch", help="activation or attribution patching of one prompt pair (result.json and PNGs), or of "
+                               "a file of pairs (--pairs: a resumable sweep, grids.json and PNGs)")
+    s.add_argument("--clean", help="the clean prompt (the run whose answer is --answer)")
+    s.add_argument("--corrupt", help="the corrupted prompt (same token count, or give --align)")
+    s.add_argument("--answer", help="the clean run's answer, a single token (mind the leading space)")
+    s.add_argument("--foil", help="the corrupted run's answer, a single token")
+    s.add_argument("--pairs", default=None, help='instead of one pair: a JSONL file of {"clean", "corrupted", "answer", '
+                                                 '"foil"}, all clean prompts of one length and all corrupted of another')
+    s.add_argument("--chunk", type=int, default=8, help="with --pairs: pairs per item of the sweep")
     s.add_argument("--sites", default="resid_pre,attn_out,mlp_out",
                    help=f"components, comma-separated, from: {names(GRID_COMPONENTS)} (default: %(default)s)")
     s.add_argument("--align", default=None, help="when the prompts' token counts differ: which positions correspond, "
@@ -82,7 +116,8 @@ def register(sub) -> None:
     s.add_argument("--direction", choices=["denoise", "noise"], default="denoise",
                    help="denoise: clean activations into the corrupted run; noise: corrupted into the clean run")
     s.add_argument("--memory-mb", type=float, default=1024, help="memory budget of the batched patched runs, MB")
-    s.add_argument("--out", required=True, help="folder for result.json and one PNG per site")
+    s.add_argument("--out", required=True, help="folder for result.json (grids.json with --pairs) and one PNG per site")
     add_force(s)
+    add_workers(s)
     s.add_argument("--html", action="store_true", help="also write an interactive HTML view per component (opens offline)")
     s.set_defaults(fn=_cmd_patch)

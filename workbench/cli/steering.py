@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from .common import add_force, check_float, check_int, first, input_file, load, output_dir, parse_list, verb
+from .common import (add_force, add_workers, check_float, check_int, check_workers, first, input_file, load,
+                     output_dir, parse_list, verb)
 from ..core import checks
 
 
@@ -47,7 +48,12 @@ def _cmd_steer(args) -> int:
         if args.method != "probe":
             raise ValueError(f"direction: only used with --method probe, not {args.method}")
         input_file(args.direction, "direction")
-    out = output_dir(args.out, force=args.force, writes=["vector.safetensors", "sweep.png", "sweep.json"])
+    run = check_workers(args)
+    # resumable: a killed run's folder (config.json, cells/) continues; a finished one (sweep.json) needs --force
+    out = output_dir(args.out, force=args.force, resumes="config.json")
+    if (out / "sweep.json").exists() and not args.force:
+        raise ValueError(f"out: {out / 'sweep.json'} exists (results of an earlier run); pass --force to overwrite, "
+                         "or choose another folder")
     model = load(args)
     check_layers(layers, model.dims.n_layers)
     if args.behaviour == "sentiment":
@@ -63,7 +69,7 @@ def _cmd_steer(args) -> int:
                 behaviour_name=name, cost=args.cost, positions=positions,
                 neutral_texts=neutral,
                 max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
-                batch_size=args.batch_size, progress=True)
+                batch_size=args.batch_size, out=out, run=run)
     res.meta.update(pairs=str(args.pairs), prompts=str(args.prompts), title=f"steering: {Path(args.pairs).stem}")
     vec.save(out / "vector.safetensors")
     res.plot(out / "sweep.png")
@@ -85,8 +91,9 @@ def register(sub) -> None:
     s.add_argument("--pairs-limit", type=int, default=None, help="use the first N contrast pairs (default: all)")
     s.add_argument("--layers", required=True, help="comma-separated layers, e.g. 3,6,9")
     s.add_argument("--multipliers", required=True, help="comma-separated multipliers, e.g. 0,2,4,8")
-    s.add_argument("--out", required=True, help="folder for vector.safetensors, sweep.json and sweep.png")
+    s.add_argument("--out", required=True, help="folder for vector.safetensors, sweep.json and sweep.png (and the resumable sweep: config.json, cells/)")
     add_force(s)
+    add_workers(s)
     s.add_argument("--prompts", default="data/steering/prompts.txt", help="prompts to continue, one per line")
     s.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     s.add_argument("--behaviour", default="sentiment", help="'sentiment' (the unsteered model's log-odds) or 'words:FILE'")

@@ -396,13 +396,7 @@ def compare(model: Model, task: dict[str, list[dict]], subs: dict[int, Tensor], 
         out, {"what": "caft comparison", "model": model.name, "fingerprint": model.fingerprint, **config,
               "task_sha256": content_digest(task), "subspaces_sha256": content_digest(subs)},
         items="seeds", force=run.force)
-    with run.executor_for(model) as ex:
-        if sweep is None:  # not resumable: the same items on the same executor, kept in memory
-            per_seed = {i: r for i, r, _ in ex.map(model, _caft_seed, items)}
-        else:
-            with sweep.start():
-                sweep.run(items, _caft_seed, model, ex, progress=run.progress, desc="fine-tuning", unit="seed")
-                per_seed = {seed: sweep.load(seed) for seed in seeds}
+    per_seed = run.records(model, items, _caft_seed, sweep, desc="fine-tuning", unit="seed")
     res: dict = {c: {"id_acc": [], "ood_acc": []} for c in CONDITIONS}
     for seed in seeds:
         for c in CONDITIONS:

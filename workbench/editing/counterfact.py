@@ -296,13 +296,11 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
     in one edit; "none": the unedited model). `out` is a resumable sweep folder (`toolkit.sweep`): results go
     to `out/results/<id>.json` as they finish and a re-run skips them; `out/metrics.json` holds the summary.
     `allow_abnormal` applies edits the safety check flags; `force` replaces another configuration's results.
-    `workers` / `ray_address` / `executor` run the requests on Ray workers (`workbench.toolkit`; ROME,
-    FT-L and "none": each request is an item, ROME's value optimisation then runs per request as with
-    `chunk=1`); MEMIT's one edit of all requests runs in-process. `run=Run(...)` (`workbench.distributed.Run`)
-    gives those settings as one argument. FT-L, "none" and ROME with `chunk=1` run each request as an item
-    of the one sweep driver on whichever executor (in-process included); ROME with `chunk > 1` in-process
-    batches the value optimisation of `chunk` requests (`rome_many`). Returns the metrics."""
-    from ..toolkit.executors import InProcess, as_run
+    `run=Run(...)` (`workbench.toolkit.Run`; its settings also accepted as keywords) runs the sweep's items on
+    any executor (in-process, Ray workers) with the same results: FT-L and "none" one request per item, ROME
+    `chunk` requests per item (their value optimisation batched by `rome_many`; chunks fixed by the requests'
+    places in the list). MEMIT's one edit of all requests runs in-process (`workers` refused). Returns the metrics."""
+    from ..toolkit.executors import as_run
     from .rank_one import default_layer
 
     try:
@@ -313,6 +311,7 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
     methods = ("rome", "memit", "ft-l", "none")
     if method not in methods:
         raise EditError(f"method: expected one of {methods}, got {method!r}")
+    checks.integer(chunk, "chunk", error=EditError)
     if limit is not None:
         checks.integer(limit, "limit", error=EditError)
         requests = requests[:limit]
@@ -339,46 +338,37 @@ def run_counterfact(model, requests: list[dict], out, method: str = "rome", *, l
             raise EditError(str(e)) from None
         with sweep.start():
             todo = [r for r in requests if not sweep.done(r["id"])]
-            if method in ("ft-l", "none") or (method == "rome" and (chunk == 1 or not isinstance(ex, InProcess))):
+            item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
+                    "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
+            if method in ("ft-l", "none"):
                 # each request alone, an item of the one sweep driver (in-process or on Ray workers)
-                item = {"method": method, "layer": layer, "hparams": hparams, "stats": stats, "gen_tokens": gen_tokens,
-                        "value_prefixes": value_prefixes, "allow_abnormal": allow_abnormal}
                 sweep.run([(r["id"], {**item, "request": r}) for r in todo], _counterfact_item, model, ex,
                           done=len(requests) - len(todo), progress=run.progress, desc=f"{method} edits", unit="edit")
-                return {**_counterfact_metrics(sweep, requests, method, layer, config, out), "this_run": sweep.counts}
-            metrics = _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats,
-                                           value_prefixes, lam, gen_tokens, allow_abnormal, run.progress, config, out)
-            return {**metrics, "this_run": {"now": len(todo), "before": len(requests) - len(todo)}}
+            elif method == "rome":
+                # `chunk` requests per item, their value optimisation batched (`rome_many`); chunks are fixed by the
+                # requests' places in the list, so a resumed run forms the ones an uninterrupted run does
+                chunks = [(c // chunk, {**item, "requests": requests[c:c + chunk]}) for c in range(0, len(requests), chunk)]
+                sweep.run(chunks, _counterfact_chunk, model, ex, parts=_chunk_ids, progress=run.progress,
+                          desc="rome edits", unit="chunk")
+            else:
+                metrics = _memit_counterfact(model, sweep, requests, todo, layers, hparams, stats, value_prefixes, lam,
+                                             gen_tokens, allow_abnormal, run.progress, config, out)
+                return {**metrics, "this_run": {"now": len(todo), "before": len(requests) - len(todo)}}
+            return {**_counterfact_metrics(sweep, requests, method, layer, config, out), "this_run": sweep.counts}
 
 
-def _batched_counterfact(model, sweep, requests, todo, method, layer, layers, chunk, hparams, stats, value_prefixes,
-                         lam, gen_tokens, allow_abnormal, progress, config, out) -> dict:
-    """ROME with `chunk > 1` (value optimisation of `chunk` requests at once) and MEMIT (one edit of all), in-process."""
+def _memit_counterfact(model, sweep, requests, todo, layers, hparams, stats, value_prefixes, lam, gen_tokens,
+                       allow_abnormal, progress, config, out) -> dict:
+    """MEMIT: one edit of all requests (saved in `out/edit/` and reused by a resumed run), then each request scored
+    on the edited model, in-process (the edit is not independent items, see docs/sweeps.md)."""
     from tqdm.auto import tqdm
 
     from .mass import memit
-    from .rank_one import context_prefixes, rome_many
-    from .stats import second_moment, second_moments
-    from .weights import EditRejected, WeightEdit
+    from .stats import second_moments
+    from .weights import WeightEdit
 
-    bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc=f"{method} edits", unit="edit")
-
-    def record(req, res, seconds=None, **extra):
-        sweep.save(req["id"], {**res, **extra, "seconds_edit": seconds, "request": req})
-        bar.update(1)
-
-    if todo and method == "rome":
-        prefixes = context_prefixes(model)
-        C = second_moment(model, layer, **(stats or {}))
-        for c in range(0, len(todo), chunk):
-            part = todo[c:c + chunk]
-            t0 = time.perf_counter()
-            edits = rome_many(model, [_as_edit(r) for r in part], layer, prefixes=prefixes, C=C,
-                              value_prefixes=value_prefixes, **hparams)
-            per = (time.perf_counter() - t0) / len(part)
-            for req, edit in zip(part, edits):
-                _score_edit(model, req, edit, record, per, gen_tokens, allow_abnormal, EditRejected)
-    elif todo and method == "memit":
+    bar = tqdm(total=len(requests), initial=len(requests) - len(todo), disable=not progress, desc="memit edits", unit="edit")
+    if todo:
         edit_dir = out / "edit"
         if (edit_dir / "deltas.safetensors").is_file():
             edit = WeightEdit.load(edit_dir)
@@ -393,9 +383,11 @@ def _batched_counterfact(model, sweep, requests, todo, method, layer, layers, ch
             edit.save(edit_dir)
         with edit.applied(model, allow_abnormal=allow_abnormal):
             for req in todo:
-                record(req, score_request(model, req, gen_tokens=gen_tokens), seconds / len(requests))
+                sweep.save(req["id"], {**score_request(model, req, gen_tokens=gen_tokens),
+                                       "seconds_edit": seconds / len(requests), "request": req})
+                bar.update(1)
     bar.close()
-    return _counterfact_metrics(sweep, requests, method, layer, config, out)
+    return _counterfact_metrics(sweep, requests, "memit", config["layer"], config, out)
 
 
 def _counterfact_metrics(sweep, requests, method, layer, config, out) -> dict:
@@ -449,11 +441,9 @@ _WORKER_MEMO: dict = {}  # per process: a worker's context prefixes and key stat
 
 
 def _counterfact_item(model, p: dict) -> dict:
-    """One request of a `run_counterfact` sweep on an executor's worker: edit alone (ROME as `rome_many`
-    of one request, FT-L) on the unedited model, score, restore; or score the unedited model ("none")."""
+    """One request of a FT-L or "none" `run_counterfact` sweep (an executor's item): edit alone on the unedited
+    model, score, restore; or score the unedited model ("none"). ROME's items are chunks (`_counterfact_chunk`)."""
     from .ftl import ft_l
-    from .rank_one import context_prefixes, rome_many
-    from .stats import second_moment
     from .weights import EditRejected
 
     req, method, out = p["request"], p["method"], {}
@@ -465,15 +455,34 @@ def _counterfact_item(model, p: dict) -> dict:
         record(req, score_request(model, req, gen_tokens=p["gen_tokens"]))
         return out
     t0 = time.perf_counter()
-    if method == "rome":
-        key = (id(model), p["layer"], json.dumps(p["stats"] or {}, sort_keys=True))
-        if key not in _WORKER_MEMO:
-            _WORKER_MEMO[key] = (context_prefixes(model), second_moment(model, p["layer"], **(p["stats"] or {})))
-        prefixes, C = _WORKER_MEMO[key]
-        t0 = time.perf_counter()
-        edit = rome_many(model, [_as_edit(req)], p["layer"], prefixes=prefixes, C=C, value_prefixes=p["value_prefixes"],
-                         **p["hparams"])[0]
-    else:
-        edit = ft_l(model, _as_edit(req), p["layer"], **p["hparams"])
+    edit = ft_l(model, _as_edit(req), p["layer"], **p["hparams"])
     _score_edit(model, req, edit, record, time.perf_counter() - t0, p["gen_tokens"], p["allow_abnormal"], EditRejected)
     return out
+
+
+def _chunk_ids(p: dict) -> list:
+    return [r["id"] for r in p["requests"]]
+
+
+def _counterfact_chunk(model, p: dict) -> dict:
+    """A chunk of requests of a ROME `run_counterfact` sweep (an executor's item): their value optimisation
+    together (`rome_many`), then each edit alone on the unedited model: scored, restored. {"parts": [record]}."""
+    from .rank_one import context_prefixes, rome_many
+    from .stats import second_moment
+    from .weights import EditRejected
+
+    key = (id(model), p["layer"], json.dumps(p["stats"] or {}, sort_keys=True))
+    if key not in _WORKER_MEMO:
+        _WORKER_MEMO[key] = (context_prefixes(model), second_moment(model, p["layer"], **(p["stats"] or {})))
+    prefixes, C = _WORKER_MEMO[key]
+    t0 = time.perf_counter()
+    edits = rome_many(model, [_as_edit(r) for r in p["requests"]], p["layer"], prefixes=prefixes, C=C,
+                      value_prefixes=p["value_prefixes"], **p["hparams"])
+    per, parts = (time.perf_counter() - t0) / len(edits), []
+
+    def record(req, res, seconds=None, **extra):
+        parts.append({**res, **extra, "seconds_edit": seconds, "request": req})
+
+    for req, edit in zip(p["requests"], edits):
+        _score_edit(model, req, edit, record, per, p["gen_tokens"], p["allow_abnormal"], EditRejected)
+    return {"parts": parts}

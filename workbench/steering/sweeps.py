@@ -195,15 +195,27 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
           behaviour: Behaviour, threshold: float | None = None, behaviour_name: str = "behaviour",
           cost: str = "perplexity", neutral_texts: Sequence[str] | None = None, positions="all",
           max_new_tokens: int = 20, do_sample: bool = False, seed: int = 0, temperature: float = 1.0,
-          top_p: float = 1.0, batch_size: int = 32, progress: bool = False) -> SteeringSweep:
+          top_p: float = 1.0, batch_size: int = 32, out=None, run=None, progress: bool = False) -> SteeringSweep:
     """Steer at one layer at a time with each multiplier, generate a continuation per prompt and score it.
 
     `behaviour(prompts, continuations) -> scores` must not depend on the steering (e.g. the unsteered
     model's own log-odds of " positive" vs " negative", or a word-list share); success is
     score > `threshold`. `cost`: "perplexity" of the continuations under the unsteered model
-    (exp of the mean token NLL), or "kl" on `neutral_texts`. Every (layer, multiplier, prompt) is a
-    row of one batched generation; the unsteered baseline is computed once.
+    (exp of the mean token NLL), or "kl" on `neutral_texts`.
+
+    Each (layer, multiplier) cell, and the unsteered baseline (cell 0), is an item of the one sweep driver
+    (`toolkit.sweep`): its prompts' continuations are generated in batches and its cost measured there; the
+    behaviour is scored afterwards on this process's model, over all continuations at once. `out` (a folder)
+    makes the sweep resumable (one file per finished cell under `out/cells/`, the summary in `out/sweep.json`,
+    a folder of another configuration refused unless `run.force`, locked while it runs); `run=Run(workers=...)`
+    (`workbench.toolkit.Run`) runs the cells on Ray workers with the same continuations and costs as in-process
+    (bit for bit at equal thread counts). Row r of cell c is sampled with seed `seed + c * len(prompts) + r`,
+    whatever runs it.
     """
+    from ..toolkit.executors import as_run
+    from ..toolkit.sweep import SweepFolder, content_digest
+
+    run = as_run(run, progress=progress)
     vector.check_model(model)
     prompts = check_prompts(prompts)
     layers = vector.layers if layers is None else check_layers(layers, model.dims.n_layers)
@@ -217,6 +229,8 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
         raise checks.fail('cost', "'perplexity' or 'kl'", cost)
     if cost == "kl" and not neutral_texts:
         raise ValueError("neutral_texts: cost='kl' needs neutral texts to measure the KL on")
+    if cost == "kl":
+        neutral_texts = check_prompts(list(neutral_texts), "neutral_texts")
     if threshold is not None:
         threshold = check_multiplier(threshold, "threshold")
     if not callable(behaviour):
@@ -224,36 +238,36 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
     check_generation(max_new_tokens, batch_size, temperature, top_p)
     position_selector(positions)
 
+    n_p = len(prompts)
     cells = [(None, 0.0)] + [(l, m) for l in layers for m in multipliers]  # cell 0: unsteered
+    gen = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p,
+           "batch_size": batch_size}
+    items = [(c, {"layer": l, "multiplier": m, "vector": vector, "prompts": prompts, "positions": positions,
+                  "seed": seed + c * n_p, "gen": gen, "cost": cost, "neutral_texts": neutral_texts})
+             for c, (l, m) in enumerate(cells)]
+    folder = None if out is None else SweepFolder(
+        out, {"what": "steering sweep", "model": model.name, "fingerprint": model.fingerprint,
+              "vector_sha256": content_digest(vector), "component": vector.component, "layers": layers,
+              "multipliers": multipliers, "prompts_sha256": content_digest(prompts), "positions": repr(positions),
+              "cost": cost, "neutral_sha256": content_digest(neutral_texts), "seed": seed, **gen},
+        items="cells", force=run.force)
+    if folder is not None:
+        # a multiplier that overflows the residual stream is refused at the forward (core.hooks.check_result):
+        # every steered cell steps once on the first prompt, in one batch, before anything is written
+        generate_ids(model, [prompts[0]] * (len(cells) - 1), lambda a, b: _row_adds(model, vector, cells[1 + a:1 + b],
+                     positions), max_new_tokens=1, batch_size=batch_size)
+    records = run.records(model, items, _cell_item, folder, desc="steering sweep", unit="cell")
+    texts = [t for c in range(len(cells)) for t in records[c]["texts"]]
+    cost_cells = np.array([records[c]["cost"] for c in range(len(cells))])
     rows = [(c, p) for c in cells for p in prompts]
     row_prompts = [p for _, p in rows]
-    row_cells = [c for c, _ in rows]
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(rows), desc="steering sweep", disable=not progress)
-
-    def ivs(a, b):
-        bar.update(b - a)
-        return _row_adds(model, vector, row_cells[a:b], positions)
-
-    new_ids = generate_ids(model, row_prompts, ivs, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                            temperature=temperature, top_p=top_p, batch_size=batch_size)
-    bar.close()
-    texts = [model.tokenizer.decode(r) for r in new_ids]
     # Scores come from outside the steering code, on the model with no hooks active.
     scores = np.asarray(behaviour(row_prompts, texts), dtype=float)
     if scores.shape != (len(rows),):
         raise ValueError(f"behaviour: returned shape {scores.shape}, expected one score per continuation ({len(rows)})")
-    n_p = len(prompts)
     by_cell = scores.reshape(len(cells), n_p)
-    if cost == "perplexity":
-        nll, cnt = continuation_nll(model, row_prompts, new_ids, batch_size=batch_size)
-        nll, cnt = nll.view(len(cells), n_p).sum(1), cnt.view(len(cells), n_p).sum(1)
-        cost_cells = torch.exp(nll / cnt.clamp_min(1)).numpy()
-        cost_name = "perplexity of steered continuations under the unsteered model"
-    else:
-        cost_cells = np.concatenate([[0.0], kl_on_text(model, vector, neutral_texts, cells[1:], batch_size=batch_size)])
-        cost_name = "KL(unsteered || steered) on neutral text, nats/token"
+    cost_name = "perplexity of steered continuations under the unsteered model" if cost == "perplexity" else \
+        "KL(unsteered || steered) on neutral text, nats/token"
     shape = (len(layers), len(multipliers))
     coords = {"layer": layers, "multiplier": multipliers}
     dims = ("layer", "multiplier")
@@ -261,7 +275,7 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
     succ = None if threshold is None else LabelledArray(
         (by_cell[1:] > threshold).mean(1).reshape(shape), dims, coords, name="success rate",
         meta={"metric": f"share with {behaviour_name} > {threshold}"})
-    cst = LabelledArray(np.asarray(cost_cells[1:]).reshape(shape), dims, coords, name="cost", meta={"metric": cost_name})
+    cst = LabelledArray(cost_cells[1:].reshape(shape), dims, coords, name="cost", meta={"metric": cost_name})
     baseline = {"behaviour": float(by_cell[0].mean()), "cost": float(cost_cells[0]),
                 "success": None if threshold is None else float((by_cell[0] > threshold).mean())}
     samples = [{"layer": c[0], "multiplier": c[1], "prompt": p, "continuation": t, "score": float(s)}
@@ -271,4 +285,28 @@ def sweep(model, vector: SteeringVector, prompts: Sequence[str], *, multipliers:
             "cost": cost, "behaviour_name": behaviour_name, "threshold": threshold, "n_prompts": n_p,
             "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
             "temperature": temperature if do_sample else None, "top_p": top_p if do_sample else None}
-    return SteeringSweep(beh, succ, cst, baseline, samples, meta)
+    if folder is not None:
+        meta["folder"] = str(folder.path)
+    res = SteeringSweep(beh, succ, cst, baseline, samples, meta)
+    if folder is not None:
+        res.save(folder.path / "sweep.json")
+    return res
+
+
+def _cell_item(model, p: dict) -> dict:
+    """One (layer, multiplier) cell of a steering `sweep` (an executor's item): every prompt's continuation
+    (token ids and text) under the steering, and the cell's fluency cost (`cost`)."""
+    cells = [(p["layer"], p["multiplier"])] * len(p["prompts"])
+    g = p["gen"]
+    ids = generate_ids(model, p["prompts"], lambda a, b: _row_adds(model, p["vector"], cells[a:b], p["positions"]),
+                       max_new_tokens=g["max_new_tokens"], do_sample=g["do_sample"], seed=p["seed"],
+                       temperature=g["temperature"], top_p=g["top_p"], batch_size=g["batch_size"])
+    if p["cost"] == "perplexity":  # exp of the mean token NLL of the cell's continuations, unsteered
+        nll, cnt = continuation_nll(model, p["prompts"], ids, batch_size=g["batch_size"])
+        cost = float(torch.exp(nll.sum() / cnt.sum().clamp_min(1)))
+    elif p["layer"] is None:
+        cost = 0.0  # KL of the unsteered model with itself
+    else:
+        cost = float(kl_on_text(model, p["vector"], p["neutral_texts"], cells[:1], batch_size=g["batch_size"])[0])
+    return {"layer": p["layer"], "multiplier": p["multiplier"], "ids": ids,
+            "texts": [model.tokenizer.decode(r) for r in ids], "cost": cost}

@@ -355,6 +355,18 @@ class Run:
         return self.workers is not None or self.ray_address is not None or \
             (self.executor is not None and not isinstance(self.executor, InProcess))
 
+    def records(self, model, items: list[tuple], fn: Callable, folder=None, *, desc: str = "items",
+                unit: str = "item") -> dict:
+        """Run the (id, payload) items (`fn(model, payload) -> record`) on this run's executor; {id: record}.
+        With a sweep folder (`toolkit.sweep.SweepFolder`, not yet started) through its driver: resumable, locked,
+        finished items read back instead of run. With None, the same items on the same executor, kept in memory."""
+        with self.executor_for(model) as ex:
+            if folder is None:
+                return {i: r for i, r, _ in ex.map(model, fn, list(items))}
+            with folder.start():
+                folder.run(items, fn, model, ex, progress=self.progress, desc=desc, unit=unit)
+                return {i: folder.load(i) for i, _ in items}
+
     @contextmanager
     def executor_for(self, model, spec=None):
         """The executor for `model` (its workers started and their models checked before it is yielded);

@@ -347,31 +347,44 @@ class SweepFolder:
 
     def run(self, items: Iterable[tuple], fn: Callable, model, executor, *, total: int | None = None,
             done: int = 0, progress: bool = True, desc: str = "items", unit: str = "item",
-            on_record: Callable | None = None) -> None:
+            on_record: Callable | None = None, parts: Callable | None = None) -> None:
         """Run the (id, payload) items not yet done on `executor` (`fn(model, payload) -> record`, a module-level
         function) and write each result as it arrives, with where and how long it ran under "run".
 
         One tqdm bar over the sweep (`total` items, `done` of them finished before), with the throughput of all
         workers together. The driver is the only writer, and skips a result for an item already written, so
         every item is written once (also when Ray re-runs the item of a worker that died). `on_record(id,
-        record)` runs after each write (figures). Records are the same on every executor (seeds belong to items)."""
+        record)` runs after each write (figures). Records are the same on every executor (seeds belong to items).
+
+        `parts(payload) -> [id, ...]`: an item that makes several results together (ROME's value optimisation of
+        a chunk of requests): its record is {"parts": [record per id]}, each written to its own file; the item
+        is done when all of them are (a run killed between two writes runs the item again, whole)."""
         from tqdm.auto import tqdm
 
         items = list(items)
-        todo = [(i, p) for i, p in items if not self.done(i)]
+
+        def finished(item_id, payload) -> bool:
+            return all(map(self.done, parts(payload))) if parts is not None else self.done(item_id)
+
+        todo = [(i, p) for i, p in items if not finished(i, p)]
+        payloads = dict(todo) if parts is not None else {}
         total = (done + len(todo)) if total is None else total
-        self.counts = {"now": 0, "before": done + len(items) - len(todo)}
+        results = (lambda p: len(parts(p))) if parts is not None else (lambda p: 1)  # counted in results
+        waiting = {i for i, _ in todo}
+        self.counts = {"now": 0, "before": done + sum(results(p) for i, p in items if i not in waiting)}
         bar = tqdm(total=total, initial=done, disable=not progress, desc=desc, unit=unit)
         bar.set_postfix(workers=getattr(executor, "workers", 1))
         try:
             for item_id, record, info in executor.map(model, fn, todo):
-                if self.done(item_id):
+                if finished(item_id, payloads.get(item_id)):
                     continue
-                self.save(item_id, {**record, "run": info})
-                append_jsonl(self.path / "runs.jsonl", {"id": item_id, **info})
-                if on_record is not None:
-                    on_record(item_id, record)
-                self.counts["now"] += 1
+                ids, records = ([item_id], [record]) if parts is None else (parts(payloads[item_id]), record["parts"])
+                for part_id, part in zip(ids, records, strict=True):
+                    self.save(part_id, {**part, "run": info})
+                    append_jsonl(self.path / "runs.jsonl", {"id": part_id, **info})
+                    if on_record is not None:
+                        on_record(part_id, part)
+                self.counts["now"] += len(ids)
                 bar.update(1)
         finally:
             bar.close()
