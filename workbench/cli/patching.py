@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (add_force, add_workers, check_float, check_int, check_workers, distinct_answer_foil, input_file,
-                     load, names, output_dir, verb)
+from .common import (add_force, add_limit, add_workers, check_float, check_int, check_workers, distinct_answer_foil, first,
+                     input_file, load, names, output_dir, verb)
 from ..core import checks
 from ..core.io import write_json
 from ..core.sites import COMPONENTS
@@ -49,12 +49,12 @@ def _cmd_patch(args) -> int:
                               method=args.method, metric=args.metric, direction=args.direction,
                               memory_mb=args.memory_mb, align=align, progress=True)
     out = Path(args.out)
-    first = next(iter(res.values()))
+    grid = next(iter(res.values()))
     result = {
         "model": model.name, "method": args.method, "metric": args.metric, "direction": args.direction,
         "clean": args.clean, "corrupted": args.corrupt, "answer": args.answer, "foil": args.foil,
-        "tokens": first.meta["tokens"], "layers": first.coords["layer"],
-        "clean_metric": first.meta["clean_metric"], "corrupted_metric": first.meta["corrupted_metric"],
+        "tokens": grid.meta["tokens"], "layers": grid.coords["layer"],
+        "clean_metric": grid.meta["clean_metric"], "corrupted_metric": grid.meta["corrupted_metric"],
         "values": {site: arr.values.tolist() for site, arr in res.items()},
     }
     for site, arr in res.items():
@@ -82,7 +82,7 @@ def _patch_pairs(args, sites) -> int:
         raise ValueError(f"method: --pairs runs exact patching, got {args.method!r}")
     check_int(args.chunk, "chunk")
     run = check_workers(args)
-    pairs = read_pairs(input_file(args.pairs, "pairs"))
+    pairs = first(read_pairs(input_file(args.pairs, "pairs")), args.limit)
     if "foil" in pairs[0]:
         distinct_answer_foil([p["answer"] for p in pairs], [p["foil"] for p in pairs])
     out = output_dir(args.out, force=args.force, resumes="config.json")
@@ -105,6 +105,7 @@ def register(sub) -> None:
     s.add_argument("--pairs", default=None, help='instead of one pair: a JSONL file of {"clean", "corrupted", "answer", '
                                                  '"foil"}, all clean prompts of one length and all corrupted of another')
     s.add_argument("--chunk", type=int, default=8, help="with --pairs: pairs per item of the sweep")
+    add_limit(s, "pairs (with --pairs)")
     s.add_argument("--sites", default="resid_pre,attn_out,mlp_out",
                    help=f"components, comma-separated, from: {names(GRID_COMPONENTS)} (default: %(default)s)")
     s.add_argument("--align", default=None, help="when the prompts' token counts differ: which positions correspond, "
