@@ -96,7 +96,7 @@ def compute_keys(model, requests: list[EditRequest], layer: int, prefixes: list[
         pos += pp
     ids, mask = pad_right(model, rows)
     site = f"blocks.{layer}.mlp.hook_post"
-    _, cache = model.run_with_cache(ids, [site], attention_mask=mask)
+    _, cache = model.run_with_cache(ids, [site], attention_mask=mask, logits=False)
     keys = cache[site][torch.arange(len(rows)), torch.tensor(pos)]  # [n_requests * n_prefixes, d_mlp]
     return keys.reshape(len(requests), len(prefixes), -1).mean(1)
 
