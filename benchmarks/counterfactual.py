@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--noises", default="posterior,fresh")
     ap.add_argument("--n-per-prompt", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=10)
+    ap.add_argument("--note", default=None, help="stored with the results (e.g. the machine's load)")
     ap.add_argument("--prompt-set", default="topic", choices=["topic", "neutral"])
     ap.add_argument("--n-neutral", type=int, default=500, help="neutral prompts (one seed each)")
     ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's / MEMIT's key statistics C")
@@ -155,11 +156,13 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.is_file() else {}
     config = {"prompts": PROMPTS if args.prompt_set == "topic" else prompts, "n": len(prompts), "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
               "stats_tokens": args.stats_tokens, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
-    same = lambda c: {k: v for k, v in c.items() if k != "versions"}  # noqa: E731 (versions were added later)
+    # as read back from JSON (tuples become lists); versions were added to the device metadata later
+    same = lambda c: {k: v for k, v in json.loads(json.dumps(c)).items() if k != "versions"}  # noqa: E731
     keep = same(old.get("config", {})) == same(config)
     result = {"config": config, "paper": PAPER, "rows": old.get("rows", []) if keep else [],
               "examples": old.get("examples", {}) if keep else {}, "intervention_meta": old.get("intervention_meta", {}) if keep else {}}
     result["sample_seconds_per_100"] = sample_secs
+    result["note"] = args.note or (old.get("note", "") if keep else "")
     for name in args.conditions.split(","):
         iv, info = intervention(name, model, work, args.stats_tokens)
         result["intervention_meta"][name] = {**result["intervention_meta"].get(name, {}), **info}

@@ -99,15 +99,17 @@ def main(argv=None):
                      "value_opt": {k: edit.meta.get(k) for k in ("steps", "p_target", "delta_norm", "h0_norm")}})
         print(f"{req['subject']}: {req['target_true']!r} -> {req['target_new']!r}: p_new "
               f"{before[-1]['rewrite']['p_new']:.3f} -> {after[-1]['rewrite']['p_new']:.3f} in {seconds:.1f} s, "
-              f"restored {restored}")
-    result = {"benchmark": "rome_gemma", "model": model.name, "family": model.arch.family, "layer": layer,
-              "n_layers": model.dims.n_layers, "n_known_screened": f"{sum(known)} of {len(facts)}",
-              "stats_tokens": args.n_tokens, "stats_corpus": args.corpus if args.n_tokens else None,
-              "C": "E[k k^T]" if args.n_tokens else "identity", "steps": args.steps, "stats_seconds": round(stats_s, 1),
-              "value_prefixes": args.value_prefixes, "before": summarize(before), "after": summarize(after),
-              "edits": rows, "total_seconds": round(time.time() - t0, 1), **device_meta(args.device)}
+              f"restored {restored}", flush=True)
+        # written after every edit (atomically), so a run stopped early keeps the edits it finished
+        result = {"benchmark": "rome_gemma", "model": model.name, "family": model.arch.family, "layer": layer,
+                  "n_layers": model.dims.n_layers, "n_known_screened": f"{sum(known)} of {len(facts)}",
+                  "stats_tokens": args.n_tokens, "stats_corpus": args.corpus if args.n_tokens else None,
+                  "C": "E[k k^T]" if args.n_tokens else "identity", "steps": args.steps,
+                  "stats_seconds": round(stats_s, 1), "value_prefixes": args.value_prefixes,
+                  "edits_requested": len(requests), "before": summarize(before), "after": summarize(after),
+                  "edits": rows, "total_seconds": round(time.time() - t0, 1), **device_meta(args.device)}
+        write_result(result, f"rome-{model.name}", args.device, args.out)
     print({k: result["after"][k] for k in ("ES", "PS", "NS", "n")}, "before:", {k: result["before"][k] for k in ("ES", "PS", "NS")})
-    write_result(result, f"rome-{model.name}", args.device, args.out)
 
 
 if __name__ == "__main__":
