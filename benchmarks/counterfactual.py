@@ -15,11 +15,20 @@ baseline). Every (condition, noise) runs in its own resumable sweep folder (`cou
 run one invocation at a time and a killed run resumes where it stopped:
 
     PYTHONPATH=. python benchmarks/counterfactual.py --conditions none,rome [--n-per-prompt 20] [--max-new-tokens 10]
+
+Two prompt sets: `--prompt-set topic` (the default: 10 prompts about France x `--n-per-prompt` seeds, written to
+counterfactual-<device>.json) and `--prompt-set neutral` (the paper's setting: the first five words of `--n-neutral`
+distinct sentences of the shipped fact prompts, `workbench/data/facts.jsonl` and `counterfact.jsonl`, none naming
+France, Paris, French or a capital, one seed each; written to counterfactual-neutral-<device>.json). For every condition the
+hindsight row also holds the next-token TV between the base and intervened models after each prompt and the exact
+Gumbel-max prediction of first-token agreement (`first_token_coupling`) next to the measured rate.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import time
 from pathlib import Path
 
@@ -29,7 +38,7 @@ import torch
 
 import workbench as wb
 from benchmarks.common import device_meta, parser, write_result
-from workbench.counterfactual import measure, sample, summarize
+from workbench.counterfactual import first_token_coupling, measure, sample, summarize
 from workbench.counterfactual.sweep import counterfactual_sweep
 from workbench.editing.weights import WeightEdit
 
@@ -47,6 +56,37 @@ PAPER = [  # Ravfogel et al. (ICLR 2025), from the authors' released outputs
      "mean_edit": 0.109},
     {"condition": "paper: Llama-3-8B -> Instruct", "identical": 0.002, "median_prefix": 0.242, "mean_edit": 0.588},
 ]
+def neutral_prompts(n: int) -> list[str]:
+    """The first five words of n distinct shipped fact sentences (six words or more) that do not name France, Paris,
+    French or a capital, drawn with a fixed seed and kept in file order."""
+    texts = []
+    for name in ("facts.jsonl", "counterfact.jsonl"):
+        for line in wb.data.data_path(name).read_text().splitlines():
+            d = json.loads(line)
+            texts += [d["prompt"], *d.get("paraphrases", []), *d.get("paraphrase_prompts", []),
+                      *[x["prompt"] for x in d.get("neighborhood", [])]]
+    off_topic = re.compile(r"France|Paris|French|capital", re.I)  # the edit: France -> Rome as its capital
+    firsts = list(dict.fromkeys(" ".join(t.split()[:5]) for t in texts if len(t.split()) >= 6 and not off_topic.search(t)))
+    if n > len(firsts):
+        raise ValueError(f"--n-neutral: at most {len(firsts)} distinct prompts, got {n}")
+    keep = set(random.Random(0).sample(range(len(firsts)), n))
+    return [p for i, p in enumerate(firsts) if i in keep]
+
+
+def first_token_rows(model, obs, res, iv) -> dict:
+    """Measured first-token agreement of the hindsight counterfactuals next to the exact Gumbel-max predictions."""
+    import math
+
+    c = first_token_coupling(model, obs, iv)
+    n = len(res.ids)
+    agree = sum(bool(a) and bool(b) and a[0] == b[0] for a, b in zip(res.observed_ids, res.ids))
+    keep = [k for k in c["keep"] if k is not None]
+    return {"first_token_agreement": agree / n, "predicted_agreement": sum(c["agreement"]) / n,
+            "predicted_keep": sum(keep) / n,
+            "predicted_keep_sd": math.sqrt(sum(k * (1 - k) for k in keep)) / n,  # Poisson-binomial sd of the rate
+            "tv_mean": sum(c["tv"]) / n, "tv_median": sorted(c["tv"])[n // 2]}
+
+
 TARGET = {"rome": dict(new="Rome", old="Paris"), "memit": dict(new="Rome", old="Paris")}
 NAMES = {"none": "none", "rome": "ROME France -> Rome", "memit": "MEMIT batch of 5 (France -> Rome, ...)",
          "steer": "steering sentiment L12 x4", "caft": "CAFT fine-tune vs base (model B)"}
@@ -97,24 +137,32 @@ def main() -> None:
     ap.add_argument("--noises", default="posterior,fresh")
     ap.add_argument("--n-per-prompt", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=10)
+    ap.add_argument("--note", default=None, help="stored with the results (e.g. the machine's load)")
+    ap.add_argument("--prompt-set", default="topic", choices=["topic", "neutral"])
+    ap.add_argument("--n-neutral", type=int, default=500, help="neutral prompts (one seed each)")
     ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's / MEMIT's key statistics C")
     ap.add_argument("--work", default=str(ROOT / "out" / "counterfactual-bench"), help="sweep folders, edits")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
     model = wb.load_model().to(args.device)
-    prompts = [p for p in PROMPTS for _ in range(args.n_per_prompt)]
+    prompts = ([p for p in PROMPTS for _ in range(args.n_per_prompt)] if args.prompt_set == "topic"
+               else neutral_prompts(args.n_neutral))
+    tag = "counterfactual" if args.prompt_set == "topic" else "counterfactual-neutral"
     t = time.perf_counter()
     obs = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=0)
     sample_secs = (time.perf_counter() - t) * 100 / len(prompts)
-    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"counterfactual-{args.device}.json"
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{tag}-{args.device}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    config = {"prompts": PROMPTS, "n": len(prompts), "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
+    config = {"prompts": PROMPTS if args.prompt_set == "topic" else prompts, "n": len(prompts), "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
               "stats_tokens": args.stats_tokens, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
-    keep = old.get("config", {}) == config
+    # as read back from JSON (tuples become lists); versions were added to the device metadata later
+    same = lambda c: {k: v for k, v in json.loads(json.dumps(c)).items() if k != "versions"}  # noqa: E731
+    keep = same(old.get("config", {})) == same(config)
     result = {"config": config, "paper": PAPER, "rows": old.get("rows", []) if keep else [],
               "examples": old.get("examples", {}) if keep else {}, "intervention_meta": old.get("intervention_meta", {}) if keep else {}}
     result["sample_seconds_per_100"] = sample_secs
+    result["note"] = args.note or (old.get("note", "") if keep else "")
     for name in args.conditions.split(","):
         iv, info = intervention(name, model, work, args.stats_tokens)
         result["intervention_meta"][name] = {**result["intervention_meta"].get(name, {}), **info}
@@ -122,7 +170,7 @@ def main() -> None:
             if name == "none" and noise == "fresh":
                 continue
             t = time.perf_counter()
-            res = counterfactual_sweep(work / f"{name}-{noise}", model, None, obs, iv, noise=noise,
+            res = counterfactual_sweep(work / f"{args.prompt_set}-{name}-{noise}", model, None, obs, iv, noise=noise,
                                        seed=0 if noise == "posterior" else 10_000, chunk=20)
             secs = (time.perf_counter() - t) * 100 / len(prompts)
             df = measure(res, **TARGET.get(name, {}))
@@ -134,6 +182,8 @@ def main() -> None:
                 classify = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative")
                 s["positive_observed"] = float((torch.tensor(classify(None, res.observed)) > 0).float().mean())
                 s["positive_after"] = float((torch.tensor(classify(None, res.texts)) > 0).float().mean())
+            if noise == "posterior":
+                s.update(first_token_rows(model, obs, res, iv))
             if name in TARGET:
                 s["new_in_observed"] = float(sum(TARGET[name]["new"] in o for o in res.observed) / len(prompts))
                 s["old_in_observed"] = float(sum(TARGET[name]["old"] in o for o in res.observed) / len(prompts))
@@ -143,7 +193,7 @@ def main() -> None:
             print(json.dumps(s))
             if noise == "posterior":
                 result["examples"][name] = df[["prompt", "observed", "counterfactual"]].head(6).to_dict("records")
-            write_result(result, "counterfactual", args.device, args.out)
+            write_result(result, tag, args.device, args.out)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 import workbench as wb
-from workbench.counterfactual import (GivenNoise, Settings, counterfactuals, gumbel_decode, hindsight_noise, measure,
-                                      replay, sample, save, summarize)
+from workbench.counterfactual import (GivenNoise, Settings, counterfactuals, first_token_coupling, gumbel_agreement,
+                                      gumbel_decode, gumbel_keep, hindsight_noise, measure, replay, sample, save,
+                                      summarize)
 from workbench.counterfactual.gumbel import allowed, generator, gumbel, scaled_logits, truncated_gumbel
 from workbench.counterfactual.measures import common_prefix, edit_distance
 
@@ -359,3 +360,65 @@ def test_cli_counterfactual_resumes_and_writes_html(tmp_path):
     assert "<table>" in (tmp_path / "o" / "counterfactuals.html").read_text()
     no_b = [a for a in argv if a not in ("--model-b", "tiny-gpt2")]
     assert main(no_b) == 2  # another configuration (no second model) in the same folder: refused
+
+
+# -- the exact Gumbel-max coupling: what an intervention's strength predicts -------------------------------------
+
+def test_gumbel_agreement_equals_the_quadratic_formula_and_shared_noise_draws():
+    """O(V log V) `gumbel_agreement` equals the O(V^2) sum_x 1 / sum_j max(p_j/p_x, q_j/q_x) (also with masked, zero
+    entries and ties), is 1 for q = p, and matches the rate of equal argmaxes over shared Gumbel draws."""
+    g = torch.Generator().manual_seed(0)
+    p = (torch.randn(4, 40, generator=g) * 2).softmax(-1).double()
+    q = (torch.randn(4, 40, generator=g) * 2).softmax(-1).double()
+    p[1, :10], q[1, 5:15] = 0, 0  # top-k style masks
+    p[1], q[1] = p[1] / p[1].sum(), q[1] / q[1].sum()
+    q[2] = p[2]  # ties everywhere
+    q[3, :20] = p[3, :20] * 2  # a block of tied ratios
+    q[3] /= q[3].sum()
+    quad = torch.stack([sum((1 / torch.maximum(p[b] / p[b, x], q[b] / q[b, x]).sum()).nan_to_num(0.0)
+                            for x in range(40) if p[b, x] > 0 and q[b, x] > 0) for b in range(4)])
+    assert torch.allclose(gumbel_agreement(p, q), quad, atol=1e-12)
+    assert abs(float(gumbel_agreement(p[2], q[2])) - 1) < 1e-12
+    keep = gumbel_keep(p[0], q[0])  # keep_x = 1 / sum_j max(p_j, q_j p_x / q_x)
+    assert torch.allclose(keep, torch.stack([1 / torch.maximum(p[0], q[0] * p[0, x] / q[0, x]).sum() for x in range(40)]))
+    n = 200_000
+    noise = gumbel((n, 40), torch.Generator().manual_seed(1))
+    same = ((p[0].log() + noise).argmax(-1) == (q[0].log() + noise).argmax(-1)).double().mean()
+    a = float(gumbel_agreement(p[0], q[0]))
+    assert abs(float(same) - a) < 4 * (a * (1 - a) / n) ** 0.5
+
+
+def test_first_token_agreement_of_counterfactuals_matches_the_exact_prediction():
+    """1000 one-token samples of a vocabulary-8 model and their hindsight counterfactuals under another model: the
+    share that keep the first token is the sum of the exact per-row keep probabilities within 4 binomial sd, and
+    the prediction from the two distributions alone (`agreement`) within 4 sd too."""
+    base, other = small_vocab_model(0), small_vocab_model(1)
+    obs = sample(base, [[1, 2, 3]] * 1000, max_new_tokens=1, seed=0, batch_size=500)
+    res = counterfactuals(base, None, obs, other, batch_size=500)
+    c = first_token_coupling(base, obs, other)
+    kept = sum(a[0] == b[0] for a, b in zip(res.observed_ids, res.ids))
+    keep = torch.tensor(c["keep"], dtype=torch.float64)
+    assert abs(kept - float(keep.sum())) < 4 * float((keep * (1 - keep)).sum().sqrt())
+    a = c["agreement"][0]  # one prompt: every row shares p and q
+    assert 0.1 < a < 0.9 and abs(kept / 1000 - a) < 4 * (a * (1 - a) / 1000) ** 0.5
+    assert 0 < c["tv"][0] < 1 and first_token_coupling(base, obs, None)["agreement"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_first_token_agreement_on_the_default_model_matches_the_exact_prediction():
+    """The default model, 16 shipped prompts x 16 seeds (256 rows), the sentiment steering vector (layer 12, x4):
+    the measured first-token agreement of hindsight counterfactuals equals the exact Gumbel-max prediction (the sum of
+    per-row keep probabilities) within 4 Poisson-binomial sd."""
+    from workbench.steering import build_steering_vector, load_pairs
+
+    model = wb.load_model()
+    prompts = [l for l in wb.data.data_path("steering/prompts.txt").read_text().splitlines() if l and not l.startswith("#")]
+    obs = sample(model, [p for p in prompts for _ in range(16)], max_new_tokens=1, seed=0)
+    vec = build_steering_vector(model, *load_pairs(wb.data.data_path("steering/sentiment_pairs.jsonl")), layers=[12])
+    iv = vec.interventions(model, 4.0)
+    res = counterfactuals(model, None, obs, iv)
+    c = first_token_coupling(model, obs, iv)
+    kept = sum(a[0] == b[0] for a, b in zip(res.observed_ids, res.ids))
+    keep = torch.tensor(c["keep"], dtype=torch.float64)
+    assert 0.05 < float(keep.mean()) < 0.95  # a test with power: neither all kept nor none
+    assert abs(kept - float(keep.sum())) < 4 * float((keep * (1 - keep)).sum().sqrt())

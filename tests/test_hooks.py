@@ -235,3 +235,26 @@ def test_intervened_results_are_checked_once_after_the_forward(tiny):
     assert_no_hooks(m)
     # a finite intervention passes both ways
     assert torch.isfinite(m.run_with_interventions("Hello world", [wb.Scale("blocks.0.hook_mlp_out", factor=2.0)])).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "olmo2", "gpt2"])
+def test_cache_without_logits_equals_full_forward_and_stops_after_last_site(tiny, family):
+    """logits=False (what key statistics, keys and activation reads use) caches the same tensors as the full
+    forward, and no block after the last requested one runs (a counting hook on every block)."""
+    m = tiny(family)
+    tokens = m.to_tokens(IOI_CLEAN)
+    sites = ["blocks.0.hook_resid_pre", "blocks.0.mlp.hook_post", "blocks.0.hook_attn_out", "blocks.0.hook_resid_post"]
+    _, full = m.run_with_cache(tokens, sites)
+    ran = []
+    handles = [m.module("block", l).register_forward_hook(lambda mod, a, o, l=l: ran.append(l))
+               for l in range(m.dims.n_layers)]
+    try:
+        logits, part = m.run_with_cache(tokens, sites, logits=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert m.dims.n_layers > 1 and logits is None and ran == [0]
+    assert sorted(part) == sorted(full)
+    for k in full:
+        assert torch.equal(part[k], full[k]), k
+    assert_no_hooks(m)

@@ -14,7 +14,7 @@ from torch import Tensor
 from .arch import arch_for, dims_of, get_module, module_device
 from .hooks import hooks as _hooks
 from .interventions import Intervention
-from .sites import COMPONENTS, Site
+from .sites import COMPONENTS, Site, parse_site
 from . import checks
 
 class Model:
@@ -251,19 +251,45 @@ class Model:
     def run_with_cache(
         self, inputs, sites: Iterable[str | Site] | None = None, *, interventions: Iterable[Intervention] = (),
         attention_mask: Tensor | None = None, grad: bool = False, inputs_embeds: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        logits: bool = True,
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """(logits, {hook name: activation}) for `sites` (default: every site of every layer).
 
         With `grad=True` the forward keeps its graph and the cached activations stay attached to it.
         `inputs_embeds` [batch, pos, d_model] replaces the token embeddings (then pass inputs=None).
+        `logits=False` stops the forward after the last block that holds a site and returns (None, cache): the
+        later blocks, the final norm and the unembedding never run (on a 262k vocabulary the unembedding is most
+        of a small model's cost).
         """
         kwargs, shape = self._forward_kwargs(inputs, attention_mask, inputs_embeds)
         sites = self.all_sites() if sites is None else list(sites)
         interventions = list(interventions)
         with torch.set_grad_enabled(grad), _hooks(self, interventions, sites, input_shape=shape, detach=not grad) as cache:
-            logits = self.hf(**kwargs, use_cache=False).logits
-        _check_logits(logits, interventions)
-        return logits, cache
+            if logits:
+                out = self.hf(**kwargs, use_cache=False).logits
+            else:
+                last = max((parse_site(s, self.dims.n_layers).layer for s in sites), default=None)
+                if last is not None:  # no site: nothing to run
+                    self._forward_until(kwargs, last)
+                return None, cache
+        _check_logits(out, interventions)
+        return out, cache
+
+    def _forward_until(self, kwargs: dict, layer: int) -> None:
+        """Run the forward up to the end of block `layer` only: a hook after that block raises `_StopForward`, which
+        is caught here (every hook of the blocks before it has run; nothing after it does)."""
+
+        def stop(module, args, output):
+            raise _StopForward
+
+        handle = self.module("block", layer).register_forward_hook(stop)
+        try:
+            self.hf(**kwargs, use_cache=False)
+        except _StopForward:
+            return
+        finally:
+            handle.remove()
+        raise RuntimeError(f"logits=False: block {layer} never ran, so the forward was not stopped there")
 
     def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None,
                                *, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -280,6 +306,10 @@ class Model:
         """Interventions active for the whole body (generation, training); yields the cache dict."""
         with _hooks(self, interventions, cache_sites, **kw) as cache:
             yield cache
+
+
+class _StopForward(Exception):
+    """Raised by the hook after the last block a `logits=False` forward needs."""
 
 
 def _check_logits(logits: Tensor, interventions) -> None:

@@ -15,13 +15,18 @@ position, so results are reproducible. By default a counterfactual is as long as
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import torch
 
 from ..core.interventions import Intervention
 from ..toolkit.results import Result
 from ..core.model import Model
-from .gumbel import FRESH, GivenNoise, PriorNoise, Samples, Settings, _hindsight, _texts, gumbel_decode, token_rows
+from .gumbel import (FRESH, GivenNoise, PriorNoise, Samples, Settings, _hindsight, _texts, allowed, gumbel_decode,
+                     scaled_logits, token_rows)
+from .measures import gumbel_agreement, gumbel_keep
 from ..core import checks
 
 
@@ -246,3 +251,41 @@ def counterfactuals(model: Model, prompts, continuations, intervention=None, *, 
         diverged_at=[_diverged(a, b) for a, b in zip(c_rows, out_ids)], settings=settings,
         meta={"intervention": describe(intervention), "noise": noise, "seed": seed, "replace": replace,
               "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p})
+
+
+def first_token_coupling(model: Model, samples: Samples, intervention=None) -> dict:
+    """What an intervention's strength alone predicts for the first sampled token of each row of `samples`.
+
+    Per row, from the base (p) and intervened (q) next-token distributions after the prompt (under the samples'
+    temperature / top-k / top-p, renormalised over the allowed tokens): "tv" = 1/2 sum_j |p_j - q_j|;
+    "agreement" = the exact Gumbel-max probability that both choose the same token (`measures.gumbel_agreement`);
+    "keep" = the probability that a hindsight counterfactual keeps the observed first token (`measures.gumbel_keep`),
+    each a list of n floats. A measured first-token agreement must match the mean of "keep" (and of "agreement")
+    within binomial noise.
+    """
+    if not isinstance(samples, Samples):
+        raise ValueError(f"samples: expected the Samples that `sample` returned, got {type(samples).__name__}")
+    if samples.settings.greedy:
+        raise ValueError("samples: drawn greedily (temperature 0); the Gumbel-max coupling needs temperature > 0")
+    intervention = _check_intervention(model, intervention)
+
+    def probs(runner, ivs, prompt):
+        ids = torch.tensor([prompt], device=model.device)
+        with torch.no_grad():
+            logits = runner.run_with_interventions(ids, ivs)[0, -1]  # [V]
+        s = scaled_logits(logits, samples.settings)
+        return s.masked_fill(~allowed(s, samples.settings), -math.inf).softmax(-1)
+
+    out, seen = {"tv": [], "agreement": [], "keep": []}, {}
+    for r, prompt in enumerate(samples.prompt_ids):
+        if tuple(prompt) not in seen:  # rows that share a prompt share p and q
+            p = probs(model, [], prompt)
+            with _intervened(model, intervention, first=not seen) as (runner, ivs):
+                q = probs(runner, ivs, prompt)
+            seen[tuple(prompt)] = (float(0.5 * (p.double() - q.double()).abs().sum()), float(gumbel_agreement(p, q)),
+                                   gumbel_keep(p, q))
+        tv, agreement, keep = seen[tuple(prompt)]
+        out["tv"].append(tv)
+        out["agreement"].append(agreement)
+        out["keep"].append(float(keep[samples.ids[r][0]]) if samples.ids[r] else None)
+    return out

@@ -1,13 +1,50 @@
 """Side-effect measures of counterfactual strings, per pair and aggregated (Ravfogel et al., section 5):
 identical fraction, normalised longest common prefix (tokens), normalised character edit distance, and a
-targeted-effect check (the new object appears, the old one does not)."""
+targeted-effect check (the new object appears, the old one does not); and the exact Gumbel-max coupling of two
+next-token distributions (`gumbel_keep`, `gumbel_agreement`): the first-token agreement an intervention of a given
+strength must give, whatever the code that decodes it."""
 from __future__ import annotations
 
 from pathlib import Path
 from statistics import median
 from typing import Sequence
 
+import torch
+from torch import Tensor
+
 from ..core.io import atomic_write_text, dumps_json, write_json
+
+
+def gumbel_keep(p: Tensor, q: Tensor) -> Tensor:
+    """P(the intervened model keeps token x | the base model chose x) under shared Gumbel noise, for every x, [..., V]:
+
+        keep_x = 1 / sum_j max(p_j, q_j p_x / q_x)          (exact; 0 where q_x = 0)
+
+    p, q [..., V]: the base and intervened next-token probabilities. Ranking the tokens by r_j = log p_j - log q_j,
+    the max is p_j for r_j >= r_x and q_j p_x / q_x below it (ties give the same term either way), so the sum is
+    A_x + p_x B_x / q_x with A_x = sum_{r_j >= r_x} p_j and B_x = sum_{r_j < r_x} q_j: one sort, O(V log V), float64.
+    """
+    if p.shape != q.shape:
+        raise ValueError(f"p, q: expected two distributions of the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    p, q = p.double(), q.double()
+    r = (p.log() - q.log()).nan_to_num(nan=0.0)  # p_j = q_j = 0: adds nothing to either sum
+    order = r.argsort(dim=-1, descending=True, stable=True)
+    ps, qs = p.gather(-1, order), q.gather(-1, order)
+    A = ps.cumsum(-1)                                # sum of p_j ranked at or above x
+    B = qs.flip(-1).cumsum(-1).flip(-1) - qs         # sum of q_j ranked below x
+    keep = (qs / (qs * A + ps * B)).nan_to_num(nan=0.0, posinf=0.0)  # = 1 / (A + p_x B / q_x)
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def gumbel_agreement(p: Tensor, q: Tensor) -> Tensor:
+    """P(base and intervened models choose the same token) under shared Gumbel noise, [...]:
+
+        sum_x 1 / sum_j max(p_j / p_x, q_j / q_x)  =  sum_x p_x keep_x      (exact; see `gumbel_keep`)
+
+    It is also the expected first-token agreement of hindsight counterfactuals (the base token x drawn from p,
+    kept with probability keep_x), so a measured rate far from it is an error in the code, not the intervention.
+    """
+    return (p.double() * gumbel_keep(p, q)).sum(-1)
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:

@@ -72,7 +72,7 @@ def read_activations(model, texts: Sequence[str], layers: Iterable[int] | None =
         chunk = texts[start:start + batch_size]
         ids, mask = model.encode(chunk)
         lengths = model.last_positions(ids, mask) + 1  # [batch] real tokens per row
-        _, acts = model.run_with_cache(ids, sites, attention_mask=mask, interventions=interventions)
+        _, acts = model.run_with_cache(ids, sites, attention_mask=mask, interventions=interventions, logits=False)
         real = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]  # [batch, pos]
         if isinstance(read_at, int):
             idx = lengths + read_at if read_at < 0 else torch.full_like(lengths, read_at)

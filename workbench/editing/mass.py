@@ -34,7 +34,7 @@ def _resid_at_subject(model, requests: list[EditRequest], layer: int) -> torch.T
     ids, mask = model.encode([r.prompt for r in requests])
     pos = torch.tensor([subject_last(model, r.prompt, r.subject) for r in requests], device=ids.device)
     with torch.no_grad():
-        _, cache = model.run_with_cache(ids, [site], attention_mask=mask)
+        _, cache = model.run_with_cache(ids, [site], attention_mask=mask, logits=False)
     return cache[site][torch.arange(len(requests), device=ids.device), pos]
 
 

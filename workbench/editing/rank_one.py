@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..core import checks
+from ..core.arch import float32_logits
 from ..core.interventions import Add
 from ..core.default_model import MEASURED
 from ..core.generation import generate_ids, pad_right
@@ -96,7 +97,7 @@ def compute_keys(model, requests: list[EditRequest], layer: int, prefixes: list[
         pos += pp
     ids, mask = pad_right(model, rows)
     site = f"blocks.{layer}.mlp.hook_post"
-    _, cache = model.run_with_cache(ids, [site], attention_mask=mask)
+    _, cache = model.run_with_cache(ids, [site], attention_mask=mask, logits=False)
     keys = cache[site][torch.arange(len(rows)), torch.tensor(pos)]  # [n_requests * n_prefixes, d_mlp]
     return keys.reshape(len(requests), len(prefixes), -1).mean(1)
 
@@ -136,10 +137,12 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     n_tok = torch.zeros(len(requests), device=dev).index_add_(0, t_req, torch.ones(len(t_req), device=dev))
     kl_rows_t, kl_pos = torch.tensor(kl_rows, device=dev), torch.tensor([pos[k] for k in kl_rows], device=dev)
     owner_t = torch.tensor(owner, device=dev)
+    # only the target and KL positions are unembedded (on a 262k vocabulary the full unembedding is most of the cost)
+    last = f"blocks.{model.dims.n_layers - 1}.hook_resid_post"
     with torch.no_grad():
-        logits0, cache = model.run_with_cache(ids, [site], attention_mask=mask)
+        _, cache = model.run_with_cache(ids, [site, last], attention_mask=mask, logits=False)
         h0 = cache[site][torch.tensor(first_rows, device=dev), torch.tensor([pos[k] for k in first_rows], device=dev)]
-        kl_init = logits0[kl_rows_t, kl_pos].float().log_softmax(-1)              # [n, vocab]
+        kl_init = float32_logits(model.hf, model.arch, cache[last][kl_rows_t, kl_pos]).log_softmax(-1)  # [n, vocab]
     h0_norm = h0.norm(dim=-1)                                                        # [n]
     delta = torch.zeros(len(requests), model.dims.d_model, device=dev, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
@@ -150,10 +153,11 @@ def optimise_deltas(model, requests: list[EditRequest], site: str, prefixes: lis
     with frozen(model):
         for it in tqdm(range(steps), disable=not progress, desc=f"optimising {len(requests)} value(s)", unit="step"):
             add = Add(site, rows=list(range(len(rows))), positions=pos, pointwise=True, vector=delta[owner_t])
-            logits = model.run_with_interventions(ids, [add], attention_mask=mask).float()  # float32 loss in any dtype
-            tok_logp = logits[t_row, t_pos].log_softmax(-1).gather(-1, t_tok[:, None])[:, 0]
+            _, cache = model.run_with_cache(ids, [last], interventions=[add], attention_mask=mask, grad=True, logits=False)
+            resid = cache[last]                                                   # float32 loss in any dtype
+            tok_logp = float32_logits(model.hf, model.arch, resid[t_row, t_pos]).log_softmax(-1).gather(-1, t_tok[:, None])[:, 0]
             nll = -torch.zeros(len(requests), device=dev).index_add(0, t_req, tok_logp) / n_tok   # [n]
-            kl_logp = logits[kl_rows_t, kl_pos].log_softmax(-1)
+            kl_logp = float32_logits(model.hf, model.arch, resid[kl_rows_t, kl_pos]).log_softmax(-1)
             kl = kl_factor * (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)                   # [n]
             wd = weight_decay * delta.norm(dim=-1) / h0_norm ** 2                               # [n]
             loss = nll + kl + wd

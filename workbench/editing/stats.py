@@ -61,7 +61,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
         take = min(batch_size * seq_len, n_tokens - seen)
         if take <= 0:
             break
-        _, cache = model.run_with_cache(ids[b:b + batch_size].to(model.device), sites)
+        _, cache = model.run_with_cache(ids[b:b + batch_size].to(model.device), sites, logits=False)  # no unembedding
         for l, s in zip(missing, sites):
             k = cache[s].reshape(-1, d)[:take].double().cpu()  # [tokens, d_mlp]
             sums[l] += k.T @ k

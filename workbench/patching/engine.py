@@ -156,9 +156,15 @@ def last_logits(model, ids, interventions=(), inputs_embeds=None, sites=()):
     cache of `sites`: the one way patching baselines and full-forward cells get their logits, so they match
     the suffix engine's in any dtype."""
     last = Site(model.dims.n_layers - 1, "resid_post")
-    _, cache = model.run_with_cache(ids, [*sites, last], interventions=interventions, inputs_embeds=inputs_embeds)
+    # logits=False: the model's own unembedding of every position never runs, only the last position's below
+    _, cache = model.run_with_cache(ids, [*sites, last], interventions=interventions, inputs_embeds=inputs_embeds,
+                                    logits=False)
     resid = cache[last.name] if last in sites or last.name in sites else cache.pop(last.name)
-    return float32_logits(model.hf, model.arch, resid[:, -1]), cache
+    logits = float32_logits(model.hf, model.arch, resid[:, -1])
+    if interventions and not bool(torch.isfinite(logits).all()):
+        raise ValueError("interventions: with these interventions the last-position logits are not finite (an "
+                         "overflow downstream of the patched sites); expected interventions that keep the forward finite")
+    return logits, cache
 
 
 def checked_metric(values: Tensor, n: int, wide: bool = False) -> Tensor:
