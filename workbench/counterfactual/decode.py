@@ -264,7 +264,7 @@ def first_token_coupling(model: Model, samples: Samples, intervention=None) -> d
     within binomial noise.
     """
     if not isinstance(samples, Samples):
-        raise ValueError(f"samples: expected the Samples that `sample` returned, got {type(samples).__name__}")
+        raise checks.fail("samples", "the Samples that `sample` returned", type(samples).__name__)
     if samples.settings.greedy:
         raise ValueError("samples: drawn greedily (temperature 0); the Gumbel-max coupling needs temperature > 0")
     intervention = _check_intervention(model, intervention)

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..core import checks
 from ..core.io import atomic_write_text, dumps_json, write_json
 
 
@@ -25,7 +26,7 @@ def gumbel_keep(p: Tensor, q: Tensor) -> Tensor:
     A_x + p_x B_x / q_x with A_x = sum_{r_j >= r_x} p_j and B_x = sum_{r_j < r_x} q_j: one sort, O(V log V), float64.
     """
     if p.shape != q.shape:
-        raise ValueError(f"p, q: expected two distributions of the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+        raise checks.fail("p, q", "two distributions of the same shape", (tuple(p.shape), tuple(q.shape)))
     p, q = p.double(), q.double()
     r = (p.log() - q.log()).nan_to_num(nan=0.0)  # p_j = q_j = 0: adds nothing to either sum
     order = r.argsort(dim=-1, descending=True, stable=True)
