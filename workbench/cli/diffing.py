@@ -23,7 +23,7 @@ def _cmd_diff(args) -> int:
     r = model_diff(base, tuned, prompts, layer=args.layer, corpus=corpus, k=args.k, steps=args.steps,
                    n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
                    patching=not args.no_patching, crosscoder=not args.no_crosscoder,
-                   sae=None if args.sae == "none" else args.sae, progress=True)
+                   sae=None if args.sae == "none" else args.sae, matrices=args.matrices, progress=True)
     r.save(out)
     a = r.agreement
     print(f"TuCo (mean over prompts) {float(r.tuco.tuco.mean()):.3f}; intruder dimensions {r.weights.total_intruders}; "
@@ -49,6 +49,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the sampled strings and the crosscoder")
     s.add_argument("--no-patching", action="store_true", help="skip the cross-model patching grid")
     s.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder")
+    s.add_argument("--matrices", default=None, help="a regular expression on the block-relative module names whose "
+                   "weights are diffed, e.g. down_proj (default: every matrix)")
     s.add_argument("--sae", default="default", help="SAE folder of the base model whose most moved latents are "
                    "reported; 'default': the shipped SAE when BASE is the default model; 'none': no SAE section")
     s.add_argument("--out", required=True, help="folder for report.json and report.html")
