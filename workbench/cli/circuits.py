@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_model, check_float, check_int, load, output_dir
-from .sae import _texts, add_allow_other_model, add_eval_flags, evaluate_verb, prepare_training
+from .common import add_allow_other_model, add_force, add_model, check_float, check_int, load, output_dir
+from .sae import _texts, add_eval_flags, evaluate_verb, prepare_training
 from ..core import checks
 
 

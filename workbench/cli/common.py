@@ -122,6 +122,13 @@ def names(choices) -> str:
     return ", ".join(sorted(choices))
 
 
+def add_allow_other_model(parser, what: str = "the SAE") -> None:
+    """--allow-other-model: the library's `allow_other_model=True` (use a file made for another model's fingerprint)."""
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help=f"use {what} even if made for another model (or another fingerprint of this one); "
+                             "the library's allow_other_model=True")
+
+
 def add_limit(parser, what: str = "rows") -> None:
     """`--limit N`: use the first N items of the dataset a verb reads."""
     parser.add_argument("--limit", type=int, default=None, help=f"use the first N {what} of the file (default: all)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_force, add_limit, add_model, first, check_int, input_file, input_folder, load, output_dir, output_file
+from .common import add_allow_other_model, add_force, add_limit, add_model, first, check_int, input_file, input_folder, load, output_dir, output_file
 from ..core import checks
 from ..core.io import write_json
 
@@ -21,13 +21,6 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
     # a text file, one text a line ('#' lines are comments), or {"text": ...} records (the held-out texts shipped
     # with the default SAE)
     return read_prompts(input_file(spec, "texts"), "texts", field=("text",))
-
-
-def add_allow_other_model(parser, what: str = "the SAE") -> None:
-    """--allow-other-model: the library's `allow_other_model=True` (use a file made for another model's fingerprint)."""
-    parser.add_argument("--allow-other-model", action="store_true",
-                        help=f"use {what} even if made for another model (or another fingerprint of this one); "
-                             "the library's allow_other_model=True")
 
 
 def _check_texts_arg(spec: str) -> None:

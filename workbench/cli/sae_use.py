@@ -3,7 +3,7 @@ verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
 
-from .common import add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb, load
+from .common import add_allow_other_model, add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb, load
 from ..core.io import write_json
 from ..core import checks
 
@@ -69,8 +69,6 @@ def _cmd_diff(args) -> int:
 
 def add_sae_flags(parser) -> None:
     """--site and --allow-other-model: the fixes `load_sae`'s errors name (site=, allow_other_model=True)."""
-    from .sae import add_allow_other_model
-
     parser.add_argument("--site", default=None, help="the site the SAE reads, e.g. blocks.3.hook_resid_pre (default: "
                                                     "its cfg.metadata.hook_name; the library's site=)")
     add_allow_other_model(parser)
