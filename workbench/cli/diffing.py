@@ -3,8 +3,11 @@ TuCo by layer, intruder dimensions, the cross-model patching grid, the most move
 activation-difference lens, the most moved SAE latents, counterfactual strings base -> fine-tuned with the exact first-token agreement."""
 from __future__ import annotations
 
+import re
+
 from .common import MODEL_HELP, add_force, add_model, check_int, load, output_dir
 from .sae_use import _texts
+from ..core import checks
 
 WRITES = ["report.json", "report.html"]
 
@@ -17,6 +20,11 @@ def _cmd_diff(args) -> int:
     for name in ("steps", "samples", "max_new_tokens", "k"):
         check_int(getattr(args, name), name)
     check_int(args.layer, "layer", 0, none_ok=True)
+    if args.matrices is not None:
+        try:
+            re.compile(args.matrices)
+        except re.error as e:
+            raise checks.fail("matrices", f"a regular expression ({e})", args.matrices) from None
     out = output_dir(args.out, force=args.force, writes=WRITES)
     base = load(args, "base")
     tuned = load(args, "finetuned")
