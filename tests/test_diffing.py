@@ -275,7 +275,10 @@ def test_activation_difference_lens_reads_and_steers_a_planted_shift():
 def test_exact_first_token_agreement():
     """The sorted prefix-sum form equals the O(V^2) sum of DESIGN.md round 3; averaging P(keep | x) over x ~ p gives
     it again (an identity); and shared Gumbel noise drawn here agrees at that rate."""
-    from workbench.diffing import agreement_probability, keep_probability
+    from workbench.counterfactual import gumbel_agreement, gumbel_keep
+
+    agreement_probability = lambda p, q: float(gumbel_agreement(p, q))
+    keep_probability = lambda p, q, x: float(gumbel_keep(p, q)[x])
 
     g = torch.Generator().manual_seed(0)
     p = (2 * torch.randn(50, generator=g)).softmax(-1).double()

@@ -14,6 +14,6 @@ from .tuco import ScaledFineTune, TuCo, check_pair, scaled_model, tuning_contrib
 
 __all__ = ["perturbed_copy", "ActivationDifference", "CrossCoder", "CrosscoderDiff", "activation_difference",
            "diff_crosscoder", "paired_activations", "train_crosscoder", "WeightDiff", "as_merged", "effective_rank", "intruder_dimensions", "weight_diff", "ScaledFineTune", "TuCo", "check_pair", "scaled_model", "tuning_contribution"]
-from .report import ModelDiff, agreement_probability, keep_probability, model_diff  # noqa: E402
+from .report import ModelDiff, model_diff  # noqa: E402
 
-__all__ += ["ModelDiff", "agreement_probability", "keep_probability", "model_diff"]
+__all__ += ["ModelDiff", "model_diff"]

@@ -35,29 +35,6 @@ from .weights import WeightDiff, weight_diff
 from ..core import checks
 
 
-def keep_probability(p: Tensor, q: Tensor, x: int) -> float:
-    """P(the counterfactual under q keeps the token x observed under p), shared Gumbel noise: 1 / sum_j max(p_j, q_j p_x / q_x)."""
-    p, q = p.double(), q.double()
-    if q[x] <= 0:
-        return 0.0
-    return float(1.0 / torch.maximum(p, q * p[x] / q[x]).sum())
-
-
-def agreement_probability(p: Tensor, q: Tensor) -> float:
-    """P(base and fine-tuned pick the same token) with shared noise: sum_x 1 / sum_j max(p_j / p_x, q_j / q_x).
-
-    With s_j = p_j / q_j the inner sum is (sum_{s_j >= s_x} p_j + s_x sum_{s_j < s_x} q_j) / p_x, so sorting by s
-    and two prefix sums give every x at once (O(V log V) instead of O(V^2))."""
-    p, q = p.double(), q.double()
-    s = torch.where(q > 0, p / q.clamp_min(1e-300), torch.where(p > 0, torch.inf, 0.0))
-    order = torch.argsort(s)
-    ps, qs, ss = p[order], q[order], s[order]
-    q_below = torch.cumsum(qs, 0) - qs  # sum of q over tokens sorted before x (s_j <= s_x; ties add equally either way)
-    p_from = p.sum() - (torch.cumsum(ps, 0) - ps)
-    ok = (ps > 0) & (qs > 0)
-    return float((ps[ok] / (p_from[ok] + ss[ok] * q_below[ok])).sum())
-
-
 @dataclass
 class ModelDiff:
     """Everything `model_diff` measured; `view()` renders one page, `save(folder)` writes report.json + report.html."""
@@ -221,7 +198,7 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     names the weight section reads (`weight_diff`; default every matrix). progress: a tqdm bar over the
     crosscoder's steps (the part that takes long).
     """
-    from ..counterfactual import counterfactuals, sample
+    from ..counterfactual import counterfactuals, gumbel_agreement, gumbel_keep, sample
     from .weights import as_merged
 
     tuned = as_merged(base, tuned)
@@ -263,8 +240,9 @@ def model_diff(base: Model, tuned, prompts: Sequence[str], *, layer: int | None 
     with torch.no_grad():
         p_next = torch.stack([base(p)[0, -1].float().softmax(-1) for p in prompts])
         q_next = torch.stack([tuned(p)[0, -1].float().softmax(-1) for p in prompts])
-    exact = [keep_probability(p_next[i // n_samples], q_next[i // n_samples], ids[0]) for i, ids in enumerate(samples.ids)]
-    uncond = [agreement_probability(p_next[i], q_next[i]) for i in range(len(prompts))]
+    keep = gumbel_keep(p_next, q_next)  # [n_prompts, V]: P(q keeps x | p chose x), every x at once
+    exact = [float(keep[i // n_samples, ids[0]]) for i, ids in enumerate(samples.ids)]
+    uncond = gumbel_agreement(p_next, q_next).tolist()
     agreement = {"measured": float(np.mean(measured)), "exact": float(np.mean(exact)), "n": len(measured),
                  "exact_unconditional": float(np.mean(uncond)), "per_row_exact": exact, "per_row_measured": measured}
     out = ModelDiff(base.name, tuned.name, prompts, tuco, weights, grid, cdiff, latent_tokens, lens, cf, agreement,
