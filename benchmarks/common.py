@@ -18,6 +18,18 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def add_model(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--model: any name `wb.load_model` takes (default: the embedded default, smollm2-135m)."""
+    ap.add_argument("--model", default="smollm2-135m", help="a name or path load_model takes (e.g. gemma-3-270m)")
+    return ap
+
+
+def result_name(name: str, model_name: str) -> str:
+    """The result file's stem: `name` on the default model, `name-<model>` on any other, so that one
+    benchmark's runs on two models sit side by side in benchmarks/results/."""
+    return name if model_name == "smollm2-135m" else f"{name}-{model_name}"
+
+
 def device_meta(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     return {"device": device, "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import workbench as wb
-from common import device_meta, parser, write_result
+from common import add_model, device_meta, parser, result_name, write_result
 from workbench.data.ioi import ioi_pairs
 
 
@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
     ap = parser(__doc__)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--invokes-per-trace", type=int, default=64)
-    ap.add_argument("--model", default="smollm2-135m")
+    add_model(ap)
     args = ap.parse_args(argv)
     model = wb.load_model(args.model, device=args.device)
     pairs = ioi_pairs(model, args.pairs)
@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
         for k, v in {**case["speedup"], **{f"all_patches_{k}": v for k, v in case["speedup_all_patches"].items()}}.items():
             print(f"  {k:<40} {v:7.2f}x")
         print(f"  efficiency {case['efficiency']['efficiency']:.2f}", flush=True)
-    write_result(result, "patching" if model.name == "smollm2-135m" else f"patching-{model.name}", args.device, args.out)
+    write_result(result, result_name("patching", model.name), args.device, args.out)
     return result
 
 
