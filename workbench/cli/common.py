@@ -62,6 +62,14 @@ def input_file(path, arg: str) -> Path:
     return p
 
 
+def read_texts(path, arg: str = "texts") -> list[str]:
+    """The texts of an input file: its lines ('#' lines are comments), or the `prompt` / `text` field of each
+    record of a .jsonl file (the held-out texts shipped with the default SAE are such records)."""
+    from ..toolkit.prompts import read_prompts
+
+    return read_prompts(input_file(path, arg), arg)
+
+
 def input_folder(path, arg: str, holds: str) -> Path:
     """An input folder that must exist and hold the file `holds` (shipped folders are found by name, e.g.
     `data/sae/<name>`; see `data.resolve`)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .common import MODEL_HELP, add_force, add_model, check_int, load, output_dir
-from .sae_use import _texts
+from .common import MODEL_HELP, add_force, add_model, check_int, load, output_dir, read_texts
 from ..core import checks
 
 WRITES = ["report.json", "report.html"]
@@ -15,8 +14,8 @@ WRITES = ["report.json", "report.html"]
 def _cmd_diff(args) -> int:
     from ..diffing import model_diff
 
-    prompts = _texts(args.prompts)[: check_int(args.limit, "limit")]
-    corpus = _texts(args.corpus)[: check_int(args.corpus_limit, "corpus_limit")] if args.corpus else None
+    prompts = read_texts(args.prompts, "prompts")[: check_int(args.limit, "limit")]
+    corpus = read_texts(args.corpus, "corpus")[: check_int(args.corpus_limit, "corpus_limit")] if args.corpus else None
     for name in ("steps", "samples", "max_new_tokens", "k"):
         check_int(getattr(args, name), name)
     check_int(args.layer, "layer", 0, none_ok=True)

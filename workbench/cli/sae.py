@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_allow_other_model, add_force, add_limit, add_model, first, check_int, input_file, input_folder, load, output_dir, output_file
+from .common import add_allow_other_model, add_force, add_limit, add_model, first, check_int, input_file, input_folder, load, output_dir, output_file, read_texts
 from ..core import checks
 from ..core.io import write_json
 
@@ -16,11 +16,7 @@ def _texts(spec: str, model, part: str, samples: int, seed: int) -> list[str]:
 
         train, test = split_corpus(default_corpus(model, samples, seed=seed), seed=seed)
         return train if part == "train" else test
-    from ..toolkit.prompts import read_prompts
-
-    # a text file, one text a line ('#' lines are comments), or {"text": ...} records (the held-out texts shipped
-    # with the default SAE)
-    return read_prompts(input_file(spec, "texts"), "texts", field=("text",))
+    return read_texts(spec)
 
 
 def _check_texts_arg(spec: str) -> None:

@@ -2,17 +2,9 @@
 verb of cli/sae.py by `register_use(subs)`)."""
 from __future__ import annotations
 
-
-from .common import add_allow_other_model, add_force, check_int, first, input_file, input_folder, output_dir, output_file, parse_list, verb, load
+from .common import add_allow_other_model, add_force, check_int, first, input_folder, output_dir, output_file, parse_list, read_texts, verb, load
 from ..core.io import write_json
 from ..core import checks
-
-
-def _texts(path) -> list[str]:
-    """Lines of a text file, or the `prompt` / `text` field of each line of a JSONL file."""
-    from ..toolkit.prompts import read_prompts
-
-    return read_prompts(input_file(path, "texts"), "texts")
 
 
 def _cmd_inspect(args) -> int:
@@ -21,7 +13,7 @@ def _cmd_inspect(args) -> int:
 
     latents = parse_list(args.latents, int, "latents")
     check_int(args.top_k, "top_k")
-    texts = first(_texts(args.texts), args.limit)
+    texts = first(read_texts(args.texts), args.limit)
     args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_dir(args.out, force=args.force, writes=[f"latent-{i}.html" for i in latents] + ["latents.json"])
     model = load(args)
@@ -54,7 +46,7 @@ def _cmd_diff(args) -> int:
     if read_at is None:
         raise checks.fail('read_at', "'all', 'mean' or a token index", args.read_at)
     check_int(args.top, "top")
-    texts = first(_texts(args.texts), args.limit)
+    texts = first(read_texts(args.texts), args.limit)
     args.sae = input_folder(args.sae, "sae", "cfg.json")
     out = output_file(args.out, force=args.force)
     base = load(args)
