@@ -285,3 +285,34 @@ def _site_device(model, site: Site):
     """The device of the activation at `site`: its block's (a model split over devices keeps each layer's
     tensors there), else the model's."""
     return model.device if site.layer is None else module_device(model.module("block", site.layer), model.device)
+
+
+class StopForward(Exception):
+    """Raised by `run_until`'s hook once the module it waits for has run."""
+
+
+def run_until(module: torch.nn.Module, forward) -> None:
+    """Call `forward()` but stop it right after `module` runs: a forward hook on `module` raises `StopForward`,
+    caught here, so every hook up to and including `module`'s has run and nothing after it does (the later
+    blocks, the final norm and the unembedding of a `run_with_cache(logits=False)`)."""
+
+    def stop(mod, args, output):
+        raise StopForward
+
+    handle = module.register_forward_hook(stop)
+    try:
+        forward()
+    except StopForward:
+        return
+    finally:
+        handle.remove()
+    raise RuntimeError(f"run_until: {type(module).__name__} never ran, so the forward was not stopped after it")
+
+
+def check_logits(logits: Tensor, interventions) -> None:
+    """A forward that interventions made non-finite downstream of their site (the site itself is checked by
+    `hooks._ResultCheck`) is refused rather than returned."""
+    if isinstance(interventions, list) and interventions and not bool(torch.isfinite(logits).all()):
+        names = ", ".join(f"{type(iv).__name__} at {getattr(iv, 'site', '?')}" for iv in interventions)
+        raise ValueError(f"interventions: with {names} the logits are not finite (an overflow downstream of the "
+                         "intervened site); expected interventions that keep the forward finite")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .arch import arch_for, dims_of, get_module, module_device
-from .hooks import hooks as _hooks
+from .hooks import check_logits, hooks as _hooks, run_until
 from .interventions import Intervention
 from .sites import COMPONENTS, Site, parse_site
 from . import checks
@@ -270,26 +270,10 @@ class Model:
             else:
                 last = max((parse_site(s, self.dims.n_layers).layer for s in sites), default=None)
                 if last is not None:  # no site: nothing to run
-                    self._forward_until(kwargs, last)
+                    run_until(self.module("block", last), lambda: self.hf(**kwargs, use_cache=False))
                 return None, cache
-        _check_logits(out, interventions)
+        check_logits(out, interventions)
         return out, cache
-
-    def _forward_until(self, kwargs: dict, layer: int) -> None:
-        """Run the forward up to the end of block `layer` only: a hook after that block raises `_StopForward`, which
-        is caught here (every hook of the blocks before it has run; nothing after it does)."""
-
-        def stop(module, args, output):
-            raise _StopForward
-
-        handle = self.module("block", layer).register_forward_hook(stop)
-        try:
-            self.hf(**kwargs, use_cache=False)
-        except _StopForward:
-            return
-        finally:
-            handle.remove()
-        raise RuntimeError(f"logits=False: block {layer} never ran, so the forward was not stopped there")
 
     def run_with_interventions(self, inputs, interventions: Iterable[Intervention], attention_mask: Tensor | None = None,
                                *, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -298,7 +282,7 @@ class Model:
         interventions = list(interventions) if not isinstance(interventions, Intervention) else interventions
         with _hooks(self, interventions, input_shape=shape):
             logits = self.hf(**kwargs, use_cache=False).logits
-        _check_logits(logits, interventions)
+        check_logits(logits, interventions)
         return logits
 
     @contextmanager
@@ -306,16 +290,3 @@ class Model:
         """Interventions active for the whole body (generation, training); yields the cache dict."""
         with _hooks(self, interventions, cache_sites, **kw) as cache:
             yield cache
-
-
-class _StopForward(Exception):
-    """Raised by the hook after the last block a `logits=False` forward needs."""
-
-
-def _check_logits(logits: Tensor, interventions) -> None:
-    """A forward that interventions made non-finite downstream of their site (the site itself is checked by
-    `hooks._ResultCheck`) is refused rather than returned."""
-    if isinstance(interventions, list) and interventions and not bool(torch.isfinite(logits).all()):
-        names = ", ".join(f"{type(iv).__name__} at {getattr(iv, 'site', '?')}" for iv in interventions)
-        raise ValueError(f"interventions: with {names} the logits are not finite (an overflow downstream of the "
-                         "intervened site); expected interventions that keep the forward finite")
