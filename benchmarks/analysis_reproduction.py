@@ -9,10 +9,10 @@
    by patching the second subject mention (S2) and the last token, and the layer where the last token
    takes over; the logit lens's last layer against the model's probability (an identity).
 
-    python benchmarks/analysis_reproduction.py [--model NAME] [--pairs 2] [--queries 32] [--skip-few-shot]
+    python benchmarks/analysis_reproduction.py [--model NAME] [--pairs 2] [--queries 32] [--parts ...]
 
 Writes benchmarks/results/analysis-reproduction-<device>.json (analysis-reproduction-<model>-<device>.json
-on another model).
+on another model; analysis-<parts>-... when --parts names a subset).
 """
 from __future__ import annotations
 
@@ -106,9 +106,12 @@ def ioi_grid(model, n_pairs: int) -> dict:
     at_s2, at_last = frac[:, s2], frac[:, -1]
     L = model.dims.n_layers
     moves = next((l for l in range(L) if at_last[l] > at_s2[l]), None)
-    return {"n_pairs": len(pairs), "s2_position": s2, "n_positions": int(frac.shape[1]),
-            "restored_at_s2": at_s2.round(3).tolist(), "restored_at_last": at_last.round(3).tolist(),
-            "last_token_takes_over_at_layer": moves,
+    s2_half = next((l for l in range(L) if at_s2[l] < 0.5), None)
+    return {"n_pairs": len(pairs), "pairs": pairs, "s2_position": s2, "n_positions": int(frac.shape[1]),
+            "clean_logit_diff": round(hi, 3), "corrupted_logit_diff": round(lo, 3),
+            "restored_at_s2": [round(float(x), 3) for x in at_s2],
+            "restored_at_last": [round(float(x), 3) for x in at_last],
+            "s2_below_half_from_layer": s2_half, "last_token_takes_over_at_layer": moves,
             "last_token_takes_over_at_depth": None if moves is None else round(moves / L, 3)}
 
 
@@ -120,40 +123,39 @@ def lens_identity(model, prompt: str = "The Eiffel Tower is located in the city 
             "abs_error": abs(float(lens[-1]) - p)}
 
 
+PARTS = ("identities", "few_shot", "ioi", "grid")
+
+
 def main(argv=None) -> dict:
     ap = add_model(parser(__doc__))
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--queries", type=int, default=32)
     ap.add_argument("--grid-pairs", type=int, default=2)
-    ap.add_argument("--skip-few-shot", action="store_true", help="leave out part 1 (the few-shot logit lens)")
-    ap.add_argument("--only-identities", action="store_true",
-                    help="only the DLA identity and the logit lens's last layer (a quick check)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="which parts to run (default all); a subset writes analysis-<parts>-... instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = wb.load_model(args.model, device=args.device)
-    t0 = time.time()
-    result = {"model": model.name, **device_meta(args.device), "lens_identity": lens_identity(model)}
-    print(result["lens_identity"])
-    if args.only_identities:
-        pairs = ioi_pairs(model, args.pairs)
-        dla = wb.lenses.direct_logit_attribution(model, [p["clean"] for p in pairs], [p["answer"] for p in pairs],
-                                                 [p["foil"] for p in pairs])
-        result["ioi"] = {"n_pairs": len(pairs), "dla_identity_error": dla.meta["identity_error"],
-                         "logit_diff": [round(x, 3) for x in dla.meta["logit_diff"]]}
-        print(result["ioi"])
-        write_result(result, result_name("analysis-identities", args.model), args.device, args.out)
-        return result
-    if not args.skip_few_shot:
-        result["few_shot_logit_lens"] = few_shot(model, args.queries)
-        print(result["few_shot_logit_lens"])
-    t1 = time.time()
-    result["ioi"] = ioi(model, args.pairs)
-    print(result["ioi"])
-    t2 = time.time()
-    result["ioi_grid"] = ioi_grid(model, args.grid_pairs)
-    print(result["ioi_grid"])
-    result["seconds"] = {"few_shot": round(t1 - t0, 1), "ioi": round(t2 - t1, 1), "grid": round(time.time() - t2, 1)}
-    write_result(result, result_name("analysis-reproduction", args.model), args.device, args.out)
+    result, seconds = {"model": model.name, **device_meta(args.device)}, {}
+    for part in [p for p in PARTS if p in args.parts]:
+        t0 = time.time()
+        if part == "identities":  # the logit lens's last layer and DLA's sum: both identities
+            pairs = ioi_pairs(model, args.pairs)
+            dla = wb.lenses.direct_logit_attribution(model, [p["clean"] for p in pairs], [p["answer"] for p in pairs],
+                                                     [p["foil"] for p in pairs])
+            out = {"lens_last_layer": lens_identity(model), "dla_n_pairs": len(pairs),
+                   "dla_identity_error": dla.meta["identity_error"],
+                   "dla_logit_diff": [round(x, 3) for x in dla.meta["logit_diff"]]}
+        else:
+            out = {"few_shot": lambda: few_shot(model, args.queries), "ioi": lambda: ioi(model, args.pairs),
+                   "grid": lambda: ioi_grid(model, args.grid_pairs)}[part]()
+        result[{"few_shot": "few_shot_logit_lens", "grid": "ioi_grid"}.get(part, part)] = out
+        seconds[part] = round(time.time() - t0, 1)
+        print(part, out)
+    result["seconds"] = seconds
+    stem = "analysis-reproduction" if set(args.parts) == set(PARTS) else "analysis-" + "-".join(
+        p for p in PARTS if p in args.parts)
+    write_result(result, result_name(stem, args.model), args.device, args.out)
     return result
 
 
