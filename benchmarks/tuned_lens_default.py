@@ -4,10 +4,11 @@ Corpus (nothing downloaded): the model's own seeded samples (core/generation.py)
 (data/steering/prompts.txt) plus the shipped text (neutral sentences, sentiment reviews, fact prompts).
 Held out: samples from another seed and the shipped lines not drawn for training.
 
-    python benchmarks/tuned_lens_default.py [--steps 60]  (CPU, one thread) [--lens out/tuned-lens/tuned_lens.safetensors]
+    python benchmarks/tuned_lens_default.py [--model NAME] [--steps 60]  (CPU, one thread) [--lens PATH]
 
-Resumable (rerun with more --steps). Writes benchmarks/results/tuned-lens-<device>.json: per layer
-KL(model || lens) on the held-out text, logit lens vs tuned lens.
+Resumable (rerun with more --steps). Writes benchmarks/results/tuned-lens-<device>.json (on another model
+tuned-lens-<model>-<device>.json; its lens in out/tuned-lens-<model>/): per layer KL(model || lens) on the
+held-out text, logit lens vs tuned lens, and both at relative depths 0, 1/4, 1/2, 3/4 (layer floor(f * L)).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import workbench as wb
-from common import device_meta, parser, write_result
+from common import add_model, device_meta, parser, result_name, write_result
 from workbench.lenses.tuned import lens_kl, train_tuned_lens
 from workbench.core.generation import generate
 from workbench.core.io import read_jsonl
@@ -46,18 +47,30 @@ def corpus(model, seed: int) -> tuple[list[str], list[str]]:
     return train + lines[8:], held + lines[:8]
 
 
+DEPTHS = (0.0, 0.25, 0.5, 0.75)
+
+
+def by_depth(kl_logit: list[float], kl_tuned: list[float]) -> list[dict]:
+    """Both lenses' KL at relative depths DEPTHS: layer floor(f * L) of L, so models of different depth compare."""
+    L = len(kl_logit)
+    return [{"depth": f, "layer": int(f * L), "logit_lens": round(kl_logit[int(f * L)], 3),
+             "tuned_lens": round(kl_tuned[int(f * L)], 3)} for f in DEPTHS]
+
+
 def main():
-    ap = parser(__doc__)
+    ap = add_model(parser(__doc__))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-len", type=int, default=32)
     ap.add_argument("--tokens-per-step", type=int, default=32)
     ap.add_argument("--eval-len", type=int, default=24)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--lens", default="out/tuned-lens/tuned_lens.safetensors")
+    ap.add_argument("--lens", default=None, help="the lens file (default: out/<result name>/tuned_lens.safetensors)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = wb.load_model(device=args.device)
+    name = result_name("tuned-lens", args.model)
+    args.lens = args.lens or f"out/{name}/tuned_lens.safetensors"
+    model = wb.load_model(args.model, device=args.device)
     t0 = time.time()
     train, held = corpus(model, seed=0)
     t_corpus = time.time() - t0
@@ -78,8 +91,9 @@ def main():
               "seconds": {"corpus": round(t_corpus, 1), "train_this_run": round(t_train, 1)},
               "loss_this_run": [round(x, 4) for x in losses],
               "kl_logit_lens": [round(x, 4) for x in kl_logit], "kl_tuned_lens": [round(x, 4) for x in kl_tuned],
+              "by_relative_depth": by_depth(kl_logit, kl_tuned),
               "lens_file": args.lens, "lens_bytes": os.path.getsize(args.lens)}
-    write_result(result, "tuned-lens", args.device, args.out)
+    write_result(result, name, args.device, args.out)
 
 
 if __name__ == "__main__":
