@@ -47,16 +47,6 @@ class Arch:
         """Whether this family has a module for an adapter role ('block' always)."""
         return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
 
-    def check_closed_form_mlp_edit(self, method: str) -> None:
-        """MEMIT spreads one residual target over several layers' down projections, assuming each layer adds
-        its down projection's output to the residual as it is; a post-norm after the MLP (Gemma 2/3, OLMo 2)
-        normalises it first, so the shares would not add up. Raise a ValueError saying so (ROME optimises its
-        value before the post-norm and FT-L trains the weights: both run on these families)."""
-        if self.mlp_out is not None:
-            raise ValueError(f"model: {method} is unsupported on the {self.family} architecture: its MLP output passes "
-                             f"a post-norm ({self.mlp_out}) before the residual add, so the layers' shares of the "
-                             "residual target do not add up (use ROME or FT-L, which support post-norm families)")
-
     def path(self, role: str) -> str:
         """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
         path = getattr(self, role, None)
@@ -398,3 +388,22 @@ def frozen_norm(norm: nn.Module, x: torch.Tensor, parts: torch.Tensor) -> torch.
         x = x - x.mean(-1, keepdim=True)
     scale = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [batch, 1]
     return (parts.float() / scale * norm_gain(norm).float()).to(parts.dtype)
+
+
+def frozen_norm_preimage(norm: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The inverse of `frozen_norm` in its parts: dx [batch, d] with frozen_norm(norm, x, dx) == r, for an RMSNorm's
+    input x [batch, d] and wanted output changes r [batch, d]:
+
+        dx = r * s(x) / g,   s(x) = sqrt(mean(x^2) + eps)          (elementwise; g = `norm_gain`)
+
+    i.e. the change of the norm's input that moves its output by r while its scale stays at s(x). MEMIT on
+    post-norm families uses it to turn a layer's share of the residual target into a down-projection target. A
+    LayerNorm is refused: its frozen map centres, so an r with a non-zero mean over d has no preimage. Channels
+    with g = 0 cannot move (their dx is inf or NaN, which the caller refuses)."""
+    kind, eps = norm_kind(norm)
+    if kind != "rmsnorm":
+        raise ValueError(f"norm: expected an RMSNorm (a LayerNorm's frozen map centres its input, so a change with a "
+                         f"non-zero mean has no preimage), got {type(norm).__name__}")
+    scale = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # s(x) [batch, 1]
+    return (r.float() * scale / norm_gain(norm).float()).to(r.dtype)
+
