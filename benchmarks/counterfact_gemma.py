@@ -50,6 +50,10 @@ def main(argv=None):
     ap.add_argument("--value-prefixes", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20, help="value optimisation steps (ROME, MEMIT)")
     ap.add_argument("--lam", type=float, default=3000.0, help="MEMIT's weight of the key statistics")
+    ap.add_argument("--damping", type=float, default=1e-2, help="MEMIT's post-norm preimage damping")
+    ap.add_argument("--memit-lr", type=float, default=5.0,
+                    help="MEMIT's value learning rate (its z lives at resid_post, |h| ~ 4000 at layer 5 of Gemma 3 "
+                         "270M: 0.5 reached p 0.01 in 10 steps, 5 reached 0.96)")
     ap.add_argument("--gen-tokens", type=int, default=40)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -84,12 +88,13 @@ def main(argv=None):
         t = time.time()
         after, rows, extra = [], [], {}
         if name == "memit":
-            edit = memit(model, edit_reqs, memit_layers, lam=args.lam, Cs=Cs, prefixes=prefixes,
-                         value_prefixes=args.value_prefixes, steps=args.steps)
+            edit = memit(model, edit_reqs, memit_layers, lam=args.lam, damping=args.damping, Cs=Cs, prefixes=prefixes,
+                         value_prefixes=args.value_prefixes, steps=args.steps, lr=args.memit_lr)
             seconds = time.time() - t
             with edit.applied(model, check=False):
                 after = [score_request(model, req, gen_tokens=args.gen_tokens) for req in requests]
-            extra = {"layers": memit_layers, "lam": args.lam, "value_prefixes": args.value_prefixes, "steps": args.steps,
+            extra = {"layers": memit_layers, "lam": args.lam, "damping": args.damping, "lr": args.memit_lr,
+                     "value_prefixes": args.value_prefixes, "steps": args.steps,
                      "relative_residual": edit.meta["relative_residual"],
                      "relative_norms": edit.meta["relative_norms"], "value_opt": edit.meta["value_opt"]}
             rows = [{"seconds_all": round(seconds, 1), "restored_bit_exact": restored()}]

@@ -390,20 +390,22 @@ def frozen_norm(norm: nn.Module, x: torch.Tensor, parts: torch.Tensor) -> torch.
     return (parts.float() / scale * norm_gain(norm).float()).to(parts.dtype)
 
 
-def frozen_norm_preimage(norm: nn.Module, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """The inverse of `frozen_norm` in its parts: dx [batch, d] with frozen_norm(norm, x, dx) == r, for an RMSNorm's
-    input x [batch, d] and wanted output changes r [batch, d]:
+def frozen_norm_preimage(norm: nn.Module, x: torch.Tensor, r: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
+    """The inverse of `frozen_norm` in its parts: dx [batch, d], the change of an RMSNorm's input x [batch, d] that
+    `frozen_norm` maps to the wanted output change r [batch, d] (the norm's scale frozen at s(x)):
 
-        dx = r * s(x) / g,   s(x) = sqrt(mean(x^2) + eps)          (elementwise; g = `norm_gain`)
+        a = g / s(x),   s(x) = sqrt(mean(x^2) + eps)                 (g = `norm_gain`, [d])
+        dx = a * r / (a^2 + mu),   mu = damping * mean(a^2)          (elementwise)
 
-    i.e. the change of the norm's input that moves its output by r while its scale stays at s(x). MEMIT on
-    post-norm families uses it to turn a layer's share of the residual target into a down-projection target. A
-    LayerNorm is refused: its frozen map centres, so an r with a non-zero mean over d has no preimage. Channels
-    with g = 0 cannot move (their dx is inf or NaN, which the caller refuses)."""
+    damping = 0: the exact inverse dx = r * s(x) / g, frozen_norm(norm, x, dx) == r (channels with g = 0 cannot
+    move: dx = 0 there). damping > 0: the minimiser of |a * dx - r|^2 + mu |dx|^2 (Tikhonov), which leaves the part
+    of r on channels whose gain is small next to the typical one (a^2 << mu) instead of asking for a huge dx there
+    (a huge dx would raise s(x) itself and shrink every channel). A LayerNorm is refused: its frozen map centres,
+    so an r with a non-zero mean over d has no preimage."""
     kind, eps = norm_kind(norm)
     if kind != "rmsnorm":
         raise ValueError(f"norm: expected an RMSNorm (a LayerNorm's frozen map centres its input, so a change with a "
                          f"non-zero mean has no preimage), got {type(norm).__name__}")
-    scale = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # s(x) [batch, 1]
-    return (r.float() * scale / norm_gain(norm).float()).to(r.dtype)
-
+    a = norm_gain(norm).double() / (x.double().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # g / s(x)  [batch, d]
+    den = a * a + damping * a.pow(2).mean(-1, keepdim=True)
+    return torch.where(den > 0, a * r.double() / den.clamp(min=torch.finfo(torch.float64).tiny), 0.0).to(r.dtype)

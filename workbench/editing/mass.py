@@ -21,10 +21,18 @@ scale at its value on the current y (the linearisation `frozen_norm` gives direc
     N(y + dy) - N(y) ~= g * dy / s(y)          =>   dy_i = r_i * s(y_i) / g          (elementwise)
 
 with y_i the current output of layer l's down projection at request i's subject's last token (bare prompt,
-layers below already updated) and r_i its row of R_l (`frozen_norm_preimage`). Then
-Delta_l = memit_update(dY_l, K_l, C_l, lambda) as above, dY_l [n, d_model] in place of R_l. The linearisation
-is not exact (s moves as y moves: a dy along y hardly moves N(y) at all), but Alg. 1 re-measures h^L after each
-layer's update, so each layer's error is handed on to the layers above and the top layer takes the remainder.
+layers below already updated) and r_i its row of R_l. Then Delta_l = memit_update(dY_l, K_l, C_l, lambda) as
+above, dY_l [n, d_model] in place of R_l. Gains span orders of magnitude (Gemma 3 270M: |g| from 0 to 741 in one
+layer), and the exact inverse asks for a huge dy on the channels with a tiny gain; that raises s(y) itself and
+shrinks every other channel (measured: the layer 4 update 26x its weight's norm, h^L farther from z than before).
+So each channel is damped, the least-squares preimage (`frozen_norm_preimage`, a = g / s(y)):
+
+    dy_i = argmin |a * dy - r_i|^2 + mu |dy|^2 = a * r_i / (a^2 + mu),    mu = damping * mean(a^2)
+
+which leaves r's part on channels with a^2 << mu to the layers above. The linearisation is not exact either
+(s moves as y moves; a dy along y does not move N(y) at all: a layer can rotate its output but hardly change its
+norm), but Alg. 1 re-measures h^L after each layer's update, so each layer's error is handed on to the layers
+above and the top layer takes the remainder.
 How close h^L ends to z is measured, not assumed: `meta["relative_residual"]` is |z_i - h_i^L| / |z_i - h_i^L_0|
 after the loop (h^L_0 before any update), for every family (pre-norm families too: there only the keys' and
 C's trade-off leaves a residual).
@@ -82,14 +90,15 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
     return R.T @ torch.linalg.solve(lam * C + K.T @ K, K.T).T
 
 
-def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[str] | None = None,
-          value_prefixes: int | None = None, Cs: dict | None = None, stats: dict | None = None,
+def memit(model, requests, layers=None, *, lam: float = 3000.0, damping: float = 1e-2,
+          prefixes: list[str] | None = None, value_prefixes: int | None = None, Cs: dict | None = None, stats: dict | None = None,
           progress: bool = False, **hparams) -> "WeightEdit":
     """One `WeightEdit` that makes all `requests` at once over `layers` (default `default_memit_layers`).
 
     The model is changed only while the edit is computed (each layer's update must see the ones below)
     and is restored bit-exactly before returning, also on errors. `Cs` maps layer -> C (default:
-    `second_moments(model, layers, **stats)`); `hparams` go to the value optimisation.
+    `second_moments(model, layers, **stats)`); `hparams` go to the value optimisation. `damping` (post-norm
+    families only): the preimage's Tikhonov weight relative to the mean squared gain (see the module docstring).
     """
     from .stats import second_moments
 
@@ -100,12 +109,13 @@ def memit(model, requests, layers=None, *, lam: float = 3000.0, prefixes: list[s
     _check_closed_form_layers(model, layers)
     check_hparams(hparams)
     checks.number(lam, "lam (the weight of the corpus statistics)", positive=True, error=EditError)
+    checks.number(damping, "damping (of the post-norm preimage)", minimum=0, error=EditError)
     prefixes = context_prefixes(model) if prefixes is None else list(prefixes)
     v_prefixes = prefixes if value_prefixes is None else prefixes[:1 + value_prefixes]
     Cs = second_moments(model, layers, **(stats or {})) if Cs is None else Cs
     check_covariances(model, Cs, layers)
     Z, infos = memit_targets(model, requests, layers[-1], v_prefixes, progress=progress, **hparams)
-    edit = memit_spread(model, requests, layers, Z, Cs, lam=lam, prefixes=prefixes)
+    edit = memit_spread(model, requests, layers, Z, Cs, lam=lam, damping=damping, prefixes=prefixes)
     edit.meta.update({"hparams": hparams, "n_value_prefixes": len(v_prefixes), "value_opt": infos})
     return edit
 
@@ -136,7 +146,7 @@ def memit_targets(model, requests: list[EditRequest], top: int, prefixes: list[s
 
 
 def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch.Tensor, Cs: dict, *,
-                 lam: float, prefixes: list[str]) -> "WeightEdit":
+                 lam: float, prefixes: list[str], damping: float = 1e-2) -> "WeightEdit":
     """Alg. 1's loop: spread the residuals Z - h^L over `layers`, lowest first, each update by eq. (14).
 
     `Z` [n, d_model] are the targets at the top layer's resid_post (`memit_targets`). On a post-norm family
@@ -144,6 +154,7 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
     model is changed while this runs and restored bit-exactly before returning, also on errors.
     """
     checks.number(lam, "lam (the weight of the corpus statistics)", positive=True, error=EditError)
+    checks.number(damping, "damping (of the post-norm preimage)", minimum=0, error=EditError)
     if Z.shape != (len(requests), model.dims.d_model):
         raise EditError(f"Z: expected shape [{len(requests)}, {model.dims.d_model}], got {list(Z.shape)}")
     check_covariances(model, Cs, layers)
@@ -157,9 +168,10 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
             H = _resid_at_subject(model, requests, top).double()                    # h_i^L now
             H0 = H if i == 0 else H0                                                # h_i^L before any update
             R = (Z.double() - H) / (len(layers) - i)                                # R_l  [n, d_model]
-            if post_norm:                                                           # dy = r * s(y) / g, y = W k now
+            if post_norm:                                                           # dy = a r / (a^2 + mu), y = W k now
                 view, site = value_site(model, l)
-                R = frozen_norm_preimage(model.module("mlp_out", l), _at_subject(view, requests, site).double(), R)
+                Y = _at_subject(view, requests, site).double()                      # y_i  [n, d_model]
+                R = frozen_norm_preimage(model.module("mlp_out", l), Y, R, damping)
             update = memit_update(R, K, Cs[l].to(K.device), lam).float()            # Delta_l [d_model, d_mlp], eq. (14)
             if not torch.isfinite(update).all():
                 raise EditError(f"requests: the layer {l} update is not finite; weights untouched")
@@ -173,7 +185,7 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
             h.restore()
     meta = {"method": "memit", "layers": layers, "lam": lam, "n_requests": len(requests), "fingerprint": fp,
             "requests": [dict(r.__dict__) for r in requests], "n_key_prefixes": len(prefixes),
-            "post_norm": post_norm, "relative_residual": relative_residual,
+            "post_norm": post_norm, "damping": damping if post_norm else None, "relative_residual": relative_residual,
             "relative_norms": {l: (u.norm() / weight_out_in(model.module("mlp_down", l)).norm()).item()
                                for l, u in updates.items()}}
     return WeightEdit(updates, meta)
