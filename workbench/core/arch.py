@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import checks
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -404,8 +406,8 @@ def frozen_norm_preimage(norm: nn.Module, x: torch.Tensor, r: torch.Tensor, damp
     so an r with a non-zero mean over d has no preimage."""
     kind, eps = norm_kind(norm)
     if kind != "rmsnorm":
-        raise ValueError(f"norm: expected an RMSNorm (a LayerNorm's frozen map centres its input, so a change with a "
-                         f"non-zero mean has no preimage), got {type(norm).__name__}")
+        raise checks.fail("norm", "an RMSNorm (a LayerNorm's frozen map centres its input, so a change with a non-zero "
+                          "mean has no preimage)", type(norm).__name__)
     a = norm_gain(norm).double() / (x.double().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # g / s(x)  [batch, d]
     den = a * a + damping * a.pow(2).mean(-1, keepdim=True)
     return torch.where(den > 0, a * r.double() / den.clamp(min=torch.finfo(torch.float64).tiny), 0.0).to(r.dtype)

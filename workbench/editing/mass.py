@@ -166,7 +166,8 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
             with torch.no_grad():
                 K = compute_keys(model, requests, l, prefixes).double()            # K_l  [n, d_mlp]
             H = _resid_at_subject(model, requests, top).double()                    # h_i^L now
-            H0 = H if i == 0 else H0                                                # h_i^L before any update
+            if i == 0:
+                H0 = H                                                              # h_i^L before any update
             R = (Z.double() - H) / (len(layers) - i)                                # R_l  [n, d_model]
             if post_norm:                                                           # dy = a r / (a^2 + mu), y = W k now
                 view, site = value_site(model, l)
