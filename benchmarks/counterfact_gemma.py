@@ -1,13 +1,13 @@
 """ROME vs MEMIT vs FT-L on a post-norm family: Gemma 3 270M (issue 30), on the same held-out known facts.
 
-    workbench bench counterfact_gemma [--edits 5] [--methods memit ft-l rome rome@8] [--gen-tokens 40]
+    workbench bench counterfact_gemma [--edits 5] [--methods memit memit@6 ft-l rome rome@8] [--gen-tokens 40]
 
 The requests are `rome_gemma`'s (known facts of the shipped set that no test uses, CounterFact-style: a new
 object of the same relation, two paraphrases, five neighbourhood prompts). Each is scored before any edit and
 after: ROME and FT-L edit one request at a time (each against the unedited model, as CounterFact does), MEMIT
 edits all of them at once over its default 5 layers. C = E[k k^T] over `--n-tokens` tokens of the shipped fact
-sentences (`rome_gemma.facts_corpus`; one pass for every layer needed, cached). A method `rome@L` edits at
-layer L instead of the default. Fluency (GE, the generation entropy of CounterFact) from `--gen-tokens` sampled
+sentences (`rome_gemma.facts_corpus`; one pass for every layer needed, cached). `rome@L` (and `ft-l@L`) edit at
+layer L instead of the default, `memit@L` over layers L..L+4. Fluency (GE, the generation entropy of CounterFact) from `--gen-tokens` sampled
 tokens per generation prompt (0: skipped). One JSON per method: counterfact-<method>-gemma-3-270m-<device>.json.
 Every edit is checked to restore the weights bit-exactly.
 """
@@ -33,10 +33,11 @@ from rome_gemma import IN_TESTS, facts_corpus  # noqa: E402
 
 
 def parse_method(spec: str, model) -> tuple[str, int | None]:
-    """'rome', 'rome@8', 'memit' or 'ft-l' -> (method, layer); layer None: the method's default."""
+    """'rome', 'rome@8', 'memit', 'memit@6' or 'ft-l' -> (method, layer); layer None: the method's default
+    (for MEMIT: the first of its 5 layers)."""
     name, _, layer = spec.partition("@")
-    if name not in ("rome", "memit", "ft-l") or (layer and (name == "memit" or not layer.isdigit())):
-        raise SystemExit(f"--methods: expected rome, rome@<layer>, memit or ft-l, got {spec!r}")
+    if name not in ("rome", "memit", "ft-l") or (layer and not layer.isdigit()):
+        raise SystemExit(f"--methods: expected rome, memit or ft-l, each with an optional @<layer>, got {spec!r}")
     return name, int(layer) if layer else None
 
 
@@ -64,9 +65,11 @@ def main(argv=None):
     known = known_facts(model, facts)
     requests = build_requests(facts, known, n=args.edits, n_neighbours=5)
     edit_reqs = [EditRequest(r["prompt"], r["subject"], r["target_new"]) for r in requests]
-    memit_layers = default_memit_layers(model)
+    def memit_layers(first):
+        return default_memit_layers(model) if first is None else list(range(first, first + 5))
+
     layers = sorted({l for _, name, l in methods if name != "memit" for l in [default_layer(model) if l is None else l]}
-                    | (set(memit_layers) if any(name == "memit" for _, name, _ in methods) else set()))
+                    | {x for _, name, l in methods if name == "memit" for x in memit_layers(l)})
     t = time.time()
     Cs = second_moments(model, layers, corpus=facts_corpus(), n_tokens=args.n_tokens, progress=False)
     stats_s = time.time() - t
@@ -88,12 +91,12 @@ def main(argv=None):
         t = time.time()
         after, rows, extra = [], [], {}
         if name == "memit":
-            edit = memit(model, edit_reqs, memit_layers, lam=args.lam, damping=args.damping, Cs=Cs, prefixes=prefixes,
+            edit = memit(model, edit_reqs, memit_layers(layer), lam=args.lam, damping=args.damping, Cs=Cs, prefixes=prefixes,
                          value_prefixes=args.value_prefixes, steps=args.steps, lr=args.memit_lr)
             seconds = time.time() - t
             with edit.applied(model, check=False):
                 after = [score_request(model, req, gen_tokens=args.gen_tokens) for req in requests]
-            extra = {"layers": memit_layers, "lam": args.lam, "damping": args.damping, "lr": args.memit_lr,
+            extra = {"layers": memit_layers(layer), "lam": args.lam, "damping": args.damping, "lr": args.memit_lr,
                      "value_prefixes": args.value_prefixes, "steps": args.steps,
                      "relative_residual": edit.meta["relative_residual"],
                      "relative_norms": edit.meta["relative_norms"], "value_opt": edit.meta["value_opt"]}
