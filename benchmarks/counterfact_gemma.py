@@ -13,9 +13,11 @@ Every edit is checked to restore the weights bit-exactly.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -56,6 +58,8 @@ def main(argv=None):
                     help="MEMIT's value learning rate (its z lives at resid_post, |h| ~ 4000 at layer 5 of Gemma 3 "
                          "270M: 0.5 reached p 0.01 in 10 steps, 5 reached 0.96)")
     ap.add_argument("--gen-tokens", type=int, default=40)
+    ap.add_argument("--before-from", default=None,
+                    help="an earlier result JSON of this benchmark whose before-scores to reuse (same requests)")
     args = ap.parse_args(argv)
     t0 = time.time()
     model = wb.load_model(args.model, device=args.device)
@@ -81,7 +85,13 @@ def main(argv=None):
     def restored() -> bool:
         return all(torch.equal(downs[l], w0[l]) for l in downs)
 
-    before = [score_request(model, req, gen_tokens=args.gen_tokens) for req in requests]
+    if args.before_from:  # the unedited model's scores are deterministic: reuse them, checking the requests match
+        old = json.loads(Path(args.before_from).read_text())
+        if [e["prompt"] for e in old["edits"]] != [r["prompt"] for r in requests] or old["gen_tokens"] != args.gen_tokens:
+            raise SystemExit(f"--before-from: {args.before_from} scored other requests or another --gen-tokens")
+        before = [e["before"] for e in old["edits"]]
+    else:
+        before = [score_request(model, req, gen_tokens=args.gen_tokens) for req in requests]
     print(f"{len(requests)} requests scored before editing ({time.time() - t0:.0f} s so far)", flush=True)
     common = {"model": model.name, "family": model.arch.family, "n_layers": model.dims.n_layers,
               "n_known_screened": f"{sum(known)} of {len(facts)}", "stats_tokens": args.n_tokens,
@@ -95,7 +105,7 @@ def main(argv=None):
                          value_prefixes=args.value_prefixes, steps=args.steps, lr=args.memit_lr)
             seconds = time.time() - t
             with edit.applied(model, check=False):
-                after = [score_request(model, req, gen_tokens=args.gen_tokens) for req in requests]
+                after = [{**score_request(model, req, gen_tokens=args.gen_tokens), "request": req} for req in requests]
             extra = {"layers": memit_layers(layer), "lam": args.lam, "damping": args.damping, "lr": args.memit_lr,
                      "value_prefixes": args.value_prefixes, "steps": args.steps,
                      "relative_residual": edit.meta["relative_residual"],
@@ -120,7 +130,8 @@ def main(argv=None):
                   "edit_seconds": round(seconds, 1), "after": summarize(after, [r["prompt"] for r in requests] if
                                                                          name == "memit" else ()),
                   "edits": [{"prompt": r["prompt"], "target_true": r["target_true"], "target_new": r["target_new"],
-                             "before": b, "after": a} for r, b, a in zip(requests, before, after)],
+                             "before": b, "after": {k: v for k, v in a.items() if k != "request"}}
+                            for r, b, a in zip(requests, before, after)],
                   "checks": rows, "total_seconds": round(time.time() - t0, 1), **device_meta(args.device)}
         write_result(result, result_name(f"counterfact-{spec.replace('@', '-l')}", model.name), args.device, None)
         print(spec, {k: result["after"][k] for k in ("ES", "PS", "NS", "GE", "n")}, f"{seconds:.0f} s",
