@@ -652,6 +652,7 @@ API = [
     R("memit-C-nan", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], prefixes=PREFIXES, Cs={0: torch.eye(128), 1: nan_at(torch.eye(128))}), E, "Cs", "nan"),
     R("memit-lam", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], lam=0.0, Cs={}), E, "lam"),
     R("memit-lam-nan", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], lam=NAN, Cs={}), E, "lam"),
+    R("memit-damping", lambda c: wb.editing.memit(c.m, [REQ], [0, 1], damping=-1.0, Cs={}), E, "damping"),
     R("memit-layers", lambda c: wb.editing.memit(c.m, [REQ], [1, 2, 3], Cs={}), E, "layers", "out of range"),
     R("memit-layers-repeated", lambda c: wb.editing.memit(c.m, [REQ], [1, 1], Cs={}), E, "layers", "repeated"),
     R("memit-no-requests", lambda c: wb.editing.memit(c.m, [], [1], Cs={}), E, "requests"),

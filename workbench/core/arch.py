@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from . import checks
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -46,16 +48,6 @@ class Arch:
     def has(self, role: str) -> bool:
         """Whether this family has a module for an adapter role ('block' always)."""
         return role == "block" or getattr(self, role, None) is not None or role in ("attn_out", "mlp_out")
-
-    def check_closed_form_mlp_edit(self, method: str) -> None:
-        """MEMIT spreads one residual target over several layers' down projections, assuming each layer adds
-        its down projection's output to the residual as it is; a post-norm after the MLP (Gemma 2/3, OLMo 2)
-        normalises it first, so the shares would not add up. Raise a ValueError saying so (ROME optimises its
-        value before the post-norm and FT-L trains the weights: both run on these families)."""
-        if self.mlp_out is not None:
-            raise ValueError(f"model: {method} is unsupported on the {self.family} architecture: its MLP output passes "
-                             f"a post-norm ({self.mlp_out}) before the residual add, so the layers' shares of the "
-                             "residual target do not add up (use ROME or FT-L, which support post-norm families)")
 
     def path(self, role: str) -> str:
         """The dotted module path of an adapter role, or a ValueError saying why this family lacks it."""
@@ -398,3 +390,24 @@ def frozen_norm(norm: nn.Module, x: torch.Tensor, parts: torch.Tensor) -> torch.
         x = x - x.mean(-1, keepdim=True)
     scale = (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [batch, 1]
     return (parts.float() / scale * norm_gain(norm).float()).to(parts.dtype)
+
+
+def frozen_norm_preimage(norm: nn.Module, x: torch.Tensor, r: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
+    """The inverse of `frozen_norm` in its parts: dx [batch, d], the change of an RMSNorm's input x [batch, d] that
+    `frozen_norm` maps to the wanted output change r [batch, d] (the norm's scale frozen at s(x)):
+
+        a = g / s(x),   s(x) = sqrt(mean(x^2) + eps)                 (g = `norm_gain`, [d])
+        dx = a * r / (a^2 + mu),   mu = damping * mean(a^2)          (elementwise)
+
+    damping = 0: the exact inverse dx = r * s(x) / g, frozen_norm(norm, x, dx) == r (channels with g = 0 cannot
+    move: dx = 0 there). damping > 0: the minimiser of |a * dx - r|^2 + mu |dx|^2 (Tikhonov), which leaves the part
+    of r on channels whose gain is small next to the typical one (a^2 << mu) instead of asking for a huge dx there
+    (a huge dx would raise s(x) itself and shrink every channel). A LayerNorm is refused: its frozen map centres,
+    so an r with a non-zero mean over d has no preimage."""
+    kind, eps = norm_kind(norm)
+    if kind != "rmsnorm":
+        raise checks.fail("norm", "an RMSNorm (a LayerNorm's frozen map centres its input, so a change with a non-zero "
+                          "mean has no preimage)", type(norm).__name__)
+    a = norm_gain(norm).double() / (x.double().pow(2).mean(-1, keepdim=True) + eps).sqrt()  # g / s(x)  [batch, d]
+    den = a * a + damping * a.pow(2).mean(-1, keepdim=True)
+    return torch.where(den > 0, a * r.double() / den.clamp(min=torch.finfo(torch.float64).tiny), 0.0).to(r.dtype)
