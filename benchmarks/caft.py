@@ -63,6 +63,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--pca", action="store_true", help="also CAFT with PCA directions")
     ap.add_argument("--pca-choice", default=None, help='JSON {layer: [component, ...]} of the PCs to ablate')
     ap.add_argument("--mean", action="store_true", help="also CAFT with mean ablation of the same directions")
+    ap.add_argument("--skip-first", type=int, default=0,
+                    help="leave the first N positions unablated in every condition (1: Gemma 3's <bos> attention sink)")
     add_model(ap)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -82,7 +84,7 @@ def main(argv=None) -> dict:
     logreg = probes.train_probes(acts, gender, method="logreg")
     subs = caft.subspaces({l: probe.direction(l) for l in layers}, model.dims.d_model)
     cfg = caft.FinetuneConfig(steps=args.steps)
-    res = caft.compare(model, task, subs, seeds=seeds, fill=args.fill, config=cfg)
+    res = caft.compare(model, task, subs, seeds=seeds, fill=args.fill, config=cfg, skip_first=args.skip_first)
     res["probe_accuracy"] = {"diffmean": dict(zip(map(str, layers), probe.test_acc.tolist())),
                              "logreg": dict(zip(map(str, layers), logreg.test_acc.tolist()))}
 
@@ -104,7 +106,7 @@ def main(argv=None) -> dict:
         res["pca_separation"] = sep
         choice = {int(k): v for k, v in json.loads(args.pca_choice).items()} if args.pca_choice else PCA_CHOICE
         pca_subs = caft.subspaces(pca.directions(choice), model.dims.d_model)
-        concept_ablation = caft.ablations(pca_subs, fill="zero")
+        concept_ablation = caft.ablations(pca_subs, fill="zero", skip_first=args.skip_first)
         res["caft_pca"] = {"id_acc": [], "ood_acc": [], "choice": {str(k): v for k, v in choice.items()}}
         for seed in seeds:
             m = caft.finetune(model, task["train"], ablate=concept_ablation, config=cfg, seed=seed)
@@ -113,7 +115,7 @@ def main(argv=None) -> dict:
 
     if args.mean:  # the CAFT critique's variant: fill the ablated subspace with the mean activation
         means = caft.mean_activations(model, [e["prompt"] for e in task["train"]], layers)
-        mean_ablation = caft.ablations(subs, fill="mean", means=means)
+        mean_ablation = caft.ablations(subs, fill="mean", means=means, skip_first=args.skip_first)
         res["caft_mean"] = {"id_acc": [], "ood_acc": []}
         for seed in seeds:
             m = caft.finetune(model, task["train"], ablate=mean_ablation, config=cfg, seed=seed)
@@ -130,7 +132,7 @@ def main(argv=None) -> dict:
         i, o = np.asarray(res[c]["id_acc"]), np.asarray(res[c]["ood_acc"])
         print(f"{c:<10} ID {100 * i.mean():5.1f} +- {100 * i.std():4.1f}   OOD {100 * o.mean():5.1f} +- {100 * o.std():4.1f}")
     print(f"runtime {res['runtime_s']:.0f} s")
-    name = result_name("caft", model.name)
+    name = result_name("caft", model.name) + (f"-skip{args.skip_first}" if args.skip_first else "")
     caft.plot_comparison(res, Path(args.out or ROOT / "benchmarks" / "results" / f"{name}-{args.device}.json").with_suffix(".png"),
                          title=f"CAFT on {model.name}: sentiment label, spurious gender")
     write_result(res, name, args.device, args.out)
