@@ -125,7 +125,8 @@ def ablations(subs: dict[int, Tensor], *, component: str = "resid_pre", fill: st
     """ProjectOut interventions at `blocks.{l}.hook_{component}` for every layer of `subs`, at every position
     from `skip_first` on (right-padded batches, as `finetune` and `accuracy` use: position 0 is each prompt's
     first token). skip_first=1 leaves the first token alone: on Gemma 3 that is <bos>, an attention sink whose
-    residual is about 7x the median norm, and projecting it moves the output as much as the fine-tuning does."""
+    residual is about 7x the median norm (projecting one random direction out at layer 4 moves the base model's
+    answer logit difference by up to 2.8 with it, 0.76 without)."""
     if fill not in ("zero", "mean"):
         raise checks.fail('fill', "'zero' or 'mean'", fill)
     checks.integer(skip_first, "skip_first", minimum=0)
