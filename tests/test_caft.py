@@ -56,6 +56,25 @@ def test_ablation_zeroes_the_gradient_along_the_subspace_and_lets_the_rest_throu
     assert grads[True] < 1e-6
 
 
+def test_ablations_skip_first_leave_the_first_positions_alone(tiny):
+    """skip_first=1: the first position's stream is the unablated one, every later position has nothing left
+    along the basis (checked against the plain forward and the projection written out)."""
+    model = tiny("llama")
+    basis = wb.orthonormalize(torch.randn(2, model.dims.d_model, generator=torch.Generator().manual_seed(0)))
+    ids = model.to_tokens(["The cat sat on the mat", "A dog ran in the park"])
+    site = "blocks.1.hook_resid_pre"
+    _, clean = model.run_with_cache(ids, [site])
+    [iv] = caft.ablations({1: basis}, skip_first=1)
+    _, cache = model.run_with_cache(ids, [site], interventions=[iv])
+    h, h0 = cache[site], clean[site]
+    assert torch.equal(h[:, 0], h0[:, 0])
+    torch.testing.assert_close(h[:, 1:], h0[:, 1:] - (h0[:, 1:] @ basis.T) @ basis, atol=1e-5, rtol=0)
+    assert (h[:, 1:] @ basis.T).abs().max() < 1e-4
+    assert caft.ablations({1: basis})[0].positions is None
+    with pytest.raises(ValueError, match="skip_first"):
+        caft.ablations({1: basis}, skip_first=-1)
+
+
 def test_training_with_the_hook_leaves_the_ablated_components_untouched(tiny, tmp_path):
     """Full fine-tuning with coordinate directions e_3, e_7 projected out of the embeddings' output: the
     gradient of those embedding columns is exactly zero, so AdamW leaves them bit-identical while the
