@@ -126,3 +126,20 @@ def test_unsupported_architecture_is_named():
     hf = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64))
     with pytest.raises(ValueError, match="'bert' is not supported"):
         wb.Model(hf, object())
+
+
+@pytest.mark.slow
+def test_corpus_samples_start_from_their_word_after_bos():
+    """Corpus samples begin with a start word; on a tokenizer that prepends <bos> (Gemma) the word used to be cut
+    off, leaving every sample to start from <bos> alone. The two tokenizers' samples are cached under names that
+    say which rule made them."""
+    from transformers import AutoTokenizer
+    from workbench.toolkit.corpora import START_WORDS, corpus_id, start_ids
+
+    for name, bos in [("gemma-3-270m", True), ("smollm2-135m", False)]:
+        tok = AutoTokenizer.from_pretrained(wbm.model_dir(name))
+        for word in START_WORDS:
+            ids = start_ids(tok, word)
+            assert (ids[0] == tok.bos_token_id) == bos, (name, word, ids)
+            assert tok.decode(ids, skip_special_tokens=True).strip() == word, (name, word, ids)
+        assert ("-bos-" in corpus_id("samples", 0, 128, tok)) == bos

@@ -35,7 +35,7 @@ def second_moments(model: Model, layers, *, corpus: str | Path = "samples", n_to
     layers = edit_layers(model, layers, "layers")
     checks.integer(n_tokens, "n_tokens")
     fp, root = model.fingerprint, stats_dir(model)
-    cid = corpus_id(corpus, seed, seq_len)
+    cid = corpus_id(corpus, seed, seq_len, model.tokenizer)
     want = {"fingerprint": fp, "corpus": cid, "n_tokens": n_tokens, "d_mlp": model.dims.d_mlp}
     out, missing = {}, []
     for l in layers:

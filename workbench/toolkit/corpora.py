@@ -49,9 +49,20 @@ def stats_dir(model) -> Path:
     return new
 
 
-def corpus_id(corpus: str | Path, seed: int, seq_len: int) -> str:
+def start_ids(tokenizer, word: str) -> list[int]:
+    """A sample's prompt: the word's first token, after the special tokens the tokenizer adds to any text (Gemma's
+    <bos>; none for SmolLM2), so the model samples from the context it always sees."""
+    full, bare = tokenizer(word).input_ids, tokenizer(word, add_special_tokens=False).input_ids
+    return full[: len(full) - len(bare)] + bare[:1]
+
+
+def corpus_id(corpus: str | Path, seed: int, seq_len: int, tokenizer=None) -> str:
+    """The name of a corpus's cached tokens and statistics. Samples from a tokenizer that adds a <bos> are named
+    `samples-bos-...`: until 0.3 their prompt was the <bos> alone (the start word was dropped), and such older
+    samples must not be found under the new rule's name."""
     if str(corpus) == "samples":
-        return f"samples-seed{seed}-len{seq_len}"
+        bos = tokenizer is not None and len(start_ids(tokenizer, "The")) > 1
+        return f"samples{'-bos' if bos else ''}-seed{seed}-len{seq_len}"
     path = Path(corpus)
     if not path.is_file():
         raise ValueError(f"corpus: expected 'samples' or a text file, got {str(corpus)!r} (no such file)")
@@ -69,7 +80,7 @@ def corpus_tokens(model, corpus: str | Path = "samples", n_tokens: int = 32768, 
             raise ValueError(f"n_tokens: the corpus {corpus} has {len(ids)} tokens, fewer than the {n_seqs * seq_len} asked for")
         return torch.tensor(ids[: n_seqs * seq_len]).reshape(n_seqs, seq_len)
     fp = fingerprint or model.fingerprint
-    path = (cache_dir() / "stats" / fingerprint if fingerprint else stats_dir(model)) / f"{corpus_id(corpus, seed, seq_len)}.safetensors"
+    path = (cache_dir() / "stats" / fingerprint if fingerprint else stats_dir(model)) / f"{corpus_id(corpus, seed, seq_len, model.tokenizer)}.safetensors"
     if path.is_file():
         meta, ids = read_meta(path), read_safetensors(path, "stats")[0]["ids"]
         if meta.get("fingerprint") != fp or meta.get("seed") != seed or ids.shape[1] != seq_len:
@@ -84,9 +95,10 @@ def corpus_tokens(model, corpus: str | Path = "samples", n_tokens: int = 32768, 
         for b in tqdm(range(0, n_seqs, batch), disable=not progress, desc="sampling corpus", unit="batch"):
             k = min(batch, n_seqs - b)
             starts = [START_WORDS[(b + i) % len(START_WORDS)] for i in range(k)]
-            first = [model.tokenizer(s).input_ids[:1] for s in starts]
-            new = generate_ids(model, first, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=seq_len - 1,
-                               min_new_tokens=seq_len - 1, seed=None, batch_size=k, cut_at_stop=False)
+            first = [start_ids(model.tokenizer, s) for s in starts]
+            n_new = seq_len - len(first[0])  # every start is one word token after the same special tokens
+            new = generate_ids(model, first, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=n_new,
+                               min_new_tokens=n_new, seed=None, batch_size=k, cut_at_stop=False)
             ids.append(torch.tensor([a + b for a, b in zip(first, new)])[:, :seq_len])
     ids = torch.cat(ids)
     save_with_meta({"ids": ids.contiguous()}, {"fingerprint": fp, "seed": seed, "seq_len": seq_len}, path)
