@@ -7,7 +7,9 @@ benchmarks/results/patching-<device>.json.
 
 Every contender unembeds the last position only (nnsight and the loop pass `logits_to_keep=1`): on Gemma 3 270M
 the 262k-row unembedding is 168M of its 270M parameters. A model the TransformerLens bridge has no adapter for
-(Gemma 3) runs without it; the JSON says why.
+runs without it and the JSON says why (TransformerLens 3.9 has one for Gemma 3, so it runs there). The JSON also
+records the load averages at start and end: on a shared machine the contenders, timed one after another, may
+run at different loads.
 """
 from __future__ import annotations
 
