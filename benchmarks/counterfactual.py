@@ -19,9 +19,16 @@ run one invocation at a time and a killed run resumes where it stopped:
 Two prompt sets: `--prompt-set topic` (the default: 10 prompts about France x `--n-per-prompt` seeds, written to
 counterfactual-<device>.json) and `--prompt-set neutral` (the paper's setting: the first five words of `--n-neutral`
 distinct sentences of the shipped fact prompts, `workbench/data/facts.jsonl` and `counterfact.jsonl`, none naming
-France, Paris, French or a capital, one seed each; written to counterfactual-neutral-<device>.json). For every condition the
-hindsight row also holds the next-token TV between the base and intervened models after each prompt and the exact
-Gumbel-max prediction of first-token agreement (`first_token_coupling`) next to the measured rate.
+France, Paris, French or a capital, one seed each; written to counterfactual-neutral-<device>.json). The neutral
+prompts run in blocks of `--block` rows, each with its own cached samples and sweep folders, and the JSON is rewritten
+after every block: row r keeps the seed r whatever the block, so n rows of a larger run are exactly a run of n, and a
+run stopped early reports the blocks it finished. For every condition the hindsight row also holds the next-token TV
+between the base and intervened models after each prompt and the exact Gumbel-max prediction of first-token agreement
+(`first_token_coupling`) next to the measured rate.
+
+`--model gemma-3-270m` runs on Gemma 3 270M (results named `counterfactual[-neutral]-gemma-3-270m-<device>.json`,
+sweep folders under <work>/gemma-3-270m); its ROME edit takes `--stats-corpus facts` (C from the shipped fact
+sentences, as `benchmarks/rome_gemma.py`), since sampling C's corpus through its 262k-row unembedding is slow on a CPU.
 """
 from __future__ import annotations
 
@@ -37,8 +44,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 import workbench as wb
-from benchmarks.common import device_meta, parser, write_result
-from workbench.counterfactual import first_token_coupling, measure, sample, summarize
+from benchmarks.common import add_model, device_meta, parser, result_name, write_result
+from workbench.core.io import atomic_write_text
+from workbench.counterfactual import Counterfactuals, Samples, Settings, first_token_coupling, measure, sample, summarize
 from workbench.counterfactual.sweep import counterfactual_sweep
 from workbench.editing.weights import WeightEdit
 
@@ -58,7 +66,7 @@ PAPER = [  # Ravfogel et al. (ICLR 2025), from the authors' released outputs
 ]
 def neutral_prompts(n: int) -> list[str]:
     """The first five words of n distinct shipped fact sentences (six words or more) that do not name France, Paris,
-    French or a capital, drawn with a fixed seed and kept in file order."""
+    French or a capital, in one fixed shuffled order (seed 0): the first n of a larger n are the same prompts."""
     texts = []
     for name in ("facts.jsonl", "counterfact.jsonl"):
         for line in wb.data.data_path(name).read_text().splitlines():
@@ -69,15 +77,43 @@ def neutral_prompts(n: int) -> list[str]:
     firsts = list(dict.fromkeys(" ".join(t.split()[:5]) for t in texts if len(t.split()) >= 6 and not off_topic.search(t)))
     if n > len(firsts):
         raise ValueError(f"--n-neutral: at most {len(firsts)} distinct prompts, got {n}")
-    keep = set(random.Random(0).sample(range(len(firsts)), n))
-    return [p for i, p in enumerate(firsts) if i in keep]
+    return [firsts[i] for i in random.Random(0).sample(range(len(firsts)), len(firsts))[:n]]
 
 
-def first_token_rows(model, obs, res, iv) -> dict:
-    """Measured first-token agreement of the hindsight counterfactuals next to the exact Gumbel-max predictions."""
+def cached_samples(model, prompts: list[str], path: Path, seed: int, max_new_tokens: int) -> tuple[Samples, float]:
+    """`sample(model, prompts, seed=seed)`, kept in `path` (JSON, written atomically) and read back when the model,
+    prompts and settings match; also the seconds it took (0 when read back)."""
+    key = {"model": model.name, "fingerprint": model.fingerprint, "prompts": prompts, "seed": seed,
+           "max_new_tokens": max_new_tokens}
+    if path.is_file():
+        d = json.loads(path.read_text())
+        if d["key"] == key:
+            return Samples(d["prompt_ids"], d["ids"], d["seeds"], Settings(**d["settings"]), d["max_new_tokens"],
+                           d["texts"]), 0.0
+    t = time.perf_counter()
+    obs = sample(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    secs = time.perf_counter() - t
+    atomic_write_text(path, json.dumps({"key": key, **{k: v for k, v in vars(obs).items() if k != "settings"},
+                                        "settings": vars(obs.settings)}))
+    return obs, secs
+
+
+def joined(parts: list):
+    """Blocks of Samples or Counterfactuals (or first_token_coupling dicts) as one, rows in order."""
+    if isinstance(parts[0], dict):
+        return {k: [x for p in parts for x in p[k]] for k in parts[0]}
+    if isinstance(parts[0], Samples):
+        return Samples(*[[x for p in parts for x in getattr(p, f)] for f in ("prompt_ids", "ids", "seeds")],
+                       parts[0].settings, parts[0].max_new_tokens, [x for p in parts for x in p.texts])
+    return Counterfactuals(**{f: [x for p in parts for x in getattr(p, f)] for f in Counterfactuals.FIELDS},
+                           settings=parts[0].settings, meta=parts[-1].meta)
+
+
+def first_token_rows(c: dict, res) -> dict:
+    """Measured first-token agreement of the hindsight counterfactuals next to the exact Gumbel-max predictions
+    (`c`: `first_token_coupling` of the observed samples and the intervention)."""
     import math
 
-    c = first_token_coupling(model, obs, iv)
     n = len(res.ids)
     agree = sum(bool(a) and bool(b) and a[0] == b[0] for a, b in zip(res.observed_ids, res.ids))
     keep = [k for k in c["keep"] if k is not None]
@@ -92,7 +128,7 @@ NAMES = {"none": "none", "rome": "ROME France -> Rome", "memit": "MEMIT batch of
          "steer": "steering sentiment L12 x4", "caft": "CAFT fine-tune vs base (model B)"}
 
 
-def intervention(name: str, model, work: Path, stats_tokens: int):
+def intervention(name: str, model, work: Path, stats_tokens: int, stats_corpus: str = "samples"):
     """The condition's intervention; weight edits and the fine-tune are saved under `work` and reloaded."""
     if name == "none":
         return None, {}
@@ -101,10 +137,15 @@ def intervention(name: str, model, work: Path, stats_tokens: int):
         if (folder / "edit.json").is_file():
             return WeightEdit.load(folder), {}
         t = time.perf_counter()
+        stats = {"n_tokens": stats_tokens}
+        if stats_corpus != "samples":  # "facts": the shipped fact sentences (benchmarks/rome_gemma.py), or a text file
+            from benchmarks.rome_gemma import facts_corpus
+
+            stats["corpus"] = facts_corpus() if stats_corpus == "facts" else stats_corpus
         if name == "rome":
-            edit = wb.editing.rome(model, wb.editing.EditRequest(*MEMIT_BATCH[0]), stats={"n_tokens": stats_tokens})
+            edit = wb.editing.rome(model, wb.editing.EditRequest(*MEMIT_BATCH[0]), stats=stats)
         else:
-            edit = wb.editing.memit(model, [wb.editing.EditRequest(*r) for r in MEMIT_BATCH], stats={"n_tokens": stats_tokens})
+            edit = wb.editing.memit(model, [wb.editing.EditRequest(*r) for r in MEMIT_BATCH], stats=stats)
         edit.save(folder)
         return edit, {"edit_seconds": time.perf_counter() - t}
     if name == "steer":
@@ -140,60 +181,85 @@ def main() -> None:
     ap.add_argument("--note", default=None, help="stored with the results (e.g. the machine's load)")
     ap.add_argument("--prompt-set", default="topic", choices=["topic", "neutral"])
     ap.add_argument("--n-neutral", type=int, default=500, help="neutral prompts (one seed each)")
+    ap.add_argument("--block", type=int, default=100, help="neutral prompts per resumable block")
     ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's / MEMIT's key statistics C")
+    ap.add_argument("--stats-corpus", default="samples", help='C\'s corpus: "samples", "facts" or a text file')
     ap.add_argument("--work", default=str(ROOT / "out" / "counterfactual-bench"), help="sweep folders, edits")
+    add_model(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    work = Path(args.work)
-    model = wb.load_model().to(args.device)
+    model = wb.load_model(args.model).to(args.device)
+    work = Path(args.work) if args.model == "smollm2-135m" else Path(args.work) / model.name
     prompts = ([p for p in PROMPTS for _ in range(args.n_per_prompt)] if args.prompt_set == "topic"
                else neutral_prompts(args.n_neutral))
-    tag = "counterfactual" if args.prompt_set == "topic" else "counterfactual-neutral"
-    t = time.perf_counter()
-    obs = sample(model, prompts, max_new_tokens=args.max_new_tokens, seed=0)
-    sample_secs = (time.perf_counter() - t) * 100 / len(prompts)
+    tag = result_name("counterfactual" if args.prompt_set == "topic" else "counterfactual-neutral", model.name)
+    # the topic set is one block; neutral blocks of --block rows (row r keeps seed r: see the module docstring)
+    starts = [0] if args.prompt_set == "topic" else list(range(0, len(prompts), args.block))
     path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{tag}-{args.device}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    config = {"prompts": PROMPTS if args.prompt_set == "topic" else prompts, "n": len(prompts), "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
-              "stats_tokens": args.stats_tokens, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
-    # as read back from JSON (tuples become lists); versions were added to the device metadata later
-    same = lambda c: {k: v for k, v in json.loads(json.dumps(c)).items() if k != "versions"}  # noqa: E731
-    keep = same(old.get("config", {})) == same(config)
-    result = {"config": config, "paper": PAPER, "rows": old.get("rows", []) if keep else [],
-              "examples": old.get("examples", {}) if keep else {}, "intervention_meta": old.get("intervention_meta", {}) if keep else {}}
-    result["sample_seconds_per_100"] = sample_secs
-    result["note"] = args.note or (old.get("note", "") if keep else "")
+    ivs = {}
     for name in args.conditions.split(","):
-        iv, info = intervention(name, model, work, args.stats_tokens)
-        result["intervention_meta"][name] = {**result["intervention_meta"].get(name, {}), **info}
-        for noise in args.noises.split(","):
-            if name == "none" and noise == "fresh":
-                continue
-            t = time.perf_counter()
-            res = counterfactual_sweep(work / f"{args.prompt_set}-{name}-{noise}", model, None, obs, iv, noise=noise,
-                                       seed=0 if noise == "posterior" else 10_000, chunk=20)
-            secs = (time.perf_counter() - t) * 100 / len(prompts)
-            df = measure(res, **TARGET.get(name, {}))
-            s = summarize(df)
-            if name == "steer":  # share of continuations the unsteered model rates positive
-                from workbench.steering import SENTIMENT_TEMPLATE
-                from workbench.steering.behaviour import log_odds_classifier
+        ivs[name] = intervention(name, model, work, args.stats_tokens, args.stats_corpus)
+    obs_parts, res_parts, coupling_parts, sample_secs = [], {}, {}, []
+    for b, start in enumerate(starts):
+        stop = len(prompts) if args.prompt_set == "topic" else min(len(prompts), start + args.block)
+        block = "" if args.prompt_set == "topic" else f"rows{start}"
+        obs, secs = cached_samples(model, prompts[start:stop], work / f"{args.prompt_set}-samples" / f"{block or 'all'}.json",
+                                   start, args.max_new_tokens)
+        obs_parts.append(obs)
+        if secs:
+            sample_secs.append(secs * 100 / (stop - start))
+        done = stop
+        config = {"model": model.name, "prompts": PROMPTS if args.prompt_set == "topic" else prompts[:done], "n": done,
+                  "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "stats_tokens": args.stats_tokens,
+                  "stats_corpus": args.stats_corpus, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
+        # as read back from JSON (tuples become lists); versions were added to the device metadata later
+        same = lambda c: {k: v for k, v in json.loads(json.dumps(c)).items() if k != "versions"}  # noqa: E731
+        keep = same(old.get("config", {})) == same(config)
+        result = {"config": config, "paper": PAPER, "rows": old.get("rows", []) if keep else [],
+                  "examples": old.get("examples", {}) if keep else {},
+                  "intervention_meta": old.get("intervention_meta", {}) if keep else {}}
+        result["sample_seconds_per_100"] = (sum(sample_secs) / len(sample_secs) if sample_secs
+                                            else old.get("sample_seconds_per_100"))
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1/5/15 min, when this block finished
+        result["note"] = args.note or old.get("note", "")
+        for name, (iv, info) in ivs.items():
+            result["intervention_meta"][name] = {**result["intervention_meta"].get(name, {}), **info}
+            for noise in args.noises.split(","):
+                if name == "none" and noise == "fresh":
+                    continue
+                t = time.perf_counter()
+                folder = work / f"{args.prompt_set}-{name}-{noise}" / block
+                part = counterfactual_sweep(folder, model, None, obs, iv, noise=noise,
+                                            seed=start + (0 if noise == "posterior" else 10_000), chunk=20)
+                res_parts.setdefault((name, noise), []).append(part)
+                if noise == "posterior":
+                    coupling_parts.setdefault(name, []).append(first_token_coupling(model, obs, iv))
+                res = joined(res_parts[(name, noise)])
+                all_obs = joined(obs_parts)
+                # seconds per 100 of this block (a resumed sweep counts only what it computed; see `computed_here`)
+                secs = (time.perf_counter() - t) * 100 / (stop - start)
+                df = measure(res, **TARGET.get(name, {}))
+                s = summarize(df)
+                if name == "steer":  # share of continuations the unsteered model rates positive
+                    from workbench.steering import SENTIMENT_TEMPLATE
+                    from workbench.steering.behaviour import log_odds_classifier
 
-                classify = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative")
-                s["positive_observed"] = float((torch.tensor(classify(None, res.observed)) > 0).float().mean())
-                s["positive_after"] = float((torch.tensor(classify(None, res.texts)) > 0).float().mean())
-            if noise == "posterior":
-                s.update(first_token_rows(model, obs, res, iv))
-            if name in TARGET:
-                s["new_in_observed"] = float(sum(TARGET[name]["new"] in o for o in res.observed) / len(prompts))
-                s["old_in_observed"] = float(sum(TARGET[name]["old"] in o for o in res.observed) / len(prompts))
-            # seconds per 100 (a resumed sweep counts only what it computed; see `computed_here`)
-            s.update(condition=NAMES[name], key=name, noise=noise, seconds_per_100=secs)
-            result["rows"] = [r for r in result["rows"] if (r.get("key"), r["noise"]) != (name, noise)] + [s]
-            print(json.dumps(s))
-            if noise == "posterior":
-                result["examples"][name] = df[["prompt", "observed", "counterfactual"]].head(6).to_dict("records")
-            write_result(result, tag, args.device, args.out)
+                    classify = log_odds_classifier(model, SENTIMENT_TEMPLATE, " positive", " negative")
+                    s["positive_observed"] = float((torch.tensor(classify(None, res.observed)) > 0).float().mean())
+                    s["positive_after"] = float((torch.tensor(classify(None, res.texts)) > 0).float().mean())
+                if noise == "posterior":
+                    s.update(first_token_rows(joined(coupling_parts[name]), res))
+                if name in TARGET:
+                    s["new_in_observed"] = float(sum(TARGET[name]["new"] in o for o in all_obs.texts) / done)
+                    s["old_in_observed"] = float(sum(TARGET[name]["old"] in o for o in all_obs.texts) / done)
+                s.update(condition=NAMES[name], key=name, noise=noise, seconds_per_100=secs)
+                result["rows"] = [r for r in result["rows"] if (r.get("key"), r["noise"]) != (name, noise)] + [s]
+                print(json.dumps(s), flush=True)
+                if noise == "posterior":
+                    result["examples"][name] = df[["prompt", "observed", "counterfactual"]].head(6).to_dict("records")
+        old = result
+        write_result(result, tag, args.device, args.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ benchmarks/results/patching-<device>.json.
 
 Every contender unembeds the last position only (nnsight and the loop pass `logits_to_keep=1`): on Gemma 3 270M
 the 262k-row unembedding is 168M of its 270M parameters. A model the TransformerLens bridge has no adapter for
-(Gemma 3) runs without it; the JSON says why.
+runs without it and the JSON says why (TransformerLens 3.9 has one for Gemma 3, so it runs there). The JSON also
+records the load averages at start and end: on a shared machine the contenders, timed one after another, may
+run at different loads.
 """
 from __future__ import annotations
 
@@ -237,7 +239,7 @@ def main(argv=None) -> dict:
     model = wb.load_model(args.model, device=args.device)
     pairs = ioi_pairs(model, args.pairs)
     result = {"benchmark": f"resid_pre patching grid, {model.name}", "model": model.name, **device_meta(args.device),
-              "cases": {}}
+              "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "cases": {}}
     for label, subset in [("one_pair", pairs[:1])] + ([(f"{args.pairs}_pairs", pairs)] if args.pairs > 1 else []):
         print(f"{label}: {len(subset)} pair(s) x {model.dims.n_layers} layers x "
               f"{len(model.to_tokens(subset[0]['clean'])[0])} positions", flush=True)
@@ -247,6 +249,8 @@ def main(argv=None) -> dict:
         for k, v in {**case["speedup"], **{f"all_patches_{k}": v for k, v in case["speedup_all_patches"].items()}}.items():
             print(f"  {k:<40} {v:7.2f}x")
         print(f"  efficiency {case['efficiency']['efficiency']:.2f}", flush=True)
+    # the 1/5/15-minute load averages: on a shared machine, how many other jobs the in-run ratios ran beside
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_result(result, result_name("patching", model.name), args.device, args.out)
     return result
 

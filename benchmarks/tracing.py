@@ -2,7 +2,10 @@
 loop with the research code's structure (one forward of batch samples+1 per cell), in one process.
 Checks agreement within 1e-4, prints the ratio, writes benchmarks/results/tracing-<device>.json.
 
-    python benchmarks/tracing.py [--device cpu|cuda] [--samples 10] [--window 10]
+    python benchmarks/tracing.py [--device cpu|cuda] [--samples 10] [--window 10] [--model gemma-3-270m]
+
+On a model other than the default the JSON is tracing-<model>-<device>.json. It also records the machine's load
+averages at start and end (the ratio is in-run, but a shared machine slows both sides unevenly).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 import workbench as wb
-from common import device_meta, parser, write_result
+from common import add_model, device_meta, parser, result_name, write_result
 from workbench.patching.reference import research_trace_loop
 from workbench.patching.tracing import KINDS, embedding_noise_std, trace_fact
 
@@ -32,8 +35,10 @@ def main(argv=None) -> dict:
     ap = parser(__doc__)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--window", type=int, default=10)
+    add_model(ap)
     args = ap.parse_args(argv)
-    model = wb.load_model(device=args.device)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    model = wb.load_model(args.model, device=args.device)
     nu = 3 * embedding_noise_std(model, [SUBJECT])
     seed = 0
     sync(args.device)
@@ -50,13 +55,15 @@ def main(argv=None) -> dict:
     loop = time.perf_counter() - t0
     diff = max(float(np.abs(tr.scores[k] - ref[k]).max()) for k in KINDS)
     print(f"research-structured loop: {loop:.1f} s; ratio {loop / ours:.2f}x; max abs diff {diff:.2e}")
-    result = {"benchmark": "causal tracing, one fact, resid+mlp+attn, default model", **device_meta(args.device),
+    result = {"benchmark": f"causal tracing, one fact, resid+mlp+attn, {model.name}", "model": model.name,
+              **device_meta(args.device), "load_average_at_start": load_start,
+              "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
               "prompt": PROMPT, "subject": SUBJECT,
               "samples": args.samples, "window": args.window, "n_tokens": len(tr.tokens),
               "workbench_seconds": round(ours, 2), "research_loop_seconds": round(loop, 2),
               "speedup": round(loop / ours, 2), "max_abs_diff": diff, "agree_within_1e-4": diff < 1e-4,
               "p_clean": tr.p_clean, "p_corrupted": tr.p_corrupted}
-    write_result(result, "tracing", args.device, args.out)
+    write_result(result, result_name("tracing", model.name), args.device, args.out)
     return result
 
 
