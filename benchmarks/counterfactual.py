@@ -128,12 +128,13 @@ NAMES = {"none": "none", "rome": "ROME France -> Rome", "memit": "MEMIT batch of
          "steer": "steering sentiment L12 x4", "caft": "CAFT fine-tune vs base (model B)"}
 
 
-def intervention(name: str, model, work: Path, stats_tokens: int, stats_corpus: str = "samples"):
+def intervention(name: str, model, work: Path, stats_tokens: int, stats_corpus: str = "samples",
+                 rome_layer: int | None = None):
     """The condition's intervention; weight edits and the fine-tune are saved under `work` and reloaded."""
     if name == "none":
         return None, {}
     if name in ("rome", "memit"):
-        folder = work / "edits" / name
+        folder = work / "edits" / (name if rome_layer is None or name != "rome" else f"rome-l{rome_layer}")
         if (folder / "edit.json").is_file():
             return WeightEdit.load(folder), {}
         t = time.perf_counter()
@@ -143,7 +144,7 @@ def intervention(name: str, model, work: Path, stats_tokens: int, stats_corpus: 
 
             stats["corpus"] = facts_corpus() if stats_corpus == "facts" else stats_corpus
         if name == "rome":
-            edit = wb.editing.rome(model, wb.editing.EditRequest(*MEMIT_BATCH[0]), stats=stats)
+            edit = wb.editing.rome(model, wb.editing.EditRequest(*MEMIT_BATCH[0]), layer=rome_layer, stats=stats)
         else:
             edit = wb.editing.memit(model, [wb.editing.EditRequest(*r) for r in MEMIT_BATCH], stats=stats)
         edit.save(folder)
@@ -184,6 +185,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=100, help="neutral prompts per resumable block")
     ap.add_argument("--stats-tokens", type=int, default=4096, help="tokens for ROME's / MEMIT's key statistics C")
     ap.add_argument("--stats-corpus", default="samples", help='C\'s corpus: "samples", "facts" or a text file')
+    ap.add_argument("--rome-layer", type=int, default=None, help="ROME's layer (default: the model's default layer)")
     ap.add_argument("--work", default=str(ROOT / "out" / "counterfactual-bench"), help="sweep folders, edits")
     add_model(ap)
     args = ap.parse_args()
@@ -199,7 +201,7 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.is_file() else {}
     ivs = {}
     for name in args.conditions.split(","):
-        ivs[name] = intervention(name, model, work, args.stats_tokens, args.stats_corpus)
+        ivs[name] = intervention(name, model, work, args.stats_tokens, args.stats_corpus, args.rome_layer)
     obs_parts, res_parts, coupling_parts, sample_secs = [], {}, {}, []
     for b, start in enumerate(starts):
         stop = len(prompts) if args.prompt_set == "topic" else min(len(prompts), start + args.block)
@@ -212,7 +214,7 @@ def main() -> None:
         done = stop
         config = {"model": model.name, "prompts": PROMPTS if args.prompt_set == "topic" else prompts[:done], "n": done,
                   "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "stats_tokens": args.stats_tokens,
-                  "stats_corpus": args.stats_corpus, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
+                  "stats_corpus": args.stats_corpus, "rome_layer": args.rome_layer, "memit_batch": MEMIT_BATCH, **device_meta(args.device)}
         # as read back from JSON (tuples become lists); versions were added to the device metadata later
         same = lambda c: {k: v for k, v in json.loads(json.dumps(c)).items() if k != "versions"}  # noqa: E731
         keep = same(old.get("config", {})) == same(config)
