@@ -174,7 +174,7 @@ def plain_throughput(model, n_tokens: int, T: int, repeats: int = 3) -> float:
     return rows * T * model.dims.n_layers / best
 
 
-def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False) -> dict:
+def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False, only=None) -> dict:
     sweep = dict(clean=[p["clean"] for p in pairs], corrupted=[p["corrupted"] for p in pairs],
                  answer=[p["answer"] for p in pairs], foil=[p["foil"] for p in pairs])
     clean = torch.cat([model.to_tokens(p["clean"]) for p in pairs])
@@ -191,13 +191,15 @@ def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False) -> dict
 
     runs = {}
     contenders = [("workbench", engine(True)), ("workbench_all_patches", engine(False))]
-    try:
-        contenders.append(("transformer_lens", run_transformer_lens(model, clean, corrupt, ans, foil)))
-    except Exception as e:  # noqa: BLE001  the bridge has no adapter for this family
-        res["transformer_lens_skipped"] = f"{type(e).__name__}: {str(e)[:200]}"
-        print(f"  transformer_lens skipped: {res['transformer_lens_skipped']}", flush=True)
+    if only is None or "transformer_lens" in only:
+        try:
+            contenders.append(("transformer_lens", run_transformer_lens(model, clean, corrupt, ans, foil)))
+        except Exception as e:  # noqa: BLE001  the bridge has no adapter for this family
+            res["transformer_lens_skipped"] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"  transformer_lens skipped: {res['transformer_lens_skipped']}", flush=True)
     contenders += [("nnsight", run_nnsight(model, clean, corrupt, ans, foil, invokes_per_trace)),
                    ("reference_loop", run_reference(model, clean, corrupt, ans, foil))]
+    contenders = [(n, f) for n, f in contenders if only is None or n.startswith("workbench") or n in only]
     for name, fn in contenders:
         out, seconds, peak = timed(fn, device)
         values, meta = out if isinstance(out, tuple) else (out, None)
@@ -206,7 +208,8 @@ def bench_case(model, pairs, device, invokes_per_trace, skip_slow=False) -> dict
             runs[name]["engine"] = meta
         print(f"  {name:<24} {seconds:8.2f} s   peak +{peak:7.1f} MB", flush=True)
 
-    ref = runs["reference_loop"]["values"]
+    res["reference"] = "reference_loop" if "reference_loop" in runs else "nnsight"  # --only without the loop
+    ref = runs[res["reference"]]["values"]
     for name, r in runs.items():
         r["max_abs_diff_vs_reference"] = float((r.pop("values") - ref).abs().max())
     res["agree_within_1e-4"] = all(r["max_abs_diff_vs_reference"] < 1e-4 for r in runs.values())
@@ -234,6 +237,8 @@ def main(argv=None) -> dict:
     ap = parser(__doc__)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--invokes-per-trace", type=int, default=64)
+    ap.add_argument("--only", default=None, help="comma-separated competitors to run (transformer_lens, nnsight, "
+                    "reference_loop; default all): a quick rerun of one ratio")
     add_model(ap)
     args = ap.parse_args(argv)
     model = wb.load_model(args.model, device=args.device)
@@ -243,7 +248,8 @@ def main(argv=None) -> dict:
     for label, subset in [("one_pair", pairs[:1])] + ([(f"{args.pairs}_pairs", pairs)] if args.pairs > 1 else []):
         print(f"{label}: {len(subset)} pair(s) x {model.dims.n_layers} layers x "
               f"{len(model.to_tokens(subset[0]['clean'])[0])} positions", flush=True)
-        case = bench_case(model, subset, args.device, args.invokes_per_trace)
+        case = bench_case(model, subset, args.device, args.invokes_per_trace,
+                          only=None if args.only is None else args.only.split(","))
         result["cases"][label] = case
         print(f"  agree within 1e-4: {case['agree_within_1e-4']}")
         for k, v in {**case["speedup"], **{f"all_patches_{k}": v for k, v in case["speedup_all_patches"].items()}}.items():
