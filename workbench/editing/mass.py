@@ -54,18 +54,18 @@ def default_memit_layers(model, n: int = 5) -> list[int]:
     return list(range(first, first + n))
 
 
-def _at_subject(model, requests: list[EditRequest], site: str) -> torch.Tensor:
-    """`site` at each request's subject's last token in its bare prompt, [n, d_model]."""
+def _at_subject(model, requests: list[EditRequest], sites: list[str]) -> list[torch.Tensor]:
+    """Each of `sites` at each request's subject's last token in its bare prompt, [n, d_model] each (one forward)."""
     ids, mask = model.encode([r.prompt for r in requests])
     pos = torch.tensor([subject_last(model, r.prompt, r.subject) for r in requests], device=ids.device)
     with torch.no_grad():
-        _, cache = model.run_with_cache(ids, [site], attention_mask=mask, logits=False)
-    return cache[site][torch.arange(len(requests), device=ids.device), pos]
+        _, cache = model.run_with_cache(ids, sites, attention_mask=mask, logits=False)
+    return [cache[site][torch.arange(len(requests), device=ids.device), pos] for site in sites]
 
 
 def _resid_at_subject(model, requests: list[EditRequest], layer: int) -> torch.Tensor:
     """blocks.{layer}.hook_resid_post at each request's subject's last token in its bare prompt, [n, d_model]."""
-    return _at_subject(model, requests, f"blocks.{layer}.hook_resid_post")
+    return _at_subject(model, requests, [f"blocks.{layer}.hook_resid_post"])[0]
 
 
 def _check_closed_form_layers(model, layers: list[int]) -> None:
@@ -165,13 +165,15 @@ def memit_spread(model, requests: list[EditRequest], layers: list[int], Z: torch
         for i, l in enumerate(layers):
             with torch.no_grad():
                 K = compute_keys(model, requests, l, prefixes).double()            # K_l  [n, d_mlp]
-            H = _resid_at_subject(model, requests, top).double()                    # h_i^L now
+            if post_norm:  # one forward reads h^L and y = W k (the view's mlp_out is the down projection's output)
+                view, site = value_site(model, l)
+                H, Y = (t.double() for t in _at_subject(view, requests, [f"blocks.{top}.hook_resid_post", site]))
+            else:
+                H = _resid_at_subject(model, requests, top).double()                # h_i^L now
             if i == 0:
                 H0 = H                                                              # h_i^L before any update
             R = (Z.double() - H) / (len(layers) - i)                                # R_l  [n, d_model]
-            if post_norm:                                                           # dy = a r / (a^2 + mu), y = W k now
-                view, site = value_site(model, l)
-                Y = _at_subject(view, requests, site).double()                      # y_i  [n, d_model]
+            if post_norm:                                                           # dy = a r / (a^2 + mu)
                 R = frozen_norm_preimage(model.module("mlp_out", l), Y, R, damping)
             update = memit_update(R, K, Cs[l].to(K.device), lam).float()            # Delta_l [d_model, d_mlp], eq. (14)
             if not torch.isfinite(update).all():
