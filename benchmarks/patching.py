@@ -241,6 +241,9 @@ def main(argv=None) -> dict:
                     "reference_loop; default all): a quick rerun of one ratio")
     add_model(ap)
     args = ap.parse_args(argv)
+    only = None if args.only is None else args.only.split(",")
+    if only is not None and not set(only) <= {"transformer_lens", "nnsight", "reference_loop"}:
+        ap.error(f"--only: expected some of transformer_lens, nnsight, reference_loop; got {args.only!r}")
     model = wb.load_model(args.model, device=args.device)
     pairs = ioi_pairs(model, args.pairs)
     result = {"benchmark": f"resid_pre patching grid, {model.name}", "model": model.name, **device_meta(args.device),
@@ -248,8 +251,7 @@ def main(argv=None) -> dict:
     for label, subset in [("one_pair", pairs[:1])] + ([(f"{args.pairs}_pairs", pairs)] if args.pairs > 1 else []):
         print(f"{label}: {len(subset)} pair(s) x {model.dims.n_layers} layers x "
               f"{len(model.to_tokens(subset[0]['clean'])[0])} positions", flush=True)
-        case = bench_case(model, subset, args.device, args.invokes_per_trace,
-                          only=None if args.only is None else args.only.split(","))
+        case = bench_case(model, subset, args.device, args.invokes_per_trace, only=only)
         result["cases"][label] = case
         print(f"  agree within 1e-4: {case['agree_within_1e-4']}")
         for k, v in {**case["speedup"], **{f"all_patches_{k}": v for k, v in case["speedup_all_patches"].items()}}.items():
